@@ -1,0 +1,35 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIB = os.path.join(ROOT, "lib")
+if LIB not in sys.path:
+    sys.path.insert(0, LIB)
+
+# Real data shared beside the checkout (never copied into the repo).
+SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
+COCO_MINI = os.path.join(SHARED, "data", "coco_mini")
+DEMO_IMAGES = os.path.join(SHARED, "demo_images")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run tools/gpu_check.sh on the GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def coco_mini():
+    if not os.path.isdir(COCO_MINI):
+        pytest.skip("../shared/data/coco_mini not present")
+    return COCO_MINI
