@@ -231,3 +231,45 @@ def aspect_ratio(boxes, aspect_ratio):
     out[:, 0::4] = aspect_ratio * boxes[:, 0::4]
     out[:, 2::4] = aspect_ratio * boxes[:, 2::4]
     return out
+
+
+def box_voting(top_dets, all_dets, thresh, scoring_method='ID', beta=1.0):
+    """Refine (N, 5) ``top_dets`` (x1, y1, x2, y2, score; e.g. NMS survivors) by voting with
+    (M, 5) ``all_dets`` (https://arxiv.org/abs/1505.01749) -> a new (N, 5) array.
+
+    Each top box becomes the score-weighted mean of the boxes of ``all_dets`` that overlap it with
+    IoU >= ``thresh`` (itself included when it is one of them). Its score, by ``scoring_method``
+    (Detectron's cfg.TEST.BBOX_VOTE.SCORING_METHOD), with ws the voters' scores:
+      'ID' keeps it; 'AVG' mean(ws); 'IOU_AVG' mean of ws weighted by the voters' IoU;
+      'TEMP_AVG' mean of P(class) after softening the two-way distribution (ws, 1 - ws) with
+      temperature ``beta``; 'GENERALIZED_AVG' mean(ws ** beta) ** (1 / beta);
+      'QUASI_SUM' sum(ws) / len(ws) ** beta.
+    numpy only.
+    """
+    methods = ('ID', 'TEMP_AVG', 'AVG', 'IOU_AVG', 'GENERALIZED_AVG', 'QUASI_SUM')
+    if scoring_method not in methods:
+        raise ValueError("box_voting: unknown scoring_method %r (expected one of %s)"
+                         % (scoring_method, ", ".join(methods)))
+    top_dets_out = np.array(top_dets, copy=True)
+    all_boxes = np.asarray(all_dets)[:, :4]
+    all_scores = np.asarray(all_dets)[:, 4]
+    top_to_all_overlaps = bbox_overlaps(top_dets_out[:, :4], all_boxes)  # (N, M)
+    for k in range(top_dets_out.shape[0]):
+        inds_to_vote = np.where(top_to_all_overlaps[k] >= thresh)[0]
+        ws = all_scores[inds_to_vote]
+        top_dets_out[k, :4] = np.average(all_boxes[inds_to_vote, :], axis=0, weights=ws)
+        if scoring_method == 'TEMP_AVG':
+            P = np.vstack((ws, 1.0 - ws))
+            with np.errstate(divide='ignore'):  # a score of exactly 1 gives log(0) = -inf
+                X = np.log(P / np.max(P, axis=0))
+            X_exp = np.exp(X / beta)
+            top_dets_out[k, 4] = (X_exp / np.sum(X_exp, axis=0))[0].mean()
+        elif scoring_method == 'AVG':
+            top_dets_out[k, 4] = ws.mean()
+        elif scoring_method == 'IOU_AVG':
+            top_dets_out[k, 4] = np.average(ws, weights=top_to_all_overlaps[k, inds_to_vote])
+        elif scoring_method == 'GENERALIZED_AVG':
+            top_dets_out[k, 4] = np.mean(ws ** beta) ** (1.0 / beta)
+        elif scoring_method == 'QUASI_SUM':
+            top_dets_out[k, 4] = ws.sum() / float(len(ws)) ** beta
+    return top_dets_out
