@@ -1274,6 +1274,8 @@ def _decode_cfg_value(v):
     """
     if isinstance(v, dict):
         return AttrDict(v)
+    if isinstance(v, np.generic):  # numpy scalars from Detectron's dumps
+        return v.item()
     if not isinstance(v, str):
         return v
     try:
@@ -1659,8 +1661,19 @@ _CfgLoader.add_multi_constructor(
     'tag:yaml.org,2002:python/object/apply:',
     lambda loader, suffix, node: _construct_python_object(
         loader, suffix, node, new=False))
-_CfgLoader.add_constructor(
-    'tag:yaml.org,2002:binary', yaml.constructor.FullConstructor.construct_yaml_binary)
+
+
+def _construct_python_name(loader, suffix, node):
+    factories = _allowed_python_names()
+    if suffix not in factories:
+        raise yaml.constructor.ConstructorError(
+            None, None, 'refusing to load Python name {!r} while loading a '
+            'config'.format(suffix), node.start_mark)
+    return factories[suffix]()
+
+
+_CfgLoader.add_multi_constructor('tag:yaml.org,2002:python/name:',
+                                 _construct_python_name)
 
 
 def load_cfg(cfg_to_load):
