@@ -1,0 +1,130 @@
+"""Image blobs: BGR images -> mean-subtracted, rescaled, padded (N, 3, H, W) float32 inputs.
+
+Detectron's conventions: images are BGR as cv2 reads them; the per-channel ``PIXEL_MEANS`` are
+subtracted with no division by a std; the short side is scaled to a target size unless that
+makes the long side exceed ``MAX_SIZE`` (then the long side is scaled to ``MAX_SIZE``); a batch
+is zero-padded at the bottom/right to its largest image and, with FPN, further to a multiple of
+``FPN.COARSEST_STRIDE`` so every pyramid level has an integer size.
+
+Used by the training loader (``pydetectron.roi_data.minibatch``) and at test time
+(``get_image_blob``).
+"""
+import numpy as np
+import cv2
+
+
+def get_im_scale(im_height, im_width, target_size, max_size):
+    """Detectron's scale rule: short side -> ``target_size`` unless the rounded long side would
+    exceed ``max_size``, then long side -> ``max_size``."""
+    im_size_min = min(im_height, im_width)
+    im_size_max = max(im_height, im_width)
+    im_scale = float(target_size) / float(im_size_min)
+    if np.round(im_scale * im_size_max) > max_size:
+        im_scale = float(max_size) / float(im_size_max)
+    return im_scale
+
+
+def get_scaled_size(im_height, im_width, im_scale):
+    """(height, width) of an image resized by ``im_scale`` (what cv2.resize with fx=fy gives)."""
+    return int(np.round(im_height * im_scale)), int(np.round(im_width * im_scale))
+
+
+def _pixel_means_tuple(pixel_means):
+    means = np.asarray(pixel_means, dtype=np.float64).reshape(-1)
+    if means.size != 3:
+        raise ValueError('pixel_means must hold 3 values (B, G, R), got shape %s'
+                         % (np.shape(pixel_means),))
+    return (float(means[0]), float(means[1]), float(means[2]), 0.)
+
+
+def prep_im_for_blob(im, pixel_means, target_sizes, max_size):
+    """Subtract ``pixel_means`` from a BGR uint8 (H, W, 3) image and rescale it.
+
+    ``target_sizes`` is one short-side size or a sequence of them. Returns ``(im, im_scale)``
+    for a single size and ``(ims, im_scales)`` lists for a sequence, each image an (h, w, 3)
+    float32 array (h, w = the scaled size). The means are subtracted before resizing with
+    bilinear interpolation, as Detectron does.
+    """
+    if im is None or im.ndim != 3 or im.shape[2] != 3:
+        raise ValueError('prep_im_for_blob: expected an (H, W, 3) BGR image, got %s'
+                         % (None if im is None else im.shape,))
+    # uint8 -> float32 and mean subtraction in one pass
+    im = cv2.subtract(im, _pixel_means_tuple(pixel_means), dtype=cv2.CV_32F)
+    single = np.isscalar(target_sizes)
+    sizes = [target_sizes] if single else list(target_sizes)
+    ims, im_scales = [], []
+    for target_size in sizes:
+        im_scale = get_im_scale(im.shape[0], im.shape[1], target_size, max_size)
+        # fx/fy (not dsize) so the sampling grid is Detectron's exactly
+        ims.append(cv2.resize(im, None, None, fx=im_scale, fy=im_scale,
+                              interpolation=cv2.INTER_LINEAR))
+        im_scales.append(im_scale)
+    if single:
+        return ims[0], im_scales[0]
+    return ims, im_scales
+
+
+def _default_stride():
+    from pydetectron.core.config import cfg
+    return int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 1
+
+
+def padded_size(height, width, stride):
+    """(height, width) rounded up to multiples of ``stride`` (no change for stride <= 1)."""
+    if stride <= 1:
+        return int(height), int(width)
+    return int(np.ceil(height / float(stride)) * stride), int(np.ceil(width / float(stride)) * stride)
+
+
+def im_list_to_blob(ims, stride=None):
+    """Stack (h, w, 3) float32 images into a zero-padded (N, 3, H, W) float32 blob.
+
+    H, W are the largest height and width, rounded up to a multiple of ``stride``; ``stride``
+    defaults to ``FPN.COARSEST_STRIDE`` when ``FPN.FPN_ON``, else no rounding.
+    """
+    if not isinstance(ims, (list, tuple)):
+        ims = [ims]
+    if stride is None:
+        stride = _default_stride()
+    max_h = max(im.shape[0] for im in ims)
+    max_w = max(im.shape[1] for im in ims)
+    max_h, max_w = padded_size(max_h, max_w, stride)
+    blob = np.zeros((len(ims), 3, max_h, max_w), dtype=np.float32)
+    for i, im in enumerate(ims):
+        # HWC -> CHW while copying into the padded slot
+        blob[i, :, :im.shape[0], :im.shape[1]] = im.transpose(2, 0, 1)
+    return blob
+
+
+def get_image_blob(im, target_scale, target_max_size, pixel_means=None, stride=None):
+    """Test-time input for one BGR image at one scale.
+
+    Returns ``(blob, im_scale, im_info)``: blob (1, 3, H, W) float32; im_scale a float;
+    im_info (1, 3) float32 = (blob height, blob width, im_scale). As in Detectron, im_info holds
+    the *padded* blob size at test time (keeping its results reproducible: boxes near the padded
+    border are clipped a little less aggressively than with the true image size).
+    ``pixel_means`` and ``stride`` default to ``cfg.PIXEL_MEANS`` and the FPN stride rule.
+    """
+    if pixel_means is None:
+        from pydetectron.core.config import cfg
+        pixel_means = cfg.PIXEL_MEANS
+    processed, im_scale = prep_im_for_blob(im, pixel_means, target_scale, target_max_size)
+    blob = im_list_to_blob([processed], stride=stride)
+    im_info = np.array([[blob.shape[2], blob.shape[3], im_scale]], dtype=np.float32)
+    return blob, im_scale, im_info
+
+
+def get_max_shape(im_shapes, stride=1):
+    """Largest (height, width) over a list of shapes, rounded up to ``stride``."""
+    shapes = np.asarray(im_shapes).reshape(-1, len(im_shapes[0]))
+    return padded_size(shapes[:, 0].max(), shapes[:, 1].max(), stride)
+
+
+def zeros(shape, int32=False):
+    """All-zero numpy array, float32 (or int32)."""
+    return np.zeros(shape, dtype=np.int32 if int32 else np.float32)
+
+
+def ones(shape, int32=False):
+    """All-one numpy array, float32 (or int32)."""
+    return np.ones(shape, dtype=np.int32 if int32 else np.float32)
