@@ -106,3 +106,92 @@ def flip_heatmaps(heatmaps, keypoints=None, keypoint_flip_map=None):
 # ---------------------------------------------------------------------------------------------
 # Keypoint R-CNN heatmap targets and decoding (model section)
 # ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Test time: heatmaps -> keypoints, OKS and OKS-NMS
+# ---------------------------------------------------------------------------------------------- #
+
+def scores_to_probs(scores):
+    """Spatial softmax of (K, H, W) scores, channel by channel -> (K, H, W) probabilities."""
+    scores = np.asarray(scores, dtype=np.float32)
+    flat = scores.reshape(scores.shape[0], -1)
+    e = np.exp(flat - flat.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).reshape(scores.shape)
+
+
+def heatmaps_to_keypoints(maps, rois, min_size=0):
+    """Keypoint locations from (R, K, H, W) heatmap logits on (R, 4) boxes -> (R, 4, K) float32
+    rows x, y, logit, prob (Detectron's layout).
+
+    Each heatmap is resized (bicubic) to the box's size in pixels (at least ``min_size``,
+    cfg.KRCNN.INFERENCE_MIN_SIZE; 0 for none) and its arg-max taken. A discrete heatmap cell d
+    maps to the continuous coordinate d + 0.5 (Heckbert 1990), the inverse of the training
+    targets' floor. Box widths here have no +1: the box spans [x1, x2) continuously.
+    """
+    import cv2  # bicubic resizing, as Detectron; imported here to keep the data code cv2-free
+
+    maps = np.asarray(maps, dtype=np.float32)
+    rois = np.asarray(rois, dtype=np.float32)
+    num_keypoints = maps.shape[1]
+    offset_x = rois[:, 0]
+    offset_y = rois[:, 1]
+    widths = np.maximum(rois[:, 2] - rois[:, 0], 1)
+    heights = np.maximum(rois[:, 3] - rois[:, 1], 1)
+    widths_ceil = np.ceil(widths)
+    heights_ceil = np.ceil(heights)
+
+    maps = np.transpose(maps, [0, 2, 3, 1])  # (R, H, W, K): OpenCV resizes channels-last
+    xy_preds = np.zeros((len(rois), 4, num_keypoints), dtype=np.float32)
+    for i in range(len(rois)):
+        roi_map_width = int(max(widths_ceil[i], min_size))
+        roi_map_height = int(max(heights_ceil[i], min_size))
+        width_correction = widths[i] / roi_map_width
+        height_correction = heights[i] / roi_map_height
+        roi_map = cv2.resize(maps[i], (roi_map_width, roi_map_height),
+                             interpolation=cv2.INTER_CUBIC)
+        roi_map = roi_map.reshape(roi_map_height, roi_map_width, num_keypoints)
+        roi_map = np.transpose(roi_map, [2, 0, 1])  # back to (K, h, w)
+        roi_map_probs = scores_to_probs(roi_map)
+        flat_argmax = roi_map.reshape(num_keypoints, -1).argmax(axis=1)  # (K,)
+        x_int = flat_argmax % roi_map_width
+        y_int = flat_argmax // roi_map_width
+        k = np.arange(num_keypoints)
+        xy_preds[i, 0] = (x_int + 0.5) * width_correction + offset_x[i]
+        xy_preds[i, 1] = (y_int + 0.5) * height_correction + offset_y[i]
+        xy_preds[i, 2] = roi_map[k, y_int, x_int]
+        xy_preds[i, 3] = roi_map_probs[k, y_int, x_int]
+    return xy_preds
+
+
+# Per-keypoint OKS falloffs of the 17 COCO keypoints (COCO's keypoint sigmas).
+COCO_KEYPOINT_SIGMAS = np.array([
+    .26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
+
+
+def compute_oks(src_keypoints, src_roi, dst_keypoints, dst_roi, sigmas=COCO_KEYPOINT_SIGMAS):
+    """Object keypoint similarity of one (4, K) pose on its (4,) box against (N, 4, K) poses -> (N,).
+
+    As in Detectron, the scale is the area of the source box (+1 convention) and every keypoint
+    counts (predictions have no visibility); ``dst_roi`` is unused, kept for Detectron's signature.
+    """
+    variances = (np.asarray(sigmas) * 2) ** 2
+    src_area = (src_roi[2] - src_roi[0] + 1) * (src_roi[3] - src_roi[1] + 1)
+    dx = dst_keypoints[:, 0, :] - src_keypoints[0, :]
+    dy = dst_keypoints[:, 1, :] - src_keypoints[1, :]
+    e = (dx ** 2 + dy ** 2) / variances / (src_area + np.spacing(1)) / 2
+    return np.sum(np.exp(-e), axis=1) / e.shape[1]
+
+
+def nms_oks(kp_predictions, rois, thresh):
+    """Greedy NMS of (N, 4, K) poses by OKS (> ``thresh`` suppresses), ranked by mean logit
+    -> list of kept indices, best first."""
+    scores = np.mean(kp_predictions[:, 2, :], axis=1)
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(int(i))
+        ovr = compute_oks(kp_predictions[i], rois[i], kp_predictions[order[1:]], rois[order[1:]])
+        order = order[np.where(ovr <= thresh)[0] + 1]
+    return keep
