@@ -989,30 +989,58 @@ _DEPRECATED_KEYS = {
     'PYTORCH_VERSION_LESS_THAN_040',
 }
 
-# Keys that were renamed: old key -> new key, or (new key, how to convert).
+# Keys that were renamed: old key -> (new key, how to convert the value,
+# converter). A value the converter can carry over is moved to the new key
+# with a warning, so older Detectron YAML still loads; otherwise merging
+# raises with the conversion hint.
+def _same(v):
+    return v
+
+
+def _as_tuple(v):
+    # Detectron's old single-string form joined several entries with ':'
+    if isinstance(v, str):
+        return tuple(x for x in v.split(':') if x)
+    if isinstance(v, (list, tuple)):
+        return tuple(v)
+    raise ValueError(v)
+
+
+def _single_scale(v):
+    if isinstance(v, (list, tuple)) and len(v) == 1:
+        v = v[0]
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise ValueError(v)
+
+
 _RENAMED_KEYS = {
-    'MODEL.PS_GRID_SIZE': 'RFCN.PS_GRID_SIZE',
-    'MODEL.ROI_HEAD': 'FAST_RCNN.ROI_BOX_HEAD',
-    'MRCNN.MASK_HEAD_NAME': 'MRCNN.ROI_MASK_HEAD',
+    'MODEL.PS_GRID_SIZE': ('RFCN.PS_GRID_SIZE', '', _same),
+    'MODEL.ROI_HEAD': ('FAST_RCNN.ROI_BOX_HEAD', '', _same),
+    'MRCNN.MASK_HEAD_NAME': ('MRCNN.ROI_MASK_HEAD', '', _same),
     'RESNETS.IMAGENET_PRETRAINED': (
         'MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS',
-        'Name the weights file in RESNETS.IMAGENET_PRETRAINED_WEIGHTS.'),
+        'Name the weights file in RESNETS.IMAGENET_PRETRAINED_WEIGHTS.',
+        _same),
     'TRAIN.DATASET': (
         'TRAIN.DATASETS',
-        "Write a tuple: 'coco_2014_train' -> ('coco_2014_train',)."),
+        "Write a tuple: 'coco_2014_train' -> ('coco_2014_train',).",
+        _as_tuple),
     'TRAIN.PROPOSAL_FILE': (
         'TRAIN.PROPOSAL_FILES',
-        "Write a tuple: 'path/to/file' -> ('path/to/file',)."),
+        "Write a tuple: 'path/to/file' -> ('path/to/file',).", _as_tuple),
     'TEST.SCALES': (
         'TEST.SCALE',
         'Write one integer, e.g. (600,) -> 600; use TEST.BBOX_AUG.SCALES '
-        'for more scales.'),
+        'for more scales.', _single_scale),
     'TEST.DATASET': (
         'TEST.DATASETS',
-        "Write a tuple: 'coco_2014_minival' -> ('coco_2014_minival',)."),
+        "Write a tuple: 'coco_2014_minival' -> ('coco_2014_minival',).",
+        _as_tuple),
     'TEST.PROPOSAL_FILE': (
         'TEST.PROPOSAL_FILES',
-        "Write a tuple: 'path/to/props.pkl' -> ('path/to/props.pkl',)."),
+        "Write a tuple: 'path/to/props.pkl' -> ('path/to/props.pkl',).",
+        _as_tuple),
 }
 
 # Keys whose value names a function as 'module.function'; stored canonical.
@@ -1222,7 +1250,8 @@ def merge_cfg_from_list(cfg_list):
         if _key_is_deprecated(full_key):
             continue
         if full_key in _RENAMED_KEYS:
-            _raise_key_rename_error(full_key, source)
+            _migrate_renamed_key(full_key, _decode_cfg_value(raw), source)
+            continue
         d = __C
         parts = full_key.split('.')
         for i, subkey in enumerate(parts):
@@ -1255,7 +1284,9 @@ def _merge_a_into_b(a, b, stack=None, source='<cfg>'):
             if _key_is_deprecated(full_key):
                 continue
             if full_key in _RENAMED_KEYS:
-                _raise_key_rename_error(full_key, source)
+                _migrate_renamed_key(
+                    full_key, _decode_cfg_value(copy.deepcopy(v_)), source)
+                continue
             _raise_unknown_key(full_key, source)
         v = _decode_cfg_value(copy.deepcopy(v_))
         v = _check_and_coerce_cfg_value_type(v, b[k], full_key, source)
@@ -1331,14 +1362,23 @@ def _key_is_deprecated(full_key):
     return False
 
 
-def _raise_key_rename_error(full_key, source):
-    new_key = _RENAMED_KEYS[full_key]
-    note = ''
-    if isinstance(new_key, tuple):
-        new_key, note = new_key[0], ' ' + new_key[1]
-    raise ConfigKeyError(
-        'config key {} (in {}) was renamed to {}; please update your '
-        'config.{}'.format(full_key, source, new_key, note))
+def _migrate_renamed_key(full_key, value, source):
+    """Move the value of renamed key `full_key` to its new key, or raise with
+    the conversion hint when the value cannot be carried over."""
+    new_key, note, convert = _RENAMED_KEYS[full_key]
+    try:
+        value = convert(value)
+    except (ValueError, TypeError):
+        raise ConfigKeyError(
+            'config key {} (in {}) was renamed to {}; please update your '
+            'config.{}'.format(full_key, source, new_key,
+                               ' ' + note if note else '')) from None
+    parent_key, _, leaf = new_key.rpartition('.')
+    parent = _get_key(__C, parent_key) if parent_key else __C
+    parent[leaf] = _check_and_coerce_cfg_value_type(
+        value, parent[leaf], new_key, source)
+    logger.warning('Config key %s (in %s) is now %s; took its value %r',
+                   full_key, source, new_key, parent[leaf])
 
 
 def _all_full_keys(d=None, prefix=''):
@@ -1610,9 +1650,9 @@ class _CfgLoader(yaml.SafeLoader):
 
 
 def _allowed_python_names():
-    scalar = ('numpy.core.multiarray.scalar', 'numpy._core.multiarray.scalar')
-    recon = ('numpy.core.multiarray._reconstruct',
-             'numpy._core.multiarray._reconstruct')
+    scalar = ('numpy._core.multiarray.scalar', 'numpy.core.multiarray.scalar')
+    recon = ('numpy._core.multiarray._reconstruct',
+             'numpy.core.multiarray._reconstruct')
     return {
         'numpy.core.multiarray.scalar': lambda: _numpy_attr(*scalar),
         'numpy._core.multiarray.scalar': lambda: _numpy_attr(*scalar),
