@@ -511,6 +511,17 @@ def test_share_res5_is_inferred_for_v0upshare():
     assert cfg.MODEL.SHARE_RES5 is True
 
 
+def test_function_names_set_by_attribute_are_canonicalised():
+    cfg.FAST_RCNN.ROI_BOX_HEAD = 'head_builder.add_roi_2mlp_head'
+    assert_and_infer_cfg()
+    assert cfg.FAST_RCNN.ROI_BOX_HEAD == 'fast_rcnn_heads.roi_2mlp_head'
+
+
+def test_test_ims_per_batch_default():
+    # pydetectron addition read by the test engine
+    assert cfg.TEST.IMS_PER_BATCH == 1
+
+
 def test_immutable_after_assert_and_infer_cfg():
     assert_and_infer_cfg()
     with pytest.raises(AttributeError, match="'NUM_GPUS'"):
@@ -558,6 +569,10 @@ def _problems_of(settings):
      'start with 0'),
     (['SOLVER.LR_POLICY', 'steps_with_lrs', 'SOLVER.STEPS', '[0, 10]',
       'SOLVER.LRS', '[0.1]'], 'SOLVER.LRS'),
+    (['SOLVER.LR_POLICY', 'steps_with_relative_lrs', 'SOLVER.STEPS',
+      '[0, 10, 20]', 'SOLVER.LRS', '[1, 0.1]'], 'SOLVER.LRS'),
+    (['SOLVER.LR_POLICY', 'steps_with_decay', 'SOLVER.STEPS', '[0, 20, 10]'],
+     'increasing'),
     (['SOLVER.WARM_UP_METHOD', 'cubic'], 'SOLVER.WARM_UP_METHOD'),
     (['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', True],
      'RESNETS.IMAGENET_PRETRAINED_WEIGHTS'),
@@ -570,6 +585,16 @@ def _problems_of(settings):
 ])
 def test_incompatible_options_are_reported(settings, fragment):
     assert fragment in _problems_of(settings)
+
+
+@pytest.mark.parametrize('policy', ['step', 'steps_with_decay', 'cosine',
+                                    'cosine_decay', 'steps_with_lrs',
+                                    'steps_with_relative_lrs'])
+def test_every_lr_policy_is_accepted(policy):
+    merge_cfg_from_list(['SOLVER.LR_POLICY', policy, 'SOLVER.STEPS', '[0, 10]',
+                         'SOLVER.LRS', '[0.1, 0.01]'])
+    assert_and_infer_cfg()
+    assert cfg.SOLVER.LR_POLICY == policy
 
 
 def test_all_problems_reported_at_once():

@@ -18,8 +18,10 @@ Merging rules
 -------------
 * Only existing keys may be set.  An unknown key raises `ConfigKeyError`
   naming the full key, where it came from (the YAML file, `--set`), and the
-  closest valid key.  Keys Detectron renamed raise with the new name; keys
-  Detectron removed are ignored with a warning.
+  closest valid key.  A key Detectron renamed has its value moved to the new
+  key with a warning (TEST.SCALES: (800,) -> TEST.SCALE: 800), or raises with
+  a conversion hint when it cannot be; keys Detectron removed are ignored
+  with a warning.
 * Types must match the default: YAML/`--set` lists become tuples where the
   default is a tuple (and tuples become lists where it is a list); an int is
   accepted for a float key; a number is accepted for a string key; a bare
@@ -243,6 +245,10 @@ __C.TEST.RPN_POST_NMS_TOP_N = 2000
 
 # Proposals with width or height below this (original pixels) are dropped
 __C.TEST.RPN_MIN_SIZE = 0
+
+# Images per forward pass when the test engine batches images (pydetectron
+# addition; Detectron tests one image at a time)
+__C.TEST.IMS_PER_BATCH = 1
 
 # Most detections returned per image, over all classes (COCO's limit)
 __C.TEST.DETECTIONS_PER_IM = 100
@@ -528,7 +534,8 @@ __C.SOLVER.BASE_LR = 0.001
 #   'steps_with_decay': BASE_LR * GAMMA ** k, k = index of the last entry of
 #                       STEPS (which starts with 0) that is <= iter
 #   'steps_with_lrs':   LRS[k], with k as above
-#   'cosine':           BASE_LR * (1 + cos(pi * iter / MAX_ITER)) / 2
+#   'steps_with_relative_lrs': BASE_LR * LRS[k]
+#   'cosine_decay' (or 'cosine'): BASE_LR * (1 + cos(pi * iter / MAX_ITER)) / 2
 __C.SOLVER.LR_POLICY = 'step'
 
 # Decay factor of 'step' and 'steps_with_decay'
@@ -537,11 +544,12 @@ __C.SOLVER.GAMMA = 0.1
 # Period of 'step'
 __C.SOLVER.STEP_SIZE = 30000
 
-# Iterations where 'steps_with_decay' / 'steps_with_lrs' change the rate;
-# the first entry is 0
+# Iterations where the 'steps_with_*' policies change the rate; the first
+# entry is 0
 __C.SOLVER.STEPS = []
 
-# Rates of 'steps_with_lrs', one per entry of STEPS
+# Rates (or BASE_LR multipliers) of 'steps_with_lrs' /
+# 'steps_with_relative_lrs', one per entry of STEPS
 __C.SOLVER.LRS = []
 
 # Total number of training iterations
@@ -1115,7 +1123,7 @@ _SHARE_RES5_HEADS = {'mask_rcnn_heads.mask_rcnn_fcn_head_v0upshare'}
 _CHOICES = {
     'SOLVER.TYPE': ('SGD', 'Adam'),
     'SOLVER.LR_POLICY': ('step', 'steps_with_decay', 'steps_with_lrs',
-                         'cosine'),
+                         'steps_with_relative_lrs', 'cosine_decay', 'cosine'),
     'SOLVER.WARM_UP_METHOD': ('constant', 'linear'),
     'FAST_RCNN.ROI_XFORM_METHOD': ('RoIPoolF', 'RoIAlign', 'RoICrop'),
     'MRCNN.ROI_XFORM_METHOD': ('RoIPoolF', 'RoIAlign', 'RoICrop'),
@@ -1430,6 +1438,11 @@ def assert_and_infer_cfg(cache_urls=True, make_immutable=True):
     `make_immutable`, freezes `cfg` so any later write raises.
     """
     __C.immutable(False)  # a second call re-infers and re-freezes
+    # Values set by attribute (cfg.MODEL.CONV_BODY = ...) skip the merge's
+    # normalisation; give them the canonical form too
+    for key in FUNC_NAME_KEYS:
+        section, leaf = key.split('.')
+        __C[section][leaf] = canonical_func_name(__C[section][leaf])
     if __C.MODEL.RPN_ONLY or __C.MODEL.FASTER_RCNN:
         __C.RPN.RPN_ON = True
     if __C.RPN.RPN_ON or __C.RETINANET.RETINANET_ON:
@@ -1522,7 +1535,8 @@ def _find_problems(c):
                         '5'.format(c.RESNETS.FREEZE_AT))
 
     s = c.SOLVER
-    if s.LR_POLICY in ('steps_with_decay', 'steps_with_lrs'):
+    if s.LR_POLICY in ('steps_with_decay', 'steps_with_lrs',
+                       'steps_with_relative_lrs'):
         steps = list(s.STEPS)
         if not steps or steps[0] != 0:
             problems.append('SOLVER.LR_POLICY {!r} needs SOLVER.STEPS to '
@@ -1531,7 +1545,7 @@ def _find_problems(c):
         elif steps != sorted(steps):
             problems.append('SOLVER.STEPS must be increasing (got '
                             '{})'.format(steps))
-        if s.LR_POLICY == 'steps_with_lrs' and len(s.LRS) != len(steps):
+        if s.LR_POLICY != 'steps_with_decay' and len(s.LRS) != len(steps):
             problems.append('SOLVER.LRS needs one rate per entry of '
                             'SOLVER.STEPS ({} vs {})'.format(
                                 len(s.LRS), len(steps)))
