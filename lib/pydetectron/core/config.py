@@ -1616,8 +1616,7 @@ def reset_cfg():
     """Restore every default in place and make `cfg` mutable (for tests)."""
     __C.immutable(False)
     dict.clear(__C)
-    dict.update(__C, copy.deepcopy(_DEFAULT_CFG))
-    __C.immutable(False)
+    dict.update(__C, copy.deepcopy(_DEFAULT_CFG))  # the defaults are mutable
 
 
 # ============================================================================ #

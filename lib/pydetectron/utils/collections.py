@@ -13,9 +13,6 @@ state; `immutable(False)` unfreezes a tree again.
 _IMMUTABLE = '_AttrDict__immutable'
 _PATH = '_AttrDict__path'
 
-# dict methods that would modify the mapping in place; blocked while frozen.
-_MUTATORS = ('clear', 'pop', 'popitem', 'setdefault', 'update')
-
 
 class AttrDict(dict):
     """dict with attribute access and an optional recursive freeze."""
@@ -46,7 +43,7 @@ class AttrDict(dict):
         except KeyError:
             raise AttributeError(self._full_name(name)) from None
 
-    # -- item access --------------------------------------------------------
+    # -- item access (and every dict method that writes in place) ----------
     def __setitem__(self, key, value):
         self._check_mutable(key)
         super().__setitem__(key, value)
