@@ -1,12 +1,17 @@
 """Loads the compiled extension ``pydetectron._C`` that registers the ``torch.ops.pydetectron`` ops.
 
 The config and data code import without it; calling an op without it raises one clear message.
+Loading also registers the Python halves of the ops (autograd formulas and the fake kernels that
+let ``torch.compile`` trace them), once.
 """
 import importlib
 
 _MISSING_MSG = (
     "pydetectron's compiled ops (pydetectron._C) are not built or failed to load{detail}. "
     "Run `bash make.sh` in the pydetectron checkout to build them.")
+
+# The op modules whose `_register()` adds autograd and fake kernels to the C++ ops.
+_PYTHON_HALVES = ("roi_align", "roi_pool", "nms", "soft_nms")
 
 _state = {"loaded": False, "error": None}
 
@@ -22,6 +27,8 @@ def load():
         _state["error"] = e
         raise RuntimeError(_MISSING_MSG.format(detail=": %s" % e)) from e
     _state["loaded"] = True
+    for name in _PYTHON_HALVES:
+        importlib.import_module("pydetectron.ops." + name)._register()
 
 
 def available():
@@ -30,3 +37,11 @@ def available():
     except RuntimeError:
         return False
     return True
+
+
+def has_cuda_kernels():
+    """True when the extension was built with its CUDA kernels (and CUDA is usable)."""
+    import torch
+    if not available() or not torch.cuda.is_available():
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("pydetectron::roi_align", "CUDA")

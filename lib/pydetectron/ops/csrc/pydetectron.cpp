@@ -1,0 +1,59 @@
+// The one binding file: declares the `pydetectron` operator library (schemas) and registers the
+// CPU and CUDA kernels. Autograd formulas, fake (meta) kernels for torch.compile and the Python
+// signatures live in pydetectron/ops/*.py. Importing `pydetectron._C` runs these registrations.
+//
+// Autocast: no autocast kernel is registered, so under torch.autocast an op runs in the dtype its
+// features arrive in (float16/bfloat16 from an autocast convolution), accumulating in float32;
+// `rois` may be float32 alongside float16 features (each kernel reads rois in float32).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "nms/nms.h"
+#include "roi_align/roi_align.h"
+#include "roi_pool/roi_pool.h"
+#include "soft_nms/soft_nms.h"
+
+// `import pydetectron._C` needs a module init function; the ops register through the static
+// initialisers of TORCH_LIBRARY below, so the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(pydetectron, m) {
+  m.def("roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, "
+        "int pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+  m.def("_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, "
+        "int pooled_width, int batch_size, int channels, int height, int width, "
+        "int sampling_ratio, bool aligned) -> Tensor");
+  m.def("roi_pool(Tensor input, Tensor rois, float spatial_scale, int pooled_height, "
+        "int pooled_width) -> (Tensor, Tensor)");
+  m.def("_roi_pool_backward(Tensor grad, Tensor argmax, int batch_size, int channels, "
+        "int height, int width) -> Tensor");
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  m.def("soft_nms(Tensor boxes, Tensor scores, float sigma, float overlap_thresh, "
+        "float score_thresh, int method) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(pydetectron, CPU, m) {
+  m.impl("roi_align", &pydetectron::roi_align_forward_cpu);
+  m.impl("_roi_align_backward", &pydetectron::roi_align_backward_cpu);
+  m.impl("roi_pool", &pydetectron::roi_pool_forward_cpu);
+  m.impl("_roi_pool_backward", &pydetectron::roi_pool_backward_cpu);
+  m.impl("nms", &pydetectron::nms_cpu);
+  m.impl("batched_nms", &pydetectron::batched_nms_cpu);
+  m.impl("soft_nms", &pydetectron::soft_nms_cpu);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(pydetectron, CUDA, m) {
+  m.impl("roi_align", &pydetectron::roi_align_forward_cuda);
+  m.impl("_roi_align_backward", &pydetectron::roi_align_backward_cuda);
+  m.impl("roi_pool", &pydetectron::roi_pool_forward_cuda);
+  m.impl("_roi_pool_backward", &pydetectron::roi_pool_backward_cuda);
+  m.impl("nms", &pydetectron::nms_cuda);
+  m.impl("batched_nms", &pydetectron::batched_nms_cuda);
+  m.impl("soft_nms", &pydetectron::soft_nms_cuda);
+}
+#endif

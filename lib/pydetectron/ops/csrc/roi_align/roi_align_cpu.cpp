@@ -1,0 +1,177 @@
+// RoIAlign on the CPU (forward and backward), parallel with ATen's OpenMP thread pool.
+// The taps of a RoI (the rows and columns each sample reads, with their weights) are computed once
+// per RoI and reused for every channel, as Caffe2's CPU kernel does with its `pre_calc` table;
+// here the table is separable (PH*grid_h row taps + PW*grid_w column taps).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "common/common.h"
+#include "roi_align/roi_align.h"
+#include "roi_align/roi_align_geometry.h"
+
+namespace pydetectron {
+namespace {
+
+template <typename T>
+void compute_taps(const RoIAlignGeometry<T>& g, int pooled_height, int pooled_width,
+                  int64_t height, int64_t width, std::vector<AxisTap<T>>& ytaps,
+                  std::vector<AxisTap<T>>& xtaps) {
+  ytaps.resize(static_cast<size_t>(pooled_height) * g.grid_h);
+  xtaps.resize(static_cast<size_t>(pooled_width) * g.grid_w);
+  for (int ph = 0; ph < pooled_height; ++ph)
+    for (int iy = 0; iy < g.grid_h; ++iy)
+      ytaps[ph * g.grid_h + iy] =
+          axis_tap(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height);
+  for (int pw = 0; pw < pooled_width; ++pw)
+    for (int ix = 0; ix < g.grid_w; ++ix)
+      xtaps[pw * g.grid_w + ix] =
+          axis_tap(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width);
+}
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* input, const acc_t<scalar_t>* rois, scalar_t* output,
+                    int64_t num_rois, int64_t channels, int64_t height, int64_t width,
+                    int pooled_height, int pooled_width, acc_t<scalar_t> spatial_scale,
+                    int sampling_ratio, bool aligned) {
+  using T = acc_t<scalar_t>;
+  at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
+    std::vector<AxisTap<T>> ytaps, xtaps;
+    for (int64_t n = begin; n < end; ++n) {
+      const auto g = roi_align_geometry(rois + n * 5, spatial_scale, pooled_height,
+                                        pooled_width, sampling_ratio, aligned);
+      compute_taps(g, pooled_height, pooled_width, height, width, ytaps, xtaps);
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t* plane = input + (g.batch * channels + c) * height * width;
+        scalar_t* out = output + (n * channels + c) * pooled_height * pooled_width;
+        for (int ph = 0; ph < pooled_height; ++ph) {
+          for (int pw = 0; pw < pooled_width; ++pw) {
+            T sum = 0;
+            for (int iy = 0; iy < g.grid_h; ++iy) {
+              const AxisTap<T>& ty = ytaps[ph * g.grid_h + iy];
+              if (!ty.valid) continue;
+              const scalar_t* row_low = plane + ty.low * width;
+              const scalar_t* row_high = plane + ty.high * width;
+              for (int ix = 0; ix < g.grid_w; ++ix) {
+                const AxisTap<T>& tx = xtaps[pw * g.grid_w + ix];
+                if (!tx.valid) continue;
+                sum += ty.w_low * tx.w_low * static_cast<T>(row_low[tx.low]) +
+                       ty.w_low * tx.w_high * static_cast<T>(row_low[tx.high]) +
+                       ty.w_high * tx.w_low * static_cast<T>(row_high[tx.low]) +
+                       ty.w_high * tx.w_high * static_cast<T>(row_high[tx.high]);
+              }
+            }
+            out[ph * pooled_width + pw] = static_cast<scalar_t>(sum / g.count);
+          }
+        }
+      }
+    }
+  });
+}
+
+// Each thread owns a range of channels, so no two threads write the same element of grad_input.
+template <typename scalar_t>
+void backward_kernel(const scalar_t* grad, const acc_t<scalar_t>* rois,
+                     acc_t<scalar_t>* grad_input, int64_t num_rois, int64_t channels,
+                     int64_t height, int64_t width, int pooled_height, int pooled_width,
+                     acc_t<scalar_t> spatial_scale, int sampling_ratio, bool aligned) {
+  using T = acc_t<scalar_t>;
+  at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
+    std::vector<AxisTap<T>> ytaps, xtaps;
+    for (int64_t n = 0; n < num_rois; ++n) {
+      const auto g = roi_align_geometry(rois + n * 5, spatial_scale, pooled_height,
+                                        pooled_width, sampling_ratio, aligned);
+      compute_taps(g, pooled_height, pooled_width, height, width, ytaps, xtaps);
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        T* plane = grad_input + (g.batch * channels + c) * height * width;
+        const scalar_t* gout = grad + (n * channels + c) * pooled_height * pooled_width;
+        for (int ph = 0; ph < pooled_height; ++ph) {
+          for (int pw = 0; pw < pooled_width; ++pw) {
+            const T top = static_cast<T>(gout[ph * pooled_width + pw]);
+            for (int iy = 0; iy < g.grid_h; ++iy) {
+              const AxisTap<T>& ty = ytaps[ph * g.grid_h + iy];
+              if (!ty.valid) continue;
+              T* row_low = plane + ty.low * width;
+              T* row_high = plane + ty.high * width;
+              for (int ix = 0; ix < g.grid_w; ++ix) {
+                const AxisTap<T>& tx = xtaps[pw * g.grid_w + ix];
+                if (!tx.valid) continue;
+                // Caffe2: g_i = top_diff * w_i / count.
+                row_low[tx.low] += top * (ty.w_low * tx.w_low) / g.count;
+                row_low[tx.high] += top * (ty.w_low * tx.w_high) / g.count;
+                row_high[tx.low] += top * (ty.w_high * tx.w_low) / g.count;
+                row_high[tx.high] += top * (ty.w_high * tx.w_high) / g.count;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
+                                 double spatial_scale, int64_t pooled_height,
+                                 int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+  constexpr const char* op = "roi_align";
+  check_features_and_rois(input, rois, op);
+  check_pooled_size(pooled_height, pooled_width, op);
+  TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got `input` on ", input.device());
+
+  const int64_t num_rois = rois.size(0);
+  const int64_t channels = input.size(1), height = input.size(2), width = input.size(3);
+  auto output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input.options());
+  if (num_rois == 0 || output.numel() == 0) return output;
+
+  auto input_c = input.contiguous();
+  auto rois_c = rois.to(acc_dtype(input.scalar_type())).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
+    using T = acc_t<scalar_t>;
+    check_batch_indices_cpu(rois_c.data_ptr<T>(), num_rois, input.size(0), op);
+    forward_kernel<scalar_t>(input_c.data_ptr<scalar_t>(), rois_c.data_ptr<T>(),
+                             output.data_ptr<scalar_t>(), num_rois, channels, height, width,
+                             static_cast<int>(pooled_height), static_cast<int>(pooled_width),
+                             static_cast<T>(spatial_scale), static_cast<int>(sampling_ratio),
+                             aligned);
+  });
+  return output;
+}
+
+at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
+                                  double spatial_scale, int64_t pooled_height,
+                                  int64_t pooled_width, int64_t batch_size, int64_t channels,
+                                  int64_t height, int64_t width, int64_t sampling_ratio,
+                                  bool aligned) {
+  constexpr const char* op = "roi_align_backward";
+  check_floating(grad, op, "grad");
+  check_floating(rois, op, "rois");
+  check_same_device(grad, "grad", rois, op, "rois");
+  TORCH_CHECK(grad.device().is_cpu(), op, ": the CPU kernel got `grad` on ", grad.device());
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
+              op, ": `grad` must have shape (K, C, PH, PW) = (", rois.size(0), ", ", channels,
+              ", ", pooled_height, ", ", pooled_width, "), got ", grad.sizes());
+
+  const auto acc = acc_dtype(grad.scalar_type());
+  auto grad_input = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc));
+  const int64_t num_rois = rois.size(0);
+  if (num_rois == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
+
+  auto grad_c = grad.contiguous();
+  auto rois_c = rois.to(acc).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
+    using T = acc_t<scalar_t>;
+    check_batch_indices_cpu(rois_c.data_ptr<T>(), num_rois, batch_size, op);
+    backward_kernel<scalar_t>(grad_c.data_ptr<scalar_t>(), rois_c.data_ptr<T>(),
+                              grad_input.data_ptr<T>(), num_rois, channels, height, width,
+                              static_cast<int>(pooled_height), static_cast<int>(pooled_width),
+                              static_cast<T>(spatial_scale), static_cast<int>(sampling_ratio),
+                              aligned);
+  });
+  return grad_input.to(grad.scalar_type());
+}
+
+}  // namespace pydetectron
