@@ -33,3 +33,12 @@ def coco_mini():
     if not os.path.isdir(COCO_MINI):
         pytest.skip("../shared/data/coco_mini not present")
     return COCO_MINI
+
+
+@pytest.fixture
+def fresh_cfg():
+    """The global cfg at its defaults (unfrozen) for the test, restored afterwards."""
+    from pydetectron.core.config import cfg, reset_cfg
+    reset_cfg()
+    yield cfg
+    reset_cfg()
