@@ -31,6 +31,10 @@ Every dataset is a COCO-format JSON plus a folder of images. Three ways to name 
 
 3. **From Python**: ``register_dataset(name, image_dir, annotation_file, image_prefix='')``.
 
+Registrations of kinds 2 and 3 are mirrored into the environment variable
+``PYDETECTRON_REGISTERED_DATASETS`` (JSON), so processes this one starts (DataLoader workers,
+multi-process inference) know the same names.
+
 Tools resolve their ``--dataset`` argument with ``resolve_dataset_arg(arg, training)``, which also
 accepts the shorthands ``coco2017``, ``keypoints_coco2017``, ``coco2014``, ``keypoints_coco2014``,
 ``shapes``, ``keypoints_shapes`` (train splits when training, val splits when testing) and
@@ -59,6 +63,9 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 
 SPEC_PREFIX = 'coco_json:'
+
+# spec string -> the name it was registered under
+_ALIASES = {}
 
 
 def get_data_dir():
@@ -183,7 +190,32 @@ def register_dataset(name, image_dir, annotation_file, image_prefix=''):
     if name in _DATASETS and _DATASETS[name] != entry:
         logger.info('register_dataset: replacing the catalog entry %s', name)
     _DATASETS[name] = entry
+    _export_registration(name, entry)
     return name
+
+
+_ENV_KEY = 'PYDETECTRON_REGISTERED_DATASETS'
+
+
+def _export_registration(name, entry):
+    """Mirror a registration into the environment, which child processes inherit."""
+    try:
+        registered = json.loads(os.environ.get(_ENV_KEY, '{}'))
+    except ValueError:
+        registered = {}
+    registered[name] = entry
+    os.environ[_ENV_KEY] = json.dumps(registered, sort_keys=True)
+
+
+def _import_registrations():
+    try:
+        registered = json.loads(os.environ.get(_ENV_KEY, '{}'))
+    except ValueError:
+        logger.warning('ignoring %s: not valid JSON', _ENV_KEY)
+        return
+    for name, entry in registered.items():
+        if isinstance(entry, dict) and IM_DIR in entry and ANN_FN in entry:
+            _DATASETS.setdefault(name, entry)
 
 
 _SPEC_RE = re.compile(r'^%s(?P<ann>.+?\.json)(?::(?P<im>.+))?$' % re.escape(SPEC_PREFIX))
@@ -244,12 +276,9 @@ def _register_spec(spec):
     digest = hashlib.sha1(('%s|%s' % (ann_fn, im_dir)).encode('utf-8')).hexdigest()[:8]
     name = 'json_%s_%s' % (stem, digest)
     _DATASETS[name] = {IM_DIR: im_dir, ANN_FN: ann_fn}
-    _DATASETS[spec] = _DATASETS[name]
+    _export_registration(name, _DATASETS[name])
     _ALIASES[spec] = name
     return name
-
-
-_ALIASES = {}
 
 
 def canonical_name(name):
@@ -366,3 +395,6 @@ def resolve_dataset_arg(dataset, training=True):
         raise ValueError('--dataset %r: the datasets have different numbers of classes: %s'
                          % (dataset, counts))
     return tuple(names), counts[names[0]]
+
+
+_import_registrations()
