@@ -1,0 +1,151 @@
+"""RPN proposals on the model's device, batched over images (Detectron's ``ops/generate_proposals.py``
+and the collect step of ``ops/collect_and_distribute_fpn_rpn_proposals.py``).
+
+Shapes: N images, A anchors per cell, (H, W) the feature map, K = H * W * A candidates per image,
+R proposals in all. ``rois`` are (R, 5) = (image index, x1, y1, x2, y2) in the input-blob scale,
+grouped image by image, each image's proposals in decreasing objectness.
+
+Per image and per feature map (per FPN level), as Detectron does:
+1. every anchor at every cell, ordered (H, W, A) like the conv outputs;
+2. the ``pre_nms_top_n`` best by objectness (all when <= 0);
+3. decode the deltas (weights (1, 1, 1, 1), dw/dh clipped at ``bbox_xform_clip``), clip to the
+   image (im_info height / width);
+4. drop boxes narrower or shorter than ``min_size`` measured at the *original* image scale
+   ((x2 - x1) / im_scale + 1, at least 1 pixel) or whose centre lies outside the image;
+5. NMS at ``nms_thresh`` and keep the ``post_nms_top_n`` best (both skipped when nms_thresh <= 0).
+"""
+from collections import namedtuple
+
+import torch
+
+from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
+
+__all__ = ["ProposalParams", "shifted_anchors", "generate_proposals", "collect_fpn_proposals",
+           "rank_within_image"]
+
+
+class ProposalParams(namedtuple("ProposalParams",
+                                ["pre_nms_top_n", "post_nms_top_n", "nms_thresh", "min_size"])):
+    """One mode's proposal settings (``cfg.TRAIN.RPN_*`` or ``cfg.TEST.RPN_*``)."""
+
+    @classmethod
+    def from_cfg(cls, mode):
+        from pydetectron.core.config import cfg
+        c = cfg[mode]
+        return cls(c.RPN_PRE_NMS_TOP_N, c.RPN_POST_NMS_TOP_N, c.RPN_NMS_THRESH, c.RPN_MIN_SIZE)
+
+
+def shifted_anchors(anchors, height, width, feat_stride):
+    """(H * W * A, 4) anchors of every cell, ordered (H, W, A); ``anchors`` (A, 4) is one cell's."""
+    device, dtype = anchors.device, anchors.dtype
+    shift_x = torch.arange(width, device=device, dtype=dtype) * feat_stride
+    shift_y = torch.arange(height, device=device, dtype=dtype) * feat_stride
+    shift_y, shift_x = torch.meshgrid(shift_y, shift_x, indexing="ij")  # (H, W) each
+    shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
+    return (shifts + anchors.view(1, -1, 4)).reshape(-1, 4)
+
+
+def rank_within_image(im_inds, num_images):
+    """Given (M,) image indices already sorted image by image, each element's rank in its image."""
+    counts = torch.bincount(im_inds, minlength=num_images)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(im_inds.numel(), device=im_inds.device) - starts[im_inds]
+
+
+def _group_by_image(order_scores, im_inds):
+    """Permutation sorting by decreasing score, then (stably) by image."""
+    by_score = torch.argsort(order_scores, descending=True, stable=True)
+    by_image = torch.argsort(im_inds[by_score], stable=True)
+    return by_score[by_image]
+
+
+def _clip_to_images(boxes, im_hw):
+    """Clip (N, K, 4) boxes to each image: x in [0, width - 1], y in [0, height - 1]."""
+    h_max = (im_hw[:, 0] - 1).view(-1, 1)
+    w_max = (im_hw[:, 1] - 1).view(-1, 1)
+    x1 = torch.maximum(torch.minimum(boxes[..., 0], w_max), boxes.new_zeros(()))
+    y1 = torch.maximum(torch.minimum(boxes[..., 1], h_max), boxes.new_zeros(()))
+    x2 = torch.maximum(torch.minimum(boxes[..., 2], w_max), boxes.new_zeros(()))
+    y2 = torch.maximum(torch.minimum(boxes[..., 3], h_max), boxes.new_zeros(()))
+    return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+def _valid_boxes(boxes, min_size, im_info):
+    """(N, K) mask: both sides >= min_size at the original scale and centre inside the image."""
+    im_scale = im_info[:, 2].view(-1, 1)
+    ws_orig = (boxes[..., 2] - boxes[..., 0]) / im_scale + 1
+    hs_orig = (boxes[..., 3] - boxes[..., 1]) / im_scale + 1
+    min_size = max(min_size, 1)  # at least one pixel of the original image
+    ws = boxes[..., 2] - boxes[..., 0] + 1
+    hs = boxes[..., 3] - boxes[..., 1] + 1
+    x_ctr = boxes[..., 0] + ws / 2.
+    y_ctr = boxes[..., 1] + hs / 2.
+    return ((ws_orig >= min_size) & (hs_orig >= min_size)
+            & (x_ctr < im_info[:, 1].view(-1, 1)) & (y_ctr < im_info[:, 0].view(-1, 1)))
+
+
+def generate_proposals(cls_probs, bbox_pred, im_info, anchors, feat_stride, params,
+                       bbox_xform_clip=BBOX_XFORM_CLIP):
+    """Proposals of one feature map for a batch of images.
+
+    cls_probs (N, A, H, W) objectness probabilities; bbox_pred (N, 4A, H, W) deltas (anchor a's
+    four deltas at channels 4a..4a+3); im_info (N, 3) = (height, width, im_scale) of the blob;
+    anchors (A, 4) of one cell (``generate_anchors``); ``params`` a ``ProposalParams``.
+    Returns rois (R, 5) and their probabilities (R,), grouped by image, best first.
+    """
+    from pydetectron.ops import batched_nms
+    n, a, h, w = cls_probs.shape
+    if bbox_pred.shape != (n, 4 * a, h, w):
+        raise ValueError("generate_proposals: bbox_pred %s does not match cls_probs %s (4A channels)"
+                         % (tuple(bbox_pred.shape), tuple(cls_probs.shape)))
+    im_info = im_info.to(device=cls_probs.device, dtype=torch.float32)
+    all_anchors = shifted_anchors(anchors.to(cls_probs.device, torch.float32), h, w, feat_stride)
+    scores = cls_probs.permute(0, 2, 3, 1).reshape(n, -1)  # (N, K), ordered (H, W, A)
+    deltas = bbox_pred.permute(0, 2, 3, 1).reshape(n, -1, 4)  # (N, K, 4)
+
+    k = scores.shape[1]
+    pre = params.pre_nms_top_n
+    if 0 < pre < k:
+        scores, order = torch.topk(scores, pre, dim=1, sorted=True)
+    else:
+        scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
+    deltas = torch.gather(deltas, 1, order.unsqueeze(-1).expand(-1, -1, 4))
+    boxes = bbox_transform(all_anchors[order.reshape(-1)], deltas.reshape(-1, 4),
+                           clip=bbox_xform_clip).view(n, -1, 4)
+    boxes = _clip_to_images(boxes, im_info)
+    valid = _valid_boxes(boxes, params.min_size, im_info)
+
+    im_inds = torch.arange(n, device=boxes.device).view(-1, 1).expand_as(valid)[valid]
+    boxes, scores = boxes[valid], scores[valid]  # (M, 4), (M,), image by image, best first
+    if params.nms_thresh > 0:
+        keep = batched_nms(boxes, scores, im_inds, params.nms_thresh)
+        keep = keep[_group_by_image(scores[keep], im_inds[keep])]
+        if params.post_nms_top_n > 0:
+            keep = keep[rank_within_image(im_inds[keep], n) < params.post_nms_top_n]
+        boxes, scores, im_inds = boxes[keep], scores[keep], im_inds[keep]
+    rois = torch.cat([im_inds.to(boxes.dtype).unsqueeze(1), boxes], dim=1)
+    return rois, scores
+
+
+def collect_fpn_proposals(rois_per_level, probs_per_level, num_images, post_nms_top_n,
+                          per_image=True):
+    """Merge the proposals of all FPN levels and keep the ``post_nms_top_n`` most confident.
+
+    At test time Detectron keeps the top N of each image (``per_image=True``; it ran one image at a
+    time). In training its collect op keeps the top N of the whole minibatch (``per_image=False``)
+    -- Detectron's behaviour, kept on purpose. Either way the result is grouped by image, best first.
+    Returns rois (R, 5) and probabilities (R,).
+    """
+    rois = torch.cat(rois_per_level, dim=0)
+    probs = torch.cat(probs_per_level, dim=0)
+    im_inds = rois[:, 0].to(torch.int64)
+    if per_image:
+        order = _group_by_image(probs, im_inds)
+        if post_nms_top_n > 0:
+            order = order[rank_within_image(im_inds[order], num_images) < post_nms_top_n]
+    else:
+        order = torch.argsort(probs, descending=True, stable=True)
+        if post_nms_top_n > 0:
+            order = order[:post_nms_top_n]
+        order = order[torch.argsort(im_inds[order], stable=True)]
+    return rois[order], probs[order]

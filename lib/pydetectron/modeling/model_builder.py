@@ -1,0 +1,226 @@
+"""Generalized_RCNN: Faster / Mask / Keypoint R-CNN, C4 and FPN, RPN-only and Fast R-CNN, from ``cfg``.
+
+    data (N, 3, H, W) -> Conv_Body -> [RPN -> proposals] -> Box_Head -> Box_Outs
+                                              rois ------> Mask_Head -> Mask_Outs      (mask_net)
+                                              rois ------> Keypoint_Head -> Keypoint_Outs (keypoint_net)
+
+The parts are looked up by the config's function names (``MODEL.CONV_BODY``,
+``FAST_RCNN.ROI_BOX_HEAD``, ``MRCNN.ROI_MASK_HEAD``, ``KRCNN.ROI_KEYPOINTS_HEAD``; see
+``modeling.registry``). Build it after ``merge_cfg_from_file`` + ``assert_and_infer_cfg``.
+
+Inference (``model.eval()``, under ``torch.no_grad()``): ``model(data, im_info)`` returns
+    'blob_conv'  the body's output the RoI heads use: a tensor (C4) or the list of FPN levels
+                 ROI_MIN_LEVEL..ROI_MAX_LEVEL, finest first;
+    'rois'       (R, 5) = (image index, x1, y1, x2, y2) in blob scale, image by image
+                 (each image's TEST.RPN_POST_NMS_TOP_N best proposals);
+    'cls_score'  (R, NUM_CLASSES) softmax probabilities;
+    'bbox_pred'  (R, 4 x NUM_CLASSES) raw deltas ((R, 8) with MODEL.CLS_AGNOSTIC_BBOX_REG);
+or, for MODEL.RPN_ONLY, 'rois' and 'rpn_roi_probs' (R,). Without an RPN (MODEL.FASTER_RCNN False:
+Fast R-CNN on precomputed proposals) pass the proposals as ``rois`` (R, 5).
+``mask_net(blob_conv, rois)`` -> (R, C, M, M) mask probabilities; ``keypoint_net(blob_conv, rois)``
+-> (R, K, Hk, Wk) heatmap scores; ``detect(data, im_info)`` runs the whole test path on the device.
+
+Training (``model.train()``): the body and the RPN run here (proposals with TRAIN.* settings,
+collected per minibatch for FPN); targets and losses are added by ``training_losses`` (issue 6).
+"""
+import logging
+
+import torch
+from torch import nn
+
+from pydetectron.modeling import postprocess
+from pydetectron.modeling.fast_rcnn_heads import fast_rcnn_outputs
+from pydetectron.modeling.keypoint_rcnn_heads import keypoint_outputs_from_cfg
+from pydetectron.modeling.mask_rcnn_heads import mask_rcnn_outputs
+from pydetectron.modeling.registry import CONV_BODY, ROI_BOX_HEAD, ROI_KEYPOINTS_HEAD, ROI_MASK_HEAD
+from pydetectron.modeling.rpn_heads import generic_rpn_outputs
+from pydetectron.modeling.weight_mapping import merge_mappings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Generalized_RCNN"]
+
+
+class Generalized_RCNN(nn.Module):
+    """The detector described by the global ``cfg`` (see the module docstring for the contract)."""
+
+    def __init__(self):
+        super().__init__()
+        from pydetectron.core.config import cfg
+        m = cfg.MODEL
+        if not m.CONV_BODY:
+            raise ValueError("MODEL.CONV_BODY is empty: merge a config (e.g. "
+                             "configs/baselines/e2e_faster_rcnn_R-50-C4_1x.yaml) before building")
+        if m.NUM_CLASSES < 2 and not m.RPN_ONLY:
+            raise ValueError("MODEL.NUM_CLASSES is %d; set it (81 for COCO, counting the "
+                             "background) before building the model" % m.NUM_CLASSES)
+        self.rpn_only = m.RPN_ONLY
+        self.faster_rcnn = m.FASTER_RCNN
+        self.mask_on = m.MASK_ON
+        self.keypoints_on = m.KEYPOINTS_ON
+        self.num_classes = m.NUM_CLASSES
+        self.cls_agnostic_bbox_reg = m.CLS_AGNOSTIC_BBOX_REG
+
+        self.Conv_Body = CONV_BODY.get(m.CONV_BODY)()
+        dim, scale = self.Conv_Body.dim_out, self.Conv_Body.spatial_scale
+        self.multilevel = isinstance(scale, (list, tuple))
+        self.num_rpn_levels = self.num_roi_levels = None
+        if self.multilevel:
+            # Detectron's _narrow_to_fpn_roi_levels: RPN and RoI pyramids start at the same level;
+            # the RoI heads use the finest ROI_MAX - ROI_MIN + 1 levels.
+            if cfg.FPN.RPN_MIN_LEVEL != cfg.FPN.ROI_MIN_LEVEL:
+                raise ValueError("FPN.RPN_MIN_LEVEL (%d) must equal FPN.ROI_MIN_LEVEL (%d)"
+                                 % (cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.ROI_MIN_LEVEL))
+            if cfg.FPN.RPN_MAX_LEVEL < cfg.FPN.ROI_MAX_LEVEL:
+                raise ValueError("FPN.RPN_MAX_LEVEL (%d) must be >= FPN.ROI_MAX_LEVEL (%d)"
+                                 % (cfg.FPN.RPN_MAX_LEVEL, cfg.FPN.ROI_MAX_LEVEL))
+            self.num_roi_levels = cfg.FPN.ROI_MAX_LEVEL - cfg.FPN.ROI_MIN_LEVEL + 1
+            self.num_rpn_levels = cfg.FPN.RPN_MAX_LEVEL - cfg.FPN.RPN_MIN_LEVEL + 1
+            roi_scale = list(scale[:self.num_roi_levels])
+        else:
+            roi_scale = scale
+
+        self.RPN = None
+        if cfg.RPN.RPN_ON or m.FASTER_RCNN or m.RPN_ONLY:
+            self.RPN = generic_rpn_outputs(dim, scale)
+
+        self.Box_Head = self.Box_Outs = None
+        if not m.RPN_ONLY:
+            self.Box_Head = ROI_BOX_HEAD.get(cfg.FAST_RCNN.ROI_BOX_HEAD)(dim, roi_scale)
+            self.Box_Outs = fast_rcnn_outputs(self.Box_Head.dim_out, m.NUM_CLASSES,
+                                              m.CLS_AGNOSTIC_BBOX_REG)
+
+        self.Mask_Head = self.Mask_Outs = None
+        self.mask_resolution = cfg.MRCNN.RESOLUTION
+        if m.MASK_ON:
+            self.Mask_Head = ROI_MASK_HEAD.get(cfg.MRCNN.ROI_MASK_HEAD)(dim, roi_scale)
+            if hasattr(self.Mask_Head, "share_res5_module"):
+                if not hasattr(self.Box_Head, "res5"):
+                    raise ValueError("%s shares res5 with the box head, which must be "
+                                     "ResNet.ResNet_roi_conv5_head (got %r)"
+                                     % (cfg.MRCNN.ROI_MASK_HEAD, cfg.FAST_RCNN.ROI_BOX_HEAD))
+                self.Mask_Head.share_res5_module(self.Box_Head.res5)
+            self.Mask_Outs = mask_rcnn_outputs(
+                self.Mask_Head.dim_out, m.NUM_CLASSES, cfg.MRCNN.CLS_SPECIFIC_MASK,
+                cfg.MRCNN.RESOLUTION, cfg.MRCNN.UPSAMPLE_RATIO, cfg.MRCNN.USE_FC_OUTPUT,
+                cfg.MRCNN.CONV_INIT)
+
+        self.Keypoint_Head = self.Keypoint_Outs = None
+        self.num_keypoints = cfg.KRCNN.NUM_KEYPOINTS
+        self.heatmap_size = cfg.KRCNN.HEATMAP_SIZE
+        if m.KEYPOINTS_ON:
+            self.Keypoint_Head = ROI_KEYPOINTS_HEAD.get(cfg.KRCNN.ROI_KEYPOINTS_HEAD)(dim, roi_scale)
+            self.Keypoint_Outs = keypoint_outputs_from_cfg(self.Keypoint_Head.dim_out)
+
+        self.postprocess_params = postprocess.PostprocessParams.from_cfg()
+
+    # ------------------------------------------------------------------------------------------ #
+    # Forward
+    # ------------------------------------------------------------------------------------------ #
+
+    def _rpn_levels(self, blob_conv):
+        return blob_conv[:self.num_rpn_levels] if self.multilevel else blob_conv
+
+    def _roi_levels(self, blob_conv):
+        return blob_conv[:self.num_roi_levels] if self.multilevel else blob_conv
+
+    def forward(self, data, im_info, roidb=None, rois=None):
+        """See the module docstring. data (N, 3, H, W); im_info (N, 3) = (height, width, scale)."""
+        if data.dim() != 4 or data.shape[1] != 3:
+            raise ValueError("data must be an (N, 3, H, W) BGR blob, got shape %s"
+                             % (tuple(data.shape),))
+        im_info = torch.as_tensor(im_info, dtype=torch.float32, device=data.device)
+        if im_info.shape != (data.shape[0], 3):
+            raise ValueError("im_info must be (N, 3) = (height, width, im_scale) for N = %d images, "
+                             "got shape %s" % (data.shape[0], tuple(im_info.shape)))
+        if self.training:
+            return self._forward_train(data, im_info, roidb, rois)
+        return self._forward_test(data, im_info, rois)
+
+    def _forward_test(self, data, im_info, rois=None):
+        blob_conv = self.Conv_Body(data)
+        out = {}
+        if self.RPN is not None and (self.faster_rcnn or self.rpn_only):
+            rpn_ret = self.RPN(self._rpn_levels(blob_conv), im_info, need_proposals=True)
+            rois, rpn_roi_probs = rpn_ret["rpn_rois"], rpn_ret["rpn_roi_probs"]
+            if self.rpn_only:
+                out["rpn_roi_probs"] = rpn_roi_probs
+        elif rois is None:
+            raise ValueError("this model takes precomputed proposals (MODEL.FASTER_RCNN is False): "
+                             "pass rois=(R, 5) tensor of (image index, x1, y1, x2, y2) in blob scale")
+        else:
+            rois = torch.as_tensor(rois, dtype=torch.float32, device=data.device)
+        blob_conv = self._roi_levels(blob_conv)
+        out["blob_conv"] = blob_conv
+        out["rois"] = rois
+        if self.rpn_only:
+            return out
+        cls_score, bbox_pred = self.Box_Outs(self.Box_Head(blob_conv, rois))
+        out["cls_score"] = cls_score
+        out["bbox_pred"] = bbox_pred
+        return out
+
+    def _forward_train(self, data, im_info, roidb, rois=None):
+        blob_conv = self.Conv_Body(data)
+        rpn_ret = None
+        if self.RPN is not None:
+            # Proposals only when Fast R-CNN trains on them (end-to-end Faster R-CNN)
+            rpn_ret = self.RPN(self._rpn_levels(blob_conv), im_info,
+                               need_proposals=self.faster_rcnn)
+        return self.training_losses(self._roi_levels(blob_conv), rpn_ret, im_info, roidb, rois)
+
+    def training_losses(self, blob_conv, rpn_ret, im_info, roidb, rois=None):
+        """Hook for the training targets and losses (issue 6).
+
+        Receives what the forward pass computed on the device: ``blob_conv`` (the RoI levels),
+        ``rpn_ret`` (``rpn_cls_logits`` / ``rpn_bbox_pred`` -- per-level lists, finest first, for
+        FPN -- and, for Faster R-CNN, ``rpn_rois`` (R, 5) / ``rpn_roi_probs``), ``im_info`` and the
+        collated ``roidb``. It must return ``{'losses': {...}, 'metrics': {...}}`` with
+        Detectron's names. The heads take any (R, 5) rois: ``Box_Head(blob_conv, rois)``;
+        with MODEL.SHARE_RES5, ``Box_Head.forward_res5`` and ``Mask_Head.forward_from_res5``
+        share the res5 computation as Detectron does.
+        """
+        raise NotImplementedError(
+            "Generalized_RCNN training targets and losses are not implemented yet (issue 6); "
+            "use model.eval() for inference")
+
+    # ------------------------------------------------------------------------------------------ #
+    # Mask and keypoint branches (inference cascade: run on the detections)
+    # ------------------------------------------------------------------------------------------ #
+
+    def mask_net(self, blob_conv, rois):
+        """(R, C, M, M) mask probabilities for ``rois`` (R, 5) in blob scale (C = 1 if class-agnostic)."""
+        if self.Mask_Head is None:
+            raise RuntimeError("mask_net: this model has no mask head (MODEL.MASK_ON is False)")
+        if rois.shape[0] == 0:
+            m = self.mask_resolution
+            return rois.new_zeros((0, self.Mask_Outs.num_cls, m, m))
+        return torch.sigmoid(self.Mask_Outs(self.Mask_Head(blob_conv, rois)))
+
+    def keypoint_net(self, blob_conv, rois):
+        """(R, K, Hk, Wk) keypoint heatmap scores (logits) for ``rois`` (R, 5) in blob scale."""
+        if self.Keypoint_Head is None:
+            raise RuntimeError("keypoint_net: this model has no keypoint head "
+                               "(MODEL.KEYPOINTS_ON is False)")
+        if rois.shape[0] == 0:
+            s = self.heatmap_size
+            return rois.new_zeros((0, self.num_keypoints, s, s))
+        return self.Keypoint_Outs(self.Keypoint_Head(blob_conv, rois))
+
+    @torch.no_grad()
+    def detect(self, data, im_info, im_sizes=None):
+        """The whole test path on the device: see ``postprocess.detect``."""
+        if self.training:
+            raise RuntimeError("detect() needs model.eval()")
+        return postprocess.detect(self, data, im_info, im_sizes)
+
+    # ------------------------------------------------------------------------------------------ #
+    # Detectron weights
+    # ------------------------------------------------------------------------------------------ #
+
+    def detectron_weight_mapping(self):
+        """(state-dict name -> Detectron blob name, Detectron blobs with no counterpart here)."""
+        return merge_mappings({
+            "Conv_Body": self.Conv_Body, "RPN": self.RPN, "Box_Head": self.Box_Head,
+            "Box_Outs": self.Box_Outs, "Mask_Head": self.Mask_Head, "Mask_Outs": self.Mask_Outs,
+            "Keypoint_Head": self.Keypoint_Head, "Keypoint_Outs": self.Keypoint_Outs})

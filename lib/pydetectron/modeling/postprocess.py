@@ -1,0 +1,160 @@
+"""Detectron's test-time box post-processing, on the device and batched over images
+(``core/test.py``: ``im_detect_bbox`` decoding and ``box_results_with_nms_and_limit``).
+
+Shapes: R RoIs of N images, C = NUM_CLASSES (class 0 is background), D detections of an image.
+
+1. ``decode_boxes``: boxes = rois / im_scale (original image coordinates), decoded per class with
+   MODEL.BBOX_REG_WEIGHTS and BBOX_XFORM_CLIP (TEST.BBOX_REG False keeps the RoIs), clipped to the
+   original image -> (R, 4C). A class-agnostic regressor's last 4 deltas serve every class.
+2. ``box_results_with_nms_and_limit``: per image and class j >= 1, the scores > TEST.SCORE_THRESH,
+   NMS at TEST.NMS, then at most TEST.DETECTIONS_PER_IM over all classes (Detectron keeps every
+   detection scoring >= the N-th best, so ties may keep a few more). Detections come class by
+   class, each class in NMS order (decreasing score).
+Soft-NMS and box voting stay with ``core.test`` (they are rarely used and not batched here).
+"""
+from collections import namedtuple
+
+import torch
+
+from pydetectron.modeling.generate_proposals import rank_within_image
+from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
+
+__all__ = ["PostprocessParams", "decode_boxes", "box_results_with_nms_and_limit", "detect"]
+
+
+class PostprocessParams(namedtuple("PostprocessParams", [
+        "bbox_reg", "bbox_reg_weights", "bbox_xform_clip", "cls_agnostic_bbox_reg",
+        "score_thresh", "nms_thresh", "detections_per_im"])):
+    """The TEST.* / MODEL.* settings of the box post-processing."""
+
+    @classmethod
+    def from_cfg(cls):
+        from pydetectron.core.config import cfg
+        return cls(cfg.TEST.BBOX_REG, tuple(cfg.MODEL.BBOX_REG_WEIGHTS), cfg.BBOX_XFORM_CLIP,
+                   cfg.MODEL.CLS_AGNOSTIC_BBOX_REG, cfg.TEST.SCORE_THRESH, cfg.TEST.NMS,
+                   cfg.TEST.DETECTIONS_PER_IM)
+
+
+def _original_sizes(im_info, im_sizes):
+    """(N, 2) original (height, width): given, or estimated as blob size / im_scale."""
+    if im_sizes is not None:
+        return torch.as_tensor(im_sizes, dtype=torch.float32, device=im_info.device).view(-1, 2)
+    return torch.round(im_info[:, :2] / im_info[:, 2:3])
+
+
+def decode_boxes(rois, bbox_pred, num_classes, im_info, im_sizes=None, bbox_reg=True,
+                 weights=(10., 10., 5., 5.), clip=BBOX_XFORM_CLIP, cls_agnostic_bbox_reg=False):
+    """(R, 4C) class boxes in original image coordinates, clipped to each image.
+
+    rois (R, 5) in blob scale; bbox_pred (R, 4C) or (R, 8) (class-agnostic); im_info (N, 3);
+    im_sizes (N, 2) original (height, width) (default: blob size / im_scale, rounded).
+    """
+    im_info = im_info.to(dtype=torch.float32)
+    im_inds = rois[:, 0].to(torch.int64)
+    scales = im_info[im_inds, 2].view(-1, 1)
+    boxes = rois[:, 1:5] / scales
+    if not bbox_reg:
+        pred = boxes.repeat(1, num_classes)  # Detectron: the RoIs themselves for every class
+    else:
+        deltas = bbox_pred[:, -4:] if cls_agnostic_bbox_reg else bbox_pred
+        pred = bbox_transform(boxes, deltas, weights, clip)
+        if cls_agnostic_bbox_reg:
+            pred = pred.repeat(1, num_classes)
+    sizes = _original_sizes(im_info, im_sizes)[im_inds]  # (R, 2)
+    h_max = (sizes[:, 0:1] - 1)
+    w_max = (sizes[:, 1:2] - 1)
+    zero = pred.new_zeros(())
+    pred = pred.clone()
+    pred[:, 0::4] = torch.maximum(torch.minimum(pred[:, 0::4], w_max), zero)
+    pred[:, 1::4] = torch.maximum(torch.minimum(pred[:, 1::4], h_max), zero)
+    pred[:, 2::4] = torch.maximum(torch.minimum(pred[:, 2::4], w_max), zero)
+    pred[:, 3::4] = torch.maximum(torch.minimum(pred[:, 3::4], h_max), zero)
+    return pred
+
+
+def box_results_with_nms_and_limit(scores, boxes, im_inds, num_images, score_thresh=0.05,
+                                   nms_thresh=0.5, detections_per_im=100):
+    """Class-wise NMS and the per-image limit for a batch.
+
+    scores (R, C) probabilities; boxes (R, 4C); im_inds (R,) image of each RoI.
+    Returns one dict per image: 'boxes' (D, 4), 'scores' (D,), 'classes' (D,) int64 in 1..C-1.
+    """
+    from pydetectron.ops import batched_nms
+    r, c = scores.shape
+    im_inds = im_inds.to(torch.int64)
+    cand = torch.nonzero(scores[:, 1:] > score_thresh)  # (M, 2): roi, class - 1
+    roi_i, cls = cand[:, 0], cand[:, 1] + 1
+    cand_scores = scores[roi_i, cls]
+    cand_boxes = boxes.view(r, c, 4)[roi_i, cls]
+    cand_img = im_inds[roi_i]
+    keep = batched_nms(cand_boxes, cand_scores, cand_img * c + cls, nms_thresh)
+    # Detectron's order: image, then class, then decreasing score (NMS order)
+    keep = keep[torch.argsort(cand_scores[keep], descending=True, stable=True)]
+    keep = keep[torch.argsort(cls[keep], stable=True)]
+    keep = keep[torch.argsort(cand_img[keep], stable=True)]
+    kept_scores, kept_img = cand_scores[keep], cand_img[keep]
+    if detections_per_im > 0 and keep.numel() > 0:
+        # Each image's threshold: its detections_per_im-th best score (only where it has more)
+        by_score = torch.argsort(kept_scores, descending=True, stable=True)
+        by_score = by_score[torch.argsort(kept_img[by_score], stable=True)]
+        rank = rank_within_image(kept_img[by_score], num_images)
+        at_limit = by_score[rank == detections_per_im - 1]
+        counts = torch.bincount(kept_img, minlength=num_images)
+        thresh = kept_scores.new_full((num_images,), float("-inf"))
+        over = counts[kept_img[at_limit]] > detections_per_im
+        thresh[kept_img[at_limit][over]] = kept_scores[at_limit][over]
+        sel = kept_scores >= thresh[kept_img]
+        keep, kept_scores, kept_img = keep[sel], kept_scores[sel], kept_img[sel]
+    counts = torch.bincount(kept_img, minlength=num_images).tolist()
+    results = []
+    for b, s, k in zip(cand_boxes[keep].split(counts), kept_scores.split(counts),
+                       cls[keep].split(counts)):
+        results.append({"boxes": b, "scores": s, "classes": k})
+    return results
+
+
+def _rois_for_detections(results, im_info):
+    """(D_all, 5) blob-scale rois of the detections (Detectron: boxes * im_scale, then float32)."""
+    rois = []
+    for i, res in enumerate(results):
+        boxes = res["boxes"].double() * im_info[i, 2].double()
+        inds = boxes.new_full((boxes.shape[0], 1), float(i))
+        rois.append(torch.cat([inds, boxes], dim=1).float())
+    return torch.cat(rois, dim=0)
+
+
+def detect(model, data, im_info, im_sizes=None):
+    """Run ``model`` (a Generalized_RCNN in eval mode) and post-process on the device.
+
+    Returns one dict per image: 'boxes' (D, 4) in original image coordinates, 'scores' (D,),
+    'classes' (D,); with masks, 'masks' (D, M, M) probabilities of each detection's class; with
+    keypoints, 'keypoint_heatmaps' (D, K, Hk, Wk) scores.
+    """
+    p = model.postprocess_params
+    im_info = torch.as_tensor(im_info, dtype=torch.float32, device=data.device)
+    out = model(data, im_info)
+    if model.rpn_only:
+        raise RuntimeError("detect(): an RPN-only model has no detections; use model(...)['rois']")
+    num_images = data.shape[0]
+    boxes = decode_boxes(out["rois"], out["bbox_pred"], model.num_classes, im_info, im_sizes,
+                         p.bbox_reg, p.bbox_reg_weights, p.bbox_xform_clip, p.cls_agnostic_bbox_reg)
+    results = box_results_with_nms_and_limit(out["cls_score"], boxes, out["rois"][:, 0],
+                                             num_images, p.score_thresh, p.nms_thresh,
+                                             p.detections_per_im)
+    if model.mask_on or model.keypoints_on:
+        rois = _rois_for_detections(results, im_info)
+        counts = [r["boxes"].shape[0] for r in results]
+        if model.mask_on:
+            masks = model.mask_net(out["blob_conv"], rois)  # (D_all, C, M, M)
+            classes = torch.cat([r["classes"] for r in results])
+            if masks.shape[1] > 1:
+                masks = masks[torch.arange(masks.shape[0], device=masks.device), classes]
+            else:
+                masks = masks[:, 0]
+            for res, m in zip(results, masks.split(counts)):
+                res["masks"] = m
+        if model.keypoints_on:
+            heatmaps = model.keypoint_net(out["blob_conv"], rois)
+            for res, h in zip(results, heatmaps.split(counts)):
+                res["keypoint_heatmaps"] = h
+    return results

@@ -1,0 +1,40 @@
+"""AffineChannel2d: Detectron's stand-in for batch norm with frozen statistics.
+
+Detectron never updates BN statistics (its minibatches are 1-2 images per GPU), so every BN of an
+ImageNet backbone is folded into a per-channel scale and bias (the ``*_bn_s`` / ``*_bn_b`` blobs)
+and applied by Caffe2's AffineChannel op: y = x * scale + bias. There are no running statistics and
+nothing differs between training and inference.
+"""
+import torch
+from torch import nn
+
+__all__ = ["AffineChannel2d", "freeze_affine_channels"]
+
+
+class AffineChannel2d(nn.Module):
+    """y[n, c, h, w] = x[n, c, h, w] * weight[c] + bias[c]  (weight = Detectron's ``_s``, bias ``_b``)."""
+
+    def __init__(self, num_features):
+        super().__init__()
+        self.num_features = num_features
+        self.weight = nn.Parameter(torch.ones(num_features))  # Caffe2 init: ConstantFill 1
+        self.bias = nn.Parameter(torch.zeros(num_features))  # Caffe2 init: ConstantFill 0
+
+    def forward(self, x):
+        # x: (N, C, H, W)
+        if x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError("AffineChannel2d(%d) expects (N, %d, H, W) input, got %s"
+                             % (self.num_features, self.num_features, tuple(x.shape)))
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def extra_repr(self):
+        return str(self.num_features)
+
+
+def freeze_affine_channels(module):
+    """Stop training every AffineChannel2d under ``module`` (frozen BN stays frozen)."""
+    for m in module.modules():
+        if isinstance(m, AffineChannel2d):
+            for p in m.parameters():
+                p.requires_grad = False
+    return module
