@@ -34,7 +34,7 @@ import pycocotools.mask as mask_util
 logger = logging.getLogger(__name__)
 
 # Bump whenever the generated images or annotations would change.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # name -> (number of images, seed, keypoints?)
 SPLITS = {
@@ -320,10 +320,12 @@ def _annotation(layer, keypoints):
             return None
     if keypoints:
         kps = []
-        height, width = visible.shape
+        # vertices rounded to pixels inside the object's extent (a vertex may round one pixel
+        # beyond the rasterized shape, which would put it outside its own box)
+        ys, xs = np.where(layer['mask'])
         for x, y in layer['poly'].reshape(-1, 2):
-            xi = int(min(max(round(x), 0), width - 1))
-            yi = int(min(max(round(y), 0), height - 1))
+            xi = int(min(max(round(x), xs.min()), xs.max()))
+            yi = int(min(max(round(y), ys.min()), ys.max()))
             v = 1 if layer['occluders'][yi, xi] else 2
             kps += [xi, yi, v]
         ann['keypoints'] = kps

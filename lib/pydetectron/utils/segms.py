@@ -124,6 +124,9 @@ def _clip_polygon_to_rect(poly, x_lo, y_lo, x_hi, y_hi):
             if cur_in:
                 out.append(cur)
         pts = np.asarray(out, dtype=np.float64).reshape(-1, 2)
+    # intersections computed in floating point may stray by an ulp outside the box
+    np.clip(pts[:, 0], x_lo, x_hi, out=pts[:, 0])
+    np.clip(pts[:, 1], y_lo, y_hi, out=pts[:, 1])
     return pts.reshape(-1)
 
 

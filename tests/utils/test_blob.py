@@ -1,0 +1,78 @@
+"""utils.blob: Detectron's scale rule, mean subtraction without std, padding to the FPN stride."""
+import numpy as np
+import pytest
+
+from pydetectron.utils import blob as blob_utils
+
+MEANS = np.array([[[102.9801, 115.9465, 122.7717]]])
+
+
+@pytest.mark.parametrize('h, w, target, max_size, expected', [
+    (480, 640, 800, 1333, 800 / 480.),      # short side reaches the target
+    (480, 1600, 800, 1333, 1333 / 1600.),   # long side capped
+    (640, 480, 600, 1000, 600 / 480.),      # portrait: the short side is the width
+    # 1000 * (800 / 600) = 1333.33 rounds to 1333, not above MAX_SIZE: short-side rule kept
+    (600, 1000, 800, 1333, 800 / 600.),
+    # 1001 * (800 / 600) = 1334.67 rounds to 1335 > 1333: capped
+    (600, 1001, 800, 1333, 1333 / 1001.),
+])
+def test_get_im_scale(h, w, target, max_size, expected):
+    assert blob_utils.get_im_scale(h, w, target, max_size) == pytest.approx(expected, rel=1e-12)
+
+
+def test_prep_im_for_blob_subtracts_means_and_resizes():
+    im = np.full((48, 64, 3), 100, dtype=np.uint8)
+    im[:, :, 1] = 150
+    out, scale = blob_utils.prep_im_for_blob(im, MEANS, 96, 1000)
+    assert scale == 2.0
+    assert out.shape == (96, 128, 3) and out.dtype == np.float32
+    # a constant image stays constant under bilinear resizing: exactly pixel - mean, no std
+    np.testing.assert_allclose(out[5, 7], [100 - 102.9801, 150 - 115.9465, 100 - 122.7717],
+                               rtol=0, atol=1e-4)
+    outs, scales = blob_utils.prep_im_for_blob(im, MEANS, [24, 96], 1000)
+    assert [o.shape for o in outs] == [(24, 32, 3), (96, 128, 3)] and scales == [0.5, 2.0]
+
+
+def test_prep_im_for_blob_rejects_non_bgr():
+    with pytest.raises(ValueError, match='BGR'):
+        blob_utils.prep_im_for_blob(np.zeros((10, 10), np.uint8), MEANS, 10, 100)
+
+
+def test_scaled_size_matches_resize():
+    im = np.zeros((427, 640, 3), dtype=np.uint8)
+    for target, max_size in ((800, 1333), (600, 1000), (333, 500)):
+        out, s = blob_utils.prep_im_for_blob(im, MEANS, target, max_size)
+        assert out.shape[:2] == blob_utils.get_scaled_size(427, 640, s)
+
+
+def test_im_list_to_blob_pads_to_stride_with_zeros():
+    a = np.random.RandomState(0).randn(50, 70, 3).astype(np.float32)
+    b = np.random.RandomState(1).randn(65, 40, 3).astype(np.float32)
+    blob = blob_utils.im_list_to_blob([a, b], stride=32)
+    assert blob.shape == (2, 3, 96, 96) and blob.dtype == np.float32
+    np.testing.assert_array_equal(blob[0, :, :50, :70], a.transpose(2, 0, 1))
+    np.testing.assert_array_equal(blob[1, :, :65, :40], b.transpose(2, 0, 1))
+    assert not blob[0, :, 50:].any() and not blob[0, :, :, 70:].any()
+    assert not blob[1, :, 65:].any() and not blob[1, :, :, 40:].any()
+    # no stride: padded to the largest image only
+    assert blob_utils.im_list_to_blob([a, b], stride=1).shape == (2, 3, 65, 70)
+    # filling a dirty preallocated array zeroes its padding
+    out = np.full((2, 3, 96, 96), 7., dtype=np.float32)
+    np.testing.assert_array_equal(blob_utils.im_list_to_blob([a, b], stride=32, out=out), blob)
+
+
+def test_im_list_to_blob_default_stride_follows_fpn(fresh_cfg):
+    im = np.zeros((50, 70, 3), np.float32)
+    assert blob_utils.im_list_to_blob([im]).shape == (1, 3, 50, 70)
+    fresh_cfg.FPN.FPN_ON = True
+    assert blob_utils.im_list_to_blob([im]).shape == (1, 3, 64, 96)
+
+
+def test_get_image_blob_reports_the_padded_size(fresh_cfg):
+    fresh_cfg.FPN.FPN_ON = True
+    im = np.zeros((427, 640, 3), dtype=np.uint8)
+    blob, scale, im_info = blob_utils.get_image_blob(im, 800, 1333)
+    assert scale == pytest.approx(800 / 427.)
+    assert blob.shape == (1, 3, 800, 1216)  # 1199 -> 1216, a multiple of 32
+    np.testing.assert_allclose(im_info, [[800, 1216, 800 / 427.]], rtol=1e-6)
+    assert im_info.dtype == np.float32
