@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.utils.data
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,37 @@ class ShardedBatchSampler:
     def __len__(self):
         n = len(self.batch_sampler)
         return max(0, (n - self.rank + self.world_size - 1) // self.world_size)
+
+
+class _RankShareOfMinibatches:
+    """Batch sampler yielding per-GPU minibatch ``step * world_size + rank`` of a sampler with
+    Detectron's minibatch stream (``roi_data.loader.AspectGroupedBatchSampler``: ``minibatch(k)``
+    and ``start_iter``), from its ``start_iter`` on: the minibatches a single process with
+    ``world_size`` GPUs would give GPU ``rank``."""
+
+    def __init__(self, sampler, rank, world_size):
+        if not (hasattr(sampler, 'minibatch') and hasattr(sampler, 'start_iter')):
+            raise TypeError('shard_train_loader needs a batch sampler with minibatch(k) and '
+                            'start_iter (roi_data.loader.AspectGroupedBatchSampler), got {}'
+                            .format(type(sampler).__name__))
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def __iter__(self):
+        step = self.sampler.start_iter
+        while True:
+            yield self.sampler.minibatch(step * self.world_size + self.rank)
+            step += 1
+
+
+def shard_train_loader(loader, rank, world_size):
+    """A DataLoader like ``loader`` (built for one GPU, restartable at ``start_iter``) reading
+    rank ``rank``'s share of the training stream (see the module docstring)."""
+    return torch.utils.data.DataLoader(
+        loader.dataset, batch_sampler=_RankShareOfMinibatches(loader.batch_sampler, rank,
+                                                              world_size),
+        num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+        worker_init_fn=loader.worker_init_fn, pin_memory=loader.pin_memory,
+        timeout=loader.timeout, multiprocessing_context=loader.multiprocessing_context)
 
 
 def cleanup():

@@ -1,0 +1,270 @@
+"""``tools/train_net_step.py``'s body: config, data, model, optimizer, resume, then the loop.
+
+    python tools/train_net_step.py --dataset coco2017 --cfg configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml --bs 2
+    torchrun --nproc_per_node=8 tools/train_net_step.py --dataset coco2017 --cfg ... --bs 16
+
+Order of a start (the seed's, with resume and checks added):
+  1. config: YAML, then ``--set``; the dataset (``--dataset`` through the catalog, else
+     TRAIN.DATASETS) sets TRAIN.DATASETS and MODEL.NUM_CLASSES; the adaptive changes
+     (``train_setup``); ``--seed``; ``assert_and_infer_cfg``;
+  2. checks before any heavy work: the weights files named by ``--load_ckpt``,
+     ``--load_detectron`` and, when training starts from ImageNet weights, by
+     RESNETS.IMAGENET_PRETRAINED_WEIGHTS (a message says how to download it);
+  3. the checkpoint to resume: ``--resume`` with ``--load_ckpt`` (that file), ``--resume`` alone or
+     TRAIN.AUTO_RESUME (the newest complete ``ckpt/model_step*.pth`` in the output directory);
+     ``--load_ckpt`` without ``--resume`` loads the weights only;
+  4. roidb, loader (restarted at the checkpoint's data position), model, optimizer, schedule;
+  5. ``config.yaml`` (the resolved config) beside ``ckpt/``, TensorBoard with ``--use_tfboard``;
+  6. ``Trainer.train``; an interrupted or diverged run exits with a non-zero code and a message.
+The output directory is ``--output_dir``, else ``OUTPUT_DIR/<cfg name>/<date>_<host>_step``
+(the seed's; a new one per run, so auto-resume needs ``--output_dir``).
+"""
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+from pydetectron.engine import checkpoint as ck
+from pydetectron.engine import distributed as dist_utils
+from pydetectron.engine import train_setup
+from pydetectron.engine.interrupt import TrainingInterrupted
+from pydetectron.engine.optimizer import build_optimizer
+from pydetectron.engine.solver import LRScheduler
+from pydetectron.engine.trainer import Trainer, TrainingDiverged
+from pydetectron.engine.training_stats import TrainingStats
+from pydetectron.nn.data_parallel import DataParallel
+from pydetectron.utils.logging import setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def set_seeds(seed):
+    """Seed Python, numpy and torch (all devices) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _plain_args(args):
+    return {k: v for k, v in vars(args).items()
+            if v is None or isinstance(v, (bool, int, float, str))
+            or (isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v))}
+
+
+def configure(args, num_gpus, cuda=False, write=print):
+    """Step 1 of the module docstring on the global ``cfg``; returns the batch size used."""
+    from pydetectron.core.config import (assert_and_infer_cfg, cfg, merge_cfg_from_file,
+                                         merge_cfg_from_list)
+    from pydetectron.datasets import dataset_catalog
+    train_setup.check_file(args.cfg_file, 'Config file (--cfg)')
+    merge_cfg_from_file(args.cfg_file)
+    if args.set_cfgs:
+        if len(args.set_cfgs) % 2:
+            raise ValueError('--set takes KEY VALUE pairs; got an odd number of items: {}'
+                             .format(args.set_cfgs))
+        merge_cfg_from_list(args.set_cfgs)
+    datasets = args.dataset if args.dataset else tuple(cfg.TRAIN.DATASETS)
+    if not datasets:
+        raise ValueError('No training dataset: pass --dataset (e.g. coco2017, shapes, a COCO json) '
+                         'or set TRAIN.DATASETS in the config')
+    names, num_classes = dataset_catalog.resolve_dataset_arg(datasets, training=True)
+    if cfg.MODEL.NUM_CLASSES not in (-1, num_classes):
+        logger.warning('MODEL.NUM_CLASSES %d from the config replaced by %d from the dataset %s',
+                       cfg.MODEL.NUM_CLASSES, num_classes, ', '.join(names))
+    cfg.TRAIN.DATASETS = tuple(names)
+    cfg.MODEL.NUM_CLASSES = num_classes
+    batch_size = train_setup.adjust_config_for_batch_size(
+        cfg, args.batch_size, args.iter_size, num_gpus, args.num_workers, args.optimizer, args.lr,
+        args.lr_decay_gamma, write=write)
+    if args.seed is not None:
+        cfg.RNG_SEED = args.seed
+    cfg.CUDA = bool(cuda)   # an inferred key the tools set
+    assert_and_infer_cfg()
+    return batch_size
+
+
+def _choose_checkpoint(args, output_dir, auto_resume):
+    """(path of the checkpoint to resume from or None, path to load weights from or None)."""
+    if args.load_ckpt:
+        train_setup.check_file(args.load_ckpt, 'Checkpoint (--load_ckpt)')
+        return (args.load_ckpt, None) if args.resume else (None, args.load_ckpt)
+    latest = ck.find_latest_checkpoint(output_dir)
+    if args.resume and latest is None:
+        raise FileNotFoundError('--resume: no complete checkpoint under {} (give --load_ckpt, or '
+                                'the --output_dir of the run to resume)'.format(
+                                    ck.checkpoint_dir(output_dir)))
+    if latest is not None and (args.resume or auto_resume):
+        if not args.resume:
+            logger.info('TRAIN.AUTO_RESUME: resuming from %s', latest)
+        return latest, None
+    return None, None
+
+
+def default_model_builder():
+    from pydetectron.modeling.model_builder import Generalized_RCNN
+    return Generalized_RCNN()
+
+
+def default_loader_builder(cfg, batch_size, num_gpus, info):
+    """``start_iter -> DataLoader`` over the training roidb, and the roidb size."""
+    from pydetectron.datasets.roidb import combined_roidb_for_training
+    from pydetectron.roi_data.loader import build_train_loader
+    roidb, ratio_list, ratio_index = combined_roidb_for_training(
+        cfg.TRAIN.DATASETS, cfg.TRAIN.PROPOSAL_FILES)
+    logger.info('%d roidb entries', len(roidb))
+
+    def make(start_iter, seed):
+        if info.distributed:
+            # One GPU per process: rank r reads per-GPU minibatches r, r + N, ... of the stream
+            # a single process with N GPUs would read (distributed.shard_train_loader).
+            loader = build_train_loader(roidb, ratio_list, ratio_index, cfg.TRAIN.IMS_PER_BATCH,
+                                        1, cfg.DATA_LOADER.NUM_THREADS, start_iter=start_iter,
+                                        seed=seed)
+            return dist_utils.shard_train_loader(loader, info.rank, info.world_size)
+        return build_train_loader(roidb, ratio_list, ratio_index, batch_size, num_gpus,
+                                  cfg.DATA_LOADER.NUM_THREADS, start_iter=start_iter, seed=seed)
+    return make, len(roidb)
+
+
+def load_imagenet_weights(model, path):
+    """Initialise the backbone from Detectron's ImageNet ``.pkl`` (the blobs it lacks -- every
+    head -- keep their initialisation)."""
+    from pydetectron.utils import detectron_weight_helper as dwh
+    if hasattr(dwh, 'load_imagenet_pretrained_weights'):
+        return dwh.load_imagenet_pretrained_weights(model, path)
+    return dwh.load_detectron_weight(model, path)
+
+
+def main(args, build_model=default_model_builder, build_loader=default_loader_builder):
+    """Train as ``tools/train_net_step.py`` describes; returns the process exit code."""
+    from pydetectron.core.config import cfg, dump_cfg
+
+    info = dist_utils.init_distributed(use_cuda=args.cuda)
+    setup_logging(__name__, logging.INFO if info.is_main_process else logging.WARNING)
+    write = print if info.is_main_process else (lambda *a, **k: None)
+    write('Called with args:')
+    write(args)
+    if args.cuda and not torch.cuda.is_available():
+        logger.warning('No CUDA device: training on the CPU (pass --no_cuda to silence this)')
+    device = info.device
+    if info.distributed:
+        num_gpus = info.world_size
+    elif device.type == 'cuda':
+        num_gpus = torch.cuda.device_count()
+    else:
+        num_gpus = 1
+
+    # 1. config
+    batch_size = configure(args, num_gpus, cuda=device.type == 'cuda', write=write)
+    set_seeds(cfg.RNG_SEED)
+
+    # 2. checks, 3. checkpoint choice
+    if args.load_detectron:
+        train_setup.check_file(args.load_detectron, 'Detectron weights (--load_detectron)')
+    output_dir = args.output_dir or train_setup.get_output_dir(
+        cfg, args.cfg_file, train_setup.get_run_name())
+    resume_path, weights_path = _choose_checkpoint(args, output_dir, cfg.TRAIN.AUTO_RESUME)
+    if info.distributed:
+        # Every rank must resume from the same file: rank 0 decides.
+        chosen = [resume_path, weights_path]
+        torch.distributed.broadcast_object_list(chosen, src=0)
+        resume_path, weights_path = chosen
+    imagenet_path = None
+    if cfg.MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS and not (resume_path or weights_path or
+                                                            args.load_detectron):
+        imagenet_path = train_setup.imagenet_weights_path(cfg)
+
+    # 4. data, model, optimizer
+    make_loader, roidb_size = build_loader(cfg, batch_size, num_gpus, info)
+    train_size = roidb_size // batch_size * batch_size   # the seed's "epoch" size
+    model = build_model()
+    if imagenet_path:
+        logger.info('Loading ImageNet weights %s', imagenet_path)
+        load_imagenet_weights(model, imagenet_path)
+    if args.load_detectron:
+        from pydetectron.utils.detectron_weight_helper import load_detectron_weight
+        logger.info('Loading Detectron weights %s', args.load_detectron)
+        load_detectron_weight(model, args.load_detectron)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg.SOLVER)
+    scheduler = LRScheduler(optimizer, cfg.SOLVER)
+
+    start_step = args.start_step
+    data_order = {'seed': int(cfg.RNG_SEED), 'start_iter': 0}
+    rng_states = None
+    if resume_path or weights_path:
+        path = resume_path or weights_path
+        logger.info('loading checkpoint %s', path)
+        ckpt = ck.load_checkpoint(path)
+        ck.load_model_state(model, ckpt['model'], source=path)
+        if resume_path:
+            optimizer.load_state_dict(ckpt['optimizer'])
+            if ckpt.get('scheduler'):
+                scheduler.load_state_dict(ckpt['scheduler'])
+            start_step = ckpt['step'] + 1
+            if ckpt.get('data_order'):
+                data_order = dict(ckpt['data_order'])
+            rng_states = ckpt.get('rng')
+            if ckpt.get('train_size', train_size) != train_size:
+                logger.warning('train_size %d differs from the checkpoint\'s %d', train_size,
+                               ckpt['train_size'])
+            for key, now in (('batch_size', batch_size), ('iter_size', args.iter_size)):
+                if ckpt.get(key, now) != now:
+                    logger.warning('%s is %s, the checkpoint was trained with %s: the data '
+                                   'order and schedule will not continue exactly', key, now,
+                                   ckpt[key])
+            logger.info('Resuming at step %d', start_step)
+        del ckpt
+
+    if info.distributed:
+        model = dist_utils.wrap_model(model, info)
+    elif device.type == 'cuda':
+        model = DataParallel(model, device_ids=list(range(num_gpus)), cpu_keywords=['roidb'])
+    else:
+        model = DataParallel(model, device_ids=[], cpu_keywords=['roidb'])
+
+    # 5. outputs
+    save = not args.no_save
+    tblogger = None
+    args.run_name = os.path.basename(os.path.normpath(output_dir))
+    args.cfg_filename = os.path.basename(args.cfg_file)
+    if save and info.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, 'config.yaml'), 'w') as f:
+            f.write(dump_cfg())
+        logger.info('Output directory: %s', output_dir)
+        if args.use_tfboard:
+            from tensorboardX import SummaryWriter
+            tblogger = SummaryWriter(output_dir)
+    stats = TrainingStats(args.run_name, args.cfg_filename, cfg.SOLVER.MAX_ITER,
+                          log_period=args.disp_interval, iter_size=args.iter_size,
+                          tb_logger=tblogger, device=device)
+
+    # 6. train
+    trainer = Trainer(
+        model, optimizer, scheduler,
+        lambda start_iter: make_loader(start_iter, data_order['seed']),
+        max_iter=cfg.SOLVER.MAX_ITER, iter_size=args.iter_size,
+        output_dir=output_dir if save else None, snapshot_period=train_setup.snapshot_period(cfg),
+        device=device, amp=args.amp, stats=stats, data_order=data_order, rng_states=rng_states,
+        checkpoint_extra={'train_size': train_size, 'batch_size': batch_size,
+                          'cfg': dump_cfg(), 'args': _plain_args(args)},
+        reduce_values=dist_utils.all_reduce_mean if info.distributed else None,
+        is_main_process=info.is_main_process, cpu_keywords=('roidb',))
+    code = 0
+    try:
+        logger.info('Training starts !')
+        trainer.train(start_step)
+        logger.info('Training done: %s', trainer.last_checkpoint[1] if trainer.last_checkpoint
+                    else 'nothing saved (--no_save)')
+    except (TrainingInterrupted, TrainingDiverged) as e:
+        print(str(e), file=sys.stderr, flush=True)
+        code = e.exit_code
+    finally:
+        if tblogger is not None:
+            tblogger.close()
+        dist_utils.cleanup()
+    return code

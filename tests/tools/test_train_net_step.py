@@ -1,0 +1,156 @@
+"""tools/train_net_step.py and engine.launch: the seed's adaptive config changes, start-up checks,
+outputs (config.yaml, checkpoints, TensorBoard), auto-resume, --no_save, architecture mismatch.
+The model and loader are the engine tests' fakes, so this runs in seconds on the real config
+system, dataset catalog and training engine."""
+import glob
+import os
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, '..', '..'))
+sys.path.insert(0, os.path.join(ROOT, 'tests', 'engine'))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+import train_net_step  # noqa: E402
+from _engine_fakes import FakeDetector, FakeLoader  # noqa: E402
+from pydetectron.engine import checkpoint as ck  # noqa: E402
+from pydetectron.engine import launch, train_setup  # noqa: E402
+
+CFG = os.path.join(ROOT, 'configs', 'baselines', 'e2e_faster_rcnn_R-50-C4_1x.yaml')
+
+
+def test_adaptive_config_changes(fresh_cfg):
+    from pydetectron.core.config import merge_cfg_from_file
+    merge_cfg_from_file(os.path.join(ROOT, 'configs', 'baselines',
+                                     'e2e_mask_rcnn_R-50-FPN_1x.yaml'))
+    # 8 GPUs x 2 images, BASE_LR 0.02, STEPS [0, 60000, 80000], MAX_ITER 90000
+    out = []
+    bs = train_setup.adjust_config_for_batch_size(fresh_cfg, batch_size=2, iter_size=2,
+                                                  num_gpus=1, num_workers=0, write=out.append)
+    assert bs == 2
+    assert fresh_cfg.NUM_GPUS == 1 and fresh_cfg.TRAIN.IMS_PER_BATCH == 2
+    assert fresh_cfg.SOLVER.BASE_LR == pytest.approx(0.02 * 2 / 16)      # per-pass batch
+    assert list(fresh_cfg.SOLVER.STEPS) == [0, 240000, 320000]            # x 16 / 4
+    assert fresh_cfg.SOLVER.MAX_ITER == 360000
+    assert fresh_cfg.FPN.RPN_COLLECT_SCALE == 1.0
+    assert fresh_cfg.DATA_LOADER.NUM_THREADS == 0
+    text = '\n'.join(out)
+    assert 'effective_batch_size: 16 --> 4' in text and 'BASE_LR: 0.02 --> 0.0025' in text
+    assert train_setup.snapshot_period(fresh_cfg) == 20000
+
+
+def test_adaptive_config_overrides_and_errors(fresh_cfg):
+    fresh_cfg.NUM_GPUS, fresh_cfg.TRAIN.IMS_PER_BATCH = 2, 2
+    fresh_cfg.SOLVER.STEPS, fresh_cfg.SOLVER.MAX_ITER = [0, 30], 45
+    fresh_cfg.FPN.FPN_ON = fresh_cfg.MODEL.FASTER_RCNN = True
+    train_setup.adjust_config_for_batch_size(fresh_cfg, batch_size=3, num_gpus=3, optimizer='Adam',
+                                             lr=0.5, lr_decay_gamma=0.2, write=lambda *a: None)
+    assert fresh_cfg.TRAIN.IMS_PER_BATCH == 1 and fresh_cfg.FPN.RPN_COLLECT_SCALE == 0.5
+    assert list(fresh_cfg.SOLVER.STEPS) == [0, 40] and fresh_cfg.SOLVER.MAX_ITER == 60
+    assert (fresh_cfg.SOLVER.TYPE, fresh_cfg.SOLVER.BASE_LR, fresh_cfg.SOLVER.GAMMA) == \
+        ('Adam', 0.5, 0.2)
+    with pytest.raises(ValueError, match='--bs 3 is not a multiple of the number of devices 2'):
+        train_setup.adjust_config_for_batch_size(fresh_cfg, batch_size=3, num_gpus=2)
+
+
+def fake_loader_builder(cfg, batch_size, num_gpus, info):
+    return (lambda start_iter, seed: FakeLoader(seed=seed, start_iter=start_iter)), 50
+
+
+def run_tool(tmp_path, dataset, *extra, max_iter=6, built=None):
+    args = train_net_step.parse_args([
+        '--dataset', dataset,
+        '--cfg', CFG, '--no_cuda', '--bs', '2', '--disp_interval', '2', '--nw', '0',
+        '--set', 'NUM_GPUS', '1', 'TRAIN.IMS_PER_BATCH', '2', 'SOLVER.MAX_ITER', str(max_iter),
+        'SOLVER.STEPS', '[0, 4]', 'SOLVER.BASE_LR', '0.01', 'SOLVER.WARM_UP_ITERS', '2',
+        'TRAIN.SNAPSHOT_ITERS', '3', 'MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', 'False',
+        '--output_dir', str(tmp_path)] + list(extra))
+
+    def build_model():
+        torch.manual_seed(0)
+        m = FakeDetector()
+        if built is not None:
+            built.append(m)
+        return m
+    return launch.main(args, build_model=build_model, build_loader=fake_loader_builder)
+
+
+@pytest.fixture
+def tiny_coco(tmp_path_factory):
+    """--dataset of a 2-category COCO json (the catalog reads the categories for
+    MODEL.NUM_CLASSES; the fake loader never opens an image)."""
+    import json
+    d = tmp_path_factory.mktemp('tiny_coco')
+    os.makedirs(d / 'images')
+    with open(d / 'tiny_coco.json', 'w') as f:
+        json.dump({'images': [], 'annotations': [],
+                   'categories': [{'id': 1, 'name': 'a'}, {'id': 7, 'name': 'b'}]}, f)
+    return 'coco_json:{}:{}'.format(d / 'tiny_coco.json', d / 'images')
+
+
+def test_outputs_checkpoints_tensorboard_and_auto_resume(tmp_path, fresh_cfg, tiny_coco, capsys):
+    from pydetectron.core.config import load_cfg, reset_cfg
+    built = []
+    assert run_tool(tmp_path / 'a', tiny_coco, '--use_tfboard', built=built) == 0
+    out = capsys.readouterr().out
+    assert '[Step 1 / 6]' in out and '[Step 6 / 6]' in out and 'Adaptive config changes' in out
+    saved = load_cfg(open(tmp_path / 'a' / 'config.yaml').read())
+    assert saved['MODEL']['NUM_CLASSES'] == 3 and saved['SOLVER']['MAX_ITER'] == 6
+    assert saved['TRAIN']['DATASETS'][0].startswith('json_tiny_coco')
+    assert [s for s, _ in ck.list_checkpoints(str(tmp_path / 'a'))] == [2, 5]
+    assert glob.glob(str(tmp_path / 'a' / 'events.out.tfevents.*'))
+    final = ck.load_checkpoint(str(tmp_path / 'a' / 'ckpt' / 'model_step5.pth'))
+    assert final['batch_size'] == 2 and final['train_size'] == 50
+    assert final['args']['dataset'].startswith('coco_json:') and 'NUM_CLASSES: 3' in final['cfg']
+
+    # Same output dir, longer schedule: TRAIN.AUTO_RESUME continues from step 5 ...
+    reset_cfg()
+    built = []
+    assert run_tool(tmp_path / 'a', tiny_coco, max_iter=8, built=built) == 0
+    assert 'TRAIN.AUTO_RESUME: resuming from' in capsys.readouterr().out
+    assert built[0].forward_calls == 2                           # steps 6 and 7 only
+    # ... and ends where an 8-step run from scratch ends
+    reset_cfg()
+    ref = []
+    assert run_tool(tmp_path / 'b', tiny_coco, max_iter=8, built=ref) == 0
+    for (k, a), b in zip(built[0].state_dict().items(), ref[0].state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_no_save_writes_nothing(tmp_path, fresh_cfg, tiny_coco):
+    assert run_tool(tmp_path / 'n', tiny_coco, '--no_save', max_iter=2) == 0
+    assert not (tmp_path / 'n').exists()
+
+
+def test_missing_imagenet_weights_is_a_clear_error(tmp_path, fresh_cfg, tiny_coco):
+    args = train_net_step.parse_args([
+        '--dataset', tiny_coco, '--cfg', CFG, '--no_cuda', '--output_dir',
+        str(tmp_path), '--set', 'RESNETS.IMAGENET_PRETRAINED_WEIGHTS',
+        'data/pretrained_model/R-0.pkl'])
+    with pytest.raises(FileNotFoundError) as e:
+        launch.main(args, build_model=lambda: pytest.fail('model built before the check'),
+                    build_loader=fake_loader_builder)
+    msg = str(e.value)
+    assert 'RESNETS.IMAGENET_PRETRAINED_WEIGHTS' in msg and 'R-0.pkl' in msg
+    assert 'tools/download_imagenet_weights.py R-0.pkl' in msg
+    assert '--set MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS False' in msg
+
+
+def test_checkpoint_of_another_architecture(tmp_path, fresh_cfg, tiny_coco):
+    other = FakeDetector()
+    other.bbox_pred = torch.nn.Linear(16, 12)
+    from pydetectron.engine.optimizer import build_optimizer
+    from _engine_fakes import solver_cfg
+    path = ck.save_checkpoint(str(tmp_path / 'other'), 3, other,
+                              build_optimizer(other, solver_cfg()))
+    with pytest.raises(ck.CheckpointError, match=r'shape mismatch: bbox_pred.weight checkpoint '
+                                                 r'\(12, 16\) vs model \(4, 16\)'):
+        run_tool(tmp_path / 'c', tiny_coco, '--load_ckpt', path, '--resume')
+
+
+def test_resume_without_checkpoint_says_where_it_looked(tmp_path, fresh_cfg, tiny_coco):
+    with pytest.raises(FileNotFoundError, match='--resume: no complete checkpoint under'):
+        run_tool(tmp_path / 'empty', tiny_coco, '--resume')
