@@ -76,7 +76,9 @@ def test_spec_errors_name_the_problem(tmp_path):
         dc.resolve_dataset_arg(str(ann))
 
 
-def test_register_dataset_is_seen_by_child_processes(tmp_path):
+def test_register_dataset_is_seen_by_child_processes(tmp_path, monkeypatch):
+    # registrations travel through the environment; restore it after the test
+    monkeypatch.setenv(dc._ENV_KEY, os.environ.get(dc._ENV_KEY, '{}'))
     ann = tmp_path / 'anns.json'
     ann.write_text(json.dumps({'images': [], 'annotations': [],
                                'categories': [{'id': 3, 'name': 'a'}, {'id': 7, 'name': 'b'}]}))
