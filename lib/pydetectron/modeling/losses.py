@@ -1,0 +1,193 @@
+"""Detectron's training losses on the heads' outputs and the targets of ``modeling.targets``.
+
+Every loss is normalised exactly as its Caffe2 op in Detectron (or, where Detectron has no such
+option, as Detectron.pytorch), so the loss values and gradients match Detectron's per GPU:
+
+    loss_rpn_cls        sigmoid cross-entropy over anchors with label >= 0, divided by their
+                        count (single-scale RPN: ``SigmoidCrossEntropyLoss``, normalize=1);
+                        with ``RPN.CLS_ACTIVATION == 'softmax'``, 2-way softmax cross-entropy
+                        on Detectron.pytorch's (N, 2A, H, W) = (bg logits of the A anchors, then
+                        fg logits) layout, same normaliser
+    loss_rpn_cls_fpnL   per FPN level: the sum over labelled anchors divided by
+                        ``RPN_BATCH_SIZE_PER_IM * images`` (FPN.py: normalize=0 and that scale)
+    loss_rpn_bbox(_fpnL) smooth-L1 with beta 1/9 (Detectron's sigma 3), outside weights
+                        1 / #labelled anchors of the image, summed and divided by the images N
+    loss_cls            softmax cross-entropy, mean over the sampled RoIs; ``accuracy_cls``
+                        top-1 accuracy over them
+    loss_bbox           smooth-L1 with beta 1 on the class's 4 columns, summed / #RoIs
+    loss_mask           sigmoid cross-entropy over the mask targets != -1, divided by their
+                        count, times ``MRCNN.WEIGHT_LOSS_MASK``
+    loss_kps            softmax over the HEATMAP_SIZE^2 cells of each keypoint, weighted by
+                        visibility and divided by the number of visible keypoints; times
+                        ``keypoint_loss_normalizer`` unless ``KRCNN.NORMALIZE_BY_VISIBLE_
+                        KEYPOINTS``; times ``KRCNN.LOSS_WEIGHT``
+
+Detectron also multiplies each loss by ``1 / NUM_GPUS`` (``GetLossScale``) because Caffe2 *sums*
+the gradients of its GPUs; PyTorch's DataParallel (losses averaged after the gather) and
+DistributedDataParallel (gradients averaged) already average, so there is no such factor here.
+
+Every loss is a scalar tensor connected to its input even when there is nothing to learn from
+(it is then 0), so that backward always reaches every parameter.
+"""
+import torch
+import torch.nn.functional as F
+
+from pydetectron.core.config import cfg
+
+
+def _default(value, cfg_value):
+    return cfg_value if value is None else value
+
+
+def _check_same(name_a, a, name_b, b):
+    if a.shape != b.shape:
+        raise ValueError('%s has shape %s but %s has shape %s; they must match'
+                         % (name_a, tuple(a.shape), name_b, tuple(b.shape)))
+
+
+def smooth_l1_loss(bbox_pred, bbox_targets, bbox_inside_weights, bbox_outside_weights,
+                   beta=1.0):
+    """Detectron's SmoothL1Loss: sum(out * SL1(in * (pred - target))) / pred.shape[0], where
+    SL1(x) = 0.5 x^2 / beta if |x| < beta else |x| - 0.5 beta."""
+    _check_same('bbox_pred', bbox_pred, 'bbox_targets', bbox_targets)
+    diff = bbox_inside_weights * (bbox_pred - bbox_targets)
+    abs_diff = diff.abs()
+    per_elem = torch.where(abs_diff < beta, 0.5 * diff * diff / beta, abs_diff - 0.5 * beta)
+    N = max(bbox_pred.shape[0], 1)
+    return (bbox_outside_weights * per_elem).sum() / N
+
+
+def _rpn_cls_terms(logits, labels, activation):
+    """(sum of the per-anchor losses over labels >= 0, count of labels >= 0) for one level."""
+    labels = labels.long()
+    N, A, H, W = labels.shape
+    if activation == 'softmax':
+        if logits.shape != (N, 2 * A, H, W):
+            raise ValueError('softmax RPN: rpn_cls_logits must be (N, 2A, H, W) = %s for labels '
+                             'of shape %s, got %s' % ((N, 2 * A, H, W), tuple(labels.shape),
+                                                      tuple(logits.shape)))
+        # Detectron.pytorch's layout: channels [0, A) background, [A, 2A) foreground.
+        two_way = logits.view(N, 2, A, H, W).permute(0, 2, 3, 4, 1).reshape(-1, 2)
+        total = F.cross_entropy(two_way, labels.view(-1), ignore_index=-1, reduction='sum')
+    elif activation == 'sigmoid':
+        _check_same('rpn_cls_logits', logits, 'rpn_labels_int32', labels)
+        weight = (labels >= 0).to(logits.dtype)
+        total = F.binary_cross_entropy_with_logits(
+            logits, labels.clamp(min=0).to(logits.dtype), weight, reduction='sum')
+    else:
+        raise ValueError("RPN.CLS_ACTIVATION must be 'sigmoid' or 'softmax', got %r" % activation)
+    return total, (labels >= 0).sum()
+
+
+def rpn_losses(rpn_cls_logits, rpn_bbox_pred, rpn_targets, cls_activation=None,
+               rpn_min_level=None, batch_size_per_im=None, ims_per_batch=None):
+    """RPN losses by Detectron's names.
+
+    Single scale: ``rpn_cls_logits`` (N, A, H, W) (or (N, 2A, H, W) for softmax), ``rpn_bbox_pred``
+    (N, 4A, H, W) tensors and ``rpn_targets`` the one-level list of ``rpn_anchor_targets`` (or its
+    dict) -> {'loss_rpn_cls', 'loss_rpn_bbox'}.
+    FPN: lists of per-level outputs (finest first, level ``rpn_min_level`` =
+    ``FPN.RPN_MIN_LEVEL`` first) -> {'loss_rpn_cls_fpn2', 'loss_rpn_bbox_fpn2', ...}.
+    ``ims_per_batch`` (FPN normaliser) defaults to N, the images of this blob (Detectron's
+    per-GPU ``TRAIN.IMS_PER_BATCH``).
+    """
+    activation = _default(cls_activation, cfg.RPN.CLS_ACTIVATION)
+    if torch.is_tensor(rpn_cls_logits):
+        targets = rpn_targets[0] if isinstance(rpn_targets, (list, tuple)) else rpn_targets
+        total, count = _rpn_cls_terms(rpn_cls_logits, targets['rpn_labels_int32'], activation)
+        # Caffe2 divides by max(count, 1e-5): no labelled anchor gives a zero loss.
+        loss_cls = total / count.clamp(min=1).to(total.dtype)
+        loss_bbox = smooth_l1_loss(rpn_bbox_pred, targets['rpn_bbox_targets'],
+                                   targets['rpn_bbox_inside_weights'],
+                                   targets['rpn_bbox_outside_weights'], beta=1. / 9.)
+        return {'loss_rpn_cls': loss_cls, 'loss_rpn_bbox': loss_bbox}
+
+    if not (len(rpn_cls_logits) == len(rpn_bbox_pred) == len(rpn_targets)):
+        raise ValueError('rpn_losses: %d cls logits, %d bbox preds and %d target levels; one of '
+                         'each per FPN level' % (len(rpn_cls_logits), len(rpn_bbox_pred),
+                                                  len(rpn_targets)))
+    k_min = int(_default(rpn_min_level, cfg.FPN.RPN_MIN_LEVEL))
+    batch_size_per_im = _default(batch_size_per_im, cfg.TRAIN.RPN_BATCH_SIZE_PER_IM)
+    losses = {}
+    for i, (logits, pred, t) in enumerate(zip(rpn_cls_logits, rpn_bbox_pred, rpn_targets)):
+        lvl = k_min + i
+        n_im = _default(ims_per_batch, logits.shape[0])
+        total, _ = _rpn_cls_terms(logits, t['rpn_labels_int32'], activation)
+        losses['loss_rpn_cls_fpn%d' % lvl] = total / float(batch_size_per_im * n_im)
+        losses['loss_rpn_bbox_fpn%d' % lvl] = smooth_l1_loss(
+            pred, t['rpn_bbox_targets'], t['rpn_bbox_inside_weights'],
+            t['rpn_bbox_outside_weights'], beta=1. / 9.)
+    return losses
+
+
+def fast_rcnn_losses(cls_score, bbox_pred, labels_int32, bbox_targets, bbox_inside_weights,
+                     bbox_outside_weights):
+    """(loss_cls, loss_bbox, accuracy_cls) of the box head.
+
+    cls_score: (R, K) **logits**; bbox_pred: (R, 4K) (or (R, 8) class-agnostic) deltas; the rest
+    from ``fast_rcnn.sample_rois``.
+    """
+    labels = labels_int32.long()
+    if cls_score.shape[0] != labels.shape[0]:
+        raise ValueError('cls_score has %d rows but labels_int32 has %d'
+                         % (cls_score.shape[0], labels.shape[0]))
+    if labels.numel() == 0:
+        zero = cls_score.sum() * 0 + bbox_pred.sum() * 0
+        return zero, zero, cls_score.new_zeros(())
+    loss_cls = F.cross_entropy(cls_score, labels)
+    loss_bbox = smooth_l1_loss(bbox_pred, bbox_targets, bbox_inside_weights,
+                               bbox_outside_weights, beta=1.0)
+    accuracy = (cls_score.detach().argmax(dim=1) == labels).to(cls_score.dtype).mean()
+    return loss_cls, loss_bbox, accuracy
+
+
+def mask_rcnn_losses(masks_pred, masks_int32, mask_labels_int32=None, weight=None):
+    """loss_mask of (R, C, M, M) mask **logits**.
+
+    ``masks_int32`` is either Detectron's layout -- (R, C * M * M) or (R, C, M, M) -- or the
+    compact (R, M, M) of ``mask_rcnn_targets`` with ``mask_labels_int32`` (R,) naming the channel
+    (channel 0 when C == 1, i.e. ``MRCNN.CLS_SPECIFIC_MASK`` off). Entries equal to -1 are ignored.
+    """
+    weight = _default(weight, cfg.MRCNN.WEIGHT_LOSS_MASK)
+    R, C, M, _ = masks_pred.shape
+    targets = masks_int32
+    if targets.dim() == 3:
+        _check_same('masks_int32 (compact)', targets, 'one channel of masks_pred',
+                    masks_pred[:, 0])
+        if C == 1:
+            logits = masks_pred[:, 0]
+        else:
+            if mask_labels_int32 is None:
+                raise ValueError('mask_rcnn_losses: (R, M, M) targets with %d mask channels need '
+                                 'mask_labels_int32 to pick each RoI\'s channel' % C)
+            logits = masks_pred[torch.arange(R, device=masks_pred.device),
+                                mask_labels_int32.long()]
+    else:
+        logits = masks_pred
+        targets = targets.reshape(masks_pred.shape)
+    valid = (targets >= 0).to(logits.dtype)
+    total = F.binary_cross_entropy_with_logits(
+        logits, targets.clamp(min=0).to(logits.dtype), valid, reduction='sum')
+    return weight * total / valid.sum().clamp(min=1)
+
+
+def keypoint_losses(kps_pred, keypoint_locations_int32, keypoint_weights,
+                    keypoint_loss_normalizer=None, normalize_by_visible=None, loss_weight=None):
+    """loss_kps of (R, K, HS, HS) keypoint heatmap logits against ``keypoint_rcnn_targets``."""
+    normalize_by_visible = _default(normalize_by_visible, cfg.KRCNN.NORMALIZE_BY_VISIBLE_KEYPOINTS)
+    loss_weight = _default(loss_weight, cfg.KRCNN.LOSS_WEIGHT)
+    R, K, H, W = kps_pred.shape
+    if keypoint_locations_int32.numel() != R * K:
+        raise ValueError('kps_pred has %d RoIs x %d keypoints but keypoint_locations_int32 has %d '
+                         'entries' % (R, K, keypoint_locations_int32.numel()))
+    # A softmax over space: each of the H * W cells is a class.
+    ce = F.cross_entropy(kps_pred.reshape(R * K, H * W), keypoint_locations_int32.long().view(-1),
+                         reduction='none')
+    w = keypoint_weights.view(-1).to(ce.dtype)
+    loss = (ce * w).sum() / w.sum().clamp(min=1e-6)
+    if not normalize_by_visible:
+        if keypoint_loss_normalizer is None:
+            raise ValueError('keypoint_losses: KRCNN.NORMALIZE_BY_VISIBLE_KEYPOINTS is off, so '
+                             'keypoint_loss_normalizer is needed')
+        loss = loss * keypoint_loss_normalizer.detach()
+    return loss_weight * loss

@@ -1,0 +1,226 @@
+"""Fast R-CNN training targets: label the proposals, sample the RoIs, build the box targets.
+
+Detectron does this on the CPU with its data-loader code (``json_dataset.add_proposals``,
+``roidb.add_bbox_regression_targets``, ``roi_data.fast_rcnn._sample_rois``); here the same steps
+run for the whole batch on the device. Shapes: N images, G ground-truth boxes per image (padded,
+see ``targets.gt``), R input proposals, C = N * G + R candidate RoIs, S sampled RoIs, K classes
+(``MODEL.NUM_CLASSES``, background included).
+
+1. ``label_proposals``: every image's ground-truth boxes -- crowd boxes included -- are added to
+   its proposals (Detectron's roidb holds gt rows first). Overlaps are computed in the
+   **original image scale** (blob coordinates times ``1 / im_scale``, as ``add_proposals`` does:
+   with ``+1`` widths IoU is not scale-invariant). A proposal's ``max_overlaps`` is its best IoU
+   over all the image's gt boxes (crowd included), ``max_classes`` that box's class and
+   ``box_to_gt_ind_map`` its index (both only when the IoU is > 0; else 0 and -1). A gt row has
+   overlap 1 with its own class, or -1 and class 0 if it is a crowd region (never sampled).
+   With ``crowd_filter_thresh > 0`` proposals covered by a crowd region by more than that
+   fraction (intersection over the proposal's area) get overlap -1. Detectron's end-to-end
+   training does *not* filter (``add_proposals(..., crowd_thresh=0)``); it filters precomputed
+   proposals with ``TRAIN.CROWD_FILTER_THRESH``, which is this function's default when
+   ``MODEL.FASTER_RCNN`` is off.
+   Box targets (``_compute_targets``): RoIs with overlap >= ``TRAIN.BBOX_THRESH`` regress to the
+   non-crowd gt box they overlap most, ``bbox_transform_inv`` with ``MODEL.BBOX_REG_WEIGHTS``,
+   for their ``max_classes`` (class 1 with ``MODEL.CLS_AGNOSTIC_BBOX_REG``).
+2. ``sample_rois``: per image up to ``round(FG_FRACTION * BATCH_SIZE_PER_IM)`` random
+   foreground RoIs (overlap >= ``FG_THRESH``), then random background RoIs (overlap in
+   [``BG_THRESH_LO``, ``BG_THRESH_HI``)) up to ``BATCH_SIZE_PER_IM`` in all; labels are the
+   fg RoIs' classes and 0 for bg; the box targets are expanded to the (S, 4K) class-specific
+   layout (4 * 2 columns when class-agnostic) with inside weights 1 on the target's 4 columns
+   and outside weights ``inside > 0``.
+"""
+from collections import namedtuple
+
+import torch
+
+from pydetectron.core.config import cfg
+from pydetectron.modeling.targets.gt import GtBatch, pack_gt
+from pydetectron.modeling.targets.overlaps import box_ioa, box_iou
+from pydetectron.modeling.targets.sampling import random_subset
+from pydetectron.utils.boxes import bbox_transform_inv
+
+# Every candidate RoI of the batch (C rows: the N * G padded gt rows first, then the proposals).
+ProposalLabels = namedtuple('ProposalLabels', [
+    'rois',               # (C, 5) float32 (batch index, x1, y1, x2, y2) in blob scale
+    'is_gt',              # (C,) bool, a ground-truth row (padding rows are gt rows that never sample)
+    'max_overlaps',       # (C,) float32; -1 for crowd rows (and filtered proposals), -inf for padding
+    'max_classes',        # (C,) int64, 0 = background
+    'box_to_gt_ind_map',  # (C,) int64 batch-wide gt index n * G + j, -1 for none
+    'bbox_target_classes',  # (C,) int64, the class whose 4 box-target columns are active (0: none)
+    'bbox_targets',       # (C, 4) float32, encoded with MODEL.BBOX_REG_WEIGHTS
+])
+
+
+def _default(value, cfg_value):
+    return cfg_value if value is None else value
+
+
+def _check_rois(rois):
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError('rois must be (R, 5) (batch index, x1, y1, x2, y2), got shape %s'
+                         % (tuple(rois.shape),))
+
+
+def label_proposals(rois, gt, im_info, crowd_filter_thresh=None, bbox_thresh=None,
+                    bbox_reg_weights=None, cls_agnostic_bbox_reg=None):
+    """Detectron's roidb fields for the proposals ``rois`` plus the ground truth.
+
+    rois: (R, 5) float (batch index, x1, y1, x2, y2) in blob scale, on the model's device.
+    gt: a ``GtBatch`` or the loader's per-image ground-truth dicts; im_info: (N, 3).
+    Returns ``ProposalLabels`` (see the module docstring).
+    """
+    if crowd_filter_thresh is None:
+        crowd_filter_thresh = 0. if cfg.MODEL.FASTER_RCNN else cfg.TRAIN.CROWD_FILTER_THRESH
+    bbox_thresh = _default(bbox_thresh, cfg.TRAIN.BBOX_THRESH)
+    bbox_reg_weights = tuple(_default(bbox_reg_weights, cfg.MODEL.BBOX_REG_WEIGHTS))
+    cls_agnostic_bbox_reg = _default(cls_agnostic_bbox_reg, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG)
+
+    device = rois.device
+    if not isinstance(gt, GtBatch):
+        gt = pack_gt(gt, device)
+    im_info = torch.as_tensor(im_info, device=device, dtype=torch.float32)
+    N, G = gt.valid.shape
+    _check_rois(rois)
+    rois = rois.detach().float()
+
+    # Candidates: the padded gt rows of every image, then the proposals.
+    gt_batch = torch.arange(N, device=device, dtype=torch.float32).repeat_interleave(G)
+    gt_rois = torch.cat([gt_batch.unsqueeze(1), gt.boxes.reshape(N * G, 4)], dim=1)
+    cand = torch.cat([gt_rois, rois], dim=0)                                   # (C, 5)
+    C = cand.shape[0]
+    batch = cand[:, 0].long()
+    is_gt = torch.zeros(C, dtype=torch.bool, device=device)
+    is_gt[:N * G] = True
+
+    # Original image scale: multiply by 1 / im_scale in float32, as add_proposals does.
+    inv_scale = (1. / im_info[:, 2].double()).float()                          # (N,)
+    cand_orig = cand[:, 1:5] * inv_scale[batch].unsqueeze(1)                   # (C, 4)
+    gt_orig = gt.boxes * inv_scale.view(N, 1, 1)                               # (N, G, 4)
+
+    iou = box_iou(cand_orig.unsqueeze(1), gt_orig[batch]).squeeze(1)           # (C, G)
+    gt_valid = gt.valid[batch]                                                 # (C, G)
+    gt_crowd = gt.is_crowd[batch]
+    # Proposals: best IoU over all of the image's gt boxes, crowd included (Detectron).
+    iou_all = iou.masked_fill(~gt_valid, -1.)
+    best, best_j = iou_all.max(dim=1)
+    hit = best > 0
+    best_flat = batch * G + best_j
+    prop_overlap = torch.where(hit, best, best.new_zeros(()))
+    prop_class = torch.where(hit, gt.classes.view(-1)[best_flat], 0)
+    prop_gt = torch.where(hit, best_flat, -1)
+
+    # gt rows: overlap 1 with their class, crowd rows -1 / class 0, padding never sampled.
+    flat = torch.arange(C, device=device)
+    row_valid = gt.valid.view(-1)
+    row_crowd = gt.is_crowd.view(-1)
+    gt_overlap = torch.where(row_crowd, -1., 1.).to(torch.float32)
+    gt_overlap = torch.where(row_valid, gt_overlap, float('-inf'))
+    gt_class = torch.where(row_valid & ~row_crowd, gt.classes.view(-1), 0)
+    gt_ind = torch.where(row_valid, flat[:N * G], -1)
+
+    max_overlaps = torch.cat([gt_overlap, prop_overlap[N * G:]])
+    max_classes = torch.cat([gt_class, prop_class[N * G:]])
+    box_to_gt = torch.cat([gt_ind, prop_gt[N * G:]])
+
+    if crowd_filter_thresh > 0:
+        ioa = box_ioa(cand_orig.unsqueeze(1), gt_orig[batch]).squeeze(1)      # (C, G)
+        ioa = ioa.masked_fill(~(gt_valid & gt_crowd), -1.)
+        covered = (ioa.max(dim=1).values > crowd_filter_thresh) & ~is_gt
+        max_overlaps = torch.where(covered, -1., max_overlaps)
+        max_classes = torch.where(covered, 0, max_classes)
+
+    # Box-regression targets toward the most overlapping non-crowd gt box.
+    iou_nc = iou.masked_fill(~(gt_valid & ~gt_crowd), -1.)
+    target_j = iou_nc.argmax(dim=1)
+    has_nc_gt = (gt_valid & ~gt_crowd).any(dim=1)
+    ex = (max_overlaps >= bbox_thresh) & has_nc_gt
+    target_box = gt_orig[batch, target_j]                                      # (C, 4)
+    targets = bbox_transform_inv(cand_orig, target_box, bbox_reg_weights)
+    targets = torch.where(ex.unsqueeze(1), targets, targets.new_zeros(()))
+    target_cls = torch.where(ex, 1 if cls_agnostic_bbox_reg else max_classes, 0)
+
+    return ProposalLabels(cand, is_gt, max_overlaps, max_classes, box_to_gt,
+                          target_cls.long(), targets)
+
+
+def sample_rois(labels, num_images, fg_thresh=None, bg_thresh_hi=None, bg_thresh_lo=None,
+                fg_fraction=None, batch_size_per_im=None, num_classes=None,
+                cls_agnostic_bbox_reg=None, generator=None):
+    """Sample each image's training RoIs from ``labels`` (a ``ProposalLabels``).
+
+    Returns a dict of Detectron's blobs, RoIs image by image, each image's fg before its bg:
+      rois (S, 5) float32 blob scale; labels_int32 (S,) int32;
+      bbox_targets, bbox_inside_weights, bbox_outside_weights (S, 4 * K) float32 (K = 2 when
+      class-agnostic); and, for the mask and keypoint targets, ``sampled_inds`` (S,) int64 (rows
+      of ``labels``) and ``box_to_gt_ind_map`` (S,) int64.
+    """
+    fg_thresh = _default(fg_thresh, cfg.TRAIN.FG_THRESH)
+    bg_thresh_hi = _default(bg_thresh_hi, cfg.TRAIN.BG_THRESH_HI)
+    bg_thresh_lo = _default(bg_thresh_lo, cfg.TRAIN.BG_THRESH_LO)
+    fg_fraction = _default(fg_fraction, cfg.TRAIN.FG_FRACTION)
+    batch_size_per_im = int(_default(batch_size_per_im, cfg.TRAIN.BATCH_SIZE_PER_IM))
+    num_classes = int(_default(num_classes, cfg.MODEL.NUM_CLASSES))
+    cls_agnostic_bbox_reg = _default(cls_agnostic_bbox_reg, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG)
+    if num_classes < 2 and not cls_agnostic_bbox_reg:
+        raise ValueError('sample_rois: num_classes (MODEL.NUM_CLASSES) must count the background '
+                         'and at least one class, got %d' % num_classes)
+
+    device = labels.rois.device
+    batch = labels.rois[:, 0].long()
+    overlaps = labels.max_overlaps
+    # Python's round() is numpy's round-half-to-even, which Detectron uses here.
+    fg_per_im = int(round(fg_fraction * batch_size_per_im))
+
+    fg = random_subset(overlaps >= fg_thresh, batch, fg_per_im, num_images, generator)
+    fg_count = torch.zeros(num_images, dtype=torch.long, device=device).scatter_add_(
+        0, batch, fg.long())                                                   # (N,)
+    bg_cand = (overlaps < bg_thresh_hi) & (overlaps >= bg_thresh_lo) & ~fg
+    bg = random_subset(bg_cand, batch, batch_size_per_im - fg_count, num_images, generator)
+
+    # The only host sync: the number of sampled RoIs. Order: image, then fg before bg.
+    keep = torch.nonzero(fg | bg, as_tuple=False).flatten()
+    order = torch.sort(batch[keep] * 2 + bg[keep].long(), stable=True).indices
+    keep = keep[order]
+
+    sampled_labels = torch.where(fg[keep], labels.max_classes[keep], 0)
+    num_reg = 2 if cls_agnostic_bbox_reg else num_classes
+    bbox_targets, inside_w = expand_bbox_targets(
+        labels.bbox_targets[keep], labels.bbox_target_classes[keep], num_reg)
+    return {
+        'rois': labels.rois[keep],
+        'labels_int32': sampled_labels.to(torch.int32),
+        'bbox_targets': bbox_targets,
+        'bbox_inside_weights': inside_w,
+        'bbox_outside_weights': (inside_w > 0).to(inside_w.dtype),
+        'sampled_inds': keep,
+        'box_to_gt_ind_map': labels.box_to_gt_ind_map[keep],
+    }
+
+
+def expand_bbox_targets(targets, classes, num_reg_classes):
+    """(S, 4) targets and (S,) classes -> (S, 4 * num_reg_classes) targets and inside weights,
+    non-zero only in the 4 columns of the class (none for class 0), as Detectron's
+    ``_expand_bbox_targets``."""
+    S = targets.shape[0]
+    cols = classes.unsqueeze(1) * 4 + torch.arange(4, device=targets.device)  # (S, 4)
+    active = (classes > 0).unsqueeze(1).expand(S, 4)
+    out = targets.new_zeros((S, 4 * num_reg_classes))
+    weights = targets.new_zeros((S, 4 * num_reg_classes))
+    out.scatter_(1, cols, torch.where(active, targets, targets.new_zeros(())))
+    weights.scatter_(1, cols, active.to(targets.dtype))
+    return out, weights
+
+
+def fast_rcnn_targets(rois, gt, im_info, generator=None, **kwargs):
+    """``label_proposals`` then ``sample_rois``; returns (blobs dict, ProposalLabels).
+
+    Keyword arguments go to whichever of the two takes them (hyper-parameters default to cfg).
+    """
+    label_keys = ('crowd_filter_thresh', 'bbox_thresh', 'bbox_reg_weights')
+    label_kw = {k: kwargs.pop(k) for k in label_keys if k in kwargs}
+    if 'cls_agnostic_bbox_reg' in kwargs:
+        label_kw['cls_agnostic_bbox_reg'] = kwargs['cls_agnostic_bbox_reg']
+    if not isinstance(gt, GtBatch):
+        gt = pack_gt(gt, rois.device)
+    labels = label_proposals(rois, gt, im_info, **label_kw)
+    blobs = sample_rois(labels, gt.valid.shape[0], generator=generator, **kwargs)
+    return blobs, labels
