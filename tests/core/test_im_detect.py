@@ -24,10 +24,11 @@ M = 14  # mask resolution of the fake mask head
 class FakeRCNN(torch.nn.Module):
     """Finds the bright rectangles of each colour channel; see the module docstring."""
 
-    def __init__(self, num_classes=4, thresh=60.0):
+    def __init__(self, num_classes=4, thresh=60.0, deltas=FAKE_DELTAS):
         super().__init__()
         self.num_classes = num_classes
         self.thresh = thresh
+        self.deltas = deltas
         self.dummy = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
         self.forward_calls = 0
 
@@ -58,7 +59,7 @@ class FakeRCNN(torch.nn.Module):
                     all_scores.append(p)
         rois_t = torch.tensor(all_rois, dtype=torch.float32).reshape(-1, 5).to(data.device)
         cls_score = torch.tensor(np.array(all_scores), dtype=torch.float32).reshape(-1, C)
-        bbox_pred = torch.tensor(FAKE_DELTAS, dtype=torch.float32).repeat(len(all_rois), C)
+        bbox_pred = torch.tensor(self.deltas, dtype=torch.float32).repeat(len(all_rois), C)
         if cfg.MODEL.RPN_ONLY:
             return {'rois': rois_t, 'rpn_roi_probs': cls_score[:, 1:].max(dim=1)[0]}
         return {'blob_conv': data, 'rois': rois_t, 'cls_score': cls_score.to(data.device),

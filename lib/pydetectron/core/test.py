@@ -28,6 +28,7 @@ import pycocotools.mask as mask_util
 import torch
 
 from pydetectron.core.config import cfg
+from pydetectron.modeling import postprocess
 from pydetectron.utils import blob as blob_utils
 from pydetectron.utils import boxes as box_utils
 from pydetectron.utils import keypoints as keypoint_utils
@@ -40,20 +41,22 @@ logger = logging.getLogger(__name__)
 # The whole test path
 # ---------------------------------------------------------------------------------------------- #
 
-def im_detect_all(model, im, box_proposals=None, timers=None):
+def im_detect_all(model, im, box_proposals=None, timers=None, keypoint_names=None):
     """Detect boxes, masks and keypoints in one BGR image (H, W, 3) uint8, or in a list of them.
 
     ``box_proposals``: (R, 4) proposals in the image's pixels for Fast R-CNN models
     (``MODEL.FASTER_RCNN`` False); a list of them for a list of images; None with an RPN.
+    ``keypoint_names``: the dataset's keypoint names, needed by flip test-time augmentation of
+    keypoints (left and right swap); COCO's by default.
     Returns ``(cls_boxes, cls_segms, cls_keyps)``, or a list of such triples for a list.
     """
     if isinstance(im, (list, tuple)):
-        return im_detect_all_batch(model, list(im), box_proposals, timers)
+        return im_detect_all_batch(model, list(im), box_proposals, timers, keypoint_names)
     proposals = None if box_proposals is None else [box_proposals]
-    return im_detect_all_batch(model, [im], proposals, timers)[0]
+    return im_detect_all_batch(model, [im], proposals, timers, keypoint_names)[0]
 
 
-def im_detect_all_batch(model, ims, box_proposals=None, timers=None):
+def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_names=None):
     """``im_detect_all`` over a list of images sharing the network's forward passes.
 
     The results equal image-by-image results exactly when the images share one blob size; with
@@ -109,7 +112,7 @@ def im_detect_all_batch(model, ims, box_proposals=None, timers=None):
     if cfg.MODEL.KEYPOINTS_ON and any(b.shape[0] > 0 for b in det_boxes):
         timers['im_detect_keypoints'].tic()
         if cfg.TEST.KPS_AUG.ENABLED:
-            heatmaps = im_detect_keypoints_aug(model, ims, det_boxes)
+            heatmaps = im_detect_keypoints_aug(model, ims, det_boxes, keypoint_names)
         else:
             heatmaps = im_detect_keypoints(model, im_scales, det_boxes, blob_conv)
         timers['im_detect_keypoints'].toc()
@@ -163,6 +166,7 @@ def _rois_blob(boxes_list, im_scales, device):
 
 
 def _forward(model, ims, target_scale, target_max_size, rois=None):
+    """One forward pass over the images -> (the model's output dict, im_info (N, 3), im_scales)."""
     data, im_info, im_scales = get_image_blob(ims, target_scale, target_max_size)
     device = model_device(model)
     data = torch.from_numpy(data).to(device)
@@ -172,7 +176,7 @@ def _forward(model, ims, target_scale, target_max_size, rois=None):
             out = model(data, im_info)
         else:
             out = model(data, im_info, rois=_rois_blob(rois, im_scales, device))
-    return out, im_scales
+    return out, im_info, im_scales
 
 
 def im_conv_body_only(model, ims, target_scale, target_max_size):
@@ -218,18 +222,21 @@ def im_detect_bbox(model, ims, target_scale, target_max_size, box_proposals=None
                 _, index, inv_index = np.unique(hashes, return_index=True, return_inverse=True)
                 box_proposals[i] = p[index, :]
                 inv_indices[i] = torch.as_tensor(inv_index.reshape(-1))
-        out, im_scales = _forward(model, ims, target_scale, target_max_size, rois=box_proposals)
+        out, im_info, im_scales = _forward(model, ims, target_scale, target_max_size,
+                                           rois=box_proposals)
     else:
-        out, im_scales = _forward(model, ims, target_scale, target_max_size)
+        out, im_info, im_scales = _forward(model, ims, target_scale, target_max_size)
 
-    rois, cls_prob, bbox_pred = out['rois'], out['cls_score'], out['bbox_pred']
+    rois, cls_prob = out['rois'], out['cls_score']
+    # Decoded in the original image's pixels (rois / im_scale) and clipped to it, as Detectron.
+    pred_boxes_all = postprocess.decode_boxes(
+        rois, out['bbox_pred'], cls_prob.shape[1], im_info, [im.shape[:2] for im in ims],
+        bbox_reg=cfg.TEST.BBOX_REG, weights=tuple(cfg.MODEL.BBOX_REG_WEIGHTS),
+        clip=cfg.BBOX_XFORM_CLIP, cls_agnostic_bbox_reg=cfg.MODEL.CLS_AGNOSTIC_BBOX_REG)
     scores_list, boxes_list = [], []
     for i, inds in enumerate(_split_by_image(rois, len(ims))):
-        # Back to the original image's pixels, where Detectron decodes and clips.
-        boxes = rois[inds, 1:5] / im_scales[i]
-        scores = cls_prob[inds].reshape(-1, cls_prob.shape[-1])
-        pred_boxes = decode_boxes(boxes, bbox_pred[inds].reshape(-1, bbox_pred.shape[-1]),
-                                  scores.shape[1], ims[i].shape)
+        scores = cls_prob[inds]
+        pred_boxes = pred_boxes_all[inds]
         if inv_indices[i] is not None:
             inv = inv_indices[i].to(scores.device)
             scores, pred_boxes = scores[inv], pred_boxes[inv]
@@ -238,28 +245,10 @@ def im_detect_bbox(model, ims, target_scale, target_max_size, box_proposals=None
     return scores_list, boxes_list, im_scales, out.get('blob_conv')
 
 
-def decode_boxes(boxes, box_deltas, num_classes, im_shape):
-    """(R, 4) RoIs + (R, 4C) or (R, 8) deltas -> (R, 4C) class boxes clipped to the image.
-
-    Without ``TEST.BBOX_REG`` the RoIs are repeated once per class. With
-    ``MODEL.CLS_AGNOSTIC_BBOX_REG`` the foreground deltas (the last 4) serve every class.
-    """
-    if not cfg.TEST.BBOX_REG:
-        return boxes.repeat(1, num_classes)
-    if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
-        box_deltas = box_deltas[:, -4:]  # drop the background deltas (MSRA compatibility)
-    pred_boxes = box_utils.bbox_transform(boxes, box_deltas, cfg.MODEL.BBOX_REG_WEIGHTS,
-                                          cfg.BBOX_XFORM_CLIP)
-    pred_boxes = box_utils.clip_tiled_boxes(pred_boxes, im_shape)
-    if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
-        pred_boxes = pred_boxes.repeat(1, num_classes)
-    return pred_boxes
-
-
 def im_proposals(model, ims):
     """RPN proposals of an RPN-only model -> per-image ((R_i, 4) boxes in image pixels, (R_i,)
     scores), numpy, best first."""
-    out, im_scales = _forward(model, ims, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE)
+    out, _, im_scales = _forward(model, ims, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE)
     rois, probs = out['rois'], out['rpn_roi_probs'].reshape(-1)
     results = []
     for i, inds in enumerate(_split_by_image(rois, len(ims))):
@@ -405,38 +394,25 @@ def box_results_for_images(scores_list, boxes_list, im_shapes):
 
 
 def _box_results_on_device(scores_list, boxes_list):
-    """The plain path of ``box_results_with_nms_and_limit`` with every image's classes in one
-    batched NMS call on the scores' device; same results, same order."""
-    from pydetectron import ops
+    """The plain path, all images in one call of the model's batched ``postprocess``; the same
+    detections as ``box_results_with_nms_and_limit``, class by class, best first."""
     num_classes = cfg.MODEL.NUM_CLASSES
+    im_inds = torch.cat([torch.full((s.shape[0],), i, dtype=torch.int64, device=s.device)
+                         for i, s in enumerate(scores_list)])
+    dets = postprocess.box_results_with_nms_and_limit(
+        torch.cat(scores_list), torch.cat(boxes_list), im_inds, len(scores_list),
+        score_thresh=cfg.TEST.SCORE_THRESH, nms_thresh=cfg.TEST.NMS,
+        detections_per_im=cfg.TEST.DETECTIONS_PER_IM)
     results = []
-    for scores, boxes in zip(scores_list, boxes_list):
-        R, C = scores.shape
-        fg_scores = scores[:, 1:]                                # (R, C - 1)
-        fg_boxes = boxes.reshape(R, C, 4)[:, 1:, :]              # (R, C - 1, 4)
-        above = fg_scores > cfg.TEST.SCORE_THRESH
-        # row-major nonzero: within a class, RoIs stay in index order (NMS breaks ties by it)
-        roi_inds, cls_inds = torch.nonzero(above, as_tuple=True)
-        det_scores = fg_scores[roi_inds, cls_inds]
-        det_boxes = fg_boxes[roi_inds, cls_inds]
-        classes = cls_inds + 1
-        keep = ops.batched_nms(det_boxes, det_scores, classes, cfg.TEST.NMS)
-        limit = cfg.TEST.DETECTIONS_PER_IM
-        if limit > 0 and keep.numel() > limit:
-            # Every detection scoring at least the limit-th best score stays (ties included).
-            image_thresh = torch.topk(det_scores[keep], limit)[0][-1]
-            keep = keep[det_scores[keep] >= image_thresh]
-        det_boxes = det_boxes[keep].cpu().numpy().astype(np.float32, copy=False)
-        det_scores = det_scores[keep].cpu().numpy().astype(np.float32, copy=False)
-        classes = classes[keep].cpu().numpy()
-        # Class order (then best first), the order masks and keypoints are matched in.
-        order = np.argsort(classes, kind='stable')  # keep is best first already
-        det_boxes, det_scores, classes = det_boxes[order], det_scores[order], classes[order]
+    for d in dets:
+        boxes = d['boxes'].cpu().numpy().astype(np.float32, copy=False)
+        scores = d['scores'].cpu().numpy().astype(np.float32, copy=False)
+        classes = d['classes'].cpu().numpy()
         cls_boxes = [[] for _ in range(num_classes)]
         for j in range(1, num_classes):
             sel = classes == j
-            cls_boxes[j] = np.hstack((det_boxes[sel], det_scores[sel, None])).astype(np.float32)
-        results.append((det_scores, det_boxes, cls_boxes))
+            cls_boxes[j] = np.hstack((boxes[sel], scores[sel, None])).astype(np.float32)
+        results.append((scores, boxes, cls_boxes))
     return results
 
 
@@ -642,24 +618,42 @@ def im_detect_keypoints(model, im_scales, boxes_list, blob_conv):
     return _heatmaps(model, blob_conv, boxes_list, im_scales)
 
 
-def _heatmaps_at(model, ims, boxes_list, target_scale, target_max_size, hflip=False):
+def _heatmaps_at(model, ims, boxes_list, target_scale, target_max_size, hflip=False,
+                 keypoint_names=None):
     if hflip:
         ims = [np.ascontiguousarray(im[:, ::-1, :]) for im in ims]
         boxes_list = [box_utils.flip_boxes(b, im.shape[1]) for b, im in zip(boxes_list, ims)]
     blob_conv, im_scales = im_conv_body_only(model, ims, target_scale, target_max_size)
     hms = _heatmaps(model, blob_conv, boxes_list, im_scales)
     if hflip:
-        hms = [keypoint_utils.flip_heatmaps(h) for h in hms]  # mirror and swap left/right
+        names, flip_map = _keypoint_flip_map(keypoint_names, hms[0].shape[1])
+        # mirror, and swap the left/right channels
+        hms = [keypoint_utils.flip_heatmaps(h, names, flip_map) for h in hms]
     return hms
 
 
-def _heatmaps_at_aspect_ratio(model, ims, boxes_list, aspect_ratio, hflip=False):
+def _keypoint_flip_map(keypoint_names, num_keypoints):
+    if keypoint_names is None:
+        keypoint_names, flip_map = keypoint_utils.get_keypoints()
+    else:
+        keypoint_names = list(keypoint_names)
+        flip_map = keypoint_utils.keypoint_flip_map_from_names(keypoint_names)
+    if len(keypoint_names) != num_keypoints:
+        raise ValueError('flipped keypoint heatmaps have %d channels but %d keypoint names are '
+                         'known; pass the dataset\'s keypoint_names to im_detect_all'
+                         % (num_keypoints, len(keypoint_names)))
+    return keypoint_names, flip_map
+
+
+def _heatmaps_at_aspect_ratio(model, ims, boxes_list, aspect_ratio, hflip=False,
+                              keypoint_names=None):
     ims_ar = [aspect_ratio_rel(im, aspect_ratio) for im in ims]
     boxes_ar = [box_utils.aspect_ratio(b, aspect_ratio) for b in boxes_list]
-    return _heatmaps_at(model, ims_ar, boxes_ar, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, hflip)
+    return _heatmaps_at(model, ims_ar, boxes_ar, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, hflip,
+                        keypoint_names)
 
 
-def im_detect_keypoints_aug(model, ims, boxes_list):
+def im_detect_keypoints_aug(model, ims, boxes_list, keypoint_names=None):
     """Heatmaps under ``TEST.KPS_AUG``'s transforms merged by ``HEUR`` ('HM_AVG' mean, 'HM_MAX'
     max); with ``SCALE_SIZE_DEP`` downscaled predictions are left out for objects smaller than
     ``AREA_TH`` and upscaled ones for larger objects."""
@@ -671,18 +665,20 @@ def im_detect_keypoints_aug(model, ims, boxes_list):
         ds_ts.append(ds)
         us_ts.append(us)
 
+    names = keypoint_names
     add(_heatmaps_at(model, ims, boxes_list, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE))
     if aug.H_FLIP:
-        add(_heatmaps_at(model, ims, boxes_list, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, hflip=True))
+        add(_heatmaps_at(model, ims, boxes_list, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, True, names))
     for scale in aug.SCALES:
+        # tagged as down- or upscaling relative to TEST.SCALE, for SCALE_SIZE_DEP
         ds, us = scale < cfg.TEST.SCALE, scale > cfg.TEST.SCALE
         add(_heatmaps_at(model, ims, boxes_list, scale, aug.MAX_SIZE), ds, us)
         if aug.SCALE_H_FLIP:
-            add(_heatmaps_at(model, ims, boxes_list, scale, aug.MAX_SIZE, hflip=True), ds, us)
+            add(_heatmaps_at(model, ims, boxes_list, scale, aug.MAX_SIZE, True, names), ds, us)
     for ar in aug.ASPECT_RATIOS:
         add(_heatmaps_at_aspect_ratio(model, ims, boxes_list, ar))
         if aug.ASPECT_RATIO_H_FLIP:
-            add(_heatmaps_at_aspect_ratio(model, ims, boxes_list, ar, hflip=True))
+            add(_heatmaps_at_aspect_ratio(model, ims, boxes_list, ar, True, names))
 
     if aug.HEUR == 'HM_AVG':
         heur_f = np.mean

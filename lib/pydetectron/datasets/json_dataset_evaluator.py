@@ -19,6 +19,7 @@ import numpy as np
 from pycocotools.cocoeval import COCOeval
 
 from pydetectron.utils import boxes as box_utils
+from pydetectron.utils import keypoints as keypoint_utils
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,11 @@ def do_coco_eval(json_dataset, res_file, iou_type, output_dir=None, log=True):
     with open(res_file) as f:
         results = json.load(f)
     coco_eval = COCOeval(coco_gt, _load_results(coco_gt, results), iou_type)
+    if iou_type == 'keypoints':
+        # COCOeval's falloffs are COCO's 17; other keypoint sets get one per keypoint.
+        num_keypoints = getattr(json_dataset, 'num_keypoints', 0) or \
+            len(coco_eval.params.kpt_oks_sigmas)
+        coco_eval.params.kpt_oks_sigmas = keypoint_utils.keypoint_oks_sigmas(num_keypoints)
     # Restrict to the dataset's own images (Detectron's keypoint eval did; harmless for the others).
     coco_eval.params.imgIds = sorted(coco_gt.getImgIds())
     coco_eval.evaluate()

@@ -169,12 +169,23 @@ COCO_KEYPOINT_SIGMAS = np.array([
     .26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
 
 
-def compute_oks(src_keypoints, src_roi, dst_keypoints, dst_roi, sigmas=COCO_KEYPOINT_SIGMAS):
+def keypoint_oks_sigmas(num_keypoints):
+    """OKS falloffs for ``num_keypoints`` keypoints: COCO's for 17, otherwise COCO's mean sigma
+    for every keypoint (COCO defines no others; OKS then weighs all keypoints alike)."""
+    if num_keypoints == len(COCO_KEYPOINT_SIGMAS):
+        return COCO_KEYPOINT_SIGMAS
+    return np.full(num_keypoints, COCO_KEYPOINT_SIGMAS.mean())
+
+
+def compute_oks(src_keypoints, src_roi, dst_keypoints, dst_roi, sigmas=None):
     """Object keypoint similarity of one (4, K) pose on its (4,) box against (N, 4, K) poses -> (N,).
 
     As in Detectron, the scale is the area of the source box (+1 convention) and every keypoint
     counts (predictions have no visibility); ``dst_roi`` is unused, kept for Detectron's signature.
+    ``sigmas`` (K,) default to ``keypoint_oks_sigmas(K)``.
     """
+    if sigmas is None:
+        sigmas = keypoint_oks_sigmas(src_keypoints.shape[1])
     variances = (np.asarray(sigmas) * 2) ** 2
     src_area = (src_roi[2] - src_roi[0] + 1) * (src_roi[3] - src_roi[1] + 1)
     dx = dst_keypoints[:, 0, :] - src_keypoints[0, :]
@@ -183,7 +194,7 @@ def compute_oks(src_keypoints, src_roi, dst_keypoints, dst_roi, sigmas=COCO_KEYP
     return np.sum(np.exp(-e), axis=1) / e.shape[1]
 
 
-def nms_oks(kp_predictions, rois, thresh):
+def nms_oks(kp_predictions, rois, thresh, sigmas=None):
     """Greedy NMS of (N, 4, K) poses by OKS (> ``thresh`` suppresses), ranked by mean logit
     -> list of kept indices, best first."""
     scores = np.mean(kp_predictions[:, 2, :], axis=1)
@@ -192,6 +203,7 @@ def nms_oks(kp_predictions, rois, thresh):
     while order.size > 0:
         i = order[0]
         keep.append(int(i))
-        ovr = compute_oks(kp_predictions[i], rois[i], kp_predictions[order[1:]], rois[order[1:]])
+        ovr = compute_oks(kp_predictions[i], rois[i], kp_predictions[order[1:]], rois[order[1:]],
+                          sigmas)
         order = order[np.where(ovr <= thresh)[0] + 1]
     return keep

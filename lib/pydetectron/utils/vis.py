@@ -73,8 +73,10 @@ def colormap(n=79, rgb=False):
 
 
 def kp_connections(keypoints):
-    """Index pairs of the COCO skeleton lines for the keypoint name list ``keypoints``."""
-    return [[keypoints.index(a), keypoints.index(b)] for a, b in _KP_LINES]
+    """Index pairs of the COCO skeleton lines for the keypoint name list ``keypoints`` (the lines
+    whose two ends are both named; none for non-COCO keypoints, which are drawn as points)."""
+    return [[keypoints.index(a), keypoints.index(b)] for a, b in _KP_LINES
+            if a in keypoints and b in keypoints]
 
 
 def convert_from_cls_format(cls_boxes, cls_segms, cls_keyps):
@@ -146,7 +148,11 @@ def _skeleton_colors(n_lines, bgr255=False):
 
 
 def _mid_points(kps, keypoints):
-    """Mid-shoulder and mid-hip points with the lower of their two logits as their score."""
+    """Mid-shoulder and mid-hip points with the lower of their two logits as their score (scores
+    of -inf when the keypoints are not COCO's)."""
+    needed = ('right_shoulder', 'left_shoulder', 'right_hip', 'left_hip')
+    if not all(n in keypoints for n in needed):
+        return np.zeros(2), -np.inf, np.zeros(2), -np.inf
     rs, ls = keypoints.index('right_shoulder'), keypoints.index('left_shoulder')
     rh, lh = keypoints.index('right_hip'), keypoints.index('left_hip')
     mid_shoulder = (kps[:2, rs] + kps[:2, ls]) / 2.0
@@ -168,8 +174,8 @@ def vis_keypoints(img, kps, kp_thresh=2, alpha=0.7, keypoints=COCO_KEYPOINTS):
         return int(round(float(p[0]))), int(round(float(p[1])))
 
     mid_shoulder, sc_mid_shoulder, mid_hip, sc_mid_hip = _mid_points(kps, keypoints)
-    nose = keypoints.index('nose')
-    if sc_mid_shoulder > kp_thresh and kps[2, nose] > kp_thresh:
+    nose = keypoints.index('nose') if 'nose' in keypoints else None
+    if nose is not None and sc_mid_shoulder > kp_thresh and kps[2, nose] > kp_thresh:
         cv2.line(kp_mask, pt(mid_shoulder), pt(kps[:2, nose]), color=colors[len(kp_lines)],
                  thickness=2, lineType=cv2.LINE_AA)
     if sc_mid_shoulder > kp_thresh and sc_mid_hip > kp_thresh:
@@ -179,15 +185,17 @@ def vis_keypoints(img, kps, kp_thresh=2, alpha=0.7, keypoints=COCO_KEYPOINTS):
         p1, p2 = pt(kps[:2, i1]), pt(kps[:2, i2])
         if kps[2, i1] > kp_thresh and kps[2, i2] > kp_thresh:
             cv2.line(kp_mask, p1, p2, color=colors[l], thickness=2, lineType=cv2.LINE_AA)
-        if kps[2, i1] > kp_thresh:
-            cv2.circle(kp_mask, p1, radius=3, color=colors[l], thickness=-1, lineType=cv2.LINE_AA)
-        if kps[2, i2] > kp_thresh:
-            cv2.circle(kp_mask, p2, radius=3, color=colors[l], thickness=-1, lineType=cv2.LINE_AA)
+    point_colors = _skeleton_colors(kps.shape[1], bgr255=True)
+    for k in range(kps.shape[1]):  # every keypoint, on a skeleton line or not
+        if kps[2, k] > kp_thresh:
+            cv2.circle(kp_mask, pt(kps[:2, k]), radius=3, color=point_colors[k], thickness=-1,
+                       lineType=cv2.LINE_AA)
     return cv2.addWeighted(img, 1.0 - alpha, kp_mask, alpha, 0)
 
 
 def vis_one_image_opencv(im, boxes, segms=None, keypoints=None, thresh=0.9, kp_thresh=2,
-                         show_box=True, dataset=None, show_class=False):
+                         show_box=True, dataset=None, show_class=False,
+                         keypoint_names=COCO_KEYPOINTS):
     """Draw the detections on a copy of the BGR image ``im`` -> (H, W, 3) uint8 BGR."""
     classes = None
     if isinstance(boxes, list):
@@ -212,7 +220,7 @@ def vis_one_image_opencv(im, boxes, segms=None, keypoints=None, thresh=0.9, kp_t
             im = vis_mask(im, masks[..., i], color_list[mask_color_id % len(color_list), 0:3])
             mask_color_id += 1
         if keypoints is not None and len(keypoints) > i:
-            im = vis_keypoints(im, keypoints[i], kp_thresh)
+            im = vis_keypoints(im, keypoints[i], kp_thresh, keypoints=keypoint_names)
     return im
 
 
@@ -283,12 +291,13 @@ def _plot_keypoints(ax, kps, kp_lines, colors, kp_thresh, keypoint_names):
         if kps[2, i1] > kp_thresh and kps[2, i2] > kp_thresh:
             ax.plot([kps[0, i1], kps[0, i2]], [kps[1, i1], kps[1, i2]], color=colors[l],
                     linewidth=1.0, alpha=0.7)
-        for k in (i1, i2):
-            if kps[2, k] > kp_thresh:
-                ax.plot(kps[0, k], kps[1, k], '.', color=colors[l], markersize=3.0, alpha=0.7)
+    point_colors = _skeleton_colors(kps.shape[1])
+    for k in range(kps.shape[1]):
+        if kps[2, k] > kp_thresh:
+            ax.plot(kps[0, k], kps[1, k], '.', color=point_colors[k], markersize=3.0, alpha=0.7)
     mid_shoulder, sc_mid_shoulder, mid_hip, sc_mid_hip = _mid_points(kps, keypoint_names)
-    nose = keypoint_names.index('nose')
-    if sc_mid_shoulder > kp_thresh and kps[2, nose] > kp_thresh:
+    nose = keypoint_names.index('nose') if 'nose' in keypoint_names else None
+    if nose is not None and sc_mid_shoulder > kp_thresh and kps[2, nose] > kp_thresh:
         ax.plot([mid_shoulder[0], kps[0, nose]], [mid_shoulder[1], kps[1, nose]],
                 color=colors[len(kp_lines)], linewidth=1.0, alpha=0.7)
     if sc_mid_shoulder > kp_thresh and sc_mid_hip > kp_thresh:

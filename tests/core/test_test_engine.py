@@ -1,0 +1,172 @@
+"""Dataset-level inference (test_engine) on a small synthetic COCO dataset with the fake model of
+test_im_detect: saved detections, written result JSONs, their COCO scores, re-evaluation,
+proposal recall, batching."""
+import json
+import os
+import pickle
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools.cocoeval import COCOeval
+
+from pydetectron.core import test_engine
+from pydetectron.core.config import cfg, reset_cfg
+from pydetectron.datasets.json_dataset import JsonDataset
+
+from test_im_detect import FakeRCNN  # noqa: E402  (tests/core is on sys.path under pytest)
+
+# JSON category ids are not contiguous: contiguous class j maps to JSON id CATEGORY_IDS[j - 1].
+CATEGORY_IDS = (1, 3, 7)
+CATEGORY_NAMES = ('blue', 'green', 'red')  # fake class c + 1 is colour channel c (BGR)
+
+
+def make_rect_dataset(root, num_images=6, seed=0):
+    """Images of coloured rectangles and their COCO annotations -> 'coco_json:' dataset name."""
+    rng = np.random.RandomState(seed)
+    im_dir = os.path.join(root, 'images')
+    os.makedirs(im_dir, exist_ok=True)
+    images, anns = [], []
+    for i in range(num_images):
+        h, w = (120, 160) if i % 3 else (140, 100)
+        im = np.zeros((h, w, 3), np.uint8)
+        taken = np.zeros((h, w), bool)
+        for _ in range(rng.randint(1, 4)):
+            bw, bh = (int(v) for v in rng.randint(12, 40, size=2))
+            x1, y1 = int(rng.randint(2, w - bw - 2)), int(rng.randint(2, h - bh - 2))
+            x2, y2 = x1 + bw - 1, y1 + bh - 1
+            if taken[y1 - 2:y2 + 3, x1 - 2:x2 + 3].any():
+                continue  # keep objects apart: one connected component each
+            taken[y1:y2 + 1, x1:x2 + 1] = True
+            c = rng.randint(3)
+            im[y1:y2 + 1, x1:x2 + 1, c] = 255
+            anns.append({'id': len(anns) + 1, 'image_id': 10 + i, 'category_id': CATEGORY_IDS[c],
+                         'bbox': [x1, y1, bw, bh], 'area': float(bw * bh), 'iscrowd': 0,
+                         'segmentation': [[x1, y1, x2 + 1, y1, x2 + 1, y2 + 1, x1, y2 + 1]]})
+        name = 'im%02d.png' % i
+        cv2.imwrite(os.path.join(im_dir, name), im)
+        images.append({'id': 10 + i, 'file_name': name, 'height': h, 'width': w})
+    cats = [{'id': k, 'name': n} for k, n in zip(CATEGORY_IDS, CATEGORY_NAMES)]
+    ann_fn = os.path.join(root, 'rects.json')
+    with open(ann_fn, 'w') as f:
+        json.dump({'images': images, 'annotations': anns, 'categories': cats}, f)
+    return 'coco_json:%s:%s' % (ann_fn, im_dir)
+
+
+@pytest.fixture
+def rect_setup(tmp_path):
+    reset_cfg()
+    dataset = make_rect_dataset(str(tmp_path / 'data'))
+    cfg.MODEL.NUM_CLASSES = 4
+    cfg.MODEL.FASTER_RCNN = True
+    cfg.MODEL.MASK_ON = True
+    cfg.TEST.PRECOMPUTED_PROPOSALS = False
+    cfg.TEST.DATASETS = (dataset,)
+    cfg.TEST.SCALE = 120
+    cfg.MRCNN.RESOLUTION = 14
+    args = SimpleNamespace(output_dir=str(tmp_path / 'out'), cuda=False, quiet=True)
+    yield dataset, args
+    reset_cfg()
+
+
+def _model():
+    return FakeRCNN(deltas=(0., 0., 0., 0.))  # boxes = the rectangles exactly
+
+
+def _stats_from_file(dataset, res_file, iou_type):
+    coco = dataset.COCO
+    e = COCOeval(coco, coco.loadRes(res_file), iou_type)
+    e.evaluate()
+    e.accumulate()
+    e.summarize()
+    return e.stats
+
+
+def test_run_inference_saves_scores_and_writes_results(rect_setup):
+    dataset_name, args = rect_setup
+    results = test_engine.run_inference(args, model=_model())
+    ds = JsonDataset(dataset_name)
+    res = results[ds.name]
+    assert set(res) == {'box', 'mask'}
+    assert res['box']['AP'] == pytest.approx(1.0)  # exact rectangles, mapped to json ids 1, 3, 7
+    assert res['mask']['AP'] > 0.8
+    # detections.pkl: Detectron's [class][image] layout, images in sorted-id order, and the cfg
+    with open(os.path.join(args.output_dir, 'detections.pkl'), 'rb') as f:
+        dets = pickle.load(f)
+    assert len(dets['all_boxes']) == 4 and all(len(c) == 6 for c in dets['all_boxes'][1:])
+    assert 'MODEL' in dets['cfg']
+    n_gt = len(ds.COCO.getAnnIds())
+    assert sum(len(b) for c in dets['all_boxes'][1:] for b in c) == n_gt
+    # the result JSONs the tool leaves behind score what run_inference reported
+    for task, prefix, iou_type in (('box', 'bbox', 'bbox'), ('mask', 'segmentations', 'segm')):
+        res_file = os.path.join(args.output_dir, '%s_%s_results.json' % (prefix, ds.name))
+        stats = _stats_from_file(ds, res_file, iou_type)
+        assert list(res[task].values()) == pytest.approx(
+            [stats[i] for i in (0, 1, 2, 3, 4, 5)])
+    # re-evaluating the saved detections without the model gives the same numbers
+    again = test_engine.evaluate_detections_file(
+        os.path.join(args.output_dir, 'detections.pkl'), dataset_name,
+        os.path.join(args.output_dir, 'again'))
+    assert again == results
+
+
+def test_ranges_and_batches_give_the_same_detections(rect_setup):
+    dataset_name, args = rect_setup
+    model = _model()
+    full = test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
+    parts = [test_engine.test_net(args, dataset_name, None, args.output_dir, ind_range=r,
+                                  model=model) for r in ((0, 4), (4, 6))]
+    assert os.path.exists(os.path.join(args.output_dir, 'detection_range_0_4.pkl'))
+    cfg.TEST.IMS_PER_BATCH = 4  # (a key the config should carry; see the report)
+    calls = model.forward_calls
+    batched = test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
+    assert model.forward_calls - calls == 2  # 6 images, 4 per forward pass
+    for j in range(1, 4):
+        merged = parts[0][0][j] + parts[1][0][j]
+        for a, b, c in zip(full[0][j], merged, batched[0][j]):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_rpn_only_proposal_recall(rect_setup):
+    dataset_name, args = rect_setup
+    cfg.MODEL.RPN_ONLY = True
+    cfg.MODEL.MASK_ON = False
+    results = test_engine.run_inference(args, model=_model())
+    ar = results[JsonDataset(dataset_name).name]['box_proposal']
+    assert ar['AR@100'] == pytest.approx(1.0)  # every rectangle is among the proposals
+    assert ar['ARl@100'] == -1 or ar['ARl@100'] == pytest.approx(0.0)  # no large objects
+    with open(os.path.join(args.output_dir, 'rpn_proposals.pkl'), 'rb') as f:
+        props = pickle.load(f)
+    assert len(props['boxes']) == len(props['ids']) == 6
+    assert all(np.all(np.diff(s) <= 0) for s in props['scores'])  # best first
+
+
+def test_results_pickles_refuse_code(tmp_path):
+    good = tmp_path / 'good.pkl'
+    test_engine.save_object({'all_boxes': [[], [np.zeros((1, 5), np.float32)]]}, str(good))
+    assert test_engine.load_object(str(good))['all_boxes'][1][0].shape == (1, 5)
+    bad = tmp_path / 'bad.pkl'
+    with open(bad, 'wb') as f:
+        pickle.dump({'x': SimpleNamespace(a=1)}, f)
+    with pytest.raises(pickle.UnpicklingError, match='refusing'):
+        test_engine.load_object(str(bad))
+
+
+def test_empty_and_extend_results():
+    all_boxes, all_segms, all_keyps = test_engine.empty_results(3, 2)
+    all_boxes[1][0].append(1)
+    assert all_boxes[1][1] == [] and all_boxes[2][0] == []  # no shared lists
+    cls_boxes = [[], np.ones((1, 5)), np.zeros((0, 5))]
+    test_engine.extend_results(1, all_boxes, cls_boxes)
+    assert all_boxes[1][1] is cls_boxes[1] and all_boxes[0][1] == []
+
+
+def test_portable_dataset_name(rect_setup):
+    dataset_name, _ = rect_setup
+    name = JsonDataset(dataset_name).name
+    assert name.startswith('json_')
+    spec = test_engine.portable_dataset_name(name)
+    assert spec.startswith('coco_json:') and JsonDataset(spec).name == name
+    assert test_engine.portable_dataset_name('coco_2017_val') == 'coco_2017_val'
