@@ -1,0 +1,199 @@
+"""Fast R-CNN proposal labels and RoI sampling against a numpy reference that follows Detectron's
+``add_proposals`` / ``_merge_proposal_boxes_into_roidb`` / ``_filter_crowd_proposals`` /
+``_compute_targets`` / ``_sample_rois`` on real coco_mini ground truth."""
+import numpy as np
+import pycocotools.mask as COCOmask
+import pytest
+import torch
+
+from _targets_coco import batch, jittered_proposals, load_roidb, pick_entries
+from pydetectron.modeling.targets import (
+    expand_bbox_targets, label_proposals, pack_gt, sample_rois)
+from pydetectron.modeling.targets.fast_rcnn import fast_rcnn_targets
+from pydetectron.utils.boxes import bbox_overlaps, bbox_transform_inv, xyxy_to_xywh
+
+WEIGHTS = (10., 10., 5., 5.)
+
+
+def _reference(entry, rois_blob, im_scale, crowd_thresh=0., bbox_thresh=0.5, agnostic=False):
+    """One image's roidb rows (gt first, then proposals) as Detectron builds them in training."""
+    gt_inds = np.where(entry['gt_classes'] > 0)[0]
+    gt_boxes = entry['boxes'][gt_inds]
+    gt_classes = entry['gt_classes'][gt_inds]
+    crowd = entry['is_crowd'][gt_inds].astype(bool)
+    props = rois_blob * np.float32(1. / im_scale)
+    ov = bbox_overlaps(props, gt_boxes)
+    argmax, amax = ov.argmax(axis=1), ov.max(axis=1)
+    hit = amax > 0
+    G = len(gt_inds)
+    boxes = np.vstack([gt_boxes, props])
+    max_ov = np.concatenate([np.where(crowd, -1., 1.), np.where(hit, amax, 0.)])
+    max_cls = np.concatenate([np.where(crowd, 0, gt_classes), np.where(hit, gt_classes[argmax], 0)])
+    to_gt = np.concatenate([np.arange(G), np.where(hit, argmax, -1)])
+    if crowd_thresh > 0 and crowd.any():
+        ious = COCOmask.iou(xyxy_to_xywh(props.astype(np.float64)),
+                            xyxy_to_xywh(gt_boxes[crowd].astype(np.float64)),
+                            [1] * int(crowd.sum()))
+        bad = G + np.where(ious.max(axis=1) > crowd_thresh)[0]
+        max_ov[bad] = -1
+        max_cls[bad] = 0
+    targets = np.zeros((len(boxes), 5), np.float32)
+    nc = np.where(~crowd)[0]
+    ex = np.where(max_ov >= bbox_thresh)[0]
+    if len(nc):
+        assign = bbox_overlaps(boxes[ex], boxes[nc]).argmax(axis=1)
+        targets[ex, 0] = 1 if agnostic else max_cls[ex]
+        targets[ex, 1:] = bbox_transform_inv(boxes[ex].astype(np.float64),
+                                             boxes[nc[assign]].astype(np.float64), WEIGHTS)
+    return dict(max_overlaps=max_ov, max_classes=max_cls, box_to_gt=to_gt, targets=targets)
+
+
+@pytest.fixture(scope='module')
+def coco_case(coco_mini):
+    roidb = load_roidb(coco_mini)
+    entries = pick_entries(roidb, 1, min_gt=3, need_crowd=True) \
+        + pick_entries(roidb[30:], 1, min_gt=4)
+    scales = [0.6, 0.5]
+    batch_roidb, im_info = batch(entries, scales)
+    rois = jittered_proposals(batch_roidb, im_info, seed=1)
+    # mix the images' proposals: the function must not rely on their order
+    rois = rois[torch.randperm(rois.shape[0], generator=torch.Generator().manual_seed(0))]
+    return entries, scales, batch_roidb, im_info, rois
+
+
+def _split(labels, gt, rois, n):
+    """Rows of image n in the function's output, in the reference's order (gt, then proposals)."""
+    G = gt.valid.shape[1]
+    n_gt = int(gt.valid[n].sum())
+    N = gt.valid.shape[0]
+    props = N * G + torch.nonzero(rois[:, 0] == n).flatten()
+    return torch.cat([torch.arange(n * G, n * G + n_gt), props])
+
+
+@pytest.mark.parametrize('crowd_thresh,agnostic', [(0., False), (0.7, False), (0., True)])
+def test_labels_match_detectron_roidb(coco_case, crowd_thresh, agnostic):
+    entries, scales, roidb, im_info, rois = coco_case
+    gt = pack_gt(roidb, 'cpu')
+    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=crowd_thresh, bbox_thresh=0.5,
+                          bbox_reg_weights=WEIGHTS, cls_agnostic_bbox_reg=agnostic)
+    N, G = gt.valid.shape
+    for n, (entry, s) in enumerate(zip(entries, scales)):
+        rows = _split(lab, gt, rois, n)
+        props = rois[rows[int(gt.valid[n].sum()):] - N * G][:, 1:].numpy()
+        ref = _reference(entry, props, s, crowd_thresh, agnostic=agnostic)
+        np.testing.assert_allclose(lab.max_overlaps[rows].numpy(), ref['max_overlaps'],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(lab.max_classes[rows].numpy(), ref['max_classes'])
+        to_gt = lab.box_to_gt_ind_map[rows].numpy()
+        np.testing.assert_array_equal(np.where(to_gt >= 0, to_gt - n * G, -1), ref['box_to_gt'])
+        np.testing.assert_array_equal(lab.bbox_target_classes[rows].numpy(), ref['targets'][:, 0])
+        np.testing.assert_allclose(lab.bbox_targets[rows].numpy(), ref['targets'][:, 1:],
+                                   rtol=1e-4, atol=2e-4)
+        # the rois themselves: gt boxes and proposals in blob scale
+        assert torch.equal(lab.rois[rows, 0], torch.full((len(rows),), float(n)))
+    if crowd_thresh == 0:
+        # Detectron's end-to-end path labels proposals over crowd boxes with the crowd's class
+        crowd_rows = lab.box_to_gt_ind_map >= 0
+        crowd_rows &= gt.is_crowd.view(-1)[lab.box_to_gt_ind_map.clamp(min=0)] & ~lab.is_gt
+        assert (lab.max_overlaps[crowd_rows] >= 0.5).any()
+    else:
+        assert (lab.max_overlaps[~lab.is_gt] == -1).any()
+    # padding rows are never sampled
+    assert torch.isinf(lab.max_overlaps[:N * G][~gt.valid.view(-1)]).all()
+
+
+@pytest.mark.parametrize('batch_size,agnostic', [(64, False), (16, True)])
+def test_sampling_counts_membership_and_blobs(coco_case, batch_size, agnostic):
+    entries, scales, roidb, im_info, rois = coco_case
+    gt = pack_gt(roidb, 'cpu')
+    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0., bbox_thresh=0.5,
+                          bbox_reg_weights=WEIGHTS, cls_agnostic_bbox_reg=agnostic)
+    K = 81
+    out = sample_rois(lab, 2, fg_thresh=0.5, bg_thresh_hi=0.5, bg_thresh_lo=0.0,
+                      fg_fraction=0.25, batch_size_per_im=batch_size, num_classes=K,
+                      cls_agnostic_bbox_reg=agnostic, generator=torch.Generator().manual_seed(1))
+    inds = out['sampled_inds']
+    batch_of = out['rois'][:, 0].long()
+    assert torch.equal(out['rois'], lab.rois[inds])
+    assert (batch_of[1:] >= batch_of[:-1]).all()                   # image by image
+    fg_quota = int(round(0.25 * batch_size))
+    for n in range(2):
+        mine = inds[batch_of == n]
+        ov = lab.max_overlaps[mine]
+        in_img = lab.rois[:, 0] == n
+        n_fg = int(((lab.max_overlaps >= 0.5) & in_img).sum())
+        n_bg = int(((lab.max_overlaps < 0.5) & (lab.max_overlaps >= 0) & in_img).sum())
+        fg = ov >= 0.5
+        assert fg.sum() == min(fg_quota, n_fg)
+        assert (~fg).sum() == min(batch_size - int(fg.sum()), n_bg)
+        assert (ov[~fg] >= 0).all() and (ov[~fg] < 0.5).all()
+        k = int(fg.sum())
+        assert fg[:k].all() and not fg[k:].any()                      # fg first
+        assert len(set(mine.tolist())) == len(mine)                   # without replacement
+    labels = out['labels_int32'].long()
+    fg = lab.max_overlaps[inds] >= 0.5
+    assert torch.equal(labels[fg], lab.max_classes[inds][fg]) and (labels[~fg] == 0).all()
+    assert (labels[fg] > 0).all()
+    # expanded targets, as Detectron's _expand_bbox_targets loop
+    C = 2 if agnostic else K
+    assert out['bbox_targets'].shape == (len(inds), 4 * C)
+    exp_t = np.zeros((len(inds), 4 * C), np.float32)
+    exp_w = np.zeros_like(exp_t)
+    cls = lab.bbox_target_classes[inds].numpy()
+    for i in np.where(cls > 0)[0]:
+        exp_t[i, 4 * cls[i]:4 * cls[i] + 4] = lab.bbox_targets[inds[i]].numpy()
+        exp_w[i, 4 * cls[i]:4 * cls[i] + 4] = 1
+    np.testing.assert_array_equal(out['bbox_targets'].numpy(), exp_t)
+    np.testing.assert_array_equal(out['bbox_inside_weights'].numpy(), exp_w)
+    np.testing.assert_array_equal(out['bbox_outside_weights'].numpy(), exp_w)
+    if agnostic:
+        assert (cls[fg.numpy()] == 1).all()
+
+
+def test_sampling_is_uniform_and_reproducible(coco_case):
+    entries, scales, roidb, im_info, rois = coco_case
+    gt = pack_gt(roidb, 'cpu')
+    lab = label_proposals(rois, gt, im_info)
+    kw = dict(batch_size_per_im=32, num_classes=81)
+    a = sample_rois(lab, 2, generator=torch.Generator().manual_seed(5), **kw)
+    b = sample_rois(lab, 2, generator=torch.Generator().manual_seed(5), **kw)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # every fg candidate of image 0 is drawn about equally often (8 of n_fg per draw)
+    fg0 = torch.nonzero((lab.max_overlaps >= 0.5) & (lab.rois[:, 0] == 0)).flatten()
+    hits = torch.zeros(lab.rois.shape[0])
+    g = torch.Generator().manual_seed(6)
+    T = 300
+    for _ in range(T):
+        hits[sample_rois(lab, 2, generator=g, **kw)['sampled_inds']] += 1
+    p = 8. / len(fg0)
+    freq = hits[fg0] / T
+    assert (freq - p).abs().max() < 5 * (p * (1 - p) / T) ** 0.5 + 1e-6
+
+
+def test_gt_only_and_convenience_wrapper(fresh_cfg):
+    fresh_cfg.MODEL.NUM_CLASSES = 3
+    fresh_cfg.MODEL.FASTER_RCNN = True
+    roidb = [{'boxes': torch.tensor([[10., 10., 40., 50.], [60., 5., 90., 30.]]),
+              'gt_classes': torch.tensor([2, 1]), 'is_crowd': torch.tensor([False, False])}]
+    im_info = torch.tensor([[100., 100., 1.]])
+    blobs, lab = fast_rcnn_targets(torch.zeros((0, 5)), roidb, im_info)
+    # no proposals: the two gt boxes are the only (fg) RoIs, with zero box targets
+    assert torch.equal(blobs['labels_int32'], torch.tensor([2, 1], dtype=torch.int32))
+    assert torch.equal(blobs['rois'][:, 1:], roidb[0]['boxes'])
+    assert blobs['bbox_targets'].abs().sum() == 0
+    assert torch.equal(blobs['bbox_inside_weights'][0], torch.tensor([0.] * 8 + [1.] * 4))
+    assert torch.equal(blobs['box_to_gt_ind_map'], torch.tensor([0, 1]))
+
+
+def test_expand_bbox_targets_hand_case():
+    t = torch.tensor([[1., 2., 3., 4.], [5., 6., 7., 8.]])
+    out, w = expand_bbox_targets(t, torch.tensor([2, 0]), 3)
+    assert torch.equal(out, torch.tensor([[0.] * 8 + [1., 2., 3., 4.], [0.] * 12]))
+    assert torch.equal(w, torch.tensor([[0.] * 8 + [1.] * 4, [0.] * 12]))
+
+
+def test_bad_rois_shape():
+    roidb = [{'boxes': torch.zeros((0, 4)), 'gt_classes': torch.zeros(0, dtype=torch.long),
+              'is_crowd': torch.zeros(0, dtype=torch.bool)}]
+    with pytest.raises(ValueError, match=r'rois must be \(R, 5\)'):
+        label_proposals(torch.zeros((3, 4)), roidb, torch.tensor([[10., 10., 1.]]))

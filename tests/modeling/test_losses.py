@@ -1,0 +1,153 @@
+"""Detectron's losses against hand-computed values, normalisations and gradients."""
+import math
+
+import pytest
+import torch
+
+from pydetectron.modeling import losses
+from pydetectron.modeling.targets import expand_to_class_specific_mask_targets
+
+
+def _bce(x, y):
+    return math.log1p(math.exp(-x)) if y == 1 else math.log1p(math.exp(x))
+
+
+def test_smooth_l1_hand_values_and_weights():
+    pred = torch.tensor([[0.5, 2.0], [0.0, -0.05]])
+    zeros, ones = torch.zeros(2, 2), torch.ones(2, 2)
+    # beta 1: 0.5 * 0.25 + (2 - 0.5) + 0 + 0.5 * 0.0025 = 1.62625, over N = 2 rows
+    assert losses.smooth_l1_loss(pred, zeros, ones, ones, beta=1.0).item() == pytest.approx(0.813125)
+    # beta 1/9 (Detectron's sigma 3 for the RPN): |x| - 1/18, |x| - 1/18, 0, 0.5 * 0.0025 * 9
+    exp = (0.5 - 1 / 18 + 2 - 1 / 18 + 0.5 * 0.0025 * 9) / 2
+    assert losses.smooth_l1_loss(pred, zeros, ones, ones, beta=1 / 9).item() == pytest.approx(exp)
+    inside = torch.tensor([[1., 0.], [1., 1.]])
+    outside = torch.tensor([[4., 4.], [1., 1.]])
+    assert losses.smooth_l1_loss(pred, zeros, inside, outside).item() == pytest.approx(
+        (4 * 0.125 + 0.00125) / 2)
+    # the inside weight multiplies the difference before the smooth-L1 (|2 * 2| = 4 -> 3.5)
+    assert losses.smooth_l1_loss(pred[:1, 1:], zeros[:1, 1:], torch.full((1, 1), 2.),
+                                 ones[:1, 1:]).item() == pytest.approx(3.5)
+
+
+def test_single_scale_rpn_sigmoid_and_softmax():
+    logits = torch.tensor([[[[0.3, -1.2]], [[2.0, 0.1]]]], requires_grad=True)    # (1, 2, 1, 2)
+    labels = torch.tensor([[[[1, 0]], [[-1, 1]]]], dtype=torch.int32)
+    pred = torch.zeros(1, 8, 1, 2, requires_grad=True)
+    t = {'rpn_labels_int32': labels, 'rpn_bbox_targets': torch.ones(1, 8, 1, 2),
+         'rpn_bbox_inside_weights': torch.ones(1, 8, 1, 2),
+         'rpn_bbox_outside_weights': torch.full((1, 8, 1, 2), 0.5)}
+    out = losses.rpn_losses(logits, pred, [t], cls_activation='sigmoid')
+    exp = (_bce(0.3, 1) + _bce(-1.2, 0) + _bce(0.1, 1)) / 3          # 3 labelled anchors
+    assert out['loss_rpn_cls'].item() == pytest.approx(exp, rel=1e-6)
+    # |0 - 1| = 1 >= 1/9: 1 - 1/18 per element, times 0.5, 16 elements, over N = 1
+    assert out['loss_rpn_bbox'].item() == pytest.approx(16 * 0.5 * (1 - 1 / 18), rel=1e-6)
+    (out['loss_rpn_cls'] + out['loss_rpn_bbox']).backward()
+    assert logits.grad[0, 1, 0, 0] == 0                                 # ignored anchor
+    assert logits.grad[0, 0, 0, 0] == pytest.approx((torch.sigmoid(torch.tensor(0.3)) - 1) / 3)
+    assert torch.allclose(pred.grad, torch.full_like(pred, -0.5))
+    # softmax: (N, 2A, H, W), channels [0, A) background, [A, 2A) object
+    sm = torch.tensor([[[[0.2]], [[1.0]]]])                             # A = 1
+    t1 = {k: v[:, :4, :, :1] for k, v in t.items() if k != 'rpn_labels_int32'}
+    t1['rpn_labels_int32'] = torch.ones(1, 1, 1, 1, dtype=torch.int32)
+    out = losses.rpn_losses(sm, torch.zeros(1, 4, 1, 1), t1, cls_activation='softmax')
+    assert out['loss_rpn_cls'].item() == pytest.approx(math.log1p(math.exp(0.2 - 1.0)), rel=1e-6)
+    with pytest.raises(ValueError, match='2A'):
+        losses.rpn_losses(logits, pred, [t], cls_activation='softmax')
+    # nothing labelled: zero, not NaN
+    t['rpn_labels_int32'] = -torch.ones_like(labels)
+    assert losses.rpn_losses(logits, pred, t, cls_activation='sigmoid')['loss_rpn_cls'] == 0
+
+
+def test_fpn_rpn_losses_names_and_normaliser():
+    N = 2
+    logits = [torch.zeros(N, 3, 4, 4), torch.zeros(N, 3, 2, 2)]
+    preds = [torch.zeros(N, 12, 4, 4), torch.zeros(N, 12, 2, 2)]
+    targets = []
+    for h in (4, 2):
+        lab = -torch.ones(N, 3, h, h, dtype=torch.int32)
+        lab[:, 0, 0, 0] = 1
+        lab[:, 1, 0, 0] = 0
+        targets.append({'rpn_labels_int32': lab,
+                        'rpn_bbox_targets': torch.zeros(N, 12, h, h),
+                        'rpn_bbox_inside_weights': torch.zeros(N, 12, h, h),
+                        'rpn_bbox_outside_weights': torch.zeros(N, 12, h, h)})
+    out = losses.rpn_losses(logits, preds, targets, cls_activation='sigmoid', rpn_min_level=2,
+                            batch_size_per_im=256)
+    assert sorted(out) == ['loss_rpn_bbox_fpn2', 'loss_rpn_bbox_fpn3', 'loss_rpn_cls_fpn2',
+                           'loss_rpn_cls_fpn3']
+    # 4 labelled anchors with logit 0 -> 4 log 2, over RPN_BATCH_SIZE_PER_IM * N (not the count)
+    assert out['loss_rpn_cls_fpn3'].item() == pytest.approx(4 * math.log(2) / 512, rel=1e-6)
+    with pytest.raises(ValueError, match='one of each per FPN level'):
+        losses.rpn_losses(logits, preds[:1], targets)
+
+
+def test_fast_rcnn_losses_and_accuracy():
+    score = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], requires_grad=True)
+    labels = torch.tensor([0, 1], dtype=torch.int32)
+    bbox_pred = torch.zeros(2, 12, requires_grad=True)
+    targets = torch.zeros(2, 12)
+    targets[1, 4:8] = torch.tensor([0.5, -2.0, 0.0, 0.0])
+    inside = torch.zeros(2, 12)
+    inside[1, 4:8] = 1
+    loss_cls, loss_bbox, acc = losses.fast_rcnn_losses(score, bbox_pred, labels, targets,
+                                                       inside, inside)
+    lse0 = math.log(math.exp(2) + math.exp(.5) + math.exp(-1))
+    lse1 = math.log(math.exp(.1) + math.exp(.2) + math.exp(.3))
+    assert loss_cls.item() == pytest.approx(((lse0 - 2) + (lse1 - .2)) / 2, rel=1e-6)
+    assert loss_bbox.item() == pytest.approx((0.125 + 1.5) / 2)     # beta 1, over R = 2
+    assert acc.item() == 0.5                                         # roi 1 predicts class 2
+    (loss_cls + loss_bbox).backward()
+    assert bbox_pred.grad[0].abs().sum() == 0 and bbox_pred.grad[1, 4:8].abs().sum() > 0
+    # no RoIs: zeros connected to the graph
+    z = losses.fast_rcnn_losses(score[:0], bbox_pred[:0], labels[:0], targets[:0], inside[:0],
+                                inside[:0])
+    assert z[0].item() == 0 and z[0].requires_grad
+
+
+def test_mask_loss_compact_equals_detectron_layout():
+    g = torch.Generator().manual_seed(0)
+    R, C, M = 3, 4, 5
+    pred = torch.randn(R, C, M, M, generator=g, requires_grad=True)
+    masks = (torch.rand(R, M, M, generator=g) > 0.5).to(torch.int32)
+    masks[2] = -1                                   # an ignored (no-foreground) RoI
+    labels = torch.tensor([2, 3, 0], dtype=torch.int32)
+    compact = losses.mask_rcnn_losses(pred, masks, labels, weight=1.0)
+    full = expand_to_class_specific_mask_targets(masks, labels, C)
+    detectron = losses.mask_rcnn_losses(pred, full, weight=1.0)
+    # by hand: mean BCE over the 2 x M x M valid entries of each RoI's class channel
+    x = torch.stack([pred[0, 2], pred[1, 3]]).detach()
+    y = masks[:2].float()
+    hand = torch.nn.functional.binary_cross_entropy_with_logits(x, y)
+    assert compact.item() == pytest.approx(hand.item(), rel=1e-6)
+    assert detectron.item() == pytest.approx(hand.item(), rel=1e-6)
+    assert losses.mask_rcnn_losses(pred, masks, labels, weight=2.0).item() == \
+        pytest.approx(2 * hand.item(), rel=1e-6)
+    compact.backward()
+    assert pred.grad[2].abs().sum() == 0 and pred.grad[0, 1].abs().sum() == 0
+    assert pred.grad[0, 2].abs().sum() > 0
+    # class-agnostic head (C = 1)
+    one = losses.mask_rcnn_losses(pred[:, :1], masks, weight=1.0)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(pred[:2, 0].detach(), y)
+    assert one.item() == pytest.approx(ref.item(), rel=1e-6)
+    with pytest.raises(ValueError, match='mask_labels_int32'):
+        losses.mask_rcnn_losses(pred, masks)
+
+
+def test_keypoint_loss_hand_value_and_normaliser():
+    pred = torch.tensor([[[[1., 0.], [0., 0.]], [[0., 3.], [0., 0.]]]], requires_grad=True)
+    target = torch.tensor([0, 1], dtype=torch.int32)
+    weights = torch.tensor([1., 0.])
+    ce0 = -1 + math.log(math.exp(1) + 3)
+    out = losses.keypoint_losses(pred, target, weights, normalize_by_visible=True, loss_weight=1.)
+    assert out.item() == pytest.approx(ce0, rel=1e-6)
+    norm = torch.tensor(0.25)
+    out = losses.keypoint_losses(pred, target, weights, norm, normalize_by_visible=False,
+                                 loss_weight=2.)
+    assert out.item() == pytest.approx(2 * 0.25 * ce0, rel=1e-6)
+    out.backward()
+    assert pred.grad[0, 1].abs().sum() == 0 and pred.grad[0, 0].abs().sum() > 0
+    empty = losses.keypoint_losses(pred[:0], target[:0], weights[:0], normalize_by_visible=True,
+                                   loss_weight=1.)
+    assert empty.item() == 0
+    with pytest.raises(ValueError, match='keypoint_loss_normalizer'):
+        losses.keypoint_losses(pred, target, weights, normalize_by_visible=False)
