@@ -306,7 +306,8 @@ def test_logit_avg_is_the_sigmoid_of_the_mean_logit(monkeypatch):
     cfg.TEST.MASK_AUG.ENABLED = True
     cfg.TEST.MASK_AUG.H_FLIP = True
     cfg.TEST.MASK_AUG.HEUR = 'LOGIT_AVG'
-    outs = iter([[np.full((1, 1, 2, 2), 0.9, np.float32)], [np.full((1, 1, 2, 2), 0.5, np.float32)]])
+    outs = iter([[np.full((1, 1, 2, 2), 0.9, np.float32)],
+                 [np.full((1, 1, 2, 2), 0.5, np.float32)]])
     monkeypatch.setattr(test_mod, '_masks_at', lambda *a, **k: next(outs))
     m = test_mod.im_detect_mask_aug(None, [np.zeros((4, 4, 3), np.uint8)], [np.zeros((1, 4))])
     logit = (np.log(0.9 / 0.1) + 0.0) / 2

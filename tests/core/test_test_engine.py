@@ -1,6 +1,7 @@
 """Dataset-level inference (test_engine) on a small synthetic COCO dataset with the fake model of
 test_im_detect: saved detections, written result JSONs, their COCO scores, re-evaluation,
 proposal recall, batching."""
+import importlib.util
 import json
 import os
 import pickle
@@ -15,7 +16,18 @@ from pydetectron.core import test_engine
 from pydetectron.core.config import cfg, reset_cfg
 from pydetectron.datasets.json_dataset import JsonDataset
 
-from test_im_detect import FakeRCNN  # noqa: E402  (tests/core is on sys.path under pytest)
+
+
+def _load_sibling(name):
+    """A module of this folder by path (works whichever directory pytest put on sys.path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + '.py')
+    spec = importlib.util.spec_from_file_location('_pydetectron_tests_' + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FakeRCNN = _load_sibling('test_im_detect').FakeRCNN
 
 # JSON category ids are not contiguous: contiguous class j maps to JSON id CATEGORY_IDS[j - 1].
 CATEGORY_IDS = (1, 3, 7)

@@ -41,7 +41,10 @@ _PROPOSAL_AREA_RANGES = {
 # ---------------------------------------------------------------------------------------------- #
 
 def evaluate_boxes(json_dataset, all_boxes, output_dir, use_salt=True, cleanup=False):
-    """Write the bbox results JSON and, on splits with annotations, evaluate it. -> COCOeval or None."""
+    """Write the bbox results JSON and, on splits with annotations, evaluate it.
+
+    Returns the COCOeval, or None for a split without annotations.
+    """
     res_file = _results_file_name(output_dir, 'bbox', json_dataset.name, use_salt)
     write_coco_bbox_results_file(json_dataset, all_boxes, res_file)
     coco_eval = None
@@ -68,8 +71,9 @@ def evaluate_keypoints(json_dataset, all_boxes, all_keyps, output_dir, use_salt=
                        cleanup=False, keypoint_confidence='bbox'):
     """Write the keypoint results JSON and evaluate it (COCOeval 'keypoints') -> COCOeval or None.
 
-    ``keypoint_confidence`` is ``cfg.KRCNN.KEYPOINT_CONFIDENCE``: the score of a person is its box
-    score ('bbox') or the mean over keypoints of the heatmap logit ('logit') or probability ('prob').
+    ``keypoint_confidence`` is ``cfg.KRCNN.KEYPOINT_CONFIDENCE``: the score of a person is its
+    box score ('bbox') or the mean over keypoints of the heatmap logit ('logit') or probability
+    ('prob').
     """
     res_file = _results_file_name(output_dir, 'keypoints', json_dataset.name, use_salt)
     write_coco_keypoint_results_file(json_dataset, all_boxes, all_keyps, res_file,
@@ -163,7 +167,8 @@ def coco_bbox_results(json_dataset, all_boxes):
 
 
 def coco_segms_results(json_dataset, all_boxes, all_segms):
-    """COCO segmentation result dicts; ``all_segms[j][i][k]`` is the RLE of box ``all_boxes[j][i][k]``."""
+    """COCO segmentation result dicts; ``all_segms[j][i][k]`` is the RLE of the box
+    ``all_boxes[j][i][k]``."""
     results = []
     _check_layout(json_dataset, all_segms, 'all_segms')
     for cls_ind, i, image_id, dets in _iter_class_image(json_dataset, all_boxes, 'all_boxes'):
@@ -274,7 +279,8 @@ def _has_annotations(json_dataset):
 # ---------------------------------------------------------------------------------------------- #
 
 def per_class_ap(coco_eval, iou_lo=0.5, iou_hi=0.95):
-    """Mean AP over IoU thresholds [iou_lo, iou_hi] (area 'all', 100 detections) -> (mean, (C,) per class).
+    """Mean AP over IoU thresholds [iou_lo, iou_hi] (area 'all', 100 detections)
+    -> (mean, (C,) per class).
 
     A class without ground truth gets NaN. ``precision`` of COCOeval has axes
     (iou threshold, recall threshold, class, area range, max detections).

@@ -1,0 +1,139 @@
+"""Run a model on images and draw what it finds: boxes, class names with scores, translucent masks
+with outlines and keypoints with the COCO skeleton; one picture per input and a JSON of the
+detections (``<output_dir>/detections.json``).
+
+    python tools/infer_simple.py --cfg configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml \
+        --load_detectron model_final.pkl --image_dir demo --output_dir infer_outputs
+
+``--dataset`` only names the classes: ``coco`` (default) or ``keypoints_coco`` for COCO models,
+or any dataset name ``--dataset`` takes elsewhere (its annotation file gives the names).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import cv2
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'lib'))
+
+from pydetectron.core.config import (  # noqa: E402
+    assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
+from pydetectron.core.test import im_detect_all  # noqa: E402
+from pydetectron.core.test_engine import initialize_model_from_cfg  # noqa: E402
+from pydetectron.utils import vis as vis_utils  # noqa: E402
+from pydetectron.utils.logging import setup_logging  # noqa: E402
+
+cv2.ocl.setUseOpenCL(False)
+
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Detect objects in images and draw them')
+    parser.add_argument('--cfg', dest='cfg_file', required=True, help='config file (YAML)')
+    parser.add_argument('--set', dest='set_cfgs', default=[], nargs='+',
+                        help='config key/value pairs overriding the config file')
+    parser.add_argument('--load_ckpt', help='checkpoint (.pth) to load')
+    parser.add_argument('--load_detectron', help='Detectron weights (.pkl) to load')
+    parser.add_argument('--image_dir', help='folder of images (other files are skipped)')
+    parser.add_argument('--images', nargs='+', help='image files (instead of --image_dir)')
+    parser.add_argument('--output_dir', default='infer_outputs', help='where the drawings go')
+    parser.add_argument('--dataset', default='coco',
+                        help="class names: 'coco' (default), 'keypoints_coco', or a dataset name")
+    parser.add_argument('--thresh', type=float, default=0.7,
+                        help='draw (and list) detections scoring at least this')
+    parser.add_argument('--kp_thresh', type=float, default=2.0,
+                        help='draw keypoints whose heatmap logit is above this')
+    parser.add_argument('--output_ext', default='png', choices=('png', 'jpg', 'pdf'),
+                        help='format of the drawings')
+    parser.add_argument('--no_cuda', dest='cuda', action='store_false', help='run on the CPU')
+    return parser.parse_args(argv)
+
+
+def get_class_names(dataset):
+    if dataset in ('coco', 'coco2017', 'coco2014'):
+        return list(vis_utils.COCO_CLASSES)
+    if dataset.startswith('keypoints_coco'):
+        return ['__background__', 'person']
+    from pydetectron.datasets import dataset_catalog
+    from pydetectron.datasets.json_dataset import JsonDataset
+    names, _ = dataset_catalog.resolve_dataset_arg(dataset, training=False)
+    return list(JsonDataset(names[0]).classes)
+
+
+def list_images(args, logger):
+    """Image paths from --images or --image_dir (sorted), with a message for each skipped file."""
+    if bool(args.image_dir) == bool(args.images):
+        sys.exit('infer_simple.py: give exactly one of --image_dir and --images')
+    if args.images:
+        candidates = list(args.images)
+    else:
+        if not os.path.isdir(args.image_dir):
+            sys.exit("infer_simple.py: --image_dir '{}' is not a directory".format(args.image_dir))
+        candidates = [os.path.join(args.image_dir, f) for f in sorted(os.listdir(args.image_dir))]
+        candidates = [c for c in candidates if os.path.isfile(c)]
+    ims = []
+    for path in candidates:
+        if not os.path.isfile(path):
+            sys.exit("infer_simple.py: image '{}' not found".format(path))
+        if os.path.splitext(path)[1].lower() not in IMAGE_EXTS:
+            logger.info('Skipping %s: not an image file', path)
+            continue
+        ims.append(path)
+    if not ims:
+        sys.exit('infer_simple.py: no image files in {}'.format(args.image_dir or args.images))
+    return ims
+
+
+def main(argv=None):
+    logger = setup_logging(__name__)
+    args = parse_args(argv)
+    logger.info('Called with args: %s', args)
+    if bool(args.load_ckpt) == bool(args.load_detectron):
+        sys.exit('infer_simple.py: give exactly one of --load_ckpt and --load_detectron')
+    im_list = list_images(args, logger)
+
+    classes = get_class_names(args.dataset)
+    merge_cfg_from_file(args.cfg_file)
+    if args.set_cfgs:
+        merge_cfg_from_list(args.set_cfgs)
+    if cfg.MODEL.NUM_CLASSES == -1:
+        merge_cfg_from_list(['MODEL.NUM_CLASSES', len(classes)])
+    elif cfg.MODEL.NUM_CLASSES != len(classes):
+        sys.exit('infer_simple.py: the model has MODEL.NUM_CLASSES = {} but --dataset {} names {} '
+                 'classes'.format(cfg.MODEL.NUM_CLASSES, args.dataset, len(classes)))
+    # Weights come from the checkpoint: do not load ImageNet weights first.
+    merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False])
+    cfg.CUDA = bool(args.cuda)
+    assert_and_infer_cfg()
+
+    model = initialize_model_from_cfg(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    records = []
+    for i, im_path in enumerate(im_list):
+        im = cv2.imread(im_path)
+        if im is None:
+            logger.info('Skipping %s: OpenCV cannot read it as an image', im_path)
+            continue
+        t = time.time()
+        cls_boxes, cls_segms, cls_keyps = im_detect_all(model, im)
+        logger.info('%s: inference %.3fs', im_path, time.time() - t)
+        im_name = os.path.splitext(os.path.basename(im_path))[0]
+        out_path = vis_utils.vis_one_image(
+            im[:, :, ::-1], im_name, args.output_dir, cls_boxes, cls_segms, cls_keyps,
+            dataset=classes, box_alpha=0.3, show_class=True, thresh=args.thresh,
+            kp_thresh=args.kp_thresh, ext=args.output_ext, out_when_no_box=True)
+        records.append({'image': os.path.abspath(im_path), 'output': os.path.abspath(out_path),
+                        'height': int(im.shape[0]), 'width': int(im.shape[1]),
+                        'detections': vis_utils.detections_to_dicts(
+                            cls_boxes, cls_segms, cls_keyps, classes, args.thresh)})
+    json_path = os.path.join(args.output_dir, 'detections.json')
+    with open(json_path, 'w') as f:
+        json.dump({'thresh': args.thresh, 'images': records}, f)
+    logger.info('Wrote %d drawings and %s', len(records), json_path)
+
+
+if __name__ == '__main__':
+    main()

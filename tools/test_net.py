@@ -1,0 +1,98 @@
+"""Test a model on one or more datasets: detections, COCO metrics, Detectron's copy-paste summary.
+
+    python tools/test_net.py --dataset coco2017 \
+        --cfg configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml \
+        --load_ckpt Outputs/.../model_final.pth [--multi-gpu-testing] [--vis]
+    python tools/test_net.py --dataset coco2017 --cfg CFG --eval_only Outputs/.../detections.pkl
+
+``--dataset`` takes a shorthand (coco2017, keypoints_coco2017, coco2014, shapes, ...), a catalog
+name, or ``coco_json:<annotation_file>[:<image_dir>]``. The children of ``--multi-gpu-testing``
+call this script again with ``--range``.
+"""
+import argparse
+import os
+import sys
+
+import cv2
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'lib'))
+
+from pydetectron.core.config import (  # noqa: E402
+    assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
+from pydetectron.core import test_engine  # noqa: E402
+from pydetectron.utils.logging import setup_logging  # noqa: E402
+
+# OpenCL in OpenCV is not thread safe and grabs GPU memory: keep it off.
+cv2.ocl.setUseOpenCL(False)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test a Detectron-style model on datasets')
+    parser.add_argument('--dataset', help='dataset(s) to test on (shorthand, catalog name, or '
+                        'coco_json:<annotation_file>[:<image_dir>]); default: TEST.DATASETS')
+    parser.add_argument('--cfg', dest='cfg_file', required=True, help='config file (YAML)')
+    parser.add_argument('--load_ckpt', help='checkpoint (.pth) to test')
+    parser.add_argument('--load_detectron', help='Detectron weights (.pkl) to test')
+    parser.add_argument('--output_dir', help='where results go (default: <checkpoint dir>/../test)')
+    parser.add_argument('--set', dest='set_cfgs', default=[], nargs='*',
+                        help='config key/value pairs overriding the config file')
+    parser.add_argument('--range', type=int, nargs=2, metavar=('START', 'END'),
+                        help='infer only images [START, END) (child processes use it)')
+    parser.add_argument('--multi-gpu-testing', dest='multi_gpu_testing', action='store_true',
+                        help='split the dataset over the GPUs (or --nproc CPU processes)')
+    parser.add_argument('--nproc', type=int, default=None,
+                        help='processes for --multi-gpu-testing without CUDA (default NUM_GPUS)')
+    parser.add_argument('--vis', action='store_true', help='draw detections into <output_dir>/vis')
+    parser.add_argument('--eval_only', nargs='?', const='', default=None, metavar='DET_FILE',
+                        help='evaluate saved detections (default <output_dir>/detections.pkl) '
+                             'without running the model')
+    parser.add_argument('--no_cuda', dest='cuda', action='store_false', help='run on the CPU')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    logger = setup_logging(__name__)
+    args = parse_args(argv)
+    logger.info('Called with args: %s', args)
+
+    evaluating_file = args.eval_only is not None
+    if not evaluating_file and bool(args.load_ckpt) == bool(args.load_detectron):
+        sys.exit('test_net.py: give exactly one of --load_ckpt and --load_detectron')
+    if args.output_dir is None:
+        weights = args.load_ckpt or args.load_detectron or args.eval_only
+        if not weights:
+            sys.exit('test_net.py: give --output_dir')
+        args.output_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(weights))),
+                                       'test')
+        logger.info('Automatically set output directory to %s', args.output_dir)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    merge_cfg_from_file(args.cfg_file)
+    if args.set_cfgs:
+        merge_cfg_from_list(args.set_cfgs)
+    if args.dataset:
+        from pydetectron.datasets import dataset_catalog
+        names, num_classes = dataset_catalog.resolve_dataset_arg(args.dataset, training=False)
+        merge_cfg_from_list(['TEST.DATASETS', names, 'MODEL.NUM_CLASSES', num_classes])
+    elif not cfg.TEST.DATASETS:
+        sys.exit('test_net.py: give --dataset or set TEST.DATASETS in the config')
+    if args.vis:
+        merge_cfg_from_list(['VIS', True])
+    cfg.CUDA = bool(args.cuda)
+    assert_and_infer_cfg()
+
+    if evaluating_file:
+        det_file = args.eval_only or os.path.join(args.output_dir, 'detections.pkl')
+        for dataset_name in cfg.TEST.DATASETS:
+            test_engine.evaluate_detections_file(det_file, dataset_name, args.output_dir)
+        return
+
+    args.test_net_file = os.path.abspath(__file__)
+    test_engine.run_inference(args, ind_range=args.range,
+                              multi_gpu_testing=args.multi_gpu_testing,
+                              check_expected_results=True)
+
+
+if __name__ == '__main__':
+    main()
