@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -178,6 +179,24 @@ def test_eval_only_reevaluates_saved_detections(setup):
                    '--output_dir', str(out_dir), '--quiet'])
     printed = _check_printed_equals_pycocotools(str(out_dir), stdout, dataset)
     assert printed['box']['AP'] == 1.0 and printed['mask']['AP'] == 1.0
+
+    # the evaluation utility: per-class table and precision-recall plot of those results
+    analyze = os.path.join(ROOT, 'tools', 'analyze_results.py')
+    for results, iou_type in ((_result_file(str(out_dir), 'bbox_'), 'bbox'),
+                              (str(out_dir / 'detections.pkl'), 'segm')):
+        proc = subprocess.run([sys.executable, analyze, '--dataset', dataset, '--results',
+                               results, '--iou_type', iou_type, '--output_dir',
+                               str(out_dir / 'analysis')], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        table = (out_dir / 'analysis' / ('per_class_ap_%s.txt' % iou_type)).read_text()
+        rows = {l.split()[0]: [float(v) for v in l.split()[1:]] for l in table.splitlines()[1:]}
+        present = {c for c in ('blue', 'green', 'red') if ds.COCO.getAnnIds(
+            catIds=[ds.category_to_id_map[c]])}
+        assert set(rows) == present | {'mean'}
+        assert all(v == [1.0, 1.0, 1.0] for v in rows.values())
+        png = str(out_dir / 'analysis' / ('pr_%s.png' % iou_type))
+        assert cv2.imread(png) is not None
 
 
 def test_flags_are_checked(setup):

@@ -298,6 +298,31 @@ def per_class_ap(coco_eval, iou_lo=0.5, iou_hi=0.95):
     return mean_ap, per_class
 
 
+def per_class_table(json_dataset, coco_eval):
+    """Rows (class name, AP, AP50, AP75) per class with ground truth, in class order; AP is the
+    mean over IoU 0.50:0.95 (area 'all', the largest number of detections)."""
+    _, ap = per_class_ap(coco_eval, 0.5, 0.95)
+    _, ap50 = per_class_ap(coco_eval, 0.5, 0.5)
+    _, ap75 = per_class_ap(coco_eval, 0.75, 0.75)
+    id_to_name = {c['id']: c['name'] for c in json_dataset.COCO.loadCats(coco_eval.params.catIds)}
+    rows = []
+    for k, cat_id in enumerate(coco_eval.params.catIds):
+        if np.isnan(ap[k]):
+            continue  # no ground truth of this class
+        rows.append((id_to_name[cat_id], float(ap[k]), float(ap50[k]), float(ap75[k])))
+    return rows
+
+
+def precision_recall_curves(coco_eval, iou_thresh=0.5):
+    """COCOeval's interpolated precision-recall curves at one IoU threshold (area 'all', the
+    largest number of detections) -> (recall (R,), precision (C, R) with NaN for classes without
+    ground truth)."""
+    t = _iou_threshold_index(coco_eval, iou_thresh)
+    precision = coco_eval.eval['precision'][t, :, :, 0, -1].T.astype(np.float64)  # (C, R)
+    precision[precision < 0] = np.nan
+    return np.asarray(coco_eval.params.recThrs), precision
+
+
 def _iou_threshold_index(coco_eval, thr):
     inds = np.where(np.abs(coco_eval.params.iouThrs - thr) < 1e-5)[0]
     if len(inds) == 0:
