@@ -25,11 +25,6 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                             const at::Tensor& idxs, double iou_threshold);
 #endif
 
-#if defined(__CUDACC__)
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-#endif
-
 // IoU of two boxes with the +1 convention, in Detectron's order of operations. `area_a` and
 // `area_b` are (x2 - x1 + 1) * (y2 - y1 + 1). The product `w * h` is rounded before it is
 // subtracted (no fused multiply-add), so CPU and CUDA agree bit for bit.

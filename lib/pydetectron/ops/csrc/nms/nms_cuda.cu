@@ -1,0 +1,177 @@
+// Greedy NMS on CUDA with the whole reduction on the GPU.
+//
+//   1. Sort by score (torch's stable sort, descending: ties keep the lower index first).
+//   2. Mask kernel: for the sorted boxes, bit j of mask[i][j / 64] says "box j (j > i) has
+//      IoU >= threshold with box i" (same class for batched_nms), in 64-box column blocks.
+//   3. Reduce kernel, a single block: walking the column blocks in order, one warp resolves the
+//      64 boxes of block b from their diagonal words (a box is kept when no kept box before it
+//      removes it), then all threads OR the rows of the block's kept boxes into the shared
+//      `removed` bit set. Nothing leaves the GPU until the final compaction of the kept flags.
+#include <ATen/Dispatch.h>
+
+#include "common/common.h"
+#include "common/cuda_helpers.cuh"
+#include "nms/nms.h"
+
+namespace pydetectron {
+namespace {
+
+constexpr int kBlockBits = 64;          // boxes per column block (bits of a mask word)
+constexpr int kReduceThreads = 1024;
+
+template <typename T>
+__global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, T threshold,
+                                const T* __restrict__ boxes, const int64_t* __restrict__ classes,
+                                unsigned long long* __restrict__ mask) {
+  const int64_t row_block = blockIdx.y;
+  const int64_t col_block = blockIdx.x;
+  if (row_block > col_block) return;  // only the upper triangle is ever read
+  const int row_size = static_cast<int>(min(n - row_block * kBlockBits, int64_t(kBlockBits)));
+  const int col_size = static_cast<int>(min(n - col_block * kBlockBits, int64_t(kBlockBits)));
+
+  __shared__ T col_boxes[kBlockBits][5];  // x1, y1, x2, y2, area
+  __shared__ int64_t col_classes[kBlockBits];
+  if (threadIdx.x < col_size) {
+    const T* b = boxes + (col_block * kBlockBits + threadIdx.x) * 4;
+    col_boxes[threadIdx.x][0] = b[0];
+    col_boxes[threadIdx.x][1] = b[1];
+    col_boxes[threadIdx.x][2] = b[2];
+    col_boxes[threadIdx.x][3] = b[3];
+    col_boxes[threadIdx.x][4] = (b[2] - b[0] + 1) * (b[3] - b[1] + 1);
+    if (classes != nullptr) col_classes[threadIdx.x] = classes[col_block * kBlockBits + threadIdx.x];
+  }
+  __syncthreads();
+  if (threadIdx.x >= row_size) return;
+
+  const int64_t i = row_block * kBlockBits + threadIdx.x;
+  const T* b = boxes + i * 4;
+  const T x1 = b[0], y1 = b[1], x2 = b[2], y2 = b[3];
+  const T area = (x2 - x1 + 1) * (y2 - y1 + 1);
+  const int64_t cls = classes != nullptr ? classes[i] : 0;
+  unsigned long long bits = 0;
+  const int start = row_block == col_block ? threadIdx.x + 1 : 0;
+  for (int j = start; j < col_size; ++j) {
+    if (classes != nullptr && col_classes[j] != cls) continue;
+    const T iou = iou_plus_one(x1, y1, x2, y2, area, col_boxes[j][0], col_boxes[j][1],
+                               col_boxes[j][2], col_boxes[j][3], col_boxes[j][4]);
+    if (iou >= threshold) bits |= 1ULL << j;  // Detectron suppresses at IoU >= threshold
+  }
+  mask[i * col_blocks + col_block] = bits;
+}
+
+__global__ void __launch_bounds__(kReduceThreads)
+    nms_reduce_kernel(int64_t n, int64_t col_blocks, const unsigned long long* __restrict__ mask,
+                      bool* __restrict__ keep) {
+  extern __shared__ unsigned long long removed[];  // col_blocks words
+  __shared__ unsigned long long diag[kBlockBits];
+  __shared__ int kept_rows[kBlockBits];
+  __shared__ int num_kept;
+  for (int64_t w = threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] = 0;
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31;
+  for (int64_t b = 0; b < col_blocks; ++b) {
+    const int block_size = static_cast<int>(min(n - b * kBlockBits, int64_t(kBlockBits)));
+    const int64_t row0 = b * kBlockBits;
+    if (threadIdx.x < 32) {
+      // Warp 0 resolves block b.
+      for (int r = lane; r < kBlockBits; r += 32)
+        diag[r] = r < block_size ? mask[(row0 + r) * col_blocks + b] : 0ULL;
+      __syncwarp();
+      if (lane == 0) {
+        const unsigned long long valid =
+            block_size == kBlockBits ? ~0ULL : ((1ULL << block_size) - 1ULL);
+        unsigned long long rem = removed[b];
+        unsigned long long kept = 0;
+        int count = 0;
+        // Visit the candidates in score order; each kept box removes its later neighbours.
+        unsigned long long cand = ~rem & valid;
+        while (cand != 0) {
+          const int r = __ffsll(static_cast<long long>(cand)) - 1;
+          kept |= 1ULL << r;
+          kept_rows[count++] = r;
+          rem |= diag[r];
+          const unsigned long long later = (r == kBlockBits - 1) ? 0ULL : (~0ULL << (r + 1));
+          cand = ~rem & valid & later;
+        }
+        removed[b] = rem;
+        num_kept = count;
+        diag[0] = kept;  // reuse: the kept bits of this block, for the flags below
+      }
+      __syncwarp();
+      const unsigned long long kept = diag[0];
+      for (int r = lane; r < block_size; r += 32) keep[row0 + r] = (kept >> r) & 1ULL;
+    }
+    __syncthreads();
+    // Every thread: OR the rows of the kept boxes into the later words of `removed`.
+    const int count = num_kept;
+    const int64_t later_words = col_blocks - b - 1;
+    for (int64_t p = threadIdx.x; p < count * later_words; p += blockDim.x) {
+      const int k = static_cast<int>(p / later_words);
+      const int64_t w = b + 1 + p % later_words;
+      const unsigned long long bits = mask[(row0 + kept_rows[k]) * col_blocks + w];
+      if (bits != 0) atomicOr(&removed[w], bits);
+    }
+    __syncthreads();
+  }
+}
+
+at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
+                         double iou_threshold, const char* op) {
+  TORCH_CHECK(boxes.is_cuda(), op, ": the CUDA kernel got `boxes` on ", boxes.device());
+  c10::cuda::CUDAGuard device_guard(boxes.device());
+  const int64_t n = boxes.size(0);
+  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+
+  const auto acc = acc_dtype(boxes.scalar_type());
+  // Stable descending sort: equal scores keep their input order (lower index first).
+  const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const at::Tensor sorted_boxes = boxes.to(acc).index_select(0, order).contiguous();
+  at::Tensor sorted_classes;
+  if (idxs != nullptr) sorted_classes = idxs->to(at::kLong).index_select(0, order).contiguous();
+
+  const int64_t col_blocks = ceil_div(n, kBlockBits);
+  TORCH_CHECK(col_blocks <= 65535, op, ": at most ", 65535 * kBlockBits, " boxes, got ", n);
+  const size_t removed_bytes = col_blocks * sizeof(unsigned long long);
+  TORCH_CHECK(removed_bytes <= 200 * 1024, op, ": too many boxes for the single-block reduction (",
+              n, ")");
+  auto mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
+  auto keep_sorted = at::empty({n}, boxes.options().dtype(at::kBool));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES(acc, "nms_cuda", [&] {
+    const dim3 grid(col_blocks, col_blocks);
+    nms_mask_kernel<scalar_t><<<grid, kBlockBits, 0, stream>>>(
+        n, col_blocks, static_cast<scalar_t>(iou_threshold), sorted_boxes.data_ptr<scalar_t>(),
+        idxs != nullptr ? sorted_classes.data_ptr<int64_t>() : nullptr,
+        reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (removed_bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(nms_reduce_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(removed_bytes)));
+  }
+  nms_reduce_kernel<<<1, kReduceThreads, removed_bytes, stream>>>(
+      n, col_blocks, reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()),
+      keep_sorted.data_ptr<bool>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // The one host synchronisation: the number of kept boxes.
+  return order.masked_select(keep_sorted);
+}
+
+}  // namespace
+
+at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  check_boxes_and_scores(boxes, scores, "nms");
+  return nms_cuda_impl(boxes, scores, nullptr, iou_threshold, "nms");
+}
+
+at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
+                            const at::Tensor& idxs, double iou_threshold) {
+  check_boxes_and_scores(boxes, scores, "batched_nms");
+  check_idxs(boxes, idxs, "batched_nms");
+  return nms_cuda_impl(boxes, scores, &idxs, iou_threshold, "batched_nms");
+}
+
+}  // namespace pydetectron
