@@ -131,6 +131,24 @@ def test_loader_order_is_the_same_with_workers_and_after_resume(train_roidb, sma
             assert [r['id'] for r in a['roidb'][0]] == [r['id'] for r in b['roidb'][0]]
 
 
+def test_blobs_held_by_the_trainer_are_never_overwritten(train_roidb, small_cfg):
+    """Workers refill pooled buffers only once the trainer dropped them: views kept from some
+    batches, while the others are released, still hold their images at the end."""
+    roidb, ratio_list, ratio_index = train_roidb
+    kw = dict(batch_size=2, num_gpus=1, seed=11)
+    reference = [b['data'][0].clone() for _, b in zip(
+        range(24), loader_utils.build_train_loader(roidb, ratio_list, ratio_index,
+                                                   num_workers=0, **kw))]
+    held = {}
+    loader = loader_utils.build_train_loader(roidb, ratio_list, ratio_index, num_workers=2, **kw)
+    for step, batch in zip(range(24), loader):
+        if step % 5 == 0:
+            held[step] = batch['data'][0][1:]  # a view keeps the shared buffer
+        del batch
+    for step, view in held.items():
+        assert torch.equal(view, reference[step][1:])
+
+
 def test_aspect_cropping_bounds_the_blob_ratio(coco_mini, small_cfg):
     small_cfg.TRAIN.ASPECT_CROPPING = True
     small_cfg.TRAIN.ASPECT_HI, small_cfg.TRAIN.ASPECT_LO = 1.2, 0.9

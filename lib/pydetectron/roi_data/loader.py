@@ -50,6 +50,11 @@ choices derive from ``seed`` and the position in the stream, never from worker s
 
 An image that cannot be read is replaced (with a warning naming it and a running count) by the
 next image of the same orientation, so a bad file never stops training.
+
+Worker processes hand their batches over through ``roi_data.transport``: blobs travel in pooled
+shared buffers that a worker refills only after the training process has freed every tensor
+(view or copy) using them, and the small ground-truth arrays travel pickled. The trainer sees
+ordinary CPU tensors either way; it should simply not keep batches alive longer than it needs them.
 """
 import functools
 import logging
@@ -60,6 +65,7 @@ import numpy as np
 import torch
 import torch.utils.data as torch_data
 
+from pydetectron.roi_data import transport
 from pydetectron.roi_data.minibatch import ImageLoadError, get_minibatch_entry
 from pydetectron.utils import blob as blob_utils
 
@@ -221,17 +227,8 @@ def _to_tensors(gt):
     out = dict(gt)
     for key in _TENSOR_KEYS:
         if key in out:
-            out[key] = torch.from_numpy(np.ascontiguousarray(out[key]))
+            out[key] = transport.as_tensor(out[key])
     return out
-
-
-def _new_blob_tensor(shape):
-    """An uninitialized float32 tensor; in a worker process, allocated in shared memory so that
-    handing it to the main process copies nothing."""
-    if torch_data.get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)  # float32 bytes
-        return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
-    return torch.empty(shape, dtype=torch.float32)
 
 
 def collate_minibatch(items, num_gpus, stride):
@@ -244,12 +241,14 @@ def collate_minibatch(items, num_gpus, stride):
     for g in range(num_gpus):
         chunk = items[g * n:(g + 1) * n]
         ims = [it['im'] for it in chunk]
-        blob = _new_blob_tensor(blob_utils.blob_shape(ims, stride))
-        blob_utils.im_list_to_blob(ims, stride=stride, out=blob.numpy())
+        # (a pooled shared buffer in worker processes: see roi_data.transport)
+        blob, array = transport.new_blob(blob_utils.blob_shape(ims, stride),
+                                         max_pooled=4 * num_gpus)
+        blob_utils.im_list_to_blob(ims, stride=stride, out=array)
         im_info = np.array([[it['im'].shape[0], it['im'].shape[1], it['im_scale']]
                             for it in chunk], dtype=np.float32)
         batch['data'].append(blob)
-        batch['im_info'].append(torch.from_numpy(im_info))
+        batch['im_info'].append(transport.as_tensor(im_info))
         batch['roidb'].append([_to_tensors(it['roidb']) for it in chunk])
     return batch
 

@@ -1,0 +1,93 @@
+"""Measure the training data loader's throughput (images per second).
+
+    python tools/benchmark_loader.py                        # coco_mini, 800/1333, FPN padding
+    python tools/benchmark_loader.py --dataset coco2017 --workers 0,4,8 --iters 200
+    python tools/benchmark_loader.py --cfg configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml
+
+Builds the training roidb (flipped copies, filtering, targets) and the loader exactly as training
+does, then times ``--iters`` batches after ``--warmup`` ones, for each worker count of
+``--workers``. ``0`` workers means the batches are made in this process: its rate is what one
+worker process produces with nothing else competing for its core. With W workers the rate is the
+whole loader's (the main process only receives batches here) and "per worker" divides it by W.
+"""
+import argparse
+import datetime
+import logging
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+sys.path.insert(0, os.path.join(ROOT, 'lib'))
+
+from pydetectron.core.config import cfg, merge_cfg_from_file, merge_cfg_from_list  # noqa: E402
+from pydetectron.datasets import dataset_catalog  # noqa: E402
+from pydetectron.datasets.roidb import combined_roidb_for_training  # noqa: E402
+from pydetectron.roi_data.loader import build_train_loader  # noqa: E402
+
+DEFAULT_DATASET = os.path.normpath(os.path.join(
+    ROOT, '..', 'shared', 'data', 'coco_mini', 'annotations', 'instances_train2017.json'))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--dataset', default=DEFAULT_DATASET,
+                   help='a --dataset argument as the training tool takes (default: coco_mini)')
+    p.add_argument('--cfg', dest='cfg_file', help='YAML config to merge first')
+    p.add_argument('--set', dest='set_cfgs', nargs='+', default=[],
+                   help='config KEY VALUE pairs, e.g. TRAIN.SCALES "(600,)"')
+    p.add_argument('--scales', default='800', help='TRAIN.SCALES, comma-separated')
+    p.add_argument('--max-size', type=int, default=1333, help='TRAIN.MAX_SIZE')
+    p.add_argument('--no-fpn', action='store_true', help='no padding to FPN.COARSEST_STRIDE')
+    p.add_argument('--batch-size', type=int, default=2, help='images per iteration (all GPUs)')
+    p.add_argument('--num-gpus', type=int, default=1, help='blobs per batch')
+    p.add_argument('--workers', default='0,1,2', help='worker counts to time, comma-separated')
+    p.add_argument('--iters', type=int, default=60, help='timed batches per worker count')
+    p.add_argument('--warmup', type=int, default=4, help='untimed batches first')
+    return p.parse_args()
+
+
+def time_loader(roidb, ratio_list, ratio_index, args, num_workers):
+    loader = build_train_loader(roidb, ratio_list, ratio_index, args.batch_size, args.num_gpus,
+                                num_workers, start_iter=0)
+    it = iter(loader)
+    for _ in range(args.warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(args.iters):
+        batch = next(it)
+    elapsed = time.perf_counter() - start
+    shape = tuple(batch['data'][0].shape)
+    del it
+    return args.iters * args.batch_size / elapsed, shape
+
+
+def main():
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.cfg_file:
+        merge_cfg_from_file(args.cfg_file)
+    cfg.TRAIN.SCALES = tuple(int(s) for s in args.scales.split(','))
+    cfg.TRAIN.MAX_SIZE = args.max_size
+    cfg.FPN.FPN_ON = not args.no_fpn
+    if args.set_cfgs:
+        merge_cfg_from_list(args.set_cfgs)
+    names, _ = dataset_catalog.resolve_dataset_arg(args.dataset, training=True)
+    roidb, ratio_list, ratio_index = combined_roidb_for_training(names, ())
+
+    print('pydetectron loader benchmark, %s' % datetime.date.today().isoformat())
+    print('machine: %s, %d CPUs, Python %s' % (platform.platform(), os.cpu_count(),
+                                               platform.python_version()))
+    print('dataset: %s (%d roidb entries with flips)' % (', '.join(names), len(roidb)))
+    print('TRAIN.SCALES %s, MAX_SIZE %d, FPN padding %s, batch %d over %d GPU blob(s)' % (
+        cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.FPN.FPN_ON, args.batch_size, args.num_gpus))
+    print('%8s %14s %16s  %s' % ('workers', 'images/s', 'per worker', 'last blob'))
+    for w in (int(x) for x in args.workers.split(',')):
+        rate, shape = time_loader(roidb, ratio_list, ratio_index, args, w)
+        per_worker = rate if w == 0 else rate / w
+        print('%8d %14.1f %16.1f  %s' % (w, rate, per_worker, shape))
+
+
+if __name__ == '__main__':
+    main()
