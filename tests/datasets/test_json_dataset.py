@@ -8,7 +8,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from pydetectron.datasets import dataset_catalog as dc
 from pydetectron.datasets.json_dataset import JsonDataset
 from pydetectron.utils import keypoints as keypoint_utils
 

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pycocotools.mask as mask_util
-import pytest
 
 from pydetectron.datasets import roidb as roidb_utils
 from pydetectron.datasets.json_dataset import JsonDataset
