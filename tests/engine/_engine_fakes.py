@@ -99,6 +99,42 @@ class FakeLoader:
             yield make_batch(self.seed, i, self.num_gpus, self.ims_per_gpu)
 
 
+class FakeDataset(torch.utils.data.Dataset):
+    """Map-style view of the fake stream, for a real DataLoader with worker processes: item i is
+    minibatch i; ``load_sleep`` makes each load slow (the main process then waits in next())."""
+
+    def __init__(self, seed, load_sleep=0.0):
+        self.seed, self.load_sleep = seed, load_sleep
+
+    def __len__(self):
+        return 1 << 30
+
+    def __getitem__(self, i):
+        print('loading %d' % i, flush=True)
+        time.sleep(self.load_sleep)
+        return make_batch(self.seed, i)
+
+
+class _StreamFrom:
+    """Batch sampler [[start], [start + 1], ...] (one minibatch per item)."""
+
+    def __init__(self, start):
+        self.start = start
+
+    def __iter__(self):
+        return ([i] for i in itertools.count(self.start))
+
+
+def worker_loader(seed, start_iter, num_workers, load_sleep):
+    return torch.utils.data.DataLoader(FakeDataset(seed, load_sleep),
+                                       batch_sampler=_StreamFrom(start_iter),
+                                       num_workers=num_workers, collate_fn=_first)
+
+
+def _first(items):
+    return items[0]
+
+
 class Solver(dict):
     """cfg.SOLVER stand-in (attribute access) with Detectron's defaults."""
     __getattr__ = dict.__getitem__
@@ -130,6 +166,8 @@ def main(argv=None):
     """Train the fake model with the real Trainer (subprocess tests).
 
     --sleep S           sleep S seconds in each forward (gives a signal time to arrive)
+    --workers N         read through a torch DataLoader with N worker processes
+    --load_sleep S      each worker load takes S seconds
     --distributed       join the torchrun process group (gloo) and use DDP
     --dump PATH         write the final state_dict (per rank: PATH.rank<r>)
     """
@@ -142,6 +180,9 @@ def main(argv=None):
     p.add_argument('--distributed', action='store_true')
     p.add_argument('--dump', default=None)
     p.add_argument('--resume', default=None)
+    p.add_argument('--cuda', action='store_true', help='GPUs (NCCL with --distributed)')
+    p.add_argument('--workers', type=int, default=0, help='a real DataLoader with workers')
+    p.add_argument('--load_sleep', type=float, default=0.0)
     args = p.parse_args(argv)
 
     from pydetectron.engine import distributed as dist_utils
@@ -152,8 +193,10 @@ def main(argv=None):
     setup_logging(__name__)
     torch.set_num_threads(1)
 
-    info = dist_utils.init_distributed(use_cuda=False) if args.distributed else \
-        dist_utils.DistInfo()
+    info = dist_utils.init_distributed(use_cuda=args.cuda) if args.distributed else \
+        dist_utils.DistInfo(device=torch.device('cuda' if args.cuda else 'cpu'))
+    if args.cuda:
+        torch.backends.cudnn.deterministic = True
     solver = solver_cfg(MAX_ITER=args.max_iter)
     model, optimizer, scheduler = build(0, solver)
     start_step, data_order, rng = 0, {'seed': 7, 'start_iter': 0}, None
@@ -165,12 +208,16 @@ def main(argv=None):
         start_step, data_order, rng = ckpt['step'] + 1, ckpt['data_order'], ckpt['rng']
     if args.sleep:
         model.on_forward = lambda i: (print('forward %d' % i, flush=True), time.sleep(args.sleep))
+    model.to(info.device)   # in place: the optimizer keeps its parameters
     wrapped = dist_utils.wrap_model(model, info)
     trainer = Trainer(
         wrapped, optimizer, scheduler,
-        lambda start: FakeLoader(seed=data_order['seed'], start_iter=start, rank=info.rank,
-                                 world_size=info.world_size),
+        (lambda start: worker_loader(data_order['seed'], start, args.workers, args.load_sleep))
+        if args.workers else
+        (lambda start: FakeLoader(seed=data_order['seed'], start_iter=start, rank=info.rank,
+                                  world_size=info.world_size)),
         max_iter=solver.MAX_ITER, iter_size=args.iter_size, output_dir=args.output_dir,
+        device=info.device,
         snapshot_period=args.snapshot, data_order=data_order, rng_states=rng,
         reduce_values=dist_utils.all_reduce_mean if info.distributed else None,
         is_main_process=info.is_main_process, progress=False)
@@ -182,7 +229,7 @@ def main(argv=None):
         code = e.exit_code
     if args.dump:
         path = args.dump + ('.rank%d' % info.rank if info.distributed else '')
-        torch.save({k: v.clone() for k, v in model.state_dict().items()}, path)
+        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, path)
     print('losses ' + ' '.join('%.9g' % v for v in trainer.loss_history), flush=True)
     if info.distributed:
         dist_utils.cleanup()

@@ -1,9 +1,7 @@
 """DistributedDataParallel under torchrun (2 CPU processes, gloo): both ranks end with identical
 weights; only rank 0 writes checkpoints; the minibatch sharding keeps minibatches whole and
 disjoint."""
-import itertools
 import os
-import shutil
 import subprocess
 import sys
 
@@ -35,15 +33,20 @@ def test_shard_batches_disjoint_whole_and_restartable():
     assert all_reduce_mean(v) is v                         # single process: identity
 
 
-@pytest.mark.skipif(shutil.which('torchrun') is None and
-                    not __import__('importlib').util.find_spec('torch.distributed.run'),
-                    reason='torchrun not available')
-def test_torchrun_two_processes_gloo_identical_weights(tmp_path):
+def torchrun_fake_training(tmp_path, *extra):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([LIB, HERE]), OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
            os.path.join(HERE, '_engine_fakes.py'), '--distributed', '--max_iter', '6',
            '--snapshot', '3', '--output_dir', str(tmp_path), '--dump', str(tmp_path / 'final.pth')]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd + list(extra), env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('backend', [
+    'gloo', pytest.param('nccl', marks=pytest.mark.cuda)])
+def test_torchrun_two_processes_identical_weights(tmp_path, backend):
+    if backend == 'nccl' and torch.cuda.device_count() < 2:
+        pytest.skip('NCCL run needs 2 GPUs')
+    proc = torchrun_fake_training(tmp_path, *(['--cuda'] if backend == 'nccl' else []))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = torch.load(tmp_path / 'final.pth.rank0', weights_only=True)
     r1 = torch.load(tmp_path / 'final.pth.rank1', weights_only=True)

@@ -77,3 +77,28 @@ def test_signal_saves_last_finished_step_and_resume_matches(tmp_path, sig, refer
     resumed = torch.load(tmp_path / 'resumed.pth', weights_only=True)
     for k, v in reference[1].items():
         assert torch.equal(v, resumed[k]), k
+
+
+def test_ctrl_c_to_the_process_group_with_loader_workers(tmp_path):
+    """Ctrl-C reaches every process of the terminal's group, DataLoader workers included. The
+    workers ignore it (they start with SIGINT ignored), the trainer stops after the step it is
+    waiting data for, and saves it."""
+    proc = run('--max_iter', 10, '--output_dir', tmp_path, '--workers', 1, '--load_sleep', 0.3,
+               start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line or line.startswith('loading 4'):
+                break
+        os.killpg(proc.pid, signal.SIGINT)      # what the terminal does on Ctrl-C
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    assert 'Training interrupted by SIGINT: saved the last finished step' in stderr
+    assert 'exited unexpectedly' not in stderr and 'KeyboardInterrupt' not in stderr
+    steps = [s for s, _ in ck.list_checkpoints(str(tmp_path))]
+    assert len(steps) == 1 and steps[0] in (3, 4)
+    assert len(losses_of(stdout)) == steps[0] + 1

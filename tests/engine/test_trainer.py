@@ -174,3 +174,50 @@ def test_amp_bfloat16_on_cpu_trains():
     assert seen == [torch.bfloat16] * 3
     assert all(p.dtype == torch.float32 for p in m.parameters())
     assert len(t.loss_history) == 3 and all(v == v for v in t.loss_history)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('amp', [False, True])
+def test_cuda_dataparallel_resume_equals_uninterrupted(tmp_path, amp):
+    """The loop on one GPU through the dict-aware DataParallel, with and without bf16 autocast:
+    an interrupted-and-resumed run equals the uninterrupted one."""
+    from pydetectron.nn.data_parallel import DataParallel
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+    def run(out=None, stop_at=None, ckpt=None):
+        model, opt, sched = build(model_seed=0 if ckpt is None else 99)
+        model.cuda()
+        # the optimizer was built on CPU parameters: .cuda() moved them in place
+        dp = DataParallel(model, device_ids=[0])
+        rng = data_order = None
+        start = 0
+        if ckpt is not None:
+            c = ck.load_checkpoint(ckpt)
+            ck.load_model_state(model, c['model'])
+            opt.load_state_dict(c['optimizer'])
+            sched.load_state_dict(c['scheduler'])
+            rng, data_order, start = c['rng'], c['data_order'], c['step'] + 1
+        t = Trainer(dp, opt, sched, lambda s: FakeLoader(seed=SEED, start_iter=s), max_iter=10,
+                    output_dir=out, device='cuda:0', amp=amp, rng_states=rng,
+                    data_order=data_order or {'seed': SEED, 'start_iter': 0}, progress=False)
+        dtypes = []
+        model.on_forward = lambda call: (dtypes.append(torch.is_autocast_enabled('cuda')),
+                                         stop_at and call == stop_at and
+                                         t.interrupt.request(signal.SIGTERM))
+        try:
+            t.train(start)
+        except TrainingInterrupted as e:
+            return model, t, e.checkpoint, dtypes
+        return model, t, None, dtypes
+
+    torch.manual_seed(0)
+    ref_model, ref, _, dtypes = run()
+    assert all(d == amp for d in dtypes)
+    assert all(p.is_cuda and p.dtype == torch.float32 for p in ref_model.parameters())
+    torch.manual_seed(0)
+    _, first, path, _ = run(str(tmp_path), stop_at=4)
+    resumed_model, second, _, _ = run(str(tmp_path), ckpt=path)
+    assert first.loss_history + second.loss_history == ref.loss_history
+    for (k, a), b in zip(ref_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), k

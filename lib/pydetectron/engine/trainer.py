@@ -35,7 +35,9 @@ main process logs and saves.
 import contextlib
 import logging
 import math
+import signal
 import sys
+import threading
 
 import torch
 
@@ -158,12 +160,25 @@ class Trainer:
             return self.model.no_sync()
         return contextlib.nullcontext()
 
+    def _new_data_iter(self, start_iter):
+        """``iter(loader)`` with SIGINT ignored while it starts its worker processes: they
+        inherit the disposition, so a Ctrl-C (sent to the whole process group) reaches only this
+        process, which stops cleanly, instead of killing the workers under it."""
+        loader = self.make_data_loader(start_iter)
+        if threading.current_thread() is not threading.main_thread():
+            return iter(loader)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return iter(loader)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     def _next_batch(self):
         try:
             batch = next(self._data_iter)
         except StopIteration:
             # A finite loader: start it again from where the data order now is.
-            self._data_iter = iter(self.make_data_loader(self._consumed))
+            self._data_iter = self._new_data_iter(self._consumed)
             batch = next(self._data_iter)
         self._consumed += 1
         return batch
@@ -190,7 +205,7 @@ class Trainer:
         # Create the data iterator *before* restoring the RNG states: creating it may draw from
         # the global torch generator (DataLoader's base seed), which the uninterrupted run did
         # once, before its first step.
-        self._data_iter = iter(self.make_data_loader(self._consumed))
+        self._data_iter = self._new_data_iter(self._consumed)
         if self.rng_states is not None:
             set_rng_states(self.rng_states)
         self._rng_at_step_end = get_rng_states()
@@ -233,13 +248,24 @@ class Trainer:
     def _run_step(self, step):
         """One optimizer step; False when it was abandoned (stop requested before its update)."""
         self._stop_after_step = False
+        distributed = self.reduce_values is not None
         if self.stats is not None:
             self.stats.IterTic()
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for inner in range(self.iter_size):
             last_pass = inner == self.iter_size - 1
-            batch = self._next_batch()
+            if not distributed and self.interrupt.requested:
+                return False   # abandon before reading more data
+            try:
+                batch = self._next_batch()
+            except Exception as e:
+                if not self.interrupt.requested:
+                    raise
+                # e.g. the loader's workers got the signal too and died: the stop wins.
+                logger.warning('Data loading failed after the stop request (%s): abandoning '
+                               'step %d', e, step)
+                return False
             with self._no_sync(last_pass):
                 with self._autocast():
                     out = self._forward(batch)
