@@ -8,7 +8,8 @@
 Run it again with the same ``--output_dir`` to continue from the newest checkpoint
 (TRAIN.AUTO_RESUME), or ``--resume --load_ckpt <output_dir>/ckpt/model_step<N>.pth``.
 Ctrl-C / SIGTERM save the last finished step and exit with 130 / 143; a NaN loss saves the last
-good step and exits with 3. The work is done by ``pydetectron.engine.launch``.
+good step and exits with 3; a missing file, a bad config key or an unusable checkpoint exits
+with 2 and a message. The work is done by ``pydetectron.engine.launch``.
 """
 import argparse
 import os
@@ -64,8 +65,18 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    from pydetectron.core.config import ConfigKeyError, ConfigTypeError, ConfigValueError
     from pydetectron.engine import launch
-    return launch.main(parse_args(argv))
+    from pydetectron.engine.checkpoint import CheckpointError
+    args = parse_args(argv)
+    try:
+        return launch.main(args)
+    except (FileNotFoundError, CheckpointError, ConfigKeyError, ConfigTypeError,
+            ConfigValueError) as e:
+        # A bad file, flag or key: the message says what to do; a traceback would only hide it.
+        print('error: {}'.format(e.args[0] if isinstance(e, KeyError) and e.args else e),
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

@@ -154,3 +154,38 @@ def test_checkpoint_of_another_architecture(tmp_path, fresh_cfg, tiny_coco):
 def test_resume_without_checkpoint_says_where_it_looked(tmp_path, fresh_cfg, tiny_coco):
     with pytest.raises(FileNotFoundError, match='--resume: no complete checkpoint under'):
         run_tool(tmp_path / 'empty', tiny_coco, '--resume')
+
+
+def test_rerun_after_the_end_trains_nothing(tmp_path, fresh_cfg, tiny_coco, capsys):
+    from pydetectron.core.config import reset_cfg
+    assert run_tool(tmp_path, tiny_coco, max_iter=2) == 0
+    reset_cfg()
+    assert run_tool(tmp_path, tiny_coco, max_iter=2, built=[]) == 0
+    assert 'Nothing to train' in capsys.readouterr().out
+
+
+def test_auto_resume_wins_over_initial_weights(tmp_path, fresh_cfg, tiny_coco, capsys):
+    """Re-running an interrupted command that started from --load_ckpt continues the run."""
+    from pydetectron.core.config import reset_cfg
+    assert run_tool(tmp_path / 'init', tiny_coco, max_iter=2) == 0
+    init = str(tmp_path / 'init' / 'ckpt' / 'model_step1.pth')
+    reset_cfg()
+    assert run_tool(tmp_path / 'run', tiny_coco, '--load_ckpt', init, max_iter=3) == 0
+    reset_cfg()
+    built = []
+    assert run_tool(tmp_path / 'run', tiny_coco, '--load_ckpt', init, max_iter=5,
+                    built=built) == 0
+    out = capsys.readouterr().out
+    assert 'TRAIN.AUTO_RESUME: resuming from' in out and 'model_step2.pth' in out
+    assert built[0].forward_calls == 2                    # steps 3 and 4
+
+
+def test_cli_reports_user_errors_without_traceback(tmp_path):
+    import subprocess
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'tools', 'train_net_step.py'), '--cfg', CFG,
+         '--dataset', 'coco2017', '--no_cuda', '--output_dir', str(tmp_path),
+         '--set', 'SOLVER.BASE_LRR', '0.1'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith('error: unknown config key SOLVER.BASE_LRR')
+    assert 'SOLVER.BASE_LR' in proc.stderr and 'Traceback' not in proc.stderr

@@ -86,11 +86,19 @@ def configure(args, num_gpus, cuda=False, write=print):
     return batch_size
 
 
-def _choose_checkpoint(args, output_dir, auto_resume):
-    """(path of the checkpoint to resume from or None, path to load weights from or None)."""
+def choose_checkpoint(args, output_dir, auto_resume):
+    """(checkpoint to resume from, or None; checkpoint to take only the weights from, or None).
+
+    ``--resume --load_ckpt F``: resume F. ``--resume``: the newest complete checkpoint of the
+    output directory (an error if there is none). Otherwise, with TRAIN.AUTO_RESUME and a
+    checkpoint in the output directory, resume it: initial weights (``--load_ckpt``,
+    ``--load_detectron``, ImageNet) only start a fresh run, as in Detectron, so re-running an
+    interrupted command continues it. Else ``--load_ckpt`` gives the initial weights.
+    """
     if args.load_ckpt:
         train_setup.check_file(args.load_ckpt, 'Checkpoint (--load_ckpt)')
-        return (args.load_ckpt, None) if args.resume else (None, args.load_ckpt)
+        if args.resume:
+            return args.load_ckpt, None
     latest = ck.find_latest_checkpoint(output_dir)
     if args.resume and latest is None:
         raise FileNotFoundError('--resume: no complete checkpoint under {} (give --load_ckpt, or '
@@ -98,9 +106,11 @@ def _choose_checkpoint(args, output_dir, auto_resume):
                                     ck.checkpoint_dir(output_dir)))
     if latest is not None and (args.resume or auto_resume):
         if not args.resume:
-            logger.info('TRAIN.AUTO_RESUME: resuming from %s', latest)
+            logger.info('TRAIN.AUTO_RESUME: resuming from %s%s', latest,
+                        ' (not starting from --load_ckpt / --load_detectron)'
+                        if args.load_ckpt or args.load_detectron else '')
         return latest, None
-    return None, None
+    return None, args.load_ckpt
 
 
 def default_model_builder():
@@ -166,16 +176,30 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         train_setup.check_file(args.load_detectron, 'Detectron weights (--load_detectron)')
     output_dir = args.output_dir or train_setup.get_output_dir(
         cfg, args.cfg_file, train_setup.get_run_name())
-    resume_path, weights_path = _choose_checkpoint(args, output_dir, cfg.TRAIN.AUTO_RESUME)
+    resume_path, weights_path = choose_checkpoint(args, output_dir, cfg.TRAIN.AUTO_RESUME)
     if info.distributed:
         # Every rank must resume from the same file: rank 0 decides.
         chosen = [resume_path, weights_path]
         torch.distributed.broadcast_object_list(chosen, src=0)
         resume_path, weights_path = chosen
+    load_detectron = args.load_detectron if not resume_path else None
     imagenet_path = None
     if cfg.MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS and not (resume_path or weights_path or
-                                                            args.load_detectron):
+                                                            load_detectron):
         imagenet_path = train_setup.imagenet_weights_path(cfg)
+
+    ckpt = None
+    start_step = args.start_step
+    if resume_path or weights_path:
+        logger.info('loading checkpoint %s', resume_path or weights_path)
+        ckpt = ck.load_checkpoint(resume_path or weights_path)
+        if resume_path:
+            start_step = ckpt['step'] + 1
+            if start_step >= cfg.SOLVER.MAX_ITER:
+                logger.info('Nothing to train: %s is step %d and SOLVER.MAX_ITER is %d',
+                            resume_path, ckpt['step'], cfg.SOLVER.MAX_ITER)
+                dist_utils.cleanup()
+                return 0
 
     # 4. data, model, optimizer
     make_loader, roidb_size = build_loader(cfg, batch_size, num_gpus, info)
@@ -184,40 +208,34 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
     if imagenet_path:
         logger.info('Loading ImageNet weights %s', imagenet_path)
         load_imagenet_weights(model, imagenet_path)
-    if args.load_detectron:
+    if load_detectron:
         from pydetectron.utils.detectron_weight_helper import load_detectron_weight
-        logger.info('Loading Detectron weights %s', args.load_detectron)
-        load_detectron_weight(model, args.load_detectron)
+        logger.info('Loading Detectron weights %s', load_detectron)
+        load_detectron_weight(model, load_detectron)
     model.to(device)
     optimizer = build_optimizer(model, cfg.SOLVER)
     scheduler = LRScheduler(optimizer, cfg.SOLVER)
 
-    start_step = args.start_step
     data_order = {'seed': int(cfg.RNG_SEED), 'start_iter': 0}
     rng_states = None
-    if resume_path or weights_path:
-        path = resume_path or weights_path
-        logger.info('loading checkpoint %s', path)
-        ckpt = ck.load_checkpoint(path)
-        ck.load_model_state(model, ckpt['model'], source=path)
-        if resume_path:
-            optimizer.load_state_dict(ckpt['optimizer'])
-            if ckpt.get('scheduler'):
-                scheduler.load_state_dict(ckpt['scheduler'])
-            start_step = ckpt['step'] + 1
-            if ckpt.get('data_order'):
-                data_order = dict(ckpt['data_order'])
-            rng_states = ckpt.get('rng')
-            if ckpt.get('train_size', train_size) != train_size:
-                logger.warning('train_size %d differs from the checkpoint\'s %d', train_size,
-                               ckpt['train_size'])
-            for key, now in (('batch_size', batch_size), ('iter_size', args.iter_size)):
-                if ckpt.get(key, now) != now:
-                    logger.warning('%s is %s, the checkpoint was trained with %s: the data '
-                                   'order and schedule will not continue exactly', key, now,
-                                   ckpt[key])
-            logger.info('Resuming at step %d', start_step)
-        del ckpt
+    if ckpt is not None:
+        ck.load_model_state(model, ckpt['model'], source=resume_path or weights_path)
+    if resume_path:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        if ckpt.get('scheduler'):
+            scheduler.load_state_dict(ckpt['scheduler'])
+        if ckpt.get('data_order'):
+            data_order = dict(ckpt['data_order'])
+        rng_states = ckpt.get('rng')
+        if ckpt.get('train_size', train_size) != train_size:
+            logger.warning("train_size %d differs from the checkpoint's %d", train_size,
+                           ckpt['train_size'])
+        for key, now in (('batch_size', batch_size), ('iter_size', args.iter_size)):
+            if ckpt.get(key, now) != now:
+                logger.warning('%s is %s, the checkpoint was trained with %s: the data order and '
+                               'schedule will not continue exactly', key, now, ckpt[key])
+        logger.info('Resuming at step %d', start_step)
+    ckpt = None
 
     if info.distributed:
         model = dist_utils.wrap_model(model, info)
