@@ -140,12 +140,10 @@ def default_loader_builder(cfg, batch_size, num_gpus, info):
 
 
 def load_imagenet_weights(model, path):
-    """Initialise the backbone from Detectron's ImageNet ``.pkl`` (the blobs it lacks -- every
-    head -- keep their initialisation)."""
-    from pydetectron.utils import detectron_weight_helper as dwh
-    if hasattr(dwh, 'load_imagenet_pretrained_weights'):
-        return dwh.load_imagenet_pretrained_weights(model, path)
-    return dwh.load_detectron_weight(model, path)
+    """Initialise the backbone from ImageNet weights (Detectron ``.pkl`` or a Caffe-converted
+    ``.pth``); the layers the file lacks -- every head -- keep their initialisation."""
+    from pydetectron.utils.resnet_weights_helper import load_pretrained_imagenet_weights
+    return load_pretrained_imagenet_weights(model, path)
 
 
 def main(args, build_model=default_model_builder, build_loader=default_loader_builder):
