@@ -130,8 +130,10 @@ def test_single_and_multi_process_runs(setup):
     common = ['--dataset', dataset, '--cfg', cfg_file, '--load_ckpt', ckpt, '--no_cuda',
               '--quiet']
     single_dir = str(root / 'single')
-    stdout = _run(common + ['--output_dir', single_dir])
+    stdout = _run(common + ['--output_dir', single_dir, '--vis', '--set', 'VIS_TH', '0.2'])
     _check_printed_equals_pycocotools(single_dir, stdout, dataset)
+    drawn = sorted(os.listdir(os.path.join(single_dir, 'vis')))  # --vis: one PDF per image
+    assert drawn and all(re.match(r'\d_im0\d\.pdf$', f) for f in drawn)
     with open(os.path.join(single_dir, 'detections.pkl'), 'rb') as f:
         single = pickle.load(f)
     n_dets = sum(len(b) for c in single['all_boxes'][1:] for b in c)
