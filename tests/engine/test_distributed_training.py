@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pydetectron.engine import checkpoint as ck
-from pydetectron.engine.distributed import ShardedBatchSampler, all_reduce_mean, shard_batches
+from pydetectron.engine.distributed import (ShardedBatchSampler, all_reduce_mean, shard_batches,
+                                            shard_train_loader)
 
 from _engine_fakes import build
 
@@ -31,6 +32,43 @@ def test_shard_batches_disjoint_whole_and_restartable():
         list(shard_batches(iter(batches), 2, 2))
     v = torch.tensor([1.0, 2.0])
     assert all_reduce_mean(v) is v                         # single process: identity
+
+
+def test_rank_shares_of_the_aspect_grouped_stream():
+    """Under torchrun, rank r reads exactly the per-GPU minibatches a single process with N GPUs
+    gives GPU r (aspect-grouped, same scales), and restarts at a step like the loader does."""
+    import numpy as np
+    from pydetectron.roi_data.loader import AspectGroupedBatchSampler
+    ratio_list = np.array([0.5] * 7 + [2.0] * 9)
+    ratio_index = np.arange(16)
+
+    def sampler(num_gpus, start_iter=0):
+        return AspectGroupedBatchSampler(ratio_list, ratio_index, images_per_gpu=2,
+                                         num_gpus=num_gpus, scales=(600, 800), seed=3,
+                                         start_iter=start_iter)
+
+    class Identity(torch.utils.data.Dataset):
+        def __getitem__(self, item):
+            return item
+
+        def __len__(self):
+            return 16
+
+    single = sampler(2)
+    for start in (0, 5):
+        loaders = [shard_train_loader(torch.utils.data.DataLoader(
+            Identity(), batch_sampler=sampler(1, start), collate_fn=list), rank, 2)
+            for rank in range(2)]
+        iters = [iter(loader) for loader in loaders]
+        for step in range(start, start + 12):           # more than one epoch (7 + 4 / 2 GPUs)
+            items = single.batch(step)
+            for rank in range(2):
+                got = next(iters[rank])
+                assert got == items[2 * rank:2 * rank + 2], (start, step, rank)
+                ratios = {ratio_list[i] >= 1 for i, _, _ in got}
+                assert len(ratios) == 1                  # one orientation per minibatch
+    with pytest.raises(TypeError, match='minibatch'):
+        shard_train_loader(torch.utils.data.DataLoader(Identity(), batch_size=2), 0, 2)
 
 
 def torchrun_fake_training(tmp_path, *extra):
