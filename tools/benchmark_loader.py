@@ -37,9 +37,12 @@ def parse_args():
     p.add_argument('--cfg', dest='cfg_file', help='YAML config to merge first')
     p.add_argument('--set', dest='set_cfgs', nargs='+', default=[],
                    help='config KEY VALUE pairs, e.g. TRAIN.SCALES "(600,)"')
-    p.add_argument('--scales', default='800', help='TRAIN.SCALES, comma-separated')
-    p.add_argument('--max-size', type=int, default=1333, help='TRAIN.MAX_SIZE')
-    p.add_argument('--no-fpn', action='store_true', help='no padding to FPN.COARSEST_STRIDE')
+    p.add_argument('--scales', help='TRAIN.SCALES, comma-separated (default: the config\'s, '
+                   'or 800 without --cfg)')
+    p.add_argument('--max-size', type=int,
+                   help='TRAIN.MAX_SIZE (default: the config\'s, or 1333 without --cfg)')
+    p.add_argument('--no-fpn', action='store_true',
+                   help='no padding to FPN.COARSEST_STRIDE (on by default without --cfg)')
     p.add_argument('--batch-size', type=int, default=2, help='images per iteration (all GPUs)')
     p.add_argument('--num-gpus', type=int, default=1, help='blobs per batch')
     p.add_argument('--workers', default='0,1,2', help='worker counts to time, comma-separated')
@@ -68,9 +71,14 @@ def main():
     logging.basicConfig(level=logging.WARNING)
     if args.cfg_file:
         merge_cfg_from_file(args.cfg_file)
-    cfg.TRAIN.SCALES = tuple(int(s) for s in args.scales.split(','))
-    cfg.TRAIN.MAX_SIZE = args.max_size
-    cfg.FPN.FPN_ON = not args.no_fpn
+    else:  # the usual COCO set-up: e2e_*_R-50-FPN_1x
+        cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.FPN.FPN_ON = (800,), 1333, True
+    if args.scales:
+        cfg.TRAIN.SCALES = tuple(int(s) for s in args.scales.split(','))
+    if args.max_size:
+        cfg.TRAIN.MAX_SIZE = args.max_size
+    if args.no_fpn:
+        cfg.FPN.FPN_ON = False
     if args.set_cfgs:
         merge_cfg_from_list(args.set_cfgs)
     names, _ = dataset_catalog.resolve_dataset_arg(args.dataset, training=True)
