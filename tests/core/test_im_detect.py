@@ -474,7 +474,7 @@ def test_device_postprocess_matches_numpy_path():
     cfg.TEST.DETECTIONS_PER_IM = 40
     ref = test_mod.box_results_with_nms_and_limit(scores, boxes)
     dev = test_mod.box_results_for_images([torch.from_numpy(scores)],
-                                          [torch.from_numpy(boxes)], [(300, 300, 3)])[0]
+                                          [torch.from_numpy(boxes)])[0]
     for j in range(1, C):
         np.testing.assert_allclose(dev[2][j], ref[2][j], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(dev[1], ref[1], rtol=1e-5, atol=1e-4)

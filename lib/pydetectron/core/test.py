@@ -59,9 +59,11 @@ def im_detect_all(model, im, box_proposals=None, timers=None, keypoint_names=Non
 def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_names=None):
     """``im_detect_all`` over a list of images sharing the network's forward passes.
 
-    The results equal image-by-image results exactly when the images share one blob size; with
-    different sizes the smaller images are zero-padded in the blob, which changes the features a
-    few pixels from their bottom/right border (a convolution sees padding, not its zero border).
+    The results equal image-by-image results when the images share one blob size, to float
+    precision (a batched kernel may sum in another order). With different sizes the smaller
+    images are zero-padded in the blob, which also changes their features a few pixels from
+    their bottom/right border (a deeper convolution sees the padded activations, not zeros);
+    batch images of one size, or one aspect ratio, where that matters.
     """
     if timers is None:
         timers = defaultdict(Timer)
@@ -88,7 +90,7 @@ def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_na
     # Class-wise NMS and the per-image limit. The boxes of each image come back flattened in
     # class order (class 1 first), the order in which masks and keypoints are matched to them.
     timers['misc_bbox'].tic()
-    results = box_results_for_images(scores, boxes, [im.shape for im in ims])
+    results = box_results_for_images(scores, boxes)
     timers['misc_bbox'].toc()
     cls_boxes = [r[2] for r in results]
     det_boxes = [r[1] for r in results]  # (n_i, 4) each
@@ -157,12 +159,13 @@ def get_image_blob(ims, target_scale, target_max_size):
 
 
 def _rois_blob(boxes_list, im_scales, device):
-    """Per-image (R_i, 4) boxes in image pixels -> (R, 5) rois (batch index, box * im_scale)."""
+    """Per-image (R_i, 4) boxes in image pixels -> (R, 5) float32 rois (batch index,
+    box * im_scale), the product taken in float64 as Detectron's numpy did."""
     rois = []
     for i, (b, s) in enumerate(zip(boxes_list, im_scales)):
-        b = torch.as_tensor(np.asarray(b), dtype=torch.float32).reshape(-1, 4)
-        rois.append(torch.cat([torch.full((b.shape[0], 1), float(i)), b * float(s)], dim=1))
-    return torch.cat(rois, dim=0).to(device)
+        b = np.asarray(b, dtype=np.float64).reshape(-1, 4) * float(s)
+        rois.append(np.hstack((np.full((b.shape[0], 1), float(i)), b)))
+    return torch.from_numpy(np.vstack(rois).astype(np.float32)).to(device)
 
 
 def _forward(model, ims, target_scale, target_max_size, rois=None):
@@ -381,7 +384,7 @@ def im_detect_bbox_aug(model, ims, box_proposals):
 # Class-wise NMS, soft-NMS, box voting and the per-image limit
 # ---------------------------------------------------------------------------------------------- #
 
-def box_results_for_images(scores_list, boxes_list, im_shapes):
+def box_results_for_images(scores_list, boxes_list):
     """Per image: (scores (n,), boxes (n, 4), cls_boxes) after thresholding, NMS and the limit.
 
     Plain NMS runs batched on the model's device; soft-NMS and box voting, defined on arrays by
@@ -455,7 +458,8 @@ def box_results_with_nms_and_limit(scores, boxes):
 
 
 def nms(dets, thresh):
-    """Greedy NMS of (n, 5) numpy dets (IoU > ``thresh`` suppresses) -> kept indices, best first."""
+    """Greedy NMS of (n, 5) numpy dets (IoU >= ``thresh`` suppresses, as in Detectron) -> kept
+    indices, best first."""
     from pydetectron import ops
     if dets.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
@@ -553,7 +557,8 @@ def im_detect_mask_aug(model, ims, boxes_list):
         elif aug.HEUR == 'SOFT_MAX':
             out.append(ts.max(axis=0))
         elif aug.HEUR == 'LOGIT_AVG':
-            logits = -np.log((1.0 - ts) / np.maximum(ts, 1e-20))
+            with np.errstate(divide='ignore'):  # a probability of exactly 1 is an infinite logit
+                logits = -np.log((1.0 - ts) / np.maximum(ts, 1e-20))
             out.append(1.0 / (1.0 + np.exp(-logits.mean(axis=0))))
         else:
             raise NotImplementedError('TEST.MASK_AUG.HEUR %r is not supported '
@@ -573,7 +578,8 @@ def segm_results(cls_boxes, masks, ref_boxes, im_h, im_w):
     cls_segms = [[] for _ in range(num_classes)]
     M = cfg.MRCNN.RESOLUTION
     scale = (M + 2.0) / M
-    ref_boxes = box_utils.expand_boxes(np.asarray(ref_boxes, dtype=np.float64), scale)
+    # float32 arithmetic then truncation, as Detectron's expand_boxes on its float32 boxes
+    ref_boxes = box_utils.expand_boxes(np.asarray(ref_boxes, dtype=np.float32), scale)
     ref_boxes = ref_boxes.astype(np.int32)
     padded_mask = np.zeros((M + 2, M + 2), dtype=np.float32)
     mask_ind = 0

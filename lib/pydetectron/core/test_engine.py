@@ -398,9 +398,21 @@ def evaluate_proposal_file(dataset, proposal_file, output_dir):
 # ---------------------------------------------------------------------------------------------- #
 
 def _num_processes(args):
+    """``args.nproc`` if given; else one per visible GPU, or NUM_GPUS CPU processes (at most one
+    per core) without CUDA."""
+    if _arg(args, 'nproc') is not None:
+        return max(int(args.nproc), 1)
     if _use_cuda(args):
         return max(torch.cuda.device_count(), 1)
-    return max(int(_arg(args, 'nproc', cfg.NUM_GPUS)), 1)
+    return max(min(int(cfg.NUM_GPUS), os.cpu_count() or 1), 1)
+
+
+def _visible_gpus():
+    """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES names them (or 0..n-1)."""
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if visible:
+        return [g.strip() for g in visible.split(',') if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def portable_dataset_name(dataset_name):
@@ -453,7 +465,8 @@ def process_in_parallel(tag, total_range_size, args, output_dir, opts):
             cmd += ['--load_detectron', args.load_detectron]
         env = os.environ.copy()
         if use_cuda:
-            env['CUDA_VISIBLE_DEVICES'] = str(i)
+            gpus = _visible_gpus()
+            env['CUDA_VISIBLE_DEVICES'] = gpus[i % len(gpus)]
         else:
             cmd += ['--no_cuda']
             # Share the cores instead of every child using all of them (unless the user chose).
