@@ -21,7 +21,8 @@ def make_trainer(model, opt, sched, out=None, iter_size=1, snapshot=0, data_orde
     return Trainer(model, opt, sched,
                    lambda start: FakeLoader(seed=SEED, start_iter=start),
                    max_iter=max_iter, iter_size=iter_size, output_dir=out,
-                   snapshot_period=snapshot, data_order=data_order or {'seed': SEED, 'start_iter': 0},
+                   snapshot_period=snapshot,
+                   data_order=data_order or {'seed': SEED, 'start_iter': 0},
                    rng_states=rng, stats=stats, progress=False)
 
 

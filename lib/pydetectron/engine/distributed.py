@@ -52,7 +52,8 @@ def init_distributed(use_cuda=True, timeout_s=1800):
     WORLD_SIZE > 1) gets a ``DistInfo`` of world size 1 and no group is created."""
     use_cuda = use_cuda and torch.cuda.is_available()
     if not launched_by_torchrun():
-        device = torch.device('cuda', torch.cuda.current_device()) if use_cuda else torch.device('cpu')
+        device = (torch.device('cuda', torch.cuda.current_device()) if use_cuda
+                  else torch.device('cpu'))
         return DistInfo(device=device)
     rank = int(os.environ['RANK'])
     world_size = int(os.environ['WORLD_SIZE'])

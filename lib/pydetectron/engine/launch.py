@@ -1,6 +1,7 @@
 """``tools/train_net_step.py``'s body: config, data, model, optimizer, resume, then the loop.
 
-    python tools/train_net_step.py --dataset coco2017 --cfg configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml --bs 2
+    python tools/train_net_step.py --dataset coco2017 \
+        --cfg configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml --bs 2
     torchrun --nproc_per_node=8 tools/train_net_step.py --dataset coco2017 --cfg ... --bs 16
 
 Order of a start (the seed's, with resume and checks added):

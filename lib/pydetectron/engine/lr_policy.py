@@ -24,7 +24,8 @@ def get_step_index(cur_iter, s):
     """Index k of the STEPS interval holding ``cur_iter`` (STEPS[k] <= cur_iter < STEPS[k+1])."""
     steps = list(s.STEPS)
     if not steps or steps[0] != 0:
-        raise ValueError('SOLVER.STEPS must start at 0 (Detectron convention), got {}'.format(steps))
+        raise ValueError('SOLVER.STEPS must start at 0 (Detectron convention), got {}'.format(
+            steps))
     steps.append(s.MAX_ITER)
     ind = 0
     for ind, step in enumerate(steps):

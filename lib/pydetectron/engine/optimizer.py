@@ -59,7 +59,8 @@ class MomentumSGD(torch.optim.Optimizer):
                 state = self.state[p]
                 if 'momentum_buffer' not in state:
                     # Detectron's ConstantFill(value=0.0) of '<param>_momentum'.
-                    state['momentum_buffer'] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state['momentum_buffer'] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
                 bufs.append(state['momentum_buffer'])
             wd, mu, lr = group['weight_decay'], group['momentum'], group['lr']
             if wd != 0:
