@@ -151,3 +151,75 @@ def test_keypoint_loss_hand_value_and_normaliser():
     assert empty.item() == 0
     with pytest.raises(ValueError, match='keypoint_loss_normalizer'):
         losses.keypoint_losses(pred, target, weights, normalize_by_visible=False)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# A whole training step of Generalized_RCNN with these targets and losses (the model's
+# ``training_losses`` hook pointed at ``losses.generalized_rcnn_losses``)
+# ---------------------------------------------------------------------------------------------- #
+
+SMALL_TRAIN = ["MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS", False, "TRAIN.BATCH_SIZE_PER_IM", 32,
+               "TRAIN.RPN_PRE_NMS_TOP_N", 300, "TRAIN.RPN_POST_NMS_TOP_N", 100,
+               "TRAIN.RPN_BATCH_SIZE_PER_IM", 64]
+
+
+def _train_step(config, ann, extra=()):
+    import os
+    import sys
+    import types
+    from pydetectron.core.config import (
+        assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
+    from pydetectron.modeling.model_builder import Generalized_RCNN
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), 'targets'))
+    from _targets_coco import batch, load_roidb, pick_entries
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    merge_cfg_from_file(os.path.join(root, config))
+    merge_cfg_from_list(SMALL_TRAIN + list(extra))
+    assert_and_infer_cfg()
+    torch.manual_seed(0)
+    model = Generalized_RCNN().train()
+    model.training_losses = types.MethodType(losses.generalized_rcnn_losses, model)
+    return model, cfg
+
+
+@pytest.mark.parametrize('config,ann', [
+    ('configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml', 'instances_train2017.json'),
+    ('configs/baselines/e2e_keypoint_rcnn_R-50-FPN_1x.yaml', 'person_keypoints_train2017.json'),
+    ('configs/baselines/e2e_mask_rcnn_R-50-C4_1x.yaml', 'instances_train2017.json'),
+])
+def test_generalized_rcnn_training_step(config, ann, coco_mini, fresh_cfg):
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), 'targets'))
+    from _targets_coco import batch, load_roidb, pick_entries
+    c4 = 'C4' in config
+    extra = ["TRAIN.BATCH_SIZE_PER_IM", 8, "TRAIN.RPN_POST_NMS_TOP_N", 16] if c4 else []
+    model, cfg = _train_step(config, ann, extra)
+    roidb = load_roidb(coco_mini, ann)
+    entries = pick_entries(roidb, 2, min_gt=2, need_keypoints='keypoint' in ann)
+    scales = [0.25, 0.2] if not c4 else [0.15, 0.15]
+    gt, im_info = batch(entries, scales)
+    H = int(-(-im_info[:, 0].max().item() // 32) * 32)
+    W = int(-(-im_info[:, 1].max().item() // 32) * 32)
+    data = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(0)) * 50
+    out = model(data, im_info, gt)
+    names = set(out['losses'])
+    if cfg.FPN.FPN_ON:
+        assert {'loss_rpn_cls_fpn%d' % l for l in range(2, 7)} <= names
+        assert {'loss_rpn_bbox_fpn%d' % l for l in range(2, 7)} <= names
+    else:
+        assert {'loss_rpn_cls', 'loss_rpn_bbox'} <= names
+    assert {'loss_cls', 'loss_bbox'} <= names
+    assert ('loss_mask' in names) == cfg.MODEL.MASK_ON
+    assert ('loss_kps' in names) == cfg.MODEL.KEYPOINTS_ON
+    assert 0 <= out['metrics']['accuracy_cls'].item() <= 1
+    total = sum(out['losses'].values())
+    assert torch.isfinite(total)
+    total.backward()
+    heads = [model.RPN, model.Box_Outs, model.Mask_Outs, model.Keypoint_Outs]
+    for head in heads:
+        if head is not None:
+            grads = [p.grad for p in head.parameters() if p.requires_grad]
+            assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+            assert any(g.abs().sum() > 0 for g in grads)

@@ -191,3 +191,97 @@ def keypoint_losses(kps_pred, keypoint_locations_int32, keypoint_weights,
                              'keypoint_loss_normalizer is needed')
         loss = loss * keypoint_loss_normalizer.detach()
     return loss_weight * loss
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Generalized_RCNN in training: targets + heads + losses
+# ---------------------------------------------------------------------------------------------- #
+
+def _rpn_anchors(rpn, logits):
+    """Every anchor of each RPN output map, ordered (H, W, A) like the head's channels."""
+    from pydetectron.modeling.generate_proposals import shifted_anchors
+    if torch.is_tensor(logits):
+        H, W = logits.shape[-2:]
+        return [shifted_anchors(rpn.anchors, H, W, rpn.feat_stride)], [(H, W)]
+    anchors, sizes = [], []
+    for i, x in enumerate(logits):
+        lvl = rpn.k_min + i
+        H, W = x.shape[-2:]
+        anchors.append(shifted_anchors(getattr(rpn, 'anchors_fpn%d' % lvl), H, W, 2. ** lvl))
+        sizes.append((H, W))
+    return anchors, sizes
+
+
+def _precomputed_proposals(roidb, device):
+    """Fast R-CNN on precomputed proposals: the roidb rows with gt_classes == 0, as (R, 5) rois."""
+    rows = []
+    for n, entry in enumerate(roidb):
+        boxes = torch.as_tensor(entry['boxes'], dtype=torch.float32)
+        props = boxes[torch.as_tensor(entry['gt_classes']) == 0]
+        rows.append(torch.cat([props.new_full((props.shape[0], 1), float(n)), props], dim=1))
+    return torch.cat(rows).to(device)
+
+
+def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None,
+                            generator=None):
+    """The training step of a ``Generalized_RCNN`` after its body and RPN: Detectron's targets
+    (``modeling.targets``) on the model's device, the RoI heads on the sampled RoIs, the losses.
+
+    Arguments as ``Generalized_RCNN.training_losses`` receives them (``blob_conv``: the RoI levels;
+    ``rpn_ret``: the RPN's dict; ``rois``: precomputed proposals (R, 5) for Fast R-CNN, else taken
+    from the roidb rows with ``gt_classes == 0``). Returns ``{'losses': {...}, 'metrics': {...}}``
+    with Detectron's names. With ``MODEL.SHARE_RES5`` the box head's res5 features of the sampled
+    RoIs feed the mask head (gathered by ``roi_has_mask_int32``), as Detectron does.
+    """
+    from pydetectron.modeling import targets as T
+    device = im_info.device
+    gt = T.pack_gt(roidb, device, with_keypoints=model.keypoints_on)
+    out_losses, metrics = {}, {}
+
+    if rpn_ret is not None:
+        logits, deltas = rpn_ret['rpn_cls_logits'], rpn_ret['rpn_bbox_pred']
+        anchors, sizes = _rpn_anchors(model.RPN, logits)
+        rpn_t = T.rpn_anchor_targets(anchors, sizes, gt, im_info, generator=generator)
+        out_losses.update(rpn_losses(
+            logits, deltas, rpn_t,
+            rpn_min_level=getattr(model.RPN, 'k_min', None), cls_activation=None))
+    if model.rpn_only:
+        return {'losses': out_losses, 'metrics': metrics}
+
+    if model.faster_rcnn:
+        proposals = rpn_ret['rpn_rois']
+    elif rois is not None:
+        proposals = torch.as_tensor(rois, dtype=torch.float32, device=device)
+    else:
+        proposals = _precomputed_proposals(roidb, device)
+    blobs = T.generate_proposal_labels(proposals.detach(), roidb, im_info, generator, gt=gt)
+
+    share_res5 = cfg.MODEL.SHARE_RES5 and model.Mask_Head is not None
+    if share_res5:
+        res5_feat = model.Box_Head.forward_res5(blob_conv, blobs['rois'])
+        # the box head's own pooling (Caffe2 AveragePool kernel 7, stride 1 on the 7 x 7 map)
+        box_feat = F.avg_pool2d(res5_feat, kernel_size=7, stride=1)
+    else:
+        box_feat = model.Box_Head(blob_conv, blobs['rois'])
+    cls_score, bbox_pred = model.Box_Outs(box_feat)
+    loss_cls, loss_bbox, accuracy = fast_rcnn_losses(
+        cls_score, bbox_pred, blobs['labels_int32'], blobs['bbox_targets'],
+        blobs['bbox_inside_weights'], blobs['bbox_outside_weights'])
+    out_losses.update(loss_cls=loss_cls, loss_bbox=loss_bbox)
+    metrics['accuracy_cls'] = accuracy
+
+    if model.Mask_Head is not None:
+        if share_res5:
+            mask_feat = model.Mask_Head.forward_from_res5(
+                res5_feat[blobs['roi_has_mask_int32'] > 0])
+        else:
+            mask_feat = model.Mask_Head(blob_conv, blobs['mask_rois'])
+        out_losses['loss_mask'] = mask_rcnn_losses(
+            model.Mask_Outs(mask_feat), blobs['masks_int32'], blobs['mask_labels_int32'])
+
+    if model.Keypoint_Head is not None:
+        kps_pred = model.Keypoint_Outs(model.Keypoint_Head(blob_conv, blobs['keypoint_rois']))
+        out_losses['loss_kps'] = keypoint_losses(
+            kps_pred, blobs['keypoint_locations_int32'], blobs['keypoint_weights'],
+            blobs['keypoint_loss_normalizer'])
+    return {'losses': out_losses, 'metrics': metrics}

@@ -70,10 +70,10 @@ def pack_polygons(roidb, G, device):
                 owners.append(n * G + j)
     xy = torch.from_numpy(np.concatenate(coords).reshape(-1, 2)) if coords \
         else torch.zeros((0, 2), dtype=torch.float32)
-    lengths = torch.tensor(lengths, dtype=torch.long)
-    starts = torch.cumsum(lengths, 0) - lengths
-    return PolygonBatch(xy.to(device), starts.to(device), lengths.to(device),
-                        torch.tensor(owners, dtype=torch.long).to(device))
+    # Two host -> device copies in all: the vertices, and (lengths, owners) together.
+    meta = torch.tensor([lengths, owners], dtype=torch.long).view(2, -1).to(device)
+    lengths, owners = meta[0], meta[1]
+    return PolygonBatch(xy.to(device), torch.cumsum(lengths, 0) - lengths, lengths, owners)
 
 
 def polygon_boxes(polys, num_gt):
@@ -85,8 +85,8 @@ def polygon_boxes(polys, num_gt):
     idx = owner.unsqueeze(1).expand(-1, 2)
     lo = lo.scatter_reduce(0, idx, polys.xy, reduce='amin')
     hi = hi.scatter_reduce(0, idx, polys.xy, reduce='amax')
-    has = torch.zeros(num_gt, dtype=torch.bool, device=device)
-    has[polys.gt_index] = True
+    has = torch.zeros(num_gt, dtype=torch.int32, device=device).scatter_(
+        0, polys.gt_index, 1) > 0
     boxes = torch.cat([lo, hi], dim=1)
     return torch.where(has.unsqueeze(1), boxes, torch.zeros_like(boxes)), has
 
@@ -166,17 +166,21 @@ def _rasterize_for_rois(boxes, match, matched, polys, num_gt, M):
     # Polygons of each object: they are stored grouped by object, in increasing gt index.
     n_polys = torch.zeros(num_gt, dtype=torch.long, device=device).scatter_add_(
         0, polys.gt_index, torch.ones_like(polys.gt_index))
+    n_verts = torch.zeros(num_gt, dtype=torch.long, device=device).scatter_add_(
+        0, polys.gt_index, polys.lengths)
     first_poly = torch.cumsum(n_polys, 0) - n_polys
     obj = match.clamp(max=num_gt - 1)
-    per_roi = torch.where(matched & (match < num_gt), n_polys[obj], 0)      # (R,)
-    pair_roi = torch.repeat_interleave(torch.arange(R, device=device), per_roi)   # host sync
-    Pp = pair_roi.numel()
+    use = matched & (match < num_gt)
+    per_roi = torch.where(use, n_polys[obj], 0)                          # (R,) polygons
+    verts_per_roi = torch.where(use, n_verts[obj], 0)                    # (R,) vertices
+    # One host sync for both output sizes: (RoI, polygon) pairs and their vertices.
+    Pp, V = torch.stack([per_roi.sum(), verts_per_roi.sum()]).tolist()
     if Pp == 0:
         return out
+    pair_roi = torch.repeat_interleave(torch.arange(R, device=device), per_roi, output_size=Pp)
     pair_start = torch.cumsum(per_roi, 0) - per_roi
     pair_poly = first_poly[obj[pair_roi]] + torch.arange(Pp, device=device) - pair_start[pair_roi]
     lengths = polys.lengths[pair_poly]
-    V = int(lengths.sum().item())
     starts = torch.cumsum(lengths, 0) - lengths
     vert_pair = torch.repeat_interleave(torch.arange(Pp, device=device), lengths, output_size=V)
     src = polys.starts[pair_poly][vert_pair] + torch.arange(V, device=device) - starts[vert_pair]
