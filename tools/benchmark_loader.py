@@ -6,9 +6,10 @@
 
 Builds the training roidb (flipped copies, filtering, targets) and the loader exactly as training
 does, then times ``--iters`` batches after ``--warmup`` ones, for each worker count of
-``--workers``. ``0`` workers means the batches are made in this process: its rate is what one
-worker process produces with nothing else competing for its core. With W workers the rate is the
-whole loader's (the main process only receives batches here) and "per worker" divides it by W.
+``--workers``. ``0`` workers means the batches are made in this process. With W workers
+"images/s" is the whole loader's (the main process only receives batches here) and "per worker"
+divides it by W. "per worker-CPU-s" divides the images by the CPU time the batch-making processes
+used: what one worker process delivers per second of a core, whatever else the machine runs.
 """
 import argparse
 import datetime
@@ -51,19 +52,39 @@ def parse_args():
     return p.parse_args()
 
 
+def _cpu_seconds(pids):
+    """User + system CPU time of processes (Linux /proc), or None where unavailable."""
+    total = 0.
+    try:
+        for pid in pids:
+            with open('/proc/%d/stat' % pid) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / float(os.sysconf('SC_CLK_TCK'))
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 def time_loader(roidb, ratio_list, ratio_index, args, num_workers):
+    """(images/s of wall time, images per CPU-second of the processes making batches, shape)."""
     loader = build_train_loader(roidb, ratio_list, ratio_index, args.batch_size, args.num_gpus,
                                 num_workers, start_iter=0)
     it = iter(loader)
     for _ in range(args.warmup):
         next(it)
-    start = time.perf_counter()
+    # the processes that make batches: the workers, or this one with num_workers=0
+    pids = [w.pid for w in getattr(it, '_workers', [])] or [os.getpid()]
+    cpu0, start = _cpu_seconds(pids), time.perf_counter()
     for _ in range(args.iters):
         batch = next(it)
     elapsed = time.perf_counter() - start
+    cpu1 = _cpu_seconds(pids)
     shape = tuple(batch['data'][0].shape)
-    del it
-    return args.iters * args.batch_size / elapsed, shape
+    del batch, it
+    images = args.iters * args.batch_size
+    per_cpu = images / (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None and cpu1 > cpu0 \
+        else float('nan')
+    return images / elapsed, per_cpu, shape
 
 
 def main():
@@ -90,11 +111,12 @@ def main():
     print('dataset: %s (%d roidb entries with flips)' % (', '.join(names), len(roidb)))
     print('TRAIN.SCALES %s, MAX_SIZE %d, FPN padding %s, batch %d over %d GPU blob(s)' % (
         cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE, cfg.FPN.FPN_ON, args.batch_size, args.num_gpus))
-    print('%8s %14s %16s  %s' % ('workers', 'images/s', 'per worker', 'last blob'))
+    print('%8s %10s %12s %18s  %s' % ('workers', 'images/s', 'per worker', 'per worker-CPU-s',
+                                       'last blob'))
     for w in (int(x) for x in args.workers.split(',')):
-        rate, shape = time_loader(roidb, ratio_list, ratio_index, args, w)
+        rate, per_cpu, shape = time_loader(roidb, ratio_list, ratio_index, args, w)
         per_worker = rate if w == 0 else rate / w
-        print('%8d %14.1f %16.1f  %s' % (w, rate, per_worker, shape))
+        print('%8d %10.1f %12.1f %18.1f  %s' % (w, rate, per_worker, per_cpu, shape))
 
 
 if __name__ == '__main__':
