@@ -1,0 +1,89 @@
+"""Numpy ports of Detectron's per-image test path, written for the tests (not imported by the package).
+
+Each follows Detectron's own structure -- one image at a time, Python loops over classes -- so that
+the batched device code of ``pydetectron.modeling`` can be checked against it.
+"""
+import numpy as np
+import torch
+
+from pydetectron.ops import nms
+from pydetectron.utils.boxes import bbox_transform, clip_tiled_boxes
+
+
+def anchors(stride, sizes, aspect_ratios):
+    """Detectron's generate_anchors: ratio windows around (0, 0, stride-1, stride-1), then scales."""
+    def whctrs(a):
+        w, h = a[2] - a[0] + 1, a[3] - a[1] + 1
+        return w, h, a[0] + 0.5 * (w - 1), a[1] + 0.5 * (h - 1)
+
+    def mk(ws, hs, xc, yc):
+        ws, hs = ws[:, None], hs[:, None]
+        return np.hstack((xc - 0.5 * (ws - 1), yc - 0.5 * (hs - 1), xc + 0.5 * (ws - 1),
+                          yc + 0.5 * (hs - 1)))
+
+    base = np.array([0, 0, stride - 1, stride - 1], dtype=float)
+    w, h, xc, yc = whctrs(base)
+    ratios = np.array(aspect_ratios, dtype=float)
+    ws = np.round(np.sqrt(w * h / ratios))
+    ratio_anchors = mk(ws, np.round(ws * ratios), xc, yc)
+    scales = np.array(sizes, dtype=float) / stride
+    out = []
+    for a in ratio_anchors:
+        w, h, xc, yc = whctrs(a)
+        out.append(mk(w * scales, h * scales, xc, yc))
+    return np.vstack(out)
+
+
+def proposals_one_image(scores, deltas, im_info, cell_anchors, stride, pre_nms_top_n,
+                        post_nms_top_n, nms_thresh, min_size):
+    """GenerateProposalsOp.proposals_for_one_image: scores (A, H, W), deltas (4A, H, W)."""
+    a, h, w = scores.shape
+    sx, sy = np.meshgrid(np.arange(w) * stride, np.arange(h) * stride)
+    shifts = np.vstack((sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel())).T
+    all_anchors = (cell_anchors[None] + shifts[:, None]).reshape(-1, 4)
+    deltas = deltas.transpose(1, 2, 0).reshape(-1, 4)
+    scores = scores.transpose(1, 2, 0).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    if 0 < pre_nms_top_n < len(scores):
+        order = order[:pre_nms_top_n]
+    deltas, all_anchors, scores = deltas[order], all_anchors[order], scores[order]
+    boxes = bbox_transform(all_anchors.astype(np.float32), deltas)
+    boxes = clip_tiled_boxes(boxes, im_info[:2])
+    ws = boxes[:, 2] - boxes[:, 0] + 1
+    hs = boxes[:, 3] - boxes[:, 1] + 1
+    min_size = max(min_size, 1)
+    keep = np.where(((boxes[:, 2] - boxes[:, 0]) / im_info[2] + 1 >= min_size)
+                    & ((boxes[:, 3] - boxes[:, 1]) / im_info[2] + 1 >= min_size)
+                    & (boxes[:, 0] + ws / 2. < im_info[1]) & (boxes[:, 1] + hs / 2. < im_info[0]))[0]
+    boxes, scores = boxes[keep], scores[keep]
+    if nms_thresh > 0:
+        keep = nms(torch.from_numpy(boxes), torch.from_numpy(scores), nms_thresh).numpy()
+        if post_nms_top_n > 0:
+            keep = keep[:post_nms_top_n]
+        boxes, scores = boxes[keep], scores[keep]
+    return boxes, scores
+
+
+def box_results_with_nms_and_limit(scores, boxes, score_thresh, nms_thresh, detections_per_im):
+    """core/test.py box_results_with_nms_and_limit (hard NMS) for one image.
+
+    Returns boxes (D, 4), scores (D,), classes (D,), class by class.
+    """
+    num_classes = scores.shape[1]
+    cls_boxes = [np.zeros((0, 5), np.float32) for _ in range(num_classes)]
+    for j in range(1, num_classes):
+        inds = np.where(scores[:, j] > score_thresh)[0]
+        dets_j = np.hstack((boxes[inds, j * 4:(j + 1) * 4], scores[inds, j][:, None])).astype(
+            np.float32)
+        keep = nms(torch.from_numpy(dets_j[:, :4]), torch.from_numpy(dets_j[:, 4]),
+                   nms_thresh).numpy()
+        cls_boxes[j] = dets_j[keep]
+    if detections_per_im > 0:
+        image_scores = np.hstack([cls_boxes[j][:, -1] for j in range(1, num_classes)])
+        if len(image_scores) > detections_per_im:
+            image_thresh = np.sort(image_scores)[-detections_per_im]
+            for j in range(1, num_classes):
+                cls_boxes[j] = cls_boxes[j][cls_boxes[j][:, -1] >= image_thresh]
+    res = np.vstack([cls_boxes[j] for j in range(1, num_classes)])
+    classes = np.concatenate([np.full(len(cls_boxes[j]), j) for j in range(1, num_classes)])
+    return res[:, :4], res[:, 4], classes

@@ -1,0 +1,96 @@
+"""Batched proposals on the device against a numpy port of Detectron's per-image
+GenerateProposalsOp and its FPN collect step."""
+import numpy as np
+import pytest
+import torch
+
+from pydetectron.modeling.generate_anchors import generate_anchors
+from pydetectron.modeling.generate_proposals import (
+    ProposalParams, collect_fpn_proposals, generate_proposals, shifted_anchors)
+
+import detectron_reference as ref
+
+
+def detectron_proposals_one_image(scores, deltas, im_info, anchors, stride, params):
+    return ref.proposals_one_image(scores, deltas, im_info, anchors, stride, *params)
+
+
+def random_rpn_outputs(n, a, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(n, a, h, w, generator=g)
+    deltas = torch.randn(n, 4 * a, h, w, generator=g) * 0.5
+    return probs, deltas
+
+
+def test_shifted_anchors_order_is_h_w_a():
+    anchors = torch.tensor([[0., 0., 3., 3.], [-1., -1., 4., 4.]])
+    all_a = shifted_anchors(anchors, 2, 3, 16.)
+    assert all_a.shape == (2 * 3 * 2, 4)
+    # row (h=1, w=2, a=1): shift (32, 16)
+    assert all_a[(1 * 3 + 2) * 2 + 1].tolist() == [31., 15., 36., 20.]
+
+
+@pytest.mark.parametrize("params", [ProposalParams(60, 20, 0.7, 0), ProposalParams(-1, 15, 0.5, 16),
+                                    ProposalParams(50, -1, 0.7, 0), ProposalParams(40, 10, 0.0, 0)])
+def test_single_level_matches_detectron_per_image(params):
+    anchors = generate_anchors(16, (32, 64, 128), (0.5, 1, 2))
+    probs, deltas = random_rpn_outputs(2, 9, 5, 7, seed=1)
+    # two images of different sizes and scales in one padded blob
+    im_info = torch.tensor([[80., 112., 1.25], [64., 96., 0.8]])
+    rois, roi_probs = generate_proposals(probs, deltas, im_info, torch.as_tensor(anchors).float(),
+                                         16., params)
+    for i in range(2):
+        ref_boxes, ref_scores = detectron_proposals_one_image(
+            probs[i].numpy(), deltas[i].numpy(), im_info[i].numpy(), anchors, 16., params)
+        mine = rois[rois[:, 0] == i]
+        assert mine.shape[0] == ref_boxes.shape[0] > 0
+        np.testing.assert_allclose(mine[:, 1:].numpy(), ref_boxes, rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(roi_probs[rois[:, 0] == i].numpy(), ref_scores)
+    # grouped by image, best first within an image
+    assert torch.all(rois[1:, 0] >= rois[:-1, 0])
+    assert torch.all(rois[:, 1:3] >= 0)
+    assert torch.all(rois[:, 3] <= im_info[rois[:, 0].long(), 1] - 1)
+
+
+def test_fpn_collect_per_image_at_test_and_per_batch_in_training():
+    g = torch.Generator().manual_seed(3)
+    rois = [torch.cat([torch.tensor([[0.]] * 6 + [[1.]] * 4), torch.rand(10, 4, generator=g) * 50],
+                      dim=1) for _ in range(2)]
+    probs = [torch.rand(10, generator=g) for _ in range(2)]
+    probs[0][:6] += 1.0  # image 0 dominates the batch
+    all_rois, all_probs = torch.cat(rois), torch.cat(probs)
+    test_rois, test_probs = collect_fpn_proposals(rois, probs, 2, 5, per_image=True)
+    for i in range(2):
+        m = all_rois[:, 0] == i
+        ref = torch.sort(all_probs[m], descending=True).values[:5]
+        assert torch.equal(test_probs[test_rois[:, 0] == i], ref)
+    train_rois, train_probs = collect_fpn_proposals(rois, probs, 2, 5, per_image=False)
+    top5 = torch.sort(all_probs, descending=True).values[:5]
+    assert torch.equal(torch.sort(train_probs, descending=True).values, top5)
+    assert torch.all(train_rois[:, 0] == 0)  # the batch's top 5 all belong to image 0
+    assert torch.all(test_rois[1:, 0] >= test_rois[:-1, 0])
+
+
+def test_fpn_rpn_proposals_match_detectron_levels_then_collect():
+    from pydetectron.modeling.rpn_heads import fpn_rpn_outputs
+    torch.manual_seed(0)
+    params = ProposalParams(30, 30, 0.7, 0)
+    rpn = fpn_rpn_outputs(8, [1 / 4., 1 / 8., 1 / 16.], 2, 4, anchor_start_size=16,
+                          test_params=params).eval()
+    feats = [torch.randn(2, 8, 16 // 2 ** i, 24 // 2 ** i) for i in range(3)]
+    im_info = torch.tensor([[64., 96., 1.], [60., 90., 1.5]])
+    out = rpn(feats, im_info)
+    for i in range(2):
+        boxes, scores = [], []
+        for lvl, x in zip(range(2, 5), feats):
+            anchors = generate_anchors(2. ** lvl, (16 * 2. ** (lvl - 2),), (0.5, 1, 2))
+            _, deltas, probs = rpn.rpn(x)
+            b, s = detectron_proposals_one_image(probs[i].detach().numpy(), deltas[i].detach().numpy(),
+                                                 im_info[i].numpy(), anchors, 2. ** lvl, params)
+            boxes.append(b)
+            scores.append(s)
+        boxes, scores = np.concatenate(boxes), np.concatenate(scores)
+        order = np.argsort(-scores, kind="stable")[:30]
+        m = out["rpn_rois"][:, 0] == i
+        np.testing.assert_allclose(out["rpn_rois"][m, 1:].detach().numpy(), boxes[order], atol=1e-4)
+        np.testing.assert_array_equal(out["rpn_roi_probs"][m].detach().numpy(), scores[order])

@@ -1,0 +1,64 @@
+"""AffineChannel2d, GroupNorm group counts and the fixed bilinear upsampling."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pydetectron.nn import AffineChannel2d, BilinearInterpolation2d, GroupNorm, get_group_gn
+from pydetectron.nn import bilinear_upsample_filter
+from pydetectron.nn.affine import freeze_affine_channels
+
+
+def test_affine_channel_is_scale_and_bias_per_channel():
+    m = AffineChannel2d(3)
+    m.weight.data = torch.tensor([1., 2., -1.])
+    m.bias.data = torch.tensor([0., 1., 0.5])
+    x = torch.ones(2, 3, 4, 5)
+    y = m(x)
+    assert torch.equal(y[:, 0], torch.full((2, 4, 5), 1.))
+    assert torch.equal(y[:, 1], torch.full((2, 4, 5), 3.))
+    assert torch.equal(y[:, 2], torch.full((2, 4, 5), -0.5))
+    # no running statistics: nothing but the scale and the bias
+    assert set(m.state_dict()) == {"weight", "bias"}
+    m.train()
+    assert torch.equal(m(x), y)
+    with pytest.raises(ValueError, match="expects"):
+        m(torch.ones(2, 4, 4, 5))
+    freeze_affine_channels(m)
+    assert not any(p.requires_grad for p in m.parameters())
+
+
+def test_group_norm_group_count():
+    assert get_group_gn(256, -1, 32) == 32
+    assert get_group_gn(256, 16, -1) == 16
+    with pytest.raises(ValueError, match="DIM_PER_GP"):
+        get_group_gn(256, 16, 32)
+    with pytest.raises(ValueError, match="divisible"):
+        get_group_gn(100, -1, 32)
+    gn = GroupNorm(64, -1, 32, 1e-5)
+    assert gn.num_groups == 32 and gn.eps == 1e-5
+
+
+def test_bilinear_filter_values():
+    # FCN bilinear kernel of size 4 (up-scale 2): 1-D taps 0.25, 0.75, 0.75, 0.25
+    f = bilinear_upsample_filter(4)
+    taps = np.array([0.25, 0.75, 0.75, 0.25], dtype=np.float32)
+    np.testing.assert_allclose(f, np.outer(taps, taps))
+
+
+def test_bilinear_interpolation_doubles_and_interpolates():
+    up = BilinearInterpolation2d(2, 2, 2)
+    assert up.weight.shape == (2, 2, 4, 4)  # Detectron's blob shape (K, K, 2s, 2s)
+    assert torch.all(up.weight[0, 1] == 0)  # channels do not mix
+    x = torch.tensor([[[[0., 4.], [8., 12.]]]]).repeat(1, 2, 1, 1)
+    y = up(x)
+    assert y.shape == (1, 2, 4, 4)
+    # Interior samples interpolate linearly between neighbours (1/4, 3/4 weights)
+    assert y[0, 0, 1, 1].item() == pytest.approx(0.75 * 0.75 * 0 + 0.75 * 0.25 * 4 + 0.25 * 0.75 * 8
+                                                 + 0.25 * 0.25 * 12)
+    ref = F.conv_transpose2d(x, up.weight, up.bias, stride=2, padding=1)
+    assert torch.equal(y, ref)
+    # buffers: saved with the model, never trained
+    assert set(dict(up.named_buffers())) == {"weight", "bias"} and not list(up.parameters())
+    with pytest.raises(ValueError, match="even"):
+        BilinearInterpolation2d(2, 2, 3)
