@@ -121,3 +121,32 @@ def test_rpn_only_proposals(coco_mini):
         # in the original image's pixels: the blob was 160 / 480 of it, padded to 224 wide by
         # FPN's stride (Detectron clips proposals to the padded blob)
         assert boxes[:, 2].max() > 200 and boxes.max() <= 224 * 480 / 160.
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu_and_every_test_time_option_runs():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = _build('e2e_mask_rcnn_R-50-FPN_1x.yaml',
+                   ['MODEL.NUM_CLASSES', 3, 'MRCNN.RESOLUTION', 14,
+                    'MRCNN.ROI_MASK_HEAD', 'mask_rcnn_heads.mask_rcnn_fcn_head_v1up',
+                    'MRCNN.ROI_XFORM_RESOLUTION', 7])
+    rng = np.random.RandomState(0)  # synthetic pictures: GPU machines lack ../shared
+    ims = [cv2.GaussianBlur(rng.randint(0, 255, (480, 640, 3)).astype(np.uint8), (0, 0), 5)
+           for _ in range(2)]
+    cpu = test_mod.im_detect_all(model, ims)
+    gpu = test_mod.im_detect_all(model.cuda(), ims)
+    for (bc, sc, _), (bg, sg, _) in zip(cpu, gpu):
+        for j in range(1, 3):
+            strong = bg[j][bg[j][:, 4] > 0.2]
+            if len(strong) and len(bc[j]):
+                # every confident GPU detection is a CPU detection (float noise aside)
+                iou = box_utils.bbox_overlaps(strong[:, :4], bc[j][:, :4])
+                assert (iou.max(axis=1) > 0.98).all()
+            assert len(sg[j]) == len(bg[j])
+    merge_cfg_from_list(['TEST.BBOX_AUG.ENABLED', True, 'TEST.BBOX_AUG.H_FLIP', True,
+                         'TEST.BBOX_AUG.SCALES', (200,), 'TEST.MASK_AUG.ENABLED', True,
+                         'TEST.MASK_AUG.H_FLIP', True, 'TEST.SOFT_NMS.ENABLED', True,
+                         'TEST.BBOX_VOTE.ENABLED', True])
+    out = test_mod.im_detect_all(model, ims)
+    assert len(out) == 2 and all(len(o[0]) == 3 for o in out)

@@ -208,3 +208,17 @@ def test_flags_are_checked(setup):
                           text=True, timeout=120)
     assert proc.returncode != 0 and 'exactly one of --load_ckpt and --load_detectron' in \
         proc.stderr
+
+
+@pytest.mark.cuda
+def test_on_the_gpu_in_one_and_in_child_processes(setup):
+    root, dataset, cfg_file, ckpt = setup
+    common = ['--dataset', dataset, '--cfg', cfg_file, '--load_ckpt', ckpt, '--quiet']
+    one = str(root / 'gpu_one')
+    _check_printed_equals_pycocotools(one, _run(common + ['--output_dir', one]), dataset)
+    multi = str(root / 'gpu_multi')
+    stdout = _run(common + ['--output_dir', multi, '--multi-gpu-testing'])
+    _check_printed_equals_pycocotools(multi, stdout, dataset)
+    n = torch.cuda.device_count()
+    ranges = [f for f in os.listdir(multi) if re.match(r'detection_range_.*\.pkl$', f)]
+    assert len(ranges) == min(n, 5)
