@@ -130,7 +130,7 @@ def test_ranges_and_batches_give_the_same_detections(rect_setup):
     parts = [test_engine.test_net(args, dataset_name, None, args.output_dir, ind_range=r,
                                   model=model) for r in ((0, 4), (4, 6))]
     assert os.path.exists(os.path.join(args.output_dir, 'detection_range_0_4.pkl'))
-    cfg.TEST.IMS_PER_BATCH = 4  # (a key the config should carry; see the report)
+    cfg.TEST.IMS_PER_BATCH = 4
     calls = model.forward_calls
     batched = test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
     assert model.forward_calls - calls == 2  # 6 images, 4 per forward pass

@@ -54,7 +54,7 @@ def _use_cuda(args):
 
 def _ims_per_batch():
     # Images per forward pass at test time (Detectron fixed it at 1).
-    return max(int(cfg.TEST.get('IMS_PER_BATCH', 1)), 1)
+    return max(int(cfg.TEST.IMS_PER_BATCH), 1)
 
 
 # ---------------------------------------------------------------------------------------------- #

@@ -126,9 +126,8 @@ def check_expected_results(results, atol=0.005, rtol=0.1):
     Logs PASS / FAIL per expectation and returns True when all pass (True when there are none).
     """
     from pydetectron.core.config import cfg
-    expected = cfg.get('EXPECTED_RESULTS', []) if hasattr(cfg, 'get') else []
     ok = True
-    for dataset, task, metric, expected_val in expected:
+    for dataset, task, metric, expected_val in cfg.EXPECTED_RESULTS:
         if dataset not in results or task not in results[dataset] \
                 or metric not in results[dataset][task]:
             raise KeyError('EXPECTED_RESULTS names {} > {} > {}, which is not in the results'
