@@ -1,10 +1,13 @@
 // RoIAlign on the CPU (forward and backward), parallel with ATen's OpenMP thread pool.
 // The taps of a RoI (the rows and columns each sample reads, with their weights) are computed once
 // per RoI and reused for every channel, as Caffe2's CPU kernel does with its `pre_calc` table;
-// here the table is separable (PH*grid_h row taps + PW*grid_w column taps).
+// here the table is separable (PH*grid_h row taps + PW*grid_w column taps). Work is split over
+// channels, so each thread reads (and in the backward pass writes) its own feature planes.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "common/common.h"
@@ -14,35 +17,62 @@
 namespace pydetectron {
 namespace {
 
+// Taps of every RoI, computed once (in parallel over RoIs) and shared by all channels.
 template <typename T>
-void compute_taps(const RoIAlignGeometry<T>& g, int pooled_height, int pooled_width,
-                  int64_t height, int64_t width, std::vector<AxisTap<T>>& ytaps,
-                  std::vector<AxisTap<T>>& xtaps) {
-  ytaps.resize(static_cast<size_t>(pooled_height) * g.grid_h);
-  xtaps.resize(static_cast<size_t>(pooled_width) * g.grid_w);
-  for (int ph = 0; ph < pooled_height; ++ph)
-    for (int iy = 0; iy < g.grid_h; ++iy)
-      ytaps[ph * g.grid_h + iy] =
-          axis_tap(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height);
-  for (int pw = 0; pw < pooled_width; ++pw)
-    for (int ix = 0; ix < g.grid_w; ++ix)
-      xtaps[pw * g.grid_w + ix] =
-          axis_tap(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width);
+struct AllTaps {
+  std::vector<RoIAlignGeometry<T>> geometry;  // per RoI
+  std::vector<size_t> y_offset, x_offset;     // per RoI, into ytaps / xtaps
+  std::vector<AxisTap<T>> ytaps, xtaps;       // PH * grid_h and PW * grid_w per RoI
+};
+
+template <typename T>
+void compute_all_taps(const T* rois, int64_t num_rois, T spatial_scale, int pooled_height,
+                      int pooled_width, int sampling_ratio, bool aligned, int64_t height,
+                      int64_t width, AllTaps<T>& taps) {
+  taps.geometry.resize(num_rois);
+  taps.y_offset.resize(num_rois + 1);
+  taps.x_offset.resize(num_rois + 1);
+  taps.y_offset[0] = taps.x_offset[0] = 0;
+  for (int64_t n = 0; n < num_rois; ++n) {
+    const auto g = roi_align_geometry(rois + n * 5, spatial_scale, pooled_height, pooled_width,
+                                      sampling_ratio, aligned);
+    taps.geometry[n] = g;
+    taps.y_offset[n + 1] = taps.y_offset[n] + static_cast<size_t>(pooled_height) * g.grid_h;
+    taps.x_offset[n + 1] = taps.x_offset[n] + static_cast<size_t>(pooled_width) * g.grid_w;
+  }
+  taps.ytaps.resize(taps.y_offset[num_rois]);
+  taps.xtaps.resize(taps.x_offset[num_rois]);
+  at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const auto& g = taps.geometry[n];
+      AxisTap<T>* ty = taps.ytaps.data() + taps.y_offset[n];
+      AxisTap<T>* tx = taps.xtaps.data() + taps.x_offset[n];
+      for (int ph = 0; ph < pooled_height; ++ph)
+        for (int iy = 0; iy < g.grid_h; ++iy)
+          ty[ph * g.grid_h + iy] =
+              axis_tap(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height);
+      for (int pw = 0; pw < pooled_width; ++pw)
+        for (int ix = 0; ix < g.grid_w; ++ix)
+          tx[pw * g.grid_w + ix] =
+              axis_tap(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width);
+    }
+  });
 }
 
+// Each thread owns a range of channels and visits every RoI in it, so the feature planes of a
+// channel stay in cache while all RoIs read them (in NCHW each channel is its own plane; looping
+// over channels inside a RoI would miss the cache on nearly every row).
 template <typename scalar_t>
-void forward_kernel(const scalar_t* input, const acc_t<scalar_t>* rois, scalar_t* output,
-                    int64_t num_rois, int64_t channels, int64_t height, int64_t width,
-                    int pooled_height, int pooled_width, acc_t<scalar_t> spatial_scale,
-                    int sampling_ratio, bool aligned) {
+void forward_kernel(const scalar_t* input, const AllTaps<acc_t<scalar_t>>& taps,
+                    scalar_t* output, int64_t num_rois, int64_t channels, int64_t height,
+                    int64_t width, int pooled_height, int pooled_width) {
   using T = acc_t<scalar_t>;
-  at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
-    std::vector<AxisTap<T>> ytaps, xtaps;
-    for (int64_t n = begin; n < end; ++n) {
-      const auto g = roi_align_geometry(rois + n * 5, spatial_scale, pooled_height,
-                                        pooled_width, sampling_ratio, aligned);
-      compute_taps(g, pooled_height, pooled_width, height, width, ytaps, xtaps);
-      for (int64_t c = 0; c < channels; ++c) {
+  at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      for (int64_t n = 0; n < num_rois; ++n) {
+        const auto& g = taps.geometry[n];
+        const AxisTap<T>* ytaps = taps.ytaps.data() + taps.y_offset[n];
+        const AxisTap<T>* xtaps = taps.xtaps.data() + taps.x_offset[n];
         const scalar_t* plane = input + (g.batch * channels + c) * height * width;
         scalar_t* out = output + (n * channels + c) * pooled_height * pooled_width;
         for (int ph = 0; ph < pooled_height; ++ph) {
@@ -72,18 +102,16 @@ void forward_kernel(const scalar_t* input, const acc_t<scalar_t>* rois, scalar_t
 
 // Each thread owns a range of channels, so no two threads write the same element of grad_input.
 template <typename scalar_t>
-void backward_kernel(const scalar_t* grad, const acc_t<scalar_t>* rois,
+void backward_kernel(const scalar_t* grad, const AllTaps<acc_t<scalar_t>>& taps,
                      acc_t<scalar_t>* grad_input, int64_t num_rois, int64_t channels,
-                     int64_t height, int64_t width, int pooled_height, int pooled_width,
-                     acc_t<scalar_t> spatial_scale, int sampling_ratio, bool aligned) {
+                     int64_t height, int64_t width, int pooled_height, int pooled_width) {
   using T = acc_t<scalar_t>;
   at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<AxisTap<T>> ytaps, xtaps;
-    for (int64_t n = 0; n < num_rois; ++n) {
-      const auto g = roi_align_geometry(rois + n * 5, spatial_scale, pooled_height,
-                                        pooled_width, sampling_ratio, aligned);
-      compute_taps(g, pooled_height, pooled_width, height, width, ytaps, xtaps);
-      for (int64_t c = c_begin; c < c_end; ++c) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      for (int64_t n = 0; n < num_rois; ++n) {
+        const auto& g = taps.geometry[n];
+        const AxisTap<T>* ytaps = taps.ytaps.data() + taps.y_offset[n];
+        const AxisTap<T>* xtaps = taps.xtaps.data() + taps.x_offset[n];
         T* plane = grad_input + (g.batch * channels + c) * height * width;
         const scalar_t* gout = grad + (n * channels + c) * pooled_height * pooled_width;
         for (int ph = 0; ph < pooled_height; ++ph) {
@@ -131,11 +159,13 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
     using T = acc_t<scalar_t>;
     check_batch_indices_cpu(rois_c.data_ptr<T>(), num_rois, input.size(0), op);
-    forward_kernel<scalar_t>(input_c.data_ptr<scalar_t>(), rois_c.data_ptr<T>(),
-                             output.data_ptr<scalar_t>(), num_rois, channels, height, width,
-                             static_cast<int>(pooled_height), static_cast<int>(pooled_width),
-                             static_cast<T>(spatial_scale), static_cast<int>(sampling_ratio),
-                             aligned);
+    AllTaps<T> taps;
+    compute_all_taps(rois_c.data_ptr<T>(), num_rois, static_cast<T>(spatial_scale),
+                     static_cast<int>(pooled_height), static_cast<int>(pooled_width),
+                     static_cast<int>(sampling_ratio), aligned, height, width, taps);
+    forward_kernel<scalar_t>(input_c.data_ptr<scalar_t>(), taps, output.data_ptr<scalar_t>(),
+                             num_rois, channels, height, width, static_cast<int>(pooled_height),
+                             static_cast<int>(pooled_width));
   });
   return output;
 }
@@ -165,11 +195,13 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
     using T = acc_t<scalar_t>;
     check_batch_indices_cpu(rois_c.data_ptr<T>(), num_rois, batch_size, op);
-    backward_kernel<scalar_t>(grad_c.data_ptr<scalar_t>(), rois_c.data_ptr<T>(),
-                              grad_input.data_ptr<T>(), num_rois, channels, height, width,
-                              static_cast<int>(pooled_height), static_cast<int>(pooled_width),
-                              static_cast<T>(spatial_scale), static_cast<int>(sampling_ratio),
-                              aligned);
+    AllTaps<T> taps;
+    compute_all_taps(rois_c.data_ptr<T>(), num_rois, static_cast<T>(spatial_scale),
+                     static_cast<int>(pooled_height), static_cast<int>(pooled_width),
+                     static_cast<int>(sampling_ratio), aligned, height, width, taps);
+    backward_kernel<scalar_t>(grad_c.data_ptr<scalar_t>(), taps, grad_input.data_ptr<T>(),
+                              num_rois, channels, height, width, static_cast<int>(pooled_height),
+                              static_cast<int>(pooled_width));
   });
   return grad_input.to(grad.scalar_type());
 }
