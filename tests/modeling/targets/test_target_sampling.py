@@ -68,3 +68,15 @@ def test_batched_iou_and_ioa_match_numpy_and_pycocotools():
         ref = COCOmask.iou(xyxy_to_xywh(boxes[n].astype(np.float64)),
                            xyxy_to_xywh(query[n].astype(np.float64)), [1] * 7)
         np.testing.assert_allclose(ioa[n], ref, rtol=1e-5, atol=1e-7)
+
+
+def test_batched_iou_equals_the_ops_kernel_per_image():
+    from pydetectron.ops import box_iou as ops_box_iou
+    g = torch.Generator().manual_seed(2)
+    xy = torch.rand(2, 50, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(2, 50, 2, generator=g) * 60], dim=2)
+    q = boxes[:, :9] + torch.randn(2, 9, 4, generator=g) * 5
+    q[..., 2:] = torch.maximum(q[..., 2:], q[..., :2])
+    iou = box_iou(boxes, q)
+    for n in range(2):
+        assert torch.allclose(iou[n], ops_box_iou(boxes[n], q[n]), atol=1e-7)
