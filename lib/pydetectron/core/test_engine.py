@@ -258,11 +258,18 @@ def initialize_model_from_cfg(args, gpu_id=0):
     load_detectron = _arg(args, 'load_detectron')
     if load_ckpt:
         logger.info('loading checkpoint %s', load_ckpt)
+        if not os.path.isfile(load_ckpt):
+            raise FileNotFoundError('--load_ckpt: checkpoint {} not found'.format(load_ckpt))
+        # weights_only: a checkpoint file cannot run code when it is read
         checkpoint = torch.load(load_ckpt, map_location='cpu', weights_only=True)
         if not isinstance(checkpoint, dict) or 'model' not in checkpoint:
             raise ValueError('checkpoint {} has no \'model\' entry (expected a dict with the '
                              'state dict under \'model\')'.format(load_ckpt))
-        model.load_state_dict(checkpoint['model'])
+        state_dict = checkpoint['model']
+        if state_dict and all(k.startswith('module.') for k in state_dict):
+            # saved from a (Distributed)DataParallel wrapper
+            state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+        model.load_state_dict(state_dict)
     elif load_detectron:
         from pydetectron.utils.detectron_weight_helper import load_detectron_weight
         logger.info('loading detectron weights %s', load_detectron)
