@@ -70,7 +70,10 @@ def setup(tmp_path_factory):
     assert_and_infer_cfg()
     torch.manual_seed(0)
     ckpt = root / 'model.pth'
-    torch.save({'model': Generalized_RCNN().state_dict()}, str(ckpt))
+    model = Generalized_RCNN()
+    torch.save({'model': model.state_dict()}, str(ckpt))
+    from pydetectron.utils.detectron_weight_helper import save_detectron_weight
+    save_detectron_weight(model, str(root / 'model.pkl'))  # the same weights, Detectron's way
     reset_cfg()
     return root, dataset, str(cfg_file), str(ckpt)
 
@@ -152,6 +155,17 @@ def test_single_and_multi_process_runs(setup):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
         for a, b in zip(single['all_segms'][j], multi['all_segms'][j]):
             assert [r['counts'] for r in a] == [r['counts'] for r in b]
+
+    # a child's run by hand: the same weights from a Detectron .pkl, images [1, 2)
+    range_dir = str(root / 'range')
+    _run(['--cfg', cfg_file, '--set', 'TEST.DATASETS', dataset, 'MODEL.NUM_CLASSES', '4',
+          '--load_detectron', str(root / 'model.pkl'), '--no_cuda', '--quiet',
+          '--range', '1', '2', '--output_dir', range_dir])
+    with open(os.path.join(range_dir, 'detection_range_1_2.pkl'), 'rb') as f:
+        part = pickle.load(f)
+    for j in range(1, 4):
+        np.testing.assert_allclose(np.asarray(part['all_boxes'][j][0]),
+                                   np.asarray(single['all_boxes'][j][1]), rtol=1e-5, atol=1e-4)
 
 
 def test_eval_only_reevaluates_saved_detections(setup):
