@@ -52,15 +52,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def get_class_names(dataset):
+def get_class_and_keypoint_names(dataset):
+    """(class names with '__background__' first, keypoint names) for --dataset."""
     if dataset in ('coco', 'coco2017', 'coco2014'):
-        return list(vis_utils.COCO_CLASSES)
+        return list(vis_utils.COCO_CLASSES), list(vis_utils.COCO_KEYPOINTS)
     if dataset.startswith('keypoints_coco'):
-        return ['__background__', 'person']
+        return ['__background__', 'person'], list(vis_utils.COCO_KEYPOINTS)
     from pydetectron.datasets import dataset_catalog
     from pydetectron.datasets.json_dataset import JsonDataset
     names, _ = dataset_catalog.resolve_dataset_arg(dataset, training=False)
-    return list(JsonDataset(names[0]).classes)
+    ds = JsonDataset(names[0])
+    return list(ds.classes), list(ds.keypoints or vis_utils.COCO_KEYPOINTS)
 
 
 def list_images(args, logger):
@@ -95,7 +97,7 @@ def main(argv=None):
         sys.exit('infer_simple.py: give exactly one of --load_ckpt and --load_detectron')
     im_list = list_images(args, logger)
 
-    classes = get_class_names(args.dataset)
+    classes, keypoint_names = get_class_and_keypoint_names(args.dataset)
     merge_cfg_from_file(args.cfg_file)
     if args.set_cfgs:
         merge_cfg_from_list(args.set_cfgs)
@@ -118,13 +120,14 @@ def main(argv=None):
             logger.info('Skipping %s: OpenCV cannot read it as an image', im_path)
             continue
         t = time.time()
-        cls_boxes, cls_segms, cls_keyps = im_detect_all(model, im)
+        cls_boxes, cls_segms, cls_keyps = im_detect_all(model, im, keypoint_names=keypoint_names)
         logger.info('%s: inference %.3fs', im_path, time.time() - t)
         im_name = os.path.splitext(os.path.basename(im_path))[0]
         out_path = vis_utils.vis_one_image(
             im[:, :, ::-1], im_name, args.output_dir, cls_boxes, cls_segms, cls_keyps,
             dataset=classes, box_alpha=0.3, show_class=True, thresh=args.thresh,
-            kp_thresh=args.kp_thresh, ext=args.output_ext, out_when_no_box=True)
+            kp_thresh=args.kp_thresh, ext=args.output_ext, out_when_no_box=True,
+            keypoint_names=keypoint_names)
         records.append({'image': os.path.abspath(im_path), 'output': os.path.abspath(out_path),
                         'height': int(im.shape[0]), 'width': int(im.shape[1]),
                         'detections': vis_utils.detections_to_dicts(

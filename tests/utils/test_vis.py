@@ -119,3 +119,17 @@ def test_precision_recall_plot(tmp_path):
                                     str(tmp_path / 'pr' / 'pr.png'), title='bbox')
     im = cv2.imread(path)
     assert im is not None and im.shape[0] > 100
+
+
+def test_non_coco_keypoints_are_drawn_as_points(tmp_path):
+    # three named keypoints (e.g. the keypoint shapes dataset): no COCO skeleton, points only
+    kps = np.array([[30, 60, 90], [20, 80, 80], [5, 5, 5], [.9, .9, .9]], np.float32)
+    cls_boxes = [[], np.array([[10, 10, 100, 100, 0.9]], np.float32)]
+    im = np.zeros((120, 120, 3), np.uint8)
+    out = vis.vis_one_image_opencv(im, cls_boxes, None, [[], [kps]], thresh=0.5,
+                                   keypoint_names=('top', 'left', 'right'))
+    assert out[20, 30].max() > 0 and out[80, 90].max() > 0  # the points
+    assert out[50, 45].max() == 0  # no line between them
+    path = vis.vis_one_image(im, 'kps', str(tmp_path), cls_boxes, None, [[], [kps]], thresh=0.5,
+                             ext='png', dpi=100, keypoint_names=('top', 'left', 'right'))
+    assert cv2.imread(path) is not None

@@ -162,10 +162,18 @@ def _mid_points(kps, keypoints):
     return mid_shoulder, sc_mid_shoulder, mid_hip, sc_mid_hip
 
 
+def _keypoint_names(names, num_keypoints):
+    """``names`` when they name ``num_keypoints`` keypoints, else anonymous ones (points only)."""
+    names = list(names) if names is not None else []
+    if len(names) != num_keypoints:
+        return ['kp%d' % k for k in range(num_keypoints)]
+    return names
+
+
 def vis_keypoints(img, kps, kp_thresh=2, alpha=0.7, keypoints=COCO_KEYPOINTS):
     """Draw one (4, K) pose (x, y, logit, prob) with its skeleton; points with logit <= kp_thresh
     are left out."""
-    keypoints = list(keypoints)
+    keypoints = _keypoint_names(keypoints, kps.shape[1])
     kp_lines = kp_connections(keypoints)
     colors = _skeleton_colors(len(kp_lines), bgr255=True)
     kp_mask = np.copy(img)  # drawn on a copy, then blended
@@ -241,6 +249,8 @@ def vis_one_image(im, im_name, output_dir, boxes, segms=None, keypoints=None, th
     if nothing and not out_when_no_box:
         return None
 
+    if keypoints is not None and len(keypoints) > 0:
+        keypoint_names = _keypoint_names(keypoint_names, np.asarray(keypoints[0]).shape[1])
     keypoint_names = list(keypoint_names)
     kp_lines = kp_connections(keypoint_names)
     kp_colors = _skeleton_colors(len(kp_lines))
