@@ -755,3 +755,17 @@ def test_load_cfg_refuses_other_python_objects(text):
     import yaml
     with pytest.raises(yaml.YAMLError, match='refusing'):
         load_cfg(text)
+
+
+def test_every_bbox_vote_scoring_method_validates():
+    """Detectron's box voting accepts each of its scoring methods, TEMP_AVG included."""
+    from pydetectron.core import config as config_mod
+    for method in ('ID', 'TEMP_AVG', 'AVG', 'IOU_AVG', 'GENERALIZED_AVG', 'QUASI_SUM'):
+        config_mod.reset_cfg()
+        config_mod.merge_cfg_from_list(['TEST.BBOX_VOTE.SCORING_METHOD', method])
+        config_mod.assert_and_infer_cfg(make_immutable=False)
+    config_mod.reset_cfg()
+    config_mod.merge_cfg_from_list(['TEST.BBOX_VOTE.SCORING_METHOD', 'MEDIAN'])
+    with pytest.raises(ValueError, match='SCORING_METHOD'):
+        config_mod.assert_and_infer_cfg(make_immutable=False)
+    config_mod.reset_cfg()

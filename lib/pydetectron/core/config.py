@@ -397,7 +397,7 @@ __C.TEST.BBOX_VOTE.ENABLED = False
 # Boxes with IoU >= VOTE_TH against a kept box take part in its vote
 __C.TEST.BBOX_VOTE.VOTE_TH = 0.8
 
-# How the voters' scores set the kept box's score: 'ID', 'AVG', 'IOU_AVG',
+# How the voters' scores set the kept box's score: 'ID', 'TEMP_AVG', 'AVG', 'IOU_AVG',
 # 'GENERALIZED_AVG' or 'QUASI_SUM'
 __C.TEST.BBOX_VOTE.SCORING_METHOD = 'ID'
 
@@ -1133,7 +1133,7 @@ _CHOICES = {
     'KRCNN.KEYPOINT_CONFIDENCE': ('bbox', 'logit', 'prob'),
     'RPN.CLS_ACTIVATION': ('sigmoid', 'softmax'),
     'TEST.SOFT_NMS.METHOD': ('linear', 'gaussian', 'hard'),
-    'TEST.BBOX_VOTE.SCORING_METHOD': ('ID', 'AVG', 'IOU_AVG',
+    'TEST.BBOX_VOTE.SCORING_METHOD': ('ID', 'TEMP_AVG', 'AVG', 'IOU_AVG',
                                       'GENERALIZED_AVG', 'QUASI_SUM'),
     'TEST.BBOX_AUG.SCORE_HEUR': ('ID', 'AVG', 'UNION'),
     'TEST.BBOX_AUG.COORD_HEUR': ('ID', 'AVG', 'UNION'),
