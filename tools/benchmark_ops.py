@@ -159,11 +159,7 @@ def bench_cuda(args):
             out = tv_roi_align(xg, rois, (7, 7), 0.25, 2, aligned=False)
             torch.autograd.grad(out, xg, grad)
     add("roi_align fwd", time_cuda(fwd), time_cuda(tv_fwd) if tv_roi_align else None)
-    add("roi_align fwd+bwd", time_cuda(fwd_bwd), time_cuda(tv_fwd_bwd) if tv_roi_align else None,
-        "bins layout")
-    os.environ["PYDETECTRON_ROI_ALIGN_BACKWARD"] = "channels"
-    add("roi_align fwd+bwd", time_cuda(fwd_bwd), None, "channels layout (env)")
-    del os.environ["PYDETECTRON_ROI_ALIGN_BACKWARD"]
+    add("roi_align fwd+bwd", time_cuda(fwd_bwd), time_cuda(tv_fwd_bwd) if tv_roi_align else None)
     xh, gh = x.half(), grad.half()
     add("roi_align fwd fp16", time_cuda(lambda: ops.roi_align(xh, rois, 7, 0.25, 2)),
         time_cuda(lambda: tv_roi_align(xh, rois.half(), (7, 7), 0.25, 2)) if tv_roi_align
@@ -176,6 +172,8 @@ def bench_cuda(args):
         note += " (torchvision, no +1: %d)" % tv_nms(boxes, scores, 0.7).numel()
     add("nms 12000 @0.7", time_cuda(lambda: ops.nms(boxes, scores, 0.7)),
         time_cuda(lambda: tv_nms(boxes, scores, 0.7)) if tv_nms else None, note)
+    add("  of which: stable sort", time_cuda(lambda: scores.sort(stable=True, descending=True)))
+
     idxs = torch.randint(0, 80, (12000,), generator=g).to(dev)
     add("batched_nms 12000, 80 classes", time_cuda(lambda: ops.batched_nms(boxes, scores, idxs, 0.5)))
     b1k, s1k = boxes[:1000].contiguous(), scores[:1000].contiguous()

@@ -24,11 +24,35 @@ fi
 echo "built in $(( $(date +%s) - start )) s"
 grep -iE "warning|spill" "$OUT/build.log" | grep -v "c10/\|ATen/\|torch/" | head -n 20
 
-echo "== tests"
-PYTHONPATH=lib${PYTHONPATH:+:$PYTHONPATH} "$PY" -m pytest tests/ops -q -rfEs -p no:randomly 2>&1 | tee "$OUT/pytest.log" | tail -n 40
-test_rc=${PIPESTATUS[0]}
+export PYTHONPATH=lib${PYTHONPATH:+:$PYTHONPATH}
+echo "== a C++ argument check must raise, not crash"
+THROW='import torch, pydetectron.ops as o
+try:
+    torch.ops.pydetectron.nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
+except RuntimeError as e:
+    print("raised:", str(e).splitlines()[0])'
+if ! "$PY" -X faulthandler -c "$THROW" > "$OUT/throw.log" 2>&1; then
+    echo "CRASHED: see throw.log / throw_bt.log"; tail -n 5 "$OUT/throw.log"
+    if command -v cuda-gdb > /dev/null; then
+        timeout 120 cuda-gdb -batch -ex run -ex bt --args "$PY" -c "$THROW" > "$OUT/throw_bt.log" 2>&1
+        grep -E "^#" "$OUT/throw_bt.log" | head -n 25
+    fi
+else
+    cat "$OUT/throw.log"
+fi
+
+echo "== tests (one pytest process per file, so that a crash stays in its file)"
+test_rc=0
+: > "$OUT/pytest.log"
+for f in tests/ops/test_*.py; do
+    "$PY" -m pytest "$f" -q -rfEs -p no:randomly -p no:cacheprovider >> "$OUT/pytest.log" 2>&1
+    rc=$?
+    echo "$f: rc=$rc $(tail -n 1 "$OUT/pytest.log")"
+    [ $rc -ne 0 ] && test_rc=$rc
+done
+grep -E "^(FAILED|ERROR)|Fatal|Error" "$OUT/pytest.log" | head -n 30
 
 echo "== benchmark"
-PYTHONPATH=lib${PYTHONPATH:+:$PYTHONPATH} "$PY" tools/benchmark_ops.py --device cuda --out "$OUT/bench_cuda.json" 2>&1 \
+"$PY" tools/benchmark_ops.py --device cuda --out "$OUT/bench_cuda.json" 2>&1 \
     | tee "$OUT/bench.log"
 exit "$test_rc"

@@ -88,14 +88,17 @@ def test_empty_and_dtypes():
 
 
 def test_bad_arguments_name_the_argument():
-    with pytest.raises(RuntimeError, match="`boxes` must have shape"):
+    with pytest.raises(ValueError, match="`boxes` must have shape"):
         nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
-    with pytest.raises(RuntimeError, match="`scores` must have shape"):
+    with pytest.raises(ValueError, match="`scores` must have shape"):
         nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
-    with pytest.raises(RuntimeError, match="`scores` .* must have the dtype of `boxes`"):
+    with pytest.raises(TypeError, match="`scores` .* must have the dtype of `boxes`"):
         nms(torch.zeros(3, 4), torch.zeros(3, dtype=torch.float64), 0.5)
-    with pytest.raises(RuntimeError, match="`idxs` must be an integer tensor"):
+    with pytest.raises(TypeError, match="`idxs` must be an integer tensor"):
         batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), 0.5)
+    # The kernels check too (for callers of torch.ops.pydetectron.nms directly).
+    with pytest.raises(RuntimeError, match="`boxes` must have shape"):
+        torch.ops.pydetectron.nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
 
 
 def test_batched_nms_equals_per_class_nms():

@@ -203,12 +203,15 @@ def test_module_matches_function():
 
 def test_bad_arguments_name_the_argument():
     x = torch.randn(1, 2, 5, 5)
-    with pytest.raises(RuntimeError, match="`rois` must have shape"):
+    with pytest.raises(ValueError, match="`rois` must have shape"):
         roi_align(x, torch.zeros(3, 4), 2, 1.0, 2)
-    with pytest.raises(RuntimeError, match="`input` must be a 4-D"):
+    with pytest.raises(ValueError, match="`input` must be a 4-D"):
         roi_align(x[0], torch.zeros(3, 5), 2, 1.0, 2)
-    with pytest.raises(RuntimeError, match="`input` must be float32"):
+    with pytest.raises(TypeError, match="`input` must be float32"):
         roi_align(x.long(), torch.zeros(3, 5), 2, 1.0, 2)
+    # The kernels check too (for callers of torch.ops.pydetectron.roi_align directly).
+    with pytest.raises(RuntimeError, match="`rois` must have shape"):
+        torch.ops.pydetectron.roi_align(x, torch.zeros(3, 4), 1.0, 2, 2, 2, False)
     with pytest.raises(RuntimeError, match=r"`rois\[0, 0\]` \(batch index\) is 3"):
         roi_align(x, torch.tensor([[3.0, 0, 0, 2, 2]]), 2, 1.0, 2)
     with pytest.raises(ValueError, match="`output_size` must be positive"):
@@ -297,7 +300,7 @@ def test_cuda_empty_non_contiguous_and_bad_device():
     rois = torch.tensor([[1, 0, 0, 9, 9.0], [0, 2, 3, 12, 5]], device="cuda")
     torch.testing.assert_close(roi_align(x_nc, rois, 3, 0.5, 2),
                                roi_align(x_nc.contiguous(), rois, 3, 0.5, 2))
-    with pytest.raises(RuntimeError, match="`rois` is on cpu"):
+    with pytest.raises(ValueError, match="`rois` is on cpu"):
         roi_align(x, rois.cpu(), 3, 0.5, 2)
 
 

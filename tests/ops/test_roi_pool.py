@@ -73,7 +73,7 @@ def test_gradcheck_empty_and_module():
     assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, 3, 0.5), (x,))
     assert roi_pool(x, rois[:0], 3, 0.5).shape == (0, 3, 3, 3)
     torch.testing.assert_close(RoIPool(3, 0.5)(x, rois), roi_pool(x, rois, 3, 0.5))
-    with pytest.raises(RuntimeError, match="`rois` must have shape"):
+    with pytest.raises(ValueError, match="`rois` must have shape"):
         roi_pool(x, rois[:, :4], 3, 0.5)
 
 

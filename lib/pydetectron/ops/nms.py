@@ -13,6 +13,7 @@ Detectron's numpy quicksort leaves ties in an unspecified order).
 import torch
 
 from pydetectron.ops import _ext
+from pydetectron.ops._utils import check_boxes_and_scores
 
 
 def nms(boxes, scores, iou_threshold):
@@ -21,6 +22,7 @@ def nms(boxes, scores, iou_threshold):
     ``boxes`` (N, 4), ``scores`` (N,) of the same floating dtype and device.
     """
     _ext.load()
+    check_boxes_and_scores(boxes, scores, "nms")
     return torch.ops.pydetectron.nms(boxes, scores, float(iou_threshold))
 
 
@@ -32,6 +34,15 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     boxes' own coordinates, exactly as a per-class ``nms`` would.
     """
     _ext.load()
+    check_boxes_and_scores(boxes, scores, "batched_nms")
+    if idxs.dim() != 1 or idxs.size(0) != boxes.size(0):
+        raise ValueError("batched_nms: `idxs` must have shape (N,) with N = boxes.size(0) = %d, "
+                         "got %s" % (boxes.size(0), tuple(idxs.shape)))
+    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
+        raise TypeError("batched_nms: `idxs` must be an integer tensor, got %s" % idxs.dtype)
+    if idxs.device != boxes.device:
+        raise ValueError("batched_nms: `idxs` is on %s but `boxes` is on %s"
+                         % (idxs.device, boxes.device))
     return torch.ops.pydetectron.batched_nms(boxes, scores, idxs, float(iou_threshold))
 
 

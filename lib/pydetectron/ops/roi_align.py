@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pydetectron.ops import _ext
-from pydetectron.ops._utils import pair
+from pydetectron.ops._utils import check_features_and_rois, pair
 
 
 def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned=False):
@@ -30,6 +30,7 @@ def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned=F
     adaptive.
     """
     _ext.load()
+    check_features_and_rois(input, rois, "roi_align")
     ph, pw = pair(output_size, "output_size")
     return torch.ops.pydetectron.roi_align(input, rois, float(spatial_scale), ph, pw,
                                            int(sampling_ratio), bool(aligned))

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from pydetectron.ops import _ext
-from pydetectron.ops._utils import pair
+from pydetectron.ops._utils import check_features_and_rois, pair
 
 
 def roi_pool(input, rois, output_size, spatial_scale):
     """Max-pool ``input`` (N, C, H, W) over ``rois`` (K, 5) into (K, C, PH, PW) bins."""
     _ext.load()
+    check_features_and_rois(input, rois, "roi_pool")
     ph, pw = pair(output_size, "output_size")
     output, _ = torch.ops.pydetectron.roi_pool(input, rois, float(spatial_scale), ph, pw)
     return output

@@ -9,6 +9,7 @@ bit for bit. CUDA inputs run a single-block CUDA kernel of the same algorithm.
 import torch
 
 from pydetectron.ops import _ext
+from pydetectron.ops._utils import check_boxes_and_scores
 
 _METHODS = {"hard": 0, "linear": 1, "gaussian": 2}
 
@@ -24,6 +25,7 @@ def soft_nms(boxes, scores, sigma=0.5, overlap_thresh=0.3, score_thresh=0.001, m
         raise ValueError("soft_nms: unknown `method` %r; expected one of %s"
                          % (method, sorted(_METHODS)))
     _ext.load()
+    check_boxes_and_scores(boxes, scores, "soft_nms")
     return torch.ops.pydetectron.soft_nms(boxes, scores, float(sigma), float(overlap_thresh),
                                           float(score_thresh), _METHODS[method])
 

@@ -60,23 +60,31 @@ __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, T threshold,
 }
 
 __global__ void __launch_bounds__(kReduceThreads)
-    nms_reduce_kernel(int64_t n, int64_t col_blocks, const unsigned long long* __restrict__ mask,
+    nms_reduce_kernel(int n, int col_blocks, const unsigned long long* __restrict__ mask,
                       bool* __restrict__ keep) {
   extern __shared__ unsigned long long removed[];  // col_blocks words
   __shared__ unsigned long long diag[kBlockBits];
   __shared__ int kept_rows[kBlockBits];
   __shared__ int num_kept;
-  for (int64_t w = threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] = 0;
-  __syncthreads();
+  for (int w = threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] = 0;
 
   const int lane = threadIdx.x & 31;
-  for (int64_t b = 0; b < col_blocks; ++b) {
-    const int block_size = static_cast<int>(min(n - b * kBlockBits, int64_t(kBlockBits)));
-    const int64_t row0 = b * kBlockBits;
+  // Warp 0 holds the diagonal words of the block it resolves next (loaded one step ahead, while
+  // the whole block is busy with the previous step's ORs).
+  unsigned long long next_lo = 0, next_hi = 0;
+  if (threadIdx.x < 32) {
+    next_lo = lane < n ? mask[static_cast<int64_t>(lane) * col_blocks] : 0ULL;
+    next_hi = lane + 32 < n ? mask[static_cast<int64_t>(lane + 32) * col_blocks] : 0ULL;
+  }
+  __syncthreads();
+
+  for (int b = 0; b < col_blocks; ++b) {
+    const int row0 = b * kBlockBits;
+    const int block_size = min(n - row0, kBlockBits);
     if (threadIdx.x < 32) {
-      // Warp 0 resolves block b.
-      for (int r = lane; r < kBlockBits; r += 32)
-        diag[r] = r < block_size ? mask[(row0 + r) * col_blocks + b] : 0ULL;
+      // Warp 0 resolves block b: a box is kept when no kept box before it removes it.
+      diag[lane] = next_lo;
+      diag[lane + 32] = next_hi;
       __syncwarp();
       if (lane == 0) {
         const unsigned long long valid =
@@ -84,33 +92,50 @@ __global__ void __launch_bounds__(kReduceThreads)
         unsigned long long rem = removed[b];
         unsigned long long kept = 0;
         int count = 0;
-        // Visit the candidates in score order; each kept box removes its later neighbours.
         unsigned long long cand = ~rem & valid;
         while (cand != 0) {
           const int r = __ffsll(static_cast<long long>(cand)) - 1;
           kept |= 1ULL << r;
           kept_rows[count++] = r;
           rem |= diag[r];
-          const unsigned long long later = (r == kBlockBits - 1) ? 0ULL : (~0ULL << (r + 1));
+          const unsigned long long later = r == kBlockBits - 1 ? 0ULL : (~0ULL << (r + 1));
           cand = ~rem & valid & later;
         }
-        removed[b] = rem;
         num_kept = count;
-        diag[0] = kept;  // reuse: the kept bits of this block, for the flags below
+        diag[0] = kept;  // hand the kept bits to the warp
       }
       __syncwarp();
       const unsigned long long kept = diag[0];
       for (int r = lane; r < block_size; r += 32) keep[row0 + r] = (kept >> r) & 1ULL;
     }
     __syncthreads();
-    // Every thread: OR the rows of the kept boxes into the later words of `removed`.
-    const int count = num_kept;
-    const int64_t later_words = col_blocks - b - 1;
-    for (int64_t p = threadIdx.x; p < count * later_words; p += blockDim.x) {
-      const int k = static_cast<int>(p / later_words);
-      const int64_t w = b + 1 + p % later_words;
-      const unsigned long long bits = mask[(row0 + kept_rows[k]) * col_blocks + w];
-      if (bits != 0) atomicOr(&removed[w], bits);
+    // Prefetch the next diagonal words, then OR the kept rows into the later `removed` words,
+    // four independent loads in flight per thread.
+    if (threadIdx.x < 32 && b + 1 < col_blocks) {
+      const int r0 = row0 + kBlockBits;
+      next_lo = r0 + lane < n ? mask[static_cast<int64_t>(r0 + lane) * col_blocks + b + 1] : 0ULL;
+      next_hi = r0 + lane + 32 < n
+                    ? mask[static_cast<int64_t>(r0 + lane + 32) * col_blocks + b + 1] : 0ULL;
+    }
+    const int later_words = col_blocks - b - 1;
+    const int total = num_kept * later_words;
+    for (int p0 = threadIdx.x; p0 < total; p0 += 4 * kReduceThreads) {
+      unsigned long long bits[4];
+      int word[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int p = p0 + u * kReduceThreads;
+        bits[u] = 0;
+        word[u] = 0;
+        if (p < total) {
+          const int k = p / later_words;
+          word[u] = b + 1 + (p - k * later_words);
+          bits[u] = mask[static_cast<int64_t>(row0 + kept_rows[k]) * col_blocks + word[u]];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (bits[u] != 0) atomicOr(&removed[word[u]], bits[u]);
     }
     __syncthreads();
   }
@@ -132,6 +157,7 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
 
   const int64_t col_blocks = ceil_div(n, kBlockBits);
   TORCH_CHECK(col_blocks <= 65535, op, ": at most ", 65535 * kBlockBits, " boxes, got ", n);
+  TORCH_CHECK(n * col_blocks < (int64_t(1) << 31), op, ": too many boxes (", n, ") for the mask");
   const size_t removed_bytes = col_blocks * sizeof(unsigned long long);
   TORCH_CHECK(removed_bytes <= 200 * 1024, op, ": too many boxes for the single-block reduction (",
               n, ")");
@@ -153,7 +179,7 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
                                         static_cast<int>(removed_bytes)));
   }
   nms_reduce_kernel<<<1, kReduceThreads, removed_bytes, stream>>>(
-      n, col_blocks, reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()),
+      static_cast<int>(n), static_cast<int>(col_blocks), reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()),
       keep_sorted.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // The one host synchronisation: the number of kept boxes.
