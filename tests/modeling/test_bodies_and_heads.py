@@ -106,6 +106,9 @@ def test_roi_transform_routes_rois_to_their_fpn_level():
         torch.testing.assert_close(out[i:i + 1], ref)
     single = RoIFeatureTransform("RoIPoolF", 3, 0, 1 / 4.)
     torch.testing.assert_close(single(feats[0], rois), ops.roi_pool(feats[0], rois, (3, 3), 1 / 4.))
+    crop = RoIFeatureTransform("RoICrop", 3, 0, 1 / 4., crop_resize_with_max_pool=True)
+    torch.testing.assert_close(crop(feats[0], rois),
+                               ops.roi_crop(feats[0], rois, (3, 3), 1 / 4., max_pool=True))
     with pytest.raises(ValueError, match="ROI_XFORM_METHOD"):
         RoIFeatureTransform("RoIWarp", 7, 0, 1 / 16.)
 

@@ -386,6 +386,18 @@ def test_caffe_converted_pth_backbone(tmp_path):
     torch.testing.assert_close(aff(x), bn_ref, rtol=1e-5, atol=1e-5)
 
 
+def test_fixed_upsampling_kernels_are_optional(tmp_path):
+    model = build("configs/baselines/e2e_keypoint_rcnn_R-50-FPN_1x.yaml")
+    blobs = random_blobs(keypoint_r50_fpn())
+    kernel = model.Keypoint_Outs.upsample.weight.detach().clone()
+    del blobs["kps_score_w"], blobs["kps_score_b"]  # a file without the frozen bilinear blobs
+    path = tmp_path / "kps.pkl"
+    write_detectron_file(path, blobs, momentum=False)
+    report = load_detectron_weight(model, str(path))
+    assert sorted(report.skipped) == ["Keypoint_Outs.upsample.bias", "Keypoint_Outs.upsample.weight"]
+    assert torch.equal(model.Keypoint_Outs.upsample.weight, kernel)
+
+
 def test_shape_mismatch_and_skip_class_heads(tmp_path):
     model = build("configs/baselines/e2e_faster_rcnn_R-50-C4_1x.yaml")
     shapes = faster_r50_c4()

@@ -208,11 +208,11 @@ class Generalized_RCNN(nn.Module):
         return self.Keypoint_Outs(self.Keypoint_Head(blob_conv, rois))
 
     @torch.no_grad()
-    def detect(self, data, im_info, im_sizes=None):
+    def detect(self, data, im_info, im_sizes=None, rois=None):
         """The whole test path on the device: see ``postprocess.detect``."""
         if self.training:
             raise RuntimeError("detect() needs model.eval()")
-        return postprocess.detect(self, data, im_info, im_sizes)
+        return postprocess.detect(self, data, im_info, im_sizes, rois)
 
     # ------------------------------------------------------------------------------------------ #
     # Detectron weights

@@ -123,16 +123,18 @@ def _rois_for_detections(results, im_info):
     return torch.cat(rois, dim=0)
 
 
-def detect(model, data, im_info, im_sizes=None):
+def detect(model, data, im_info, im_sizes=None, rois=None):
     """Run ``model`` (a Generalized_RCNN in eval mode) and post-process on the device.
 
+    ``im_sizes`` (N, 2): each original image's (height, width), to clip the boxes (default: the
+    blob size / im_scale); ``rois``: the proposals of a model without RPN (Fast R-CNN).
     Returns one dict per image: 'boxes' (D, 4) in original image coordinates, 'scores' (D,),
     'classes' (D,); with masks, 'masks' (D, M, M) probabilities of each detection's class; with
     keypoints, 'keypoint_heatmaps' (D, K, Hk, Wk) scores.
     """
     p = model.postprocess_params
     im_info = torch.as_tensor(im_info, dtype=torch.float32, device=data.device)
-    out = model(data, im_info)
+    out = model(data, im_info, rois=rois)
     if model.rpn_only:
         raise RuntimeError("detect(): an RPN-only model has no detections; use model(...)['rois']")
     num_images = data.shape[0]

@@ -174,19 +174,17 @@ class fpn_rpn_outputs(_ProposalsMixin, nn.Module):
 
 
 def generic_rpn_outputs(dim_in, spatial_scale):
-    """The RPN of the global cfg: FPN (``FPN.FPN_ON`` and ``FPN.MULTILEVEL_RPN``) or single scale."""
+    """The RPN of the global cfg for a body with this output: the FPN RPN on a pyramid (a list of
+    spatial scales; Detectron's FPN.FPN_ON path), the single-scale RPN on one feature map."""
     from pydetectron.core.config import cfg
     dim_out = None if cfg.RPN.OUT_DIM_AS_IN_DIM else cfg.RPN.OUT_DIM
     common = dict(dim_out=dim_out, cls_activation=cfg.RPN.CLS_ACTIVATION,
                   train_params=ProposalParams.from_cfg("TRAIN"),
                   test_params=ProposalParams.from_cfg("TEST"), bbox_xform_clip=cfg.BBOX_XFORM_CLIP)
-    if cfg.FPN.FPN_ON and cfg.FPN.MULTILEVEL_RPN:
+    if isinstance(spatial_scale, (list, tuple)):
         k_min, k_max = cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL
         return fpn_rpn_outputs(dim_in, spatial_scale[:k_max - k_min + 1], k_min, k_max,
                                cfg.FPN.RPN_ANCHOR_START_SIZE, cfg.FPN.RPN_ASPECT_RATIOS,
                                collect_scale=cfg.FPN.RPN_COLLECT_SCALE, **common)
-    if isinstance(spatial_scale, (list, tuple)):
-        raise ValueError("a single-scale RPN needs one feature map; the body gives %d levels "
-                         "(set FPN.MULTILEVEL_RPN for an FPN RPN)" % len(spatial_scale))
     return single_scale_rpn_outputs(dim_in, spatial_scale, cfg.RPN.SIZES, cfg.RPN.ASPECT_RATIOS,
                                     **common)

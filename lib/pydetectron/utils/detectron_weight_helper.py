@@ -176,8 +176,9 @@ def load_detectron_weight(model, path, skip_class_heads=False, blob_filter=None)
     """Load the Detectron weights file ``path`` into ``model`` (any module with a
     ``detectron_weight_mapping()``). Returns a ``LoadReport``.
 
-    Every parameter (and persistent buffer) must find its blob with the same shape; a missing blob
-    or a shape mismatch raises one ``ValueError`` listing each blob, parameter and both shapes.
+    Every parameter must find its blob with the same shape; a missing blob or a shape mismatch
+    raises one ``ValueError`` listing each blob, parameter and both shapes. Persistent buffers (the
+    fixed bilinear upsampling kernels) load when the file has them and keep their value otherwise.
     ``skip_class_heads=True`` leaves the class-dependent layers (``CLASS_HEAD_BLOBS``) at their
     initialisation, for fine-tuning on another number of classes. ``blob_filter(blob) -> bool``
     restricts loading to the parameters whose blob it accepts (e.g. the backbone, for ImageNet
@@ -201,6 +202,11 @@ def load_detectron_blobs(model, blobs, source="<blobs>", skip_class_heads=False,
             skipped.append(name)
             continue
         src = _source_name(blob, blobs)
+        if src is None and not isinstance(tensor, torch.nn.Parameter):
+            # A fixed buffer (the bilinear upsampling kernels): Detectron files carry it as a
+            # blob, but nothing is lost when one lacks it.
+            skipped.append(name)
+            continue
         if src is None:
             problems.append("blob %s (for parameter %s, shape %s) is missing from the file"
                             % (blob, name, tuple(tensor.shape)))

@@ -1,0 +1,57 @@
+"""The model on a CUDA device gives what it gives on the CPU (same weights, same image).
+
+Runs only where CUDA and the CUDA build of the extension exist (``cuda`` marker).
+"""
+import copy
+import os
+
+import pytest
+import torch
+
+from pydetectron.core.config import (
+    assert_and_infer_cfg, merge_cfg_from_file, merge_cfg_from_list, reset_cfg)
+from pydetectron.modeling.model_builder import Generalized_RCNN
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def build(config):
+    reset_cfg()
+    try:
+        merge_cfg_from_file(os.path.join(ROOT, config))
+        merge_cfg_from_list(["MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS", False,
+                             "TEST.RPN_PRE_NMS_TOP_N", 200, "TEST.RPN_POST_NMS_TOP_N", 20,
+                             "TEST.DETECTIONS_PER_IM", 10, "TEST.SCORE_THRESH", 0.0])
+        assert_and_infer_cfg()
+        torch.manual_seed(0)
+        return Generalized_RCNN().eval()
+    finally:
+        reset_cfg()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("config", ["configs/baselines/e2e_mask_rcnn_R-50-C4_1x.yaml",
+                                    "configs/baselines/e2e_keypoint_rcnn_R-50-FPN_1x.yaml",
+                                    "configs/gn_baselines/e2e_mask_rcnn_R-50-FPN_2x_gn.yaml"])
+def test_cuda_matches_cpu(config):
+    torch.backends.cudnn.allow_tf32 = False  # compare float32 with float32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cpu = build(config)
+    gpu = copy.deepcopy(cpu).cuda()
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(2, 3, 128, 160, generator=g) * 5.  # no saturated (tied) RPN scores
+    im_info = torch.tensor([[128., 160., 1.], [128., 150., 2.]])
+    with torch.no_grad():
+        out_c = cpu(data, im_info)
+        out_g = gpu(data.cuda(), im_info.cuda())
+        close = dict(rtol=1e-3, atol=1e-2)
+        for key in ("rois", "cls_score", "bbox_pred"):
+            assert out_g[key].is_cuda
+            torch.testing.assert_close(out_g[key].cpu(), out_c[key], **close)
+        det_c = cpu.detect(data, im_info)
+        det_g = gpu.detect(data.cuda(), im_info.cuda())
+    for dc, dg in zip(det_c, det_g):
+        assert dc["boxes"].shape[0] > 0
+        for key in dc:
+            assert dg[key].device.type == "cuda"
+            torch.testing.assert_close(dg[key].cpu(), dc[key], **close)
