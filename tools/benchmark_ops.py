@@ -180,6 +180,16 @@ def bench_cuda(args):
     add("soft_nms 1000 linear", time_cuda(lambda: ops.soft_nms(b1k, s1k), warmup=3, reps=10),
         time_cuda(lambda: ops.soft_nms(b1k.cpu(), s1k.cpu()), warmup=1, reps=5),
         "ref = our CPU kernel (host clock incl.)")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        for name, fn in (("nms", lambda: ops.nms(boxes, scores, 0.7)), ("roi_align fwd+bwd", fwd_bwd)):
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    fn()
+                torch.cuda.synchronize()
+            print("\n-- %s: GPU time by kernel (5 calls)" % name)
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8,
+                                            max_name_column_width=60))
     return rows, {"torchvision": tv, "gpu": torch.cuda.get_device_name()}
 
 
@@ -210,6 +220,8 @@ def main():
     parser.add_argument("--device", choices=["cuda", "cpu"],
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument("--profile", action="store_true",
+                        help="(cuda) also print the GPU time of each kernel of nms and roi_align")
     args = parser.parse_args()
     if not ops.extension_available():
         sys.exit("pydetectron._C is not built: run `bash make.sh`")

@@ -53,6 +53,6 @@ done
 grep -E "^(FAILED|ERROR)|Fatal|Error" "$OUT/pytest.log" | head -n 30
 
 echo "== benchmark"
-"$PY" tools/benchmark_ops.py --device cuda --out "$OUT/bench_cuda.json" 2>&1 \
+"$PY" tools/benchmark_ops.py --device cuda --profile --out "$OUT/bench_cuda.json" 2>&1 \
     | tee "$OUT/bench.log"
 exit "$test_rc"
