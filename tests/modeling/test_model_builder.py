@@ -91,6 +91,8 @@ def test_batch_equals_images_one_at_a_time():
     with torch.no_grad():
         both = model(data, im_info)
         dets = model.detect(data, im_info)
+        body = model.conv_body_only(data)
+        assert len(body) == 4 and all(torch.equal(a, b) for a, b in zip(body, both["blob_conv"]))
         for i in range(2):
             one = model(data[i:i + 1], im_info[i:i + 1])
             sel = both["rois"][:, 0] == i

@@ -18,7 +18,8 @@ Inference (``model.eval()``, under ``torch.no_grad()``): ``model(data, im_info)`
 or, for MODEL.RPN_ONLY, 'rois' and 'rpn_roi_probs' (R,). Without an RPN (MODEL.FASTER_RCNN False:
 Fast R-CNN on precomputed proposals) pass the proposals as ``rois`` (R, 5).
 ``mask_net(blob_conv, rois)`` -> (R, C, M, M) mask probabilities; ``keypoint_net(blob_conv, rois)``
--> (R, K, Hk, Wk) heatmap scores; ``detect(data, im_info)`` runs the whole test path on the device.
+-> (R, K, Hk, Wk) heatmap scores; ``conv_body_only(data)`` -> 'blob_conv' alone;
+``detect(data, im_info)`` runs the whole test path on the device.
 
 Training (``model.train()``): the body and the RPN run here (proposals with TRAIN.* settings,
 collected per minibatch for FPN); targets and losses are added by ``training_losses`` (issue 6).
@@ -183,6 +184,11 @@ class Generalized_RCNN(nn.Module):
         raise NotImplementedError(
             "Generalized_RCNN training targets and losses are not implemented yet (issue 6); "
             "use model.eval() for inference")
+
+    def conv_body_only(self, data):
+        """The body's features the RoI heads use (``forward``'s 'blob_conv'), without the RPN and
+        heads (Detectron's ``conv_body_net``: test-time augmentation of masks and keypoints)."""
+        return self._roi_levels(self.Conv_Body(data))
 
     # ------------------------------------------------------------------------------------------ #
     # Mask and keypoint branches (inference cascade: run on the detections)
