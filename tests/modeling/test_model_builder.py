@@ -55,7 +55,8 @@ def test_config_builds_and_runs_inference(config):
     rois = out["rois"]
     assert rois.dim() == 2 and rois.shape[1] == 5 and 0 < rois.shape[0] <= 4
     assert torch.all(rois[:, 0] == 0)
-    assert torch.all(rois[:, 1:3] >= 0) and torch.all(rois[:, 3] <= w - 1) and torch.all(rois[:, 4] <= h - 1)
+    assert torch.all(rois[:, 1:3] >= 0)
+    assert torch.all(rois[:, 3] <= w - 1) and torch.all(rois[:, 4] <= h - 1)
     c = cfg.MODEL.NUM_CLASSES
     assert out["cls_score"].shape == (rois.shape[0], c)
     torch.testing.assert_close(out["cls_score"].sum(1), torch.ones(rois.shape[0]))

@@ -313,9 +313,11 @@ def test_flat_dict_imagenet_file_loads_the_backbone_only(tmp_path):
     report = load_pretrained_imagenet_weights(model, str(path))
     assert report.unused_blobs == []
     # the C4 box head's res5 (and the mask head sharing it) come from the ImageNet res5
-    assert torch.equal(model.Box_Head.res5[2].branch2c.weight, torch.from_numpy(blobs["res5_2_branch2c_w"]))
+    assert torch.equal(model.Box_Head.res5[2].branch2c.weight,
+                       torch.from_numpy(blobs["res5_2_branch2c_w"]))
     assert model.Mask_Head.res5 is model.Box_Head.res5
-    assert torch.equal(model.Conv_Body.res1.conv1_norm.weight, torch.from_numpy(blobs["res_conv1_bn_s"]))
+    assert torch.equal(model.Conv_Body.res1.conv1_norm.weight,
+                       torch.from_numpy(blobs["res_conv1_bn_s"]))
     assert torch.equal(model.Box_Outs.cls_score.weight, head_before)  # heads keep their init
     # a backbone blob missing from the file is an error naming it
     del blobs["res4_5_branch2b_w"]

@@ -85,7 +85,10 @@ def stage_blob_prefix(stage, index, prefix="res"):
 
 
 class ResNetStem(nn.Module):
-    """conv1 7x7/2 -> AffineChannel or GroupNorm -> ReLU -> max pool 3x3/2: (N, 3, H, W) -> (N, 64, H/4, W/4)."""
+    """conv1 7x7/2 -> AffineChannel or GroupNorm -> ReLU -> max pool 3x3/2.
+
+    (N, 3, H, W) -> (N, 64, H/4, W/4).
+    """
 
     dim_out = 64
 
@@ -150,7 +153,8 @@ class ResidualBlock(nn.Module):
 
 
 class ResStage(nn.Sequential):
-    """``n`` residual blocks ``<prefix><stage>_0 .. _<n-1>``; only a width-changing first block strides."""
+    """``n`` residual blocks ``<prefix><stage>_0 .. _<n-1>``; only a width-changing first block
+    strides."""
 
     def __init__(self, stage, n, dim_in, dim_out, dim_inner, dilation, spec, stride_init=2,
                  prefix="res"):

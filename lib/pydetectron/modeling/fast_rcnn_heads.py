@@ -24,7 +24,8 @@ __all__ = ["fast_rcnn_outputs", "roi_2mlp_head", "roi_Xconv1fc_head", "roi_Xconv
 
 
 class fast_rcnn_outputs(nn.Module):
-    """(R, dim_in[, 1, 1]) -> cls_score (R, K) (softmax probabilities in eval mode), bbox_pred (R, 4K)."""
+    """(R, dim_in[, 1, 1]) -> cls_score (R, K) (softmax probabilities in eval mode),
+    bbox_pred (R, 4K)."""
 
     def __init__(self, dim_in, num_classes, cls_agnostic_bbox_reg=False):
         super().__init__()

@@ -195,7 +195,8 @@ class Generalized_RCNN(nn.Module):
     # ------------------------------------------------------------------------------------------ #
 
     def mask_net(self, blob_conv, rois):
-        """(R, C, M, M) mask probabilities for ``rois`` (R, 5) in blob scale (C = 1 if class-agnostic)."""
+        """(R, C, M, M) mask probabilities for ``rois`` (R, 5) in blob scale (C = 1 when the masks
+        are class-agnostic)."""
         if self.Mask_Head is None:
             raise RuntimeError("mask_net: this model has no mask head (MODEL.MASK_ON is False)")
         if rois.shape[0] == 0:

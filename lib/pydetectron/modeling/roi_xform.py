@@ -3,8 +3,8 @@
 Detectron's ``DetectionModelHelper.RoIFeatureTransform``: ``method`` is ``RoIPoolF`` (RoI max
 pooling), ``RoIAlign`` (without the half-pixel shift, ``aligned=False``) or ``RoICrop``
 (Detectron.pytorch's crop-and-resize through a sampling grid). With a pyramid, each RoI is pooled
-from the level ``pydetectron.ops.map_rois_to_fpn_levels`` gives it (Detectron's FPN distribute step), and the
-pooled features come back in the order of the input RoIs.
+from the level ``pydetectron.ops.map_rois_to_fpn_levels`` gives it (Detectron's FPN distribute
+step), and the pooled features come back in the order of the input RoIs.
 
 Shapes: rois (R, 5) = (batch index, x1, y1, x2, y2) in the input-blob scale;
 output (R, C, resolution, resolution).
@@ -54,7 +54,8 @@ class RoIFeatureTransform(nn.Module):
 
     @classmethod
     def from_cfg(cls, prefix, spatial_scale):
-        """Build from ``cfg.<prefix>.ROI_XFORM_*`` (prefix: FAST_RCNN, MRCNN or KRCNN) and the FPN keys."""
+        """Build from ``cfg.<prefix>.ROI_XFORM_*`` (prefix: FAST_RCNN, MRCNN or KRCNN) and the FPN
+        keys."""
         from pydetectron.core.config import cfg
         c = cfg[prefix]
         return cls(c.ROI_XFORM_METHOD, c.ROI_XFORM_RESOLUTION, c.ROI_XFORM_SAMPLING_RATIO,

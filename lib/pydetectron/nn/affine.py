@@ -12,7 +12,10 @@ __all__ = ["AffineChannel2d", "freeze_affine_channels"]
 
 
 class AffineChannel2d(nn.Module):
-    """y[n, c, h, w] = x[n, c, h, w] * weight[c] + bias[c]  (weight = Detectron's ``_s``, bias ``_b``)."""
+    """y[n, c, h, w] = x[n, c, h, w] * weight[c] + bias[c]
+
+    (weight is Detectron's ``<name>_s`` blob, bias its ``<name>_b``).
+    """
 
     def __init__(self, num_features):
         super().__init__()

@@ -30,7 +30,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = ["UnsafePickleError", "SafeUnpickler", "load_detectron_pkl", "load_detectron_weight",
-           "save_detectron_weight", "load_detectron_blobs", "detectron_blobs_of", "LoadReport", "CLASS_HEAD_BLOBS"]
+           "save_detectron_weight", "load_detectron_blobs", "detectron_blobs_of", "LoadReport",
+           "CLASS_HEAD_BLOBS"]
 
 # Blobs whose shape depends on the number of classes (or keypoints): skipped on request when
 # fine-tuning a trained model on another dataset.
