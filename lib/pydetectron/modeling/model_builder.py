@@ -22,7 +22,7 @@ Fast R-CNN on precomputed proposals) pass the proposals as ``rois`` (R, 5).
 ``detect(data, im_info)`` runs the whole test path on the device.
 
 Training (``model.train()``): the body and the RPN run here (proposals with TRAIN.* settings,
-collected per minibatch for FPN); targets and losses are added by ``training_losses`` (issue 6).
+collected per minibatch for FPN); ``training_losses`` adds the targets and losses (``modeling.losses``).
 """
 import logging
 
@@ -171,19 +171,19 @@ class Generalized_RCNN(nn.Module):
         return self.training_losses(self._roi_levels(blob_conv), rpn_ret, im_info, roidb, rois)
 
     def training_losses(self, blob_conv, rpn_ret, im_info, roidb, rois=None):
-        """Hook for the training targets and losses (issue 6).
+        """Detectron's training targets and losses on the device (``modeling.losses``).
 
-        Receives what the forward pass computed on the device: ``blob_conv`` (the RoI levels),
-        ``rpn_ret`` (``rpn_cls_logits`` / ``rpn_bbox_pred`` -- per-level lists, finest first, for
-        FPN -- and, for Faster R-CNN, ``rpn_rois`` (R, 5) / ``rpn_roi_probs``), ``im_info`` and the
-        collated ``roidb``. It must return ``{'losses': {...}, 'metrics': {...}}`` with
-        Detectron's names. The heads take any (R, 5) rois: ``Box_Head(blob_conv, rois)``;
-        with MODEL.SHARE_RES5, ``Box_Head.forward_res5`` and ``Mask_Head.forward_from_res5``
-        share the res5 computation as Detectron does.
+        Receives what the forward pass computed: ``blob_conv`` (the RoI levels), ``rpn_ret``
+        (``rpn_cls_logits`` / ``rpn_bbox_pred`` -- per-level lists, finest first, for FPN -- and,
+        for Faster R-CNN, ``rpn_rois`` (R, 5) / ``rpn_roi_probs``), ``im_info`` and the collated
+        ``roidb``. Returns ``{'losses': {...}, 'metrics': {...}}`` with Detectron's names. The
+        fg/bg subsampling draws from ``self.target_generator`` when set (a ``torch.Generator`` on
+        the model's device), else from torch's global RNG.
         """
-        raise NotImplementedError(
-            "Generalized_RCNN training targets and losses are not implemented yet (issue 6); "
-            "use model.eval() for inference")
+        from pydetectron.modeling import losses
+        return losses.generalized_rcnn_losses(
+            self, blob_conv, rpn_ret, im_info, roidb, rois,
+            generator=getattr(self, "target_generator", None))
 
     def conv_body_only(self, data):
         """The body's features the RoI heads use (``forward``'s 'blob_conv'), without the RPN and
