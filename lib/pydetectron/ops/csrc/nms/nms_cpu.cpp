@@ -81,7 +81,7 @@ at::Tensor nms_kernel(const at::Tensor& boxes, const at::Tensor& scores, const a
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
   check_boxes_and_scores(boxes, scores, "nms");
-  TORCH_CHECK(boxes.device().is_cpu(), "nms: the CPU kernel got `boxes` on ", boxes.device());
+  PYDET_CHECK(boxes.device().is_cpu(), "nms: the CPU kernel got `boxes` on ", boxes.device());
   if (boxes.size(0) == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   at::Tensor keep;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "nms_cpu", [&] {
@@ -94,7 +94,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
                            const at::Tensor& idxs, double iou_threshold) {
   check_boxes_and_scores(boxes, scores, "batched_nms");
   check_idxs(boxes, idxs, "batched_nms");
-  TORCH_CHECK(boxes.device().is_cpu(), "batched_nms: the CPU kernel got `boxes` on ",
+  PYDET_CHECK(boxes.device().is_cpu(), "batched_nms: the CPU kernel got `boxes` on ",
               boxes.device());
   if (boxes.size(0) == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   at::Tensor keep;

@@ -3,9 +3,10 @@
 //   1. Sort by score (torch's stable sort, descending: ties keep the lower index first).
 //   2. Mask kernel: for the sorted boxes, bit j of mask[i][j / 64] says "box j (j > i) has
 //      IoU >= threshold with box i" (same class for batched_nms), in 64-box column blocks.
+//      The mask kernel also marks, per row, which column blocks hold a nonzero word.
 //   3. Reduce kernel, a single block: walking the column blocks in order, one warp resolves the
 //      64 boxes of block b from their diagonal words (a box is kept when no kept box before it
-//      removes it), then all threads OR the rows of the block's kept boxes into the shared
+//      removes it), then all threads OR the nonzero words of the kept boxes' rows into the shared
 //      `removed` bit set. Nothing leaves the GPU until the final compaction of the kept flags.
 #include <ATen/Dispatch.h>
 
@@ -20,9 +21,11 @@ constexpr int kBlockBits = 64;          // boxes per column block (bits of a mas
 constexpr int kReduceThreads = 1024;
 
 template <typename T>
-__global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, T threshold,
-                                const T* __restrict__ boxes, const int64_t* __restrict__ classes,
-                                unsigned long long* __restrict__ mask) {
+__global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, int64_t summary_words,
+                                T threshold, const T* __restrict__ boxes,
+                                const int64_t* __restrict__ classes,
+                                unsigned long long* __restrict__ mask,
+                                unsigned long long* __restrict__ summary) {
   const int64_t row_block = blockIdx.y;
   const int64_t col_block = blockIdx.x;
   if (row_block > col_block) return;  // only the upper triangle is ever read
@@ -57,15 +60,19 @@ __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, T threshold,
     if (iou >= threshold) bits |= 1ULL << j;  // Detectron suppresses at IoU >= threshold
   }
   mask[i * col_blocks + col_block] = bits;
+  // Row summary: which column blocks of row i hold a nonzero word (most do not: a box overlaps
+  // few others), so the reduction reads only those.
+  if (bits != 0)
+    atomicOr(&summary[i * summary_words + col_block / 64], 1ULL << (col_block % 64));
 }
 
 __global__ void __launch_bounds__(kReduceThreads)
-    nms_reduce_kernel(int n, int col_blocks, const unsigned long long* __restrict__ mask,
-                      bool* __restrict__ keep) {
+    nms_reduce_kernel(int n, int col_blocks, int summary_words,
+                      const unsigned long long* __restrict__ mask,
+                      const unsigned long long* __restrict__ summary, bool* __restrict__ keep) {
   extern __shared__ unsigned long long removed[];  // col_blocks words
   __shared__ unsigned long long diag[kBlockBits];
-  __shared__ int kept_rows[kBlockBits];
-  __shared__ int num_kept;
+  __shared__ unsigned long long kept_bits;
   for (int w = threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] = 0;
 
   const int lane = threadIdx.x & 31;
@@ -82,60 +89,55 @@ __global__ void __launch_bounds__(kReduceThreads)
     const int row0 = b * kBlockBits;
     const int block_size = min(n - row0, kBlockBits);
     if (threadIdx.x < 32) {
-      // Warp 0 resolves block b: a box is kept when no kept box before it removes it.
+      // Warp 0 resolves block b. Only boxes whose diagonal word is nonzero can remove a box of
+      // this block, so lane 0 walks just those, in score order, skipping the removed ones.
       diag[lane] = next_lo;
       diag[lane + 32] = next_hi;
+      const unsigned long long nz =
+          static_cast<unsigned long long>(__ballot_sync(0xffffffffu, next_lo != 0)) |
+          (static_cast<unsigned long long>(__ballot_sync(0xffffffffu, next_hi != 0)) << 32);
       __syncwarp();
       if (lane == 0) {
         const unsigned long long valid =
             block_size == kBlockBits ? ~0ULL : ((1ULL << block_size) - 1ULL);
         unsigned long long rem = removed[b];
-        unsigned long long kept = 0;
-        int count = 0;
-        unsigned long long cand = ~rem & valid;
-        while (cand != 0) {
-          const int r = __ffsll(static_cast<long long>(cand)) - 1;
-          kept |= 1ULL << r;
-          kept_rows[count++] = r;
-          rem |= diag[r];
+        unsigned long long todo = nz & ~rem & valid;
+        while (todo != 0) {
+          const int r = __ffsll(static_cast<long long>(todo)) - 1;
+          rem |= diag[r];  // box r is kept: remove its later neighbours in this block
           const unsigned long long later = r == kBlockBits - 1 ? 0ULL : (~0ULL << (r + 1));
-          cand = ~rem & valid & later;
+          todo &= ~rem & later;
         }
-        num_kept = count;
-        diag[0] = kept;  // hand the kept bits to the warp
+        kept_bits = ~rem & valid;
       }
       __syncwarp();
-      const unsigned long long kept = diag[0];
+      const unsigned long long kept = kept_bits;
       for (int r = lane; r < block_size; r += 32) keep[row0 + r] = (kept >> r) & 1ULL;
     }
     __syncthreads();
-    // Prefetch the next diagonal words, then OR the kept rows into the later `removed` words,
-    // four independent loads in flight per thread.
     if (threadIdx.x < 32 && b + 1 < col_blocks) {
       const int r0 = row0 + kBlockBits;
       next_lo = r0 + lane < n ? mask[static_cast<int64_t>(r0 + lane) * col_blocks + b + 1] : 0ULL;
       next_hi = r0 + lane + 32 < n
                     ? mask[static_cast<int64_t>(r0 + lane + 32) * col_blocks + b + 1] : 0ULL;
     }
-    const int later_words = col_blocks - b - 1;
-    const int total = num_kept * later_words;
-    for (int p0 = threadIdx.x; p0 < total; p0 += 4 * kReduceThreads) {
-      unsigned long long bits[4];
-      int word[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int p = p0 + u * kReduceThreads;
-        bits[u] = 0;
-        word[u] = 0;
-        if (p < total) {
-          const int k = p / later_words;
-          word[u] = b + 1 + (p - k * later_words);
-          bits[u] = mask[static_cast<int64_t>(row0 + kept_rows[k]) * col_blocks + word[u]];
-        }
+    // OR the rows of the kept boxes into the later words of `removed`, visiting only the words
+    // their row summaries mark nonzero. Work item = (row of block b, summary word).
+    const unsigned long long kept = kept_bits;
+    const int first_q = (b + 1) / 64;
+    const int items = kBlockBits * (summary_words - first_q);
+    for (int it = threadIdx.x; it < items; it += blockDim.x) {
+      const int r = it % kBlockBits;
+      const int q = first_q + it / kBlockBits;
+      if (!((kept >> r) & 1ULL)) continue;
+      const int64_t row = row0 + r;
+      unsigned long long words = summary[row * summary_words + q];
+      if (q == first_q) words &= ~0ULL << ((b + 1) % 64);  // only the blocks after b
+      while (words != 0) {
+        const int w = q * 64 + __ffsll(static_cast<long long>(words)) - 1;
+        words &= words - 1;
+        atomicOr(&removed[w], mask[row * col_blocks + w]);
       }
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (bits[u] != 0) atomicOr(&removed[word[u]], bits[u]);
     }
     __syncthreads();
   }
@@ -143,7 +145,7 @@ __global__ void __launch_bounds__(kReduceThreads)
 
 at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
                          double iou_threshold, const char* op) {
-  TORCH_CHECK(boxes.is_cuda(), op, ": the CUDA kernel got `boxes` on ", boxes.device());
+  PYDET_CHECK(boxes.is_cuda(), op, ": the CUDA kernel got `boxes` on ", boxes.device());
   c10::cuda::CUDAGuard device_guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
@@ -156,21 +158,25 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   if (idxs != nullptr) sorted_classes = idxs->to(at::kLong).index_select(0, order).contiguous();
 
   const int64_t col_blocks = ceil_div(n, kBlockBits);
-  TORCH_CHECK(col_blocks <= 65535, op, ": at most ", 65535 * kBlockBits, " boxes, got ", n);
-  TORCH_CHECK(n * col_blocks < (int64_t(1) << 31), op, ": too many boxes (", n, ") for the mask");
+  PYDET_CHECK(col_blocks <= 65535, op, ": at most ", 65535 * kBlockBits, " boxes, got ", n);
+  PYDET_CHECK(n * col_blocks < (int64_t(1) << 31), op, ": too many boxes (", n, ") for the mask");
   const size_t removed_bytes = col_blocks * sizeof(unsigned long long);
-  TORCH_CHECK(removed_bytes <= 200 * 1024, op, ": too many boxes for the single-block reduction (",
+  PYDET_CHECK(removed_bytes <= 200 * 1024, op, ": too many boxes for the single-block reduction (",
               n, ")");
   auto mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
+  const int64_t summary_words = ceil_div(col_blocks, 64);
+  auto summary = at::zeros({n * summary_words}, boxes.options().dtype(at::kLong));
   auto keep_sorted = at::empty({n}, boxes.options().dtype(at::kBool));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES(acc, "nms_cuda", [&] {
     const dim3 grid(col_blocks, col_blocks);
     nms_mask_kernel<scalar_t><<<grid, kBlockBits, 0, stream>>>(
-        n, col_blocks, static_cast<scalar_t>(iou_threshold), sorted_boxes.data_ptr<scalar_t>(),
+        n, col_blocks, summary_words, static_cast<scalar_t>(iou_threshold),
+        sorted_boxes.data_ptr<scalar_t>(),
         idxs != nullptr ? sorted_classes.data_ptr<int64_t>() : nullptr,
-        reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
+        reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()),
+        reinterpret_cast<unsigned long long*>(summary.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (removed_bytes > 48 * 1024) {
@@ -179,7 +185,9 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
                                         static_cast<int>(removed_bytes)));
   }
   nms_reduce_kernel<<<1, kReduceThreads, removed_bytes, stream>>>(
-      static_cast<int>(n), static_cast<int>(col_blocks), reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()),
+      static_cast<int>(n), static_cast<int>(col_blocks), static_cast<int>(summary_words),
+      reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()),
+      reinterpret_cast<const unsigned long long*>(summary.data_ptr<int64_t>()),
       keep_sorted.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // The one host synchronisation: the number of kept boxes.

@@ -147,7 +147,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   constexpr const char* op = "roi_align";
   check_features_and_rois(input, rois, op);
   check_pooled_size(pooled_height, pooled_width, op);
-  TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got `input` on ", input.device());
+  PYDET_CHECK(input.device().is_cpu(), op, ": the CPU kernel got `input` on ", input.device());
 
   const int64_t num_rois = rois.size(0);
   const int64_t channels = input.size(1), height = input.size(2), width = input.size(3);
@@ -179,8 +179,8 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   check_floating(grad, op, "grad");
   check_floating(rois, op, "rois");
   check_same_device(grad, "grad", rois, op, "rois");
-  TORCH_CHECK(grad.device().is_cpu(), op, ": the CPU kernel got `grad` on ", grad.device());
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+  PYDET_CHECK(grad.device().is_cpu(), op, ": the CPU kernel got `grad` on ", grad.device());
+  PYDET_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,
               op, ": `grad` must have shape (K, C, PH, PW) = (", rois.size(0), ", ", channels,
               ", ", pooled_height, ", ", pooled_width, "), got ", grad.sizes());

@@ -236,7 +236,7 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
   constexpr const char* op = "roi_align";
   check_features_and_rois(input, rois, op);
   check_pooled_size(pooled_height, pooled_width, op);
-  TORCH_CHECK(input.is_cuda(), op, ": the CUDA kernel got `input` on ", input.device());
+  PYDET_CHECK(input.is_cuda(), op, ": the CUDA kernel got `input` on ", input.device());
   c10::cuda::CUDAGuard device_guard(input.device());
 
   const int64_t num_rois = rois.size(0);
@@ -245,7 +245,7 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
   if (output.numel() == 0) return output;
   if (height == 0 || width == 0) return output.zero_();
 
-  TORCH_CHECK(height * width < (int64_t(1) << 31), op, ": a feature map of ", height, "x", width,
+  PYDET_CHECK(height * width < (int64_t(1) << 31), op, ": a feature map of ", height, "x", width,
               " cells is too large for the CUDA kernel (H * W must be < 2^31)");
   auto input_c = input.contiguous();
   auto rois_c = rois.to(acc_dtype(input.scalar_type())).contiguous();
@@ -273,8 +273,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   check_floating(grad, op, "grad");
   check_floating(rois, op, "rois");
   check_same_device(grad, "grad", rois, op, "rois");
-  TORCH_CHECK(grad.is_cuda(), op, ": the CUDA kernel got `grad` on ", grad.device());
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+  PYDET_CHECK(grad.is_cuda(), op, ": the CUDA kernel got `grad` on ", grad.device());
+  PYDET_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,
               op, ": `grad` must have shape (K, C, PH, PW) = (", rois.size(0), ", ", channels,
               ", ", pooled_height, ", ", pooled_width, "), got ", grad.sizes());
@@ -285,7 +285,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   const int64_t num_rois = rois.size(0);
   if (num_rois == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
 
-  TORCH_CHECK(height * width < (int64_t(1) << 31), op, ": a feature map of ", height, "x", width,
+  PYDET_CHECK(height * width < (int64_t(1) << 31), op, ": a feature map of ", height, "x", width,
               " cells is too large for the CUDA kernel (H * W must be < 2^31)");
   auto grad_c = grad.contiguous();
   auto rois_c = rois.to(acc).contiguous();

@@ -18,7 +18,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   constexpr const char* op = "roi_pool";
   check_features_and_rois(input, rois, op);
   check_pooled_size(pooled_height, pooled_width, op);
-  TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got `input` on ", input.device());
+  PYDET_CHECK(input.device().is_cpu(), op, ": the CPU kernel got `input` on ", input.device());
 
   const int64_t num_rois = rois.size(0);
   const int64_t channels = input.size(1), height = input.size(2), width = input.size(3);
@@ -78,11 +78,11 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& argma
   constexpr const char* op = "roi_pool_backward";
   check_floating(grad, op, "grad");
   check_same_device(grad, "grad", argmax, op, "argmax");
-  TORCH_CHECK(grad.device().is_cpu(), op, ": the CPU kernel got `grad` on ", grad.device());
-  TORCH_CHECK(argmax.scalar_type() == at::kLong && argmax.sizes() == grad.sizes(), op,
+  PYDET_CHECK(grad.device().is_cpu(), op, ": the CPU kernel got `grad` on ", grad.device());
+  PYDET_CHECK(argmax.scalar_type() == at::kLong && argmax.sizes() == grad.sizes(), op,
               ": `argmax` must be int64 with the shape of `grad` ", grad.sizes(), ", got ",
               argmax.scalar_type(), " ", argmax.sizes());
-  TORCH_CHECK(grad.dim() == 4 && grad.size(1) == channels, op,
+  PYDET_CHECK(grad.dim() == 4 && grad.size(1) == channels, op,
               ": `grad` must have shape (K, ", channels, ", PH, PW), got ", grad.sizes());
   const auto acc = acc_dtype(grad.scalar_type());
   auto grad_input = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc));

@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   constexpr const char* op = "roi_pool";
   check_features_and_rois(input, rois, op);
   check_pooled_size(pooled_height, pooled_width, op);
-  TORCH_CHECK(input.is_cuda(), op, ": the CUDA kernel got `input` on ", input.device());
+  PYDET_CHECK(input.is_cuda(), op, ": the CUDA kernel got `input` on ", input.device());
   c10::cuda::CUDAGuard device_guard(input.device());
 
   const int64_t num_rois = rois.size(0);
@@ -113,8 +113,8 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& argm
   constexpr const char* op = "roi_pool_backward";
   check_floating(grad, op, "grad");
   check_same_device(grad, "grad", argmax, op, "argmax");
-  TORCH_CHECK(grad.is_cuda(), op, ": the CUDA kernel got `grad` on ", grad.device());
-  TORCH_CHECK(argmax.scalar_type() == at::kLong && argmax.sizes() == grad.sizes(), op,
+  PYDET_CHECK(grad.is_cuda(), op, ": the CUDA kernel got `grad` on ", grad.device());
+  PYDET_CHECK(argmax.scalar_type() == at::kLong && argmax.sizes() == grad.sizes(), op,
               ": `argmax` must be int64 with the shape of `grad` ", grad.sizes(), ", got ",
               argmax.scalar_type(), " ", argmax.sizes());
   c10::cuda::CUDAGuard device_guard(grad.device());

@@ -70,8 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& bo
                                                             double score_thresh, int64_t method) {
   constexpr const char* op = "soft_nms";
   check_boxes_and_scores(boxes, scores, op);
-  TORCH_CHECK(boxes.device().is_cpu(), op, ": the CPU kernel got `boxes` on ", boxes.device());
-  TORCH_CHECK(method >= 0 && method <= 2, op,
+  PYDET_CHECK(boxes.device().is_cpu(), op, ": the CPU kernel got `boxes` on ", boxes.device());
+  PYDET_CHECK(method >= 0 && method <= 2, op,
               ": `method` must be 0 (hard), 1 (linear) or 2 (gaussian), got ", method);
   const int64_t n = boxes.size(0);
   const auto acc = acc_dtype(boxes.scalar_type());

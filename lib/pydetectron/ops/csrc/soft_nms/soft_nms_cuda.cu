@@ -186,10 +186,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& b
                                                              double score_thresh, int64_t method) {
   constexpr const char* op = "soft_nms";
   check_boxes_and_scores(boxes, scores, op);
-  TORCH_CHECK(boxes.is_cuda(), op, ": the CUDA kernel got `boxes` on ", boxes.device());
-  TORCH_CHECK(method >= 0 && method <= 2, op,
+  PYDET_CHECK(boxes.is_cuda(), op, ": the CUDA kernel got `boxes` on ", boxes.device());
+  PYDET_CHECK(method >= 0 && method <= 2, op,
               ": `method` must be 0 (hard), 1 (linear) or 2 (gaussian), got ", method);
-  TORCH_CHECK(boxes.size(0) < (int64_t(1) << 31), op, ": too many boxes (", boxes.size(0), ")");
+  PYDET_CHECK(boxes.size(0) < (int64_t(1) << 31), op, ": too many boxes (", boxes.size(0), ")");
   c10::cuda::CUDAGuard device_guard(boxes.device());
   const int64_t n = boxes.size(0);
   const auto acc = acc_dtype(boxes.scalar_type());
