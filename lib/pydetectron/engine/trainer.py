@@ -134,7 +134,8 @@ class Trainer:
         self.cpu_keywords = tuple(cpu_keywords)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.interrupt = GracefulInterrupt()
-        self.loss_history = []  # total loss of each finished step (tests, benchmarks)
+        # per finished step: its total loss, averaged over the step's iter_size passes
+        self.loss_history = []
         self.last_checkpoint = None
 
     # ------------------------------------------------------------------------------------------
