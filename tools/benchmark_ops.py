@@ -57,6 +57,22 @@ def time_cuda(fn, warmup=10, reps=50):
     return statistics.median(times), min(times), max(times)
 
 
+def time_cpu_pair(fn, ref, reps=5):
+    """Median milliseconds of fn() and of ref(), measured alternately (so that a load change on a
+    shared machine hits both alike)."""
+    fn(), ref()
+    ours, theirs = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ours.append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        ref()
+        theirs.append((time.perf_counter() - t) * 1e3)
+    return (statistics.median(ours), min(ours), max(ours)), (statistics.median(theirs),
+                                                             min(theirs), max(theirs))
+
+
 def time_cpu(fn, warmup=1, reps=5):
     for _ in range(warmup):
         fn()
@@ -203,16 +219,28 @@ def bench_cpu(args):
     keep, keep_ref = ops.nms(boxes, scores, 0.7), nms_torch(boxes, scores, 0.7)
     assert torch.equal(keep, keep_ref), "nms differs from the pure-PyTorch reference"
     rows = []
-    ours = time_cpu(lambda: ops.roi_align(x, rois, 7, 0.25, 2))
-    ref = time_cpu(lambda: roi_align_torch(x, rois, 7, 0.25, 2), reps=3)
+    ours, ref = time_cpu_pair(lambda: ops.roi_align(x, rois, 7, 0.25, 2),
+                              lambda: roi_align_torch(x, rois, 7, 0.25, 2), reps=7)
     rows.append({"op": "roi_align fwd (256 RoIs)", "ours_ms": ours[0], "ours_min_ms": ours[1],
                  "ref_ms": ref[0], "ratio": ours[0] / ref[0], "note": "ref: vectorised torch"})
-    ours = time_cpu(lambda: ops.nms(boxes, scores, 0.7))
-    ref = time_cpu(lambda: nms_torch(boxes, scores, 0.7), reps=3)
+    ours, ref = time_cpu_pair(lambda: ops.nms(boxes, scores, 0.7),
+                              lambda: nms_torch(boxes, scores, 0.7), reps=3)
     rows.append({"op": "nms 12000 @0.7", "ours_ms": ours[0], "ours_min_ms": ours[1],
                  "ref_ms": ref[0], "ratio": ours[0] / ref[0],
                  "note": "kept %d; ref: vectorised torch" % keep.numel()})
-    return rows, {"threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    return rows, {"threads": torch.get_num_threads(), "cpu": _cpu_name(),
+                  "load_average": os.getloadavg()}
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main():

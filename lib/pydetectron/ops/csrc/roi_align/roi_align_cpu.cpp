@@ -59,42 +59,109 @@ void compute_all_taps(const T* rois, int64_t num_rois, T spatial_scale, int pool
   });
 }
 
-// Each thread owns a range of channels and visits every RoI in it, so the feature planes of a
-// channel stay in cache while all RoIs read them (in NCHW each channel is its own plane; looping
-// over channels inside a RoI would miss the cache on nearly every row).
+// Caffe2's `pre_calc` table: for every sample of every bin of every RoI, the four plane offsets
+// it reads and their weights (w = wy * wx, Caffe2's products), -1 for a sample outside the map.
+template <typename T>
+struct SampleTaps {
+  int32_t pos[4];
+  T w[4];
+};
+
+template <typename T>
+void build_sample_taps(const AllTaps<T>& taps, int64_t num_rois, int pooled_height,
+                       int pooled_width, int64_t width, std::vector<size_t>& offset,
+                       std::vector<SampleTaps<T>>& table) {
+  const int bins = pooled_height * pooled_width;
+  offset.resize(num_rois + 1);
+  offset[0] = 0;
+  for (int64_t n = 0; n < num_rois; ++n) {
+    const auto& g = taps.geometry[n];
+    offset[n + 1] = offset[n] + static_cast<size_t>(bins) * g.grid_h * g.grid_w;
+  }
+  table.resize(offset[num_rois]);
+  at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const auto& g = taps.geometry[n];
+      const AxisTap<T>* ytaps = taps.ytaps.data() + taps.y_offset[n];
+      const AxisTap<T>* xtaps = taps.xtaps.data() + taps.x_offset[n];
+      SampleTaps<T>* out = table.data() + offset[n];
+      for (int ph = 0; ph < pooled_height; ++ph)
+        for (int pw = 0; pw < pooled_width; ++pw)
+          for (int iy = 0; iy < g.grid_h; ++iy)
+            for (int ix = 0; ix < g.grid_w; ++ix) {
+              const AxisTap<T>& ty = ytaps[ph * g.grid_h + iy];
+              const AxisTap<T>& tx = xtaps[pw * g.grid_w + ix];
+              SampleTaps<T>& st = *out++;
+              if (!ty.valid || !tx.valid) {
+                st.pos[0] = -1;
+                continue;
+              }
+              st.pos[0] = static_cast<int32_t>(ty.low * width + tx.low);
+              st.pos[1] = static_cast<int32_t>(ty.low * width + tx.high);
+              st.pos[2] = static_cast<int32_t>(ty.high * width + tx.low);
+              st.pos[3] = static_cast<int32_t>(ty.high * width + tx.high);
+              st.w[0] = ty.w_low * tx.w_low;
+              st.w[1] = ty.w_low * tx.w_high;
+              st.w[2] = ty.w_high * tx.w_low;
+              st.w[3] = ty.w_high * tx.w_high;
+            }
+    }
+  });
+}
+
+// Each thread owns blocks of kChannelBlock channels and visits every RoI with them: a sample's
+// offsets and weights are read once for the whole block, and the block's feature planes stay in
+// cache while all RoIs read them (in NCHW each channel is its own plane).
+constexpr int kChannelBlock = 8;
+
+template <typename scalar_t, int NC>
+inline void forward_block(const scalar_t* base, int64_t plane_size,
+                          const SampleTaps<acc_t<scalar_t>>* st, int samples, int bins,
+                          acc_t<scalar_t> count, scalar_t* out, int64_t out_stride, int nc) {
+  using T = acc_t<scalar_t>;
+  for (int bin = 0; bin < bins; ++bin) {
+    T acc[NC > 0 ? NC : kChannelBlock] = {};
+    for (int s = 0; s < samples; ++s, ++st) {
+      if (st->pos[0] < 0) continue;
+      const int n_ch = NC > 0 ? NC : nc;
+      for (int cc = 0; cc < n_ch; ++cc) {
+        const scalar_t* plane = base + cc * plane_size;
+        acc[cc] += st->w[0] * static_cast<T>(plane[st->pos[0]]) +
+                   st->w[1] * static_cast<T>(plane[st->pos[1]]) +
+                   st->w[2] * static_cast<T>(plane[st->pos[2]]) +
+                   st->w[3] * static_cast<T>(plane[st->pos[3]]);
+      }
+    }
+    const int n_ch = NC > 0 ? NC : nc;
+    for (int cc = 0; cc < n_ch; ++cc) out[cc * out_stride + bin] = static_cast<scalar_t>(acc[cc] / count);
+  }
+}
+
 template <typename scalar_t>
 void forward_kernel(const scalar_t* input, const AllTaps<acc_t<scalar_t>>& taps,
-                    scalar_t* output, int64_t num_rois, int64_t channels, int64_t height,
-                    int64_t width, int pooled_height, int pooled_width) {
-  using T = acc_t<scalar_t>;
-  at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
-    for (int64_t c = c_begin; c < c_end; ++c) {
+                    const std::vector<size_t>& offset,
+                    const std::vector<SampleTaps<acc_t<scalar_t>>>& table, scalar_t* output,
+                    int64_t num_rois, int64_t channels, int64_t height, int64_t width,
+                    int pooled_height, int pooled_width) {
+  const int bins = pooled_height * pooled_width;
+  const int64_t plane_size = height * width;
+  const int64_t num_blocks = (channels + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t cb = b_begin; cb < b_end; ++cb) {
+      const int64_t c0 = cb * kChannelBlock;
+      const int nc = static_cast<int>(std::min<int64_t>(kChannelBlock, channels - c0));
       for (int64_t n = 0; n < num_rois; ++n) {
         const auto& g = taps.geometry[n];
-        const AxisTap<T>* ytaps = taps.ytaps.data() + taps.y_offset[n];
-        const AxisTap<T>* xtaps = taps.xtaps.data() + taps.x_offset[n];
-        const scalar_t* plane = input + (g.batch * channels + c) * height * width;
-        scalar_t* out = output + (n * channels + c) * pooled_height * pooled_width;
-        for (int ph = 0; ph < pooled_height; ++ph) {
-          for (int pw = 0; pw < pooled_width; ++pw) {
-            T sum = 0;
-            for (int iy = 0; iy < g.grid_h; ++iy) {
-              const AxisTap<T>& ty = ytaps[ph * g.grid_h + iy];
-              if (!ty.valid) continue;
-              const scalar_t* row_low = plane + ty.low * width;
-              const scalar_t* row_high = plane + ty.high * width;
-              for (int ix = 0; ix < g.grid_w; ++ix) {
-                const AxisTap<T>& tx = xtaps[pw * g.grid_w + ix];
-                if (!tx.valid) continue;
-                sum += ty.w_low * tx.w_low * static_cast<T>(row_low[tx.low]) +
-                       ty.w_low * tx.w_high * static_cast<T>(row_low[tx.high]) +
-                       ty.w_high * tx.w_low * static_cast<T>(row_high[tx.low]) +
-                       ty.w_high * tx.w_high * static_cast<T>(row_high[tx.high]);
-              }
-            }
-            out[ph * pooled_width + pw] = static_cast<scalar_t>(sum / g.count);
-          }
-        }
+        const scalar_t* base = input + (g.batch * channels + c0) * plane_size;
+        scalar_t* out = output + (n * channels + c0) * bins;
+        const auto* st = table.data() + offset[n];
+        const int samples = g.grid_h * g.grid_w;
+        if (nc == kChannelBlock)
+          forward_block<scalar_t, kChannelBlock>(base, plane_size, st, samples, bins, g.count,
+                                                 out, bins, nc);
+        else
+          forward_block<scalar_t, 0>(base, plane_size, st, samples, bins, g.count, out, bins,
+                                     nc);
       }
     }
   });
@@ -154,6 +221,8 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   auto output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input.options());
   if (num_rois == 0 || output.numel() == 0) return output;
 
+  PYDET_CHECK(height * width < (int64_t(1) << 31), op, ": a feature map of ", height, "x", width,
+              " cells is too large (H * W must be < 2^31)");
   auto input_c = input.contiguous();
   auto rois_c = rois.to(acc_dtype(input.scalar_type())).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
@@ -163,9 +232,13 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
     compute_all_taps(rois_c.data_ptr<T>(), num_rois, static_cast<T>(spatial_scale),
                      static_cast<int>(pooled_height), static_cast<int>(pooled_width),
                      static_cast<int>(sampling_ratio), aligned, height, width, taps);
-    forward_kernel<scalar_t>(input_c.data_ptr<scalar_t>(), taps, output.data_ptr<scalar_t>(),
-                             num_rois, channels, height, width, static_cast<int>(pooled_height),
-                             static_cast<int>(pooled_width));
+    std::vector<size_t> offset;
+    std::vector<SampleTaps<T>> table;
+    build_sample_taps(taps, num_rois, static_cast<int>(pooled_height),
+                      static_cast<int>(pooled_width), width, offset, table);
+    forward_kernel<scalar_t>(input_c.data_ptr<scalar_t>(), taps, offset, table,
+                             output.data_ptr<scalar_t>(), num_rois, channels, height, width,
+                             static_cast<int>(pooled_height), static_cast<int>(pooled_width));
   });
   return output;
 }
