@@ -863,6 +863,20 @@ __C.RESNETS.IMAGENET_PRETRAINED_WEIGHTS = ''
 # GroupNorm instead of frozen BN (AffineChannel) in the backbone
 __C.RESNETS.USE_GN = False
 
+# Blocks in res2..res5 of the bodies whose depth is not in their name
+# ('ResNet.ResNet_conv5_body', 'FPN.fpn_ResNet_conv5_body'); (3, 4, 6, 3) is
+# ResNet-50. The ResNet50/101/152 bodies ignore it (pydetectron addition)
+__C.RESNETS.BLOCK_COUNTS = (3, 4, 6, 3)
+
+# Channels out of the stem (conv1 + pool1); Detectron hardcodes 64
+# (pydetectron addition: smaller makes a thin backbone, e.g. for the CPU
+# quick start; Detectron's weight files need 64)
+__C.RESNETS.STEM_OUT_DIM = 64
+
+# Channels out of res2, doubling in each later stage (res5: 8x); Detectron
+# hardcodes 256 (pydetectron addition, like STEM_OUT_DIM)
+__C.RESNETS.RES2_OUT_DIM = 256
+
 
 # ---------------------------------------------------------------------------- #
 # VGG16 options (Detectron.pytorch)
@@ -1067,9 +1081,11 @@ CANONICAL_FUNC_NAMES = {
         'ResNet.ResNet101_conv4_body',
         'ResNet.ResNet101_conv5_body',
         'ResNet.ResNet152_conv5_body',
+        'ResNet.ResNet_conv5_body',
         'FPN.fpn_ResNet50_conv5_body',
         'FPN.fpn_ResNet101_conv5_body',
         'FPN.fpn_ResNet152_conv5_body',
+        'FPN.fpn_ResNet_conv5_body',
         'FPN.fpn_ResNet50_conv5_P2only_body',
         'FPN.fpn_ResNet101_conv5_P2only_body',
         'FPN.fpn_ResNet152_conv5_P2only_body',

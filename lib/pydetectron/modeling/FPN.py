@@ -166,6 +166,13 @@ def _fpn_from_cfg(block_counts, P2only=False):
                cfg.FPN.ZERO_INIT_LATERAL, gn, P2only)
 
 
+@CONV_BODY.register("FPN.fpn_ResNet_conv5_body")
+def fpn_ResNet_conv5_body():
+    """FPN on a conv5 ResNet of any depth and width (RESNETS.BLOCK_COUNTS, STEM_OUT_DIM,
+    RES2_OUT_DIM): the thin backbones of the CPU quick start."""
+    return _fpn_from_cfg(ResNet.block_counts_from_cfg())
+
+
 @CONV_BODY.register("FPN.fpn_ResNet50_conv5_body")
 def fpn_ResNet50_conv5_body():
     return _fpn_from_cfg((3, 4, 6, 3))

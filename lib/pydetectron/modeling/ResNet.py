@@ -7,10 +7,14 @@ Detectron's conventions in force:
   ``branch2a`` (1x1), ``branch2b`` (3x3, grouped for ResNeXt), ``branch2c`` (1x1) and the projection
   shortcut is ``branch1``; each conv is followed by an AffineChannel (``_bn``) or GroupNorm (``_gn``).
   The stem is ``conv1`` + ``res_conv1_bn`` (or ``conv1_gn``) + 3x3/2 max pool.
-- A block strides (by ``stride_init``) only when it changes the width, is not the first block after
-  the stem (dim_in 64) and is not dilated; ``RESNETS.STRIDE_1X1`` puts the stride on the first 1x1
-  (MSRA models) rather than on the 3x3 (Caffe2 / Torch models).
-- Bottleneck width: NUM_GROUPS * WIDTH_PER_GROUP in res2, doubling per stage.
+- A stage strides (by ``stride_init``, in its first block) only when it changes the width and is
+  not dilated; res2 never strides (the stem's max pool already did). ``RESNETS.STRIDE_1X1`` puts the
+  stride on the first 1x1 (MSRA models) rather than on the 3x3 (Caffe2 / Torch models).
+- Widths: the stem has ``RESNETS.STEM_OUT_DIM`` channels (64), res2 outputs ``RESNETS.RES2_OUT_DIM``
+  (256) and the bottleneck NUM_GROUPS * WIDTH_PER_GROUP; both double per stage. Detectron hardcodes
+  64 and 256; smaller values make the thin backbones of the CPU quick start.
+- Depth: the ResNet50/101/152 bodies fix their blocks per stage; ``ResNet.ResNet_conv5_body`` and
+  ``FPN.fpn_ResNet_conv5_body`` take them from ``RESNETS.BLOCK_COUNTS`` ((3, 4, 6, 3): ResNet-50).
 - ``RESNETS.FREEZE_AT`` = k freezes the stem and res2..res<k> (Detectron's StopGradient after res<k>);
   the AffineChannel scales and biases never train (Detectron.pytorch).
 """
@@ -26,7 +30,7 @@ from pydetectron.nn.group_norm import GroupNorm
 from pydetectron.nn.init import XavierFill
 
 __all__ = ["ResNetSpec", "ResNet_convX_body", "ResStage", "ResidualBlock", "ResNetStem",
-           "ResNet_roi_conv5_head", "stage_blob_prefix"]
+           "ResNet_roi_conv5_head", "stage_blob_prefix", "block_counts_from_cfg"]
 
 STEM_FUNCS = ("basic_bn_stem", "basic_gn_stem")
 TRANS_FUNCS = ("bottleneck_transformation", "bottleneck_gn_transformation")
@@ -35,20 +39,28 @@ SHORTCUT_FUNCS = ("basic_bn_shortcut", "basic_gn_shortcut")
 
 class ResNetSpec(namedtuple("ResNetSpec", [
         "num_groups", "width_per_group", "stride_1x1", "trans_func", "stem_func", "shortcut_func",
-        "res5_dilation", "gn_dim_per_gp", "gn_num_groups", "gn_eps"])):
+        "res5_dilation", "gn_dim_per_gp", "gn_num_groups", "gn_eps", "stem_out_dim",
+        "res2_out_dim"])):
     """The ``RESNETS.*`` / ``GROUP_NORM.*`` options a ResNet part needs (no global cfg inside)."""
 
     def __new__(cls, num_groups=1, width_per_group=64, stride_1x1=True,
                 trans_func="bottleneck_transformation", stem_func="basic_bn_stem",
                 shortcut_func="basic_bn_shortcut", res5_dilation=1, gn_dim_per_gp=-1,
-                gn_num_groups=32, gn_eps=1e-5):
+                gn_num_groups=32, gn_eps=1e-5, stem_out_dim=64, res2_out_dim=256):
         for value, valid, key in ((trans_func, TRANS_FUNCS, "RESNETS.TRANS_FUNC"),
                                   (stem_func, STEM_FUNCS, "RESNETS.STEM_FUNC"),
                                   (shortcut_func, SHORTCUT_FUNCS, "RESNETS.SHORTCUT_FUNC")):
             if value not in valid:
                 raise ValueError("unknown %s %r; valid: %s" % (key, value, ", ".join(valid)))
+        for value, key in ((num_groups, "RESNETS.NUM_GROUPS"),
+                           (width_per_group, "RESNETS.WIDTH_PER_GROUP"),
+                           (stem_out_dim, "RESNETS.STEM_OUT_DIM"),
+                           (res2_out_dim, "RESNETS.RES2_OUT_DIM")):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError("%s must be a positive int, got %r" % (key, value))
         return super().__new__(cls, num_groups, width_per_group, stride_1x1, trans_func, stem_func,
-                               shortcut_func, res5_dilation, gn_dim_per_gp, gn_num_groups, gn_eps)
+                               shortcut_func, res5_dilation, gn_dim_per_gp, gn_num_groups, gn_eps,
+                               stem_out_dim, res2_out_dim)
 
     @classmethod
     def from_cfg(cls):
@@ -58,7 +70,8 @@ class ResNetSpec(namedtuple("ResNetSpec", [
                    stem_func=cfg.RESNETS.STEM_FUNC, shortcut_func=cfg.RESNETS.SHORTCUT_FUNC,
                    res5_dilation=cfg.RESNETS.RES5_DILATION,
                    gn_dim_per_gp=cfg.GROUP_NORM.DIM_PER_GP, gn_num_groups=cfg.GROUP_NORM.NUM_GROUPS,
-                   gn_eps=cfg.GROUP_NORM.EPSILON)
+                   gn_eps=cfg.GROUP_NORM.EPSILON, stem_out_dim=cfg.RESNETS.STEM_OUT_DIM,
+                   res2_out_dim=cfg.RESNETS.RES2_OUT_DIM)
 
     @property
     def dim_bottleneck(self):
@@ -87,16 +100,15 @@ def stage_blob_prefix(stage, index, prefix="res"):
 class ResNetStem(nn.Module):
     """conv1 7x7/2 -> AffineChannel or GroupNorm -> ReLU -> max pool 3x3/2.
 
-    (N, 3, H, W) -> (N, 64, H/4, W/4).
+    (N, 3, H, W) -> (N, stem_out_dim, H/4, W/4); stem_out_dim is 64 in Detectron.
     """
-
-    dim_out = 64
 
     def __init__(self, spec):
         super().__init__()
         self.use_gn = spec.stem_func == "basic_gn_stem"
-        self.conv1 = _conv(3, 64, 7, stride=2, padding=3)
-        self.conv1_norm, suffix = spec.norm(self.use_gn, 64)
+        self.dim_out = spec.stem_out_dim
+        self.conv1 = _conv(3, self.dim_out, 7, stride=2, padding=3)
+        self.conv1_norm, suffix = spec.norm(self.use_gn, self.dim_out)
         # Detectron: AffineChannel 'res_conv1_bn' (BN stem) or ConvGN prefix 'conv1' -> 'conv1_gn'.
         self._norm_blob = "conv1_gn" if self.use_gn else "res_conv1_bn"
 
@@ -154,15 +166,17 @@ class ResidualBlock(nn.Module):
 
 class ResStage(nn.Sequential):
     """``n`` residual blocks ``<prefix><stage>_0 .. _<n-1>``; only a width-changing first block
-    strides."""
+    strides, by ``stride_init`` (1 for the stage right after the stem)."""
 
     def __init__(self, stage, n, dim_in, dim_out, dim_inner, dilation, spec, stride_init=2,
                  prefix="res"):
         blocks = []
         for i in range(n):
-            # Detectron's rule: stride only where the width changes, never right after the stem
-            # (dim_in 64, already pooled) and never in a dilated stage.
-            stride = stride_init if (dim_in != dim_out and dim_in != 64 and dilation == 1) else 1
+            # Detectron's rule: stride only where the width changes and never in a dilated stage.
+            # (Detectron also tests dim_in != 64 to spare res2, whose input the stem has already
+            # pooled; the body passes stride_init=1 for res2 instead, which stays right when
+            # RESNETS.STEM_OUT_DIM / RES2_OUT_DIM make other stages start at 64 channels.)
+            stride = stride_init if (dim_in != dim_out and dilation == 1) else 1
             blocks.append(ResidualBlock(stage_blob_prefix(stage, i, prefix), dim_in, dim_out,
                                         dim_inner, stride, dilation, spec))
             dim_in = dim_out
@@ -191,14 +205,18 @@ class ResNet_convX_body(nn.Module):
             raise ValueError("RESNETS.FREEZE_AT must be one of 0, 2, 3, 4, 5 and at most the last "
                              "stage (res%d) of this body, got %r" % (len(block_counts) + 1, freeze_at))
         self.block_counts = tuple(block_counts)
+        if any(not isinstance(n, int) or n < 1 for n in block_counts):
+            raise ValueError("block_counts must be positive ints (blocks per stage), got %r"
+                             % (block_counts,))
         self.res1 = ResNetStem(spec)
-        dim_in, dim_inner = ResNetStem.dim_out, spec.dim_bottleneck
+        dim_in, dim_inner = self.res1.dim_out, spec.dim_bottleneck
         self.stage_names = []
         self.stage_dims = []
         for k, n in enumerate(block_counts):
             stage = k + 2
             dilation = spec.res5_dilation if stage == 5 else 1
-            res = ResStage(stage, n, dim_in, 256 * 2 ** k, dim_inner * 2 ** k, dilation, spec)
+            res = ResStage(stage, n, dim_in, spec.res2_out_dim * 2 ** k, dim_inner * 2 ** k,
+                           dilation, spec, stride_init=1 if stage == 2 else 2)
             self.add_module("res%d" % stage, res)
             self.stage_names.append("res%d" % stage)
             self.stage_dims.append(res.dim_out)
@@ -243,6 +261,22 @@ def _body_from_cfg(block_counts):
     return ResNet_convX_body(block_counts, ResNetSpec.from_cfg(), freeze_at=cfg.RESNETS.FREEZE_AT)
 
 
+def block_counts_from_cfg():
+    """RESNETS.BLOCK_COUNTS, checked: four positive ints (res2..res5)."""
+    from pydetectron.core.config import cfg
+    counts = tuple(cfg.RESNETS.BLOCK_COUNTS)
+    if len(counts) != 4 or any(not isinstance(n, int) or n < 1 for n in counts):
+        raise ValueError("RESNETS.BLOCK_COUNTS must be 4 positive ints (blocks in res2..res5), "
+                         "got %r" % (cfg.RESNETS.BLOCK_COUNTS,))
+    return counts
+
+
+@CONV_BODY.register("ResNet.ResNet_conv5_body")
+def ResNet_conv5_body():
+    """A conv5 ResNet of any depth: RESNETS.BLOCK_COUNTS blocks in res2..res5."""
+    return _body_from_cfg(block_counts_from_cfg())
+
+
 @CONV_BODY.register("ResNet.ResNet50_conv4_body")
 def ResNet50_conv4_body():
     return _body_from_cfg((3, 4, 6))
@@ -269,10 +303,11 @@ def ResNet152_conv5_body():
 
 
 class ResNet_roi_conv5_head(nn.Module):
-    """RoI transform -> res5 stage (3 blocks) -> 7x7 average pool: (R, 2048, 1, 1).
+    """RoI transform -> res5 stage (3 blocks) -> 7x7 average pool: (R, 2048, 1, 1) by default.
 
     ``roi_xform`` pools (R, dim_in, S, S) features (S = ROI_XFORM_RESOLUTION); the first block
-    strides by S // 7 so the stage ends at 7x7. ``prefix`` is ``res`` for the box head; the mask and
+    strides by S // 7 so the stage ends at 7x7; its width is 8 x RES2_OUT_DIM (2048) like a body's
+    res5. ``prefix`` is ``res`` for the box head; the mask and
     keypoint variants use ``_[mask]_res`` / ``_[pose]_res`` with ``dim_inner`` 512 and their own
     ``dilation`` (Detectron hardcodes both there).
     """
@@ -283,9 +318,10 @@ class ResNet_roi_conv5_head(nn.Module):
         self.roi_xform = roi_xform
         dim_inner = dim_inner if dim_inner is not None else spec.dim_bottleneck * 8
         stride_init = roi_xform.resolution // 7
-        self.res5 = ResStage(5, 3, dim_in, 2048, dim_inner, dilation, spec,
+        dim_out = spec.res2_out_dim * 8
+        self.res5 = ResStage(5, 3, dim_in, dim_out, dim_inner, dilation, spec,
                              stride_init=stride_init, prefix=prefix)
-        self.dim_out = 2048
+        self.dim_out = dim_out
         freeze_affine_channels(self)
 
     def forward_res5(self, blob_conv, rois):
