@@ -100,6 +100,18 @@ def test_adaptive_sampling_on_huge_rois():
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_many_samples_per_bin():
+    # 210 x 210 samples per bin: the CPU kernel's per-sample table is built in several chunks.
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 1, 40, 50, generator=g, dtype=torch.float64)
+    rois = torch.tensor([[0, -700.0, -600.0, 770.0, 870.0], [0, 5.0, 5.0, 1475.0, 1475.0],
+                         [0, 10.0, 3.0, 30.0, 25.0]], dtype=torch.float64)
+    out = roi_align(x, rois, 7, 1.0, 0, False)
+    ref = roi_align_reference(x, rois, (7, 7), 1.0, 0, False)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    assert roi_align(x[..., :0], rois, 7, 1.0, 0).abs().sum().item() == 0  # empty map
+
+
 # ------------------------------------------------------------------------- computed by hand
 def _ramp():
     # x[0, 0, y, x] = 4 y + x on a 4 x 4 map: bilinear interpolation of it is exact, so a bin's

@@ -1,8 +1,9 @@
 // RoIAlign on the CPU (forward and backward), parallel with ATen's OpenMP thread pool.
 // The taps of a RoI (the rows and columns each sample reads, with their weights) are computed once
-// per RoI and reused for every channel, as Caffe2's CPU kernel does with its `pre_calc` table;
-// here the table is separable (PH*grid_h row taps + PW*grid_w column taps). Work is split over
-// channels, so each thread reads (and in the backward pass writes) its own feature planes.
+// per RoI and reused for every channel: separably (PH*grid_h row taps + PW*grid_w column taps),
+// and for the forward pass expanded into Caffe2's per-sample `pre_calc` table (four offsets and
+// four weights per sample). Work is split over channels, so each thread reads (and in the
+// backward pass writes) its own feature planes while all RoIs visit them.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -67,24 +68,25 @@ struct SampleTaps {
   T w[4];
 };
 
+// Table of RoIs [n_begin, n_end); offset[n - n_begin] is where RoI n's samples start.
 template <typename T>
-void build_sample_taps(const AllTaps<T>& taps, int64_t num_rois, int pooled_height,
-                       int pooled_width, int64_t width, std::vector<size_t>& offset,
-                       std::vector<SampleTaps<T>>& table) {
+void build_sample_taps(const AllTaps<T>& taps, int64_t n_begin, int64_t n_end,
+                       int pooled_height, int pooled_width, int64_t width,
+                       std::vector<size_t>& offset, std::vector<SampleTaps<T>>& table) {
   const int bins = pooled_height * pooled_width;
-  offset.resize(num_rois + 1);
+  offset.resize(n_end - n_begin + 1);
   offset[0] = 0;
-  for (int64_t n = 0; n < num_rois; ++n) {
+  for (int64_t n = n_begin; n < n_end; ++n) {
     const auto& g = taps.geometry[n];
-    offset[n + 1] = offset[n] + static_cast<size_t>(bins) * g.grid_h * g.grid_w;
+    offset[n - n_begin + 1] = offset[n - n_begin] + static_cast<size_t>(bins) * g.grid_h * g.grid_w;
   }
-  table.resize(offset[num_rois]);
-  at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
+  table.resize(offset[n_end - n_begin]);
+  at::parallel_for(n_begin, n_end, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const auto& g = taps.geometry[n];
       const AxisTap<T>* ytaps = taps.ytaps.data() + taps.y_offset[n];
       const AxisTap<T>* xtaps = taps.xtaps.data() + taps.x_offset[n];
-      SampleTaps<T>* out = table.data() + offset[n];
+      SampleTaps<T>* out = table.data() + offset[n - n_begin];
       for (int ph = 0; ph < pooled_height; ++ph)
         for (int pw = 0; pw < pooled_width; ++pw)
           for (int iy = 0; iy < g.grid_h; ++iy)
@@ -141,8 +143,8 @@ template <typename scalar_t>
 void forward_kernel(const scalar_t* input, const AllTaps<acc_t<scalar_t>>& taps,
                     const std::vector<size_t>& offset,
                     const std::vector<SampleTaps<acc_t<scalar_t>>>& table, scalar_t* output,
-                    int64_t num_rois, int64_t channels, int64_t height, int64_t width,
-                    int pooled_height, int pooled_width) {
+                    int64_t n_begin, int64_t n_end, int64_t channels, int64_t height,
+                    int64_t width, int pooled_height, int pooled_width) {
   const int bins = pooled_height * pooled_width;
   const int64_t plane_size = height * width;
   const int64_t num_blocks = (channels + kChannelBlock - 1) / kChannelBlock;
@@ -150,11 +152,11 @@ void forward_kernel(const scalar_t* input, const AllTaps<acc_t<scalar_t>>& taps,
     for (int64_t cb = b_begin; cb < b_end; ++cb) {
       const int64_t c0 = cb * kChannelBlock;
       const int nc = static_cast<int>(std::min<int64_t>(kChannelBlock, channels - c0));
-      for (int64_t n = 0; n < num_rois; ++n) {
+      for (int64_t n = n_begin; n < n_end; ++n) {
         const auto& g = taps.geometry[n];
         const scalar_t* base = input + (g.batch * channels + c0) * plane_size;
         scalar_t* out = output + (n * channels + c0) * bins;
-        const auto* st = table.data() + offset[n];
+        const auto* st = table.data() + offset[n - n_begin];
         const int samples = g.grid_h * g.grid_w;
         if (nc == kChannelBlock)
           forward_block<scalar_t, kChannelBlock>(base, plane_size, st, samples, bins, g.count,
@@ -219,7 +221,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   const int64_t num_rois = rois.size(0);
   const int64_t channels = input.size(1), height = input.size(2), width = input.size(3);
   auto output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input.options());
-  if (num_rois == 0 || output.numel() == 0) return output;
+  if (num_rois == 0 || output.numel() == 0 || height == 0 || width == 0) return output;
 
   PYDET_CHECK(height * width < (int64_t(1) << 31), op, ": a feature map of ", height, "x", width,
               " cells is too large (H * W must be < 2^31)");
@@ -232,13 +234,27 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
     compute_all_taps(rois_c.data_ptr<T>(), num_rois, static_cast<T>(spatial_scale),
                      static_cast<int>(pooled_height), static_cast<int>(pooled_width),
                      static_cast<int>(sampling_ratio), aligned, height, width, taps);
+    // RoIs in chunks whose sample table stays under ~64 MB (large adaptive grids).
+    constexpr size_t kTableBudget = (size_t(64) << 20) / sizeof(SampleTaps<T>);
+    const size_t bins = static_cast<size_t>(pooled_height * pooled_width);
     std::vector<size_t> offset;
     std::vector<SampleTaps<T>> table;
-    build_sample_taps(taps, num_rois, static_cast<int>(pooled_height),
-                      static_cast<int>(pooled_width), width, offset, table);
-    forward_kernel<scalar_t>(input_c.data_ptr<scalar_t>(), taps, offset, table,
-                             output.data_ptr<scalar_t>(), num_rois, channels, height, width,
-                             static_cast<int>(pooled_height), static_cast<int>(pooled_width));
+    for (int64_t n_begin = 0; n_begin < num_rois;) {
+      int64_t n_end = n_begin;
+      size_t samples = 0;
+      do {
+        const auto& g = taps.geometry[n_end];
+        samples += bins * g.grid_h * g.grid_w;
+        ++n_end;
+      } while (n_end < num_rois && samples < kTableBudget);
+      build_sample_taps(taps, n_begin, n_end, static_cast<int>(pooled_height),
+                        static_cast<int>(pooled_width), width, offset, table);
+      forward_kernel<scalar_t>(input_c.data_ptr<scalar_t>(), taps, offset, table,
+                               output.data_ptr<scalar_t>(), n_begin, n_end, channels, height,
+                               width, static_cast<int>(pooled_height),
+                               static_cast<int>(pooled_width));
+      n_begin = n_end;
+    }
   });
   return output;
 }
