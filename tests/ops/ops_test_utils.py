@@ -14,14 +14,17 @@ def cuda_kernels_available():
 
 def random_rois(num, batch_size, height, width, spatial_scale, generator, dtype=torch.float64,
                 min_size=0.2, max_size=None):
-    """(num, 5) RoIs in image coordinates; some partly outside the image, some tiny, some huge."""
+    """(num, 5) RoIs in image coordinates; some partly outside the image, some tiny, some huge.
+
+    Sides are log-uniform in [min_size, max_size] image pixels (default: up to 1.6x the image).
+    """
     img_h, img_w = height / spatial_scale, width / spatial_scale
     if max_size is None:
         max_size = 1.6 * max(img_h, img_w)
     # Sizes spread log-uniformly between tiny (below one feature cell) and larger than the image.
     u = torch.rand(num, 2, generator=generator, dtype=torch.float64)
-    lo, hi = torch.log(torch.tensor(min_size / spatial_scale * spatial_scale)), torch.log(
-        torch.tensor(float(max_size)))
+    lo = torch.log(torch.tensor(float(min_size), dtype=torch.float64))
+    hi = torch.log(torch.tensor(float(max_size), dtype=torch.float64))
     sizes = torch.exp(lo + u * (hi - lo))
     # Top-left corners from a bit outside the image to inside it.
     x1 = (torch.rand(num, generator=generator, dtype=torch.float64) * 1.3 - 0.15) * img_w
