@@ -36,6 +36,7 @@ class FakeDetector(nn.Module):
         self.forward_calls = 0
         self.nan_at_call = None   # make loss_bbox NaN at this forward call (tests)
         self.on_forward = None    # callback(call_index) (tests)
+        self.target_generator = None   # like Generalized_RCNN's: a private stream for sampling
 
     def forward(self, data, im_info, roidb=None):
         self.forward_calls += 1
@@ -45,6 +46,9 @@ class FakeDetector(nn.Module):
         feat = x.mean(dim=(2, 3))                                     # (N, 8)
         feat = F.relu(self.fc6(feat))                                 # (N, 16)
         feat = F.dropout(feat, self.dropout, self.training)           # global RNG
+        if self.target_generator is not None and self.training:
+            keep = torch.rand(feat.shape, generator=self.target_generator) > 0.1
+            feat = feat * keep.to(feat.device)
         labels = torch.cat([r['gt_classes'][:1] for r in roidb]).to(data.device)
         targets = torch.stack([r['boxes'][0] for r in roidb]).to(data.device)
         targets = targets / im_info[:, 1:2].repeat(1, 4)              # normalised by width

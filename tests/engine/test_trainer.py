@@ -26,9 +26,11 @@ def make_trainer(model, opt, sched, out=None, iter_size=1, snapshot=0, data_orde
                    rng_states=rng, stats=stats, progress=False)
 
 
-def resume(out, path, iter_size, max_iter=12):
+def resume(out, path, iter_size, max_iter=12, generator=False):
     """Fresh objects (another init) restored from ``path``, trained to the end."""
     model, opt, sched = build(model_seed=99)
+    if generator:
+        model.target_generator = torch.Generator().manual_seed(555)
     ckpt = ck.load_checkpoint(path)
     ck.load_model_state(model, ckpt['model'])
     opt.load_state_dict(ckpt['optimizer'])
@@ -47,19 +49,24 @@ def assert_same_state(m1, o1, m2, o2):
             assert torch.equal(o1.state[p1]['momentum_buffer'], o2.state[p2]['momentum_buffer'])
 
 
-@pytest.mark.parametrize('iter_size,stop_at_call,expect_step', [
-    (1, 6, 5),      # signal during step 5's only pass: the step finishes and is saved
-    (2, 11, 4),     # signal during step 5's first of two passes: step 5 is abandoned
+@pytest.mark.parametrize('iter_size,stop_at_call,expect_step,generator', [
+    (1, 6, 5, False),   # signal during step 5's only pass: the step finishes and is saved
+    (2, 11, 4, False),  # signal during step 5's first of two passes: step 5 is abandoned
+    (1, 6, 5, True),    # the model samples from its own target_generator too
 ])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, iter_size, stop_at_call,
-                                                      expect_step):
+                                                      expect_step, generator):
     # Reference: 12 uninterrupted steps through warm-up (4) and two LR drops (6, 9), each with
     # Detectron's momentum correction.
     model, opt, sched = build()
+    if generator:
+        model.target_generator = torch.Generator().manual_seed(1)
     ref = make_trainer(model, opt, sched, iter_size=iter_size)
     ref.train(0)
 
     m, o, s = build()
+    if generator:
+        m.target_generator = torch.Generator().manual_seed(1)
     t = make_trainer(m, o, s, str(tmp_path), iter_size)
     m.on_forward = lambda call: call == stop_at_call and t.interrupt.request(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as e:
@@ -71,7 +78,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, iter_size, stop_
                                                       'start_iter': (expect_step + 1) * iter_size}
     assert t.loss_history == ref.loss_history[:expect_step + 1]
 
-    m2, o2, t2 = resume(str(tmp_path), path, iter_size)
+    m2, o2, t2 = resume(str(tmp_path), path, iter_size, generator=generator)
     assert t.loss_history + t2.loss_history == ref.loss_history   # bitwise, step by step
     assert_same_state(model, opt, m2, o2)
 

@@ -6,7 +6,8 @@ A checkpoint is the state after step N (0-indexed, the seed's naming) finished::
      'model': state_dict, 'optimizer': state_dict, 'scheduler': {'cur_lr', ...},
      'data_order': {'seed': int, 'start_iter': minibatches consumed so far},
      'cfg': resolved config as a YAML string, 'args': {flag: plain value},
-     'rng': {'torch', 'cuda', 'numpy', 'python'}, 'version': pydetectron version}
+     'rng': {'torch', 'cuda', 'numpy', 'python', 'generators': {model attribute: state}},
+     'version': pydetectron version}
 
 Only tensors, plain containers, numbers and strings are stored, so checkpoints are read with
 ``torch.load(weights_only=True)``: an untrusted file cannot run code when loaded.
@@ -56,9 +57,16 @@ def unwrap_model(model):
 # RNG states (for an exact resume)
 # ---------------------------------------------------------------------------------------------- #
 
-def get_rng_states():
-    """torch (CPU and every initialised CUDA device), numpy and Python ``random`` states, as
-    tensors / plain containers (numpy's key array becomes an int64 tensor)."""
+def model_generators(model):
+    """The ``torch.Generator`` attributes of the (unwrapped) model, by name: e.g. the
+    ``target_generator`` the RoI sampling may draw from instead of the global RNG."""
+    return {k: v for k, v in vars(unwrap_model(model)).items() if isinstance(v, torch.Generator)}
+
+
+def get_rng_states(generators=None):
+    """torch (CPU and every initialised CUDA device), numpy and Python ``random`` states, and
+    those of ``generators`` ({name: torch.Generator}), as tensors / plain containers (numpy's key
+    array becomes an int64 tensor)."""
     np_state = np.random.get_state()
     states = {
         'torch': torch.get_rng_state(),
@@ -70,10 +78,12 @@ def get_rng_states():
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states['cuda'] = torch.cuda.get_rng_state_all()
+    states['generators'] = {k: g.get_state() for k, g in (generators or {}).items()}
     return states
 
 
-def set_rng_states(states):
+def set_rng_states(states, generators=None):
+    """Restore ``get_rng_states``' output (``generators``: the same names as when saved)."""
     torch.set_rng_state(states['torch'])
     n = states['numpy']
     np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'],
@@ -89,6 +99,12 @@ def set_rng_states(states):
                            torch.cuda.device_count())
         else:
             torch.cuda.set_rng_state_all(cuda)
+    saved = states.get('generators') or {}
+    for name, g in (generators or {}).items():
+        if name in saved:
+            g.set_state(saved[name])
+        else:
+            logger.warning('Checkpoint has no state for the generator %r: it is not restored', name)
 
 
 # ---------------------------------------------------------------------------------------------- #

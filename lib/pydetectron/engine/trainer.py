@@ -41,7 +41,8 @@ import threading
 
 import torch
 
-from pydetectron.engine.checkpoint import get_rng_states, save_checkpoint, set_rng_states
+from pydetectron.engine.checkpoint import (get_rng_states, model_generators, save_checkpoint,
+                                           set_rng_states)
 from pydetectron.engine.interrupt import GracefulInterrupt, TrainingInterrupted
 from pydetectron.nn.data_parallel import DataParallel, scatter_minibatches
 
@@ -208,8 +209,8 @@ class Trainer:
         # once, before its first step.
         self._data_iter = self._new_data_iter(self._consumed)
         if self.rng_states is not None:
-            set_rng_states(self.rng_states)
-        self._rng_at_step_end = get_rng_states()
+            set_rng_states(self.rng_states, model_generators(self.model))
+        self._rng_at_step_end = get_rng_states(model_generators(self.model))
         self._consumed_at_step_end = self._consumed
         last_finished = start_step - 1
         bar = None
@@ -302,7 +303,7 @@ class Trainer:
         # the schedule or the momentum history.
         lr = self.scheduler.set_lr_for_iter(step)
         self.optimizer.step()
-        self._rng_at_step_end = get_rng_states()
+        self._rng_at_step_end = get_rng_states(model_generators(self.model))
         self._consumed_at_step_end = self._consumed
         self.loss_history.append(total / self.iter_size)
         if self.stats is not None:
