@@ -34,6 +34,7 @@ from tqdm import tqdm
 from pydetectron.core.config import cfg, dump_cfg
 from pydetectron.core.test import im_detect_all_batch, im_proposals
 from pydetectron.datasets import task_evaluation
+from pydetectron.utils.io import load_pickle_safe
 from pydetectron.utils.timer import Timer
 
 logger = logging.getLogger(__name__)
@@ -516,26 +517,7 @@ def save_object(obj, file_name):
     os.replace(tmp, file_name)
 
 
-class _ResultsUnpickler(pickle.Unpickler):
-    """Reads result pickles (lists, dicts, numpy arrays, RLE bytes) and refuses any other class,
-    so that opening a detections file received from elsewhere cannot run code."""
-
-    _ALLOWED = {
-        ('numpy', 'ndarray'), ('numpy', 'dtype'),
-        ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-        ('numpy._core.numeric', '_frombuffer'), ('numpy.core.numeric', '_frombuffer'),
-        ('collections', 'OrderedDict'), ('builtins', 'slice'),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError('refusing to load {}.{} from a results file'
-                                     .format(module, name))
-
-
 def load_object(file_name):
     """Load a pickle written by ``save_object`` (numpy arrays and builtins only)."""
-    with open(file_name, 'rb') as f:
-        return _ResultsUnpickler(f).load()
+    # Allow-listing unpickler: opening a detections file received from elsewhere runs no code.
+    return load_pickle_safe(file_name, what='a results file', encoding='ASCII')

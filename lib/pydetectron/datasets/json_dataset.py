@@ -34,7 +34,6 @@ import copy
 import io
 import logging
 import os
-import pickle
 import contextlib
 
 import numpy as np
@@ -45,6 +44,7 @@ import pycocotools.mask as mask_util
 
 from pydetectron.datasets import dataset_catalog
 from pydetectron.utils import boxes as box_utils
+from pydetectron.utils.io import load_pickle_safe
 from pydetectron.utils import keypoints as keypoint_utils
 from pydetectron.utils import segms as segm_utils
 
@@ -363,26 +363,11 @@ class JsonDataset(object):
             _filter_crowd_proposals(roidb, crowd_thresh)
 
 
-class _ProposalUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays, lists and dicts only (a proposal file must not run code)."""
-
-    _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-                ('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'),
-                ('numpy._core.multiarray', 'scalar'), ('collections', 'OrderedDict'),
-                ('builtins', 'list'), ('builtins', 'dict'), ('copy_reg', '_reconstructor'),
-                ('copyreg', '_reconstructor'), ('builtins', 'object'), ('__builtin__', 'object')}
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError('proposal file: refusing to load %s.%s' % (module, name))
-
-
 def load_proposals(proposal_file):
     """A Detectron proposal pickle: {'boxes': [(N_i, 4) arrays], 'ids' or 'indexes': [...],
     'scores': [...]}; Python 2 pickles are read too."""
-    with open(proposal_file, 'rb') as f:
-        return _ProposalUnpickler(f, encoding='latin1').load()
+    # Allow-listing unpickler: a proposal file from elsewhere must not run code.
+    return load_pickle_safe(proposal_file, what='a proposal file')
 
 
 def add_proposals(roidb, rois, scales, crowd_thresh):

@@ -18,14 +18,16 @@ persistent buffer) from its blob, and ``save_detectron_weight`` writes them back
 format (protocol 2, numpy 1.x global names, raw Python-2 strings), so files round-trip bit-exactly
 and load in Detectron.
 """
-import codecs
 import logging
 import os
 import pickle
-from collections import OrderedDict, namedtuple
+from collections import namedtuple
 
 import numpy as np
 import torch
+
+from pydetectron.utils.io import (  # noqa: F401 (SafeUnpickler, UnsafePickleError re-exported)
+    SafeUnpickler, UnsafePickleError, _first_importable)
 
 logger = logging.getLogger(__name__)
 
@@ -43,73 +45,6 @@ CLASS_HEAD_BLOBS = ("cls_score", "bbox_pred", "mask_fcn_logits", "mask_fcn_logit
 _IGNORED_SUFFIXES = ("_momentum", "_bn_rm", "_bn_riv")
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A weights file that would run code (or build objects other than arrays) when unpickled."""
-
-
-def _numpy_module(*names):
-    import importlib
-    for name in names:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise ImportError("none of %s is importable" % (names,))
-
-
-def _latin1_encode(obj, encoding="latin1"):
-    """``_codecs.encode`` restricted to the latin-1 use Python 3 pickles make of it (bytes)."""
-    if codecs.lookup(encoding).name != "iso8859-1" or not isinstance(obj, str):
-        raise UnsafePickleError("refused _codecs.encode(%s, %r): only latin-1 text is allowed"
-                                % (type(obj).__name__, encoding))
-    return codecs.encode(obj, "latin1")
-
-
-def _allowed_globals():
-    multiarray = _numpy_module("numpy._core.multiarray", "numpy.core.multiarray")
-    numeric = _numpy_module("numpy._core.numeric", "numpy.core.numeric")
-    table = {}
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(mod, "_reconstruct")] = multiarray._reconstruct
-        table[(mod, "scalar")] = multiarray.scalar
-    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        table[(mod, "_frombuffer")] = numeric._frombuffer
-    table[("numpy", "ndarray")] = np.ndarray
-    table[("numpy", "dtype")] = np.dtype
-    for mod in ("builtins", "__builtin__"):
-        for name, obj in (("set", set), ("frozenset", frozenset), ("bytearray", bytearray),
-                          ("complex", complex)):
-            table[(mod, name)] = obj
-    table[("collections", "OrderedDict")] = OrderedDict
-    table[("_codecs", "encode")] = _latin1_encode
-    return table
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """An Unpickler that builds numpy arrays and builtin containers / scalars and nothing else."""
-
-    _allowed = None
-
-    def __init__(self, file, source="<pickle>", **kwargs):
-        super().__init__(file, **kwargs)
-        self.source = source
-        if SafeUnpickler._allowed is None:
-            SafeUnpickler._allowed = _allowed_globals()
-
-    def find_class(self, module, name):
-        obj = self._allowed.get((module, name))
-        if obj is None:
-            raise UnsafePickleError(
-                "refusing to load %s: it references the global %s.%s, which a weights file has "
-                "no reason to contain (only numpy arrays, dtypes and builtin containers/scalars "
-                "are allowed); loading it could execute code" % (self.source, module, name))
-        return obj
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError("refusing to load %s: it uses persistent ids, which a weights file "
-                                "has no reason to contain" % self.source)
-
-
 def load_detectron_pkl(path):
     """The {blob name: numpy array} dict of a Detectron ``*.pkl`` (the 'blobs' entry if present).
 
@@ -117,7 +52,7 @@ def load_detectron_pkl(path):
     """
     with open(path, "rb") as f:
         try:
-            data = SafeUnpickler(f, source=path, encoding="latin1").load()
+            data = SafeUnpickler(f, source=path, what="a weights file", encoding="latin1").load()
         except UnsafePickleError:
             raise
         except Exception as e:  # truncated or not a pickle at all
@@ -242,8 +177,8 @@ def load_detectron_blobs(model, blobs, source="<blobs>", skip_class_heads=False,
 
 def _numpy_global_aliases():
     """numpy objects -> the (module, name) numpy 1.x (and Detectron's Python 2) imports them by."""
-    multiarray = _numpy_module("numpy._core.multiarray", "numpy.core.multiarray")
-    numeric = _numpy_module("numpy._core.numeric", "numpy.core.numeric")
+    multiarray = _first_importable("numpy._core.multiarray", "numpy.core.multiarray")
+    numeric = _first_importable("numpy._core.numeric", "numpy.core.numeric")
     return {id(multiarray._reconstruct): ("numpy.core.multiarray", "_reconstruct"),
             id(multiarray.scalar): ("numpy.core.multiarray", "scalar"),
             id(numeric._frombuffer): ("numpy.core.numeric", "_frombuffer")}
