@@ -116,8 +116,8 @@ def parse_args(argv=None):
     p.add_argument('--set', dest='set_cfgs', nargs='+', default=[],
                    help='config KEY VALUE pairs applied to every model (after the YAML)')
     p.add_argument('--profile', action='store_true',
-                   help='after timing: the top operators of 3 training steps of ours at batch 2 '
-                   '(torch.profiler) and the host-device syncs of one step')
+                   help='after timing the first model: the top operators of 3 of its training '
+                   'steps at batch 2 (torch.profiler) and the host-device syncs of one step')
     p.add_argument('--json', help='write every number to this file')
     p.add_argument('--keep_data', help='write the synthetic dataset here and keep it')
     args = p.parse_args(argv)
@@ -624,17 +624,23 @@ def main(argv=None):
           flush=True)
     impls = ['ours'] + (['torchvision'] if args.peer else [])
     data_root = args.keep_data or tempfile.mkdtemp(prefix='pydetectron_bench_')
-    results = []
+    results = _Results(args, info)
     try:
         num_images = max(16, args.max_batch, max(args.batch_sizes or [0]), args.infer_batch)
         specs = {}
-        for model_name in args.models.split(','):
+        for k, model_name in enumerate(args.models.split(',')):
             kp = model_name == 'keypoint'
             if kp not in specs:
                 specs[kp] = make_synthetic_coco(os.path.join(data_root, 'kp' if kp else 'det'),
                                                 num_images, args.height, args.width,
                                                 args.objects, kp)
             spec = specs[kp]
+            if k == 0 and 'loader' in args.parts and args.loader_workers:
+                for rec in measure_loader(spec, model_name, args):
+                    results.append(rec)
+                    print('  loader, %d workers: %.1f images/s' % (rec['workers'],
+                                                                   rec['images_per_s']),
+                          flush=True)
             if 'train' in args.parts:
                 for precision in args.precisions:
                     sizes = batch_sizes_to_time(model_name, spec, precision, args)
@@ -664,25 +670,37 @@ def main(argv=None):
                                'error': '%s: %s' % (type(e).__name__, e)}
                         _free(args.device)
                     results.append(rec)
-            if args.profile:
+            if args.profile and k == 0:
                 profile_training(model_name, spec, args)
-        if 'loader' in args.parts and args.loader_workers:
-            first = args.models.split(',')[0]
-            results.extend(measure_loader(specs[first == 'keypoint'], first, args))
     finally:
         if not args.keep_data:
             shutil.rmtree(data_root, ignore_errors=True)
     print_tables(results, args.peer)
     if args.json:
-        plain = {k: sorted(v) if isinstance(v, set) else str(v) if isinstance(v, torch.device)
-                 else v for k, v in vars(args).items()}
-        # NaN (an unmeasurable CPU time) is not JSON: null
-        finite = [{k: None if isinstance(v, float) and not math.isfinite(v) else v
-                   for k, v in r.items()} for r in results]
-        with open(args.json, 'w') as f:
-            json.dump({'machine': info, 'args': plain, 'results': finite}, f, indent=1)
         print('\nwrote %s' % args.json)
-    return results
+    return list(results)
+
+
+class _Results(list):
+    """The result records; with ``--json``, the file is rewritten after each one, so a run
+    stopped by a time limit keeps what it measured."""
+
+    def __init__(self, args, info):
+        super().__init__()
+        self.path = args.json
+        self.head = {'machine': info, 'args': {
+            k: sorted(v) if isinstance(v, set) else str(v) if isinstance(v, torch.device) else v
+            for k, v in vars(args).items()}}
+
+    def append(self, rec):
+        super().append(rec)
+        if self.path:
+            # NaN (an unmeasurable CPU time) is not JSON: null
+            finite = [{k: None if isinstance(v, float) and not math.isfinite(v) else v
+                       for k, v in r.items()} for r in self]
+            with open(self.path + '.tmp', 'w') as f:
+                json.dump(dict(self.head, results=finite), f, indent=1)
+            os.replace(self.path + '.tmp', self.path)
 
 
 if __name__ == '__main__':
