@@ -219,6 +219,11 @@ class RoiDataset(torch_data.Dataset):
                 logger.warning('%s; using image %s instead (%d unreadable images so far in this '
                                'loader process)', e, self._roidb[candidate]['image'],
                                self.num_unreadable)
+            except Exception as e:
+                # Any other fault: name the image, so the worker's error in the training
+                # process says which record to look at.
+                raise RuntimeError('loading image %s (image id %s) failed: %s: %s'
+                                   % (entry['image'], entry.get('id'), type(e).__name__, e)) from e
         raise RuntimeError('gave up after %d unreadable images in a row, starting at %s'
                            % (self.max_retries + 1, self._roidb[index]['image']))
 
