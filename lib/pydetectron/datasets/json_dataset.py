@@ -202,12 +202,15 @@ class JsonDataset(object):
                 logger.warning("%s: %s has no 'annotations'; the roidb has no ground truth",
                                self.name, self.annotation_file)
             self._num_warnings = 0
-            counts = {'invalid': 0, 'degenerate': 0}
+            counts = {'invalid': 0, 'degenerate': 0, 'unknown_category': 0}
             for entry in roidb:
                 self._add_gt_annotations(entry, counts)
             if counts['invalid']:
                 logger.info('%s: dropped %d annotations with an empty box or zero area',
                             self.name, counts['invalid'])
+            if counts['unknown_category']:
+                logger.warning('%s: dropped %d annotations whose category_id is not in '
+                               "'categories'", self.name, counts['unknown_category'])
             if counts['degenerate']:
                 logger.warning('%s: dropped %d degenerate polygons (< 3 points or no area)%s',
                                self.name, counts['degenerate'],
@@ -278,6 +281,12 @@ class JsonDataset(object):
         for obj in objs:
             if obj['area'] < gt_min_area or obj.get('ignore', 0) == 1:
                 continue
+            if obj['category_id'] not in self.json_category_id_to_contiguous_id:
+                counts['unknown_category'] += 1
+                self._warn('annotation %s (image %s): category_id %s is not one of the '
+                           "dataset's categories %s; dropped", obj['id'], entry['id'],
+                           obj['category_id'], sorted(self.json_category_id_to_contiguous_id))
+                continue
             x1, y1, x2, y2 = box_utils.xywh_to_xyxy(obj['bbox'])
             x1, y1, x2, y2 = box_utils.clip_xyxy_to_image(x1, y1, x2, y2, height, width)
             # non-zero segm area and a box of more than one pixel
@@ -305,7 +314,7 @@ class JsonDataset(object):
             seg_areas[ix] = obj['area']
             is_crowd[ix] = bool(obj['iscrowd'])
             if self.keypoints is not None:
-                gt_keypoints[ix] = self._get_gt_keypoints(obj)
+                gt_keypoints[ix] = self._get_gt_keypoints(obj, entry['id'])
             # crowd boxes overlap every class by -1 so that they are never sampled
             if obj['iscrowd']:
                 gt_overlaps[ix, :] = -1.0
@@ -323,15 +332,16 @@ class JsonDataset(object):
             entry['gt_keypoints'] = np.append(entry['gt_keypoints'], gt_keypoints, axis=0)
             entry['has_visible_keypoints'] = bool((gt_keypoints[:, 2, :] > 0).any())
 
-    def _get_gt_keypoints(self, obj):
+    def _get_gt_keypoints(self, obj, image_id=None):
         """(3, K) int32 keypoints of an object; all zeros when it has none (other categories)."""
         kps = obj.get('keypoints')
         if not kps:
             return np.zeros((3, self.num_keypoints), dtype=np.int32)
         if len(kps) != 3 * self.num_keypoints:
-            raise ValueError('%s: annotation %s has %d keypoint values, expected 3 x %d (%s)'
-                             % (self.annotation_file, obj['id'], len(kps), self.num_keypoints,
-                                ', '.join(self.keypoints)))
+            raise ValueError("%s: annotation %s (image %s): field 'keypoints' has %d values, "
+                             'expected 3 x %d (%s)'
+                             % (self.annotation_file, obj['id'], image_id, len(kps),
+                                self.num_keypoints, ', '.join(self.keypoints)))
         # COCO stores x, y, v interleaved; Detectron keeps integer pixel coordinates
         return np.asarray(kps, dtype=np.float64).reshape(-1, 3).T.astype(np.int32)
 
