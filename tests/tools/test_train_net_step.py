@@ -189,3 +189,44 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith('error: unknown config key SOLVER.BASE_LRR')
     assert 'SOLVER.BASE_LR' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+THIN = ['NUM_GPUS', '1', 'TRAIN.IMS_PER_BATCH', '1', 'SOLVER.BASE_LR', '0.005',
+        'SOLVER.WARM_UP_ITERS', '2', 'TRAIN.SNAPSHOT_ITERS', '100',
+        'MODEL.CONV_BODY', 'FPN.fpn_ResNet_conv5_body', 'RESNETS.BLOCK_COUNTS', '(1, 1, 1, 1)',
+        'RESNETS.STEM_OUT_DIM', '16', 'RESNETS.RES2_OUT_DIM', '32', 'RESNETS.WIDTH_PER_GROUP', '8',
+        'GROUP_NORM.NUM_GROUPS', '8', 'FPN.DIM', '32', 'FAST_RCNN.MLP_HEAD_DIM', '64',
+        'MRCNN.DIM_REDUCED', '32', 'TRAIN.SCALES', '(128,)', 'TRAIN.MAX_SIZE', '224',
+        'TRAIN.BATCH_SIZE_PER_IM', '32', 'TRAIN.RPN_BATCH_SIZE_PER_IM', '64',
+        'TRAIN.RPN_PRE_NMS_TOP_N', '200', 'TRAIN.RPN_POST_NMS_TOP_N', '200']
+
+
+@pytest.mark.slow
+def test_real_model_and_loader_resume_on_coco_mini(tmp_path, fresh_cfg, coco_mini):
+    """Generalized_RCNN (a thin GroupNorm Mask R-CNN FPN) and the real loader on coco_mini: an
+    auto-resumed run ends with exactly the weights and momentum of an uninterrupted one."""
+    from pydetectron.core.config import reset_cfg
+
+    def run(out, max_iter):
+        reset_cfg()
+        args = train_net_step.parse_args([
+            '--dataset', os.path.join(coco_mini, 'annotations', 'instances_train2017.json'),
+            '--cfg', os.path.join(ROOT, 'configs', 'gn_baselines',
+                                  'scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml'),
+            '--no_cuda', '--bs', '1', '--nw', '0', '--output_dir', str(out),
+            '--set', 'SOLVER.MAX_ITER', str(max_iter)] + THIN)
+        assert launch.main(args) == 0
+
+    run(tmp_path / 'whole', 3)
+    run(tmp_path / 'split', 1)
+    run(tmp_path / 'split', 3)            # TRAIN.AUTO_RESUME from model_step0.pth
+    assert [s for s, _ in ck.list_checkpoints(str(tmp_path / 'split'))] == [0, 2]
+    a = ck.load_checkpoint(str(tmp_path / 'whole' / 'ckpt' / 'model_step2.pth'))
+    b = ck.load_checkpoint(str(tmp_path / 'split' / 'ckpt' / 'model_step2.pth'))
+    assert set(a['model']) == set(b['model']) and len(a['model']) > 50
+    for k, v in a['model'].items():
+        assert torch.equal(v, b['model'][k]), k
+        assert torch.isfinite(v).all(), k
+    for k, s in a['optimizer']['state'].items():
+        assert torch.equal(s['momentum_buffer'], b['optimizer']['state'][k]['momentum_buffer'])
+    assert a['data_order'] == b['data_order'] == {'seed': 3, 'start_iter': 3}
