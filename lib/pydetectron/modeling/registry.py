@@ -16,7 +16,7 @@ The call contract of each family (builders read the global ``cfg`` for their opt
     ROI_KEYPOINTS_HEAD   forward(blob_conv, rois (R, 5)) -> (R, dim_out, S, S)
 """
 
-__all__ = ["Registry", "CONV_BODY", "ROI_BOX_HEAD", "ROI_MASK_HEAD", "ROI_KEYPOINTS_HEAD", "get_func"]
+__all__ = ["Registry", "UnknownFunctionError", "CONV_BODY", "ROI_BOX_HEAD", "ROI_MASK_HEAD", "ROI_KEYPOINTS_HEAD", "get_func"]
 
 
 def _canonical(name):
@@ -25,6 +25,11 @@ def _canonical(name):
     except ImportError:  # pragma: no cover - config is part of the package
         return name
     return canonical_func_name(name)
+
+
+class UnknownFunctionError(KeyError):
+    """A config key names a body / head function that no registry holds (a user error: tools
+    report it without a traceback)."""
 
 
 class Registry:
@@ -53,7 +58,7 @@ class Registry:
         canonical = _canonical(name)
         if canonical in self._builders:
             return self._builders[canonical]
-        raise KeyError("%s: unknown function %r; valid names are: %s"
+        raise UnknownFunctionError("%s: unknown function %r; valid names are: %s"
                        % (self.config_key, name, ", ".join(sorted(self._builders))))
 
     def __contains__(self, name):
