@@ -16,7 +16,8 @@ The call contract of each family (builders read the global ``cfg`` for their opt
     ROI_KEYPOINTS_HEAD   forward(blob_conv, rois (R, 5)) -> (R, dim_out, S, S)
 """
 
-__all__ = ["Registry", "UnknownFunctionError", "CONV_BODY", "ROI_BOX_HEAD", "ROI_MASK_HEAD", "ROI_KEYPOINTS_HEAD", "get_func"]
+__all__ = ["Registry", "UnknownFunctionError", "CONV_BODY", "ROI_BOX_HEAD", "ROI_MASK_HEAD",
+           "ROI_KEYPOINTS_HEAD", "get_func"]
 
 
 def _canonical(name):
