@@ -68,6 +68,11 @@ SPEC_PREFIX = 'coco_json:'
 _ALIASES = {}
 
 
+class UnknownDatasetError(KeyError):
+    """A dataset name that is neither in the catalog nor a ``coco_json:`` spec (a user error:
+    tools report it without a traceback)."""
+
+
 def get_data_dir():
     """The data directory: ``cfg.DATA_DIR`` when the config defines it, else ``<repo>/data``."""
     try:
@@ -291,7 +296,7 @@ def canonical_name(name):
     if is_spec(name):
         return _register_spec(name)
     close = difflib.get_close_matches(name, list(_DATASETS) + list(_SHORTHANDS), n=3)
-    raise KeyError(
+    raise UnknownDatasetError(
         'Unknown dataset name %r%s. Use a catalog name (see dataset_catalog.datasets()), '
         "'coco_json:<annotation_file>[:<image_dir>]', or register it with "
         'dataset_catalog.register_dataset(name, image_dir, annotation_file)'
