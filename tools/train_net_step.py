@@ -68,12 +68,13 @@ def main(argv=None):
     from pydetectron.core.config import ConfigKeyError, ConfigTypeError, ConfigValueError
     from pydetectron.engine import launch
     from pydetectron.engine.checkpoint import CheckpointError
+    from pydetectron.datasets.dataset_catalog import UnknownDatasetError
     from pydetectron.modeling.registry import UnknownFunctionError
     args = parse_args(argv)
     try:
         return launch.main(args)
     except (FileNotFoundError, CheckpointError, ConfigKeyError, ConfigTypeError,
-            ConfigValueError, UnknownFunctionError) as e:
+            ConfigValueError, UnknownDatasetError, UnknownFunctionError) as e:
         # A bad file, flag or key: the message says what to do; a traceback would only hide it.
         print('error: {}'.format(e.args[0] if isinstance(e, KeyError) and e.args else e),
               file=sys.stderr)
