@@ -63,11 +63,12 @@ def run_to_end(argv, timeout=300):
 
 @pytest.fixture(scope='session')
 def reference_run(tmp_path_factory):
-    """An uninterrupted 20-step run with --seed 3: ({step: loss}, final checkpoint)."""
+    """An uninterrupted 20-step run with --seed 3: ({step: loss}, final checkpoint, its
+    output directory)."""
     out = tmp_path_factory.mktemp('reference_run')
     losses, _, _ = run_to_end(train_argv(out))
     assert sorted(losses) == list(range(MAX_ITER))
-    return losses, final_model(out)
+    return losses, final_model(out), out
 
 
 def assert_same_model(a, b):
