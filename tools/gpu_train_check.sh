@@ -14,7 +14,7 @@
 #                                          carried to the GPU machine), else ../shared/data/coco_mini
 #   CPU=1 bash tools/gpu_train_check.sh    rehearsal on the CPU with tiny settings (no build)
 # Environment: PARTS (default tests,train,test_net,bench: the steps after the build to run),
-# BENCH (tools/benchmark.py's arguments instead of this script's), STEPS (training steps, 50),
+# BENCH (tools/benchmark.py's arguments instead of this script's), STEPS (training steps, 50), LR,
 # TRAIN_MODELS ("mask keypoint"), BUDGET (seconds, 535), AMP_FIX=1 (see below), OUT, WORK
 # (scratch, emptied first).
 #
@@ -180,13 +180,17 @@ print('initial weights: %d AffineChannel2d set from %s; FPN output std %s'
 torch.save({'model': model.state_dict(), 'step': -1}, out)
 EOF
 
+# A 1-GPU, 2-image run with the 8-GPU config's schedule left alone (NUM_GPUS 1, IMS_PER_BATCH 2 set
+# before train_net_step's adaptive changes, so MAX_ITER is not multiplied by 8) and Detectron's
+# linear-scaling LR for 2 images, 0.02 x 2 / 16 (0.005 made Mask R-CNN diverge after ~40 steps).
+LR=${LR:-0.0025}
 train() {  # $1 run name, $2 config, $3 annotation file, $4 init .pth, $5 extra flag (--amp)
     stamp "c. train $1"
     timeout "$T_TRAIN" "${RUN_PY[@]}" tools/train_net_step.py \
         --dataset "coco_json:$COCO/annotations/$3:$COCO/images/train2017" --cfg "$2" \
         --bs 2 --nw "$NW" --disp_interval "$DISP" --load_ckpt "$4" --output_dir "$WORK/$1" \
         $DEVICE_FLAG ${5:-} \
-        --set NUM_GPUS 1 TRAIN.IMS_PER_BATCH 2 SOLVER.BASE_LR 0.005 SOLVER.WARM_UP_ITERS 10 \
+        --set NUM_GPUS 1 TRAIN.IMS_PER_BATCH 2 SOLVER.BASE_LR "$LR" SOLVER.WARM_UP_ITERS 10 \
         SOLVER.MAX_ITER "$STEPS" TRAIN.SCALES "($SCALE,)" TRAIN.MAX_SIZE "$MAXSIZE" \
         TRAIN.SNAPSHOT_ITERS 100000 MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS False \
         > "$WORK/train_$1.log" 2>&1
