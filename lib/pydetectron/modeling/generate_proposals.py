@@ -98,6 +98,8 @@ def generate_proposals(cls_probs, bbox_pred, im_info, anchors, feat_stride, para
     if bbox_pred.shape != (n, 4 * a, h, w):
         raise ValueError("generate_proposals: bbox_pred %s does not match cls_probs %s (4A channels)"
                          % (tuple(bbox_pred.shape), tuple(cls_probs.shape)))
+    # Proposal geometry is float32 whatever the head ran in (bf16 under --amp), as in Detectron.
+    cls_probs, bbox_pred = cls_probs.float(), bbox_pred.float()
     im_info = im_info.to(device=cls_probs.device, dtype=torch.float32)
     all_anchors = shifted_anchors(anchors.to(cls_probs.device, torch.float32), h, w, feat_stride)
     scores = cls_probs.permute(0, 2, 3, 1).reshape(n, -1)  # (N, K), ordered (H, W, A)

@@ -50,6 +50,7 @@ def decode_boxes(rois, bbox_pred, num_classes, im_info, im_sizes=None, bbox_reg=
     im_sizes (N, 2) original (height, width) (default: blob size / im_scale, rounded).
     """
     im_info = im_info.to(dtype=torch.float32)
+    rois, bbox_pred = rois.float(), bbox_pred.float()  # box geometry in float32 (bf16 under amp)
     im_inds = rois[:, 0].to(torch.int64)
     scales = im_info[im_inds, 2].view(-1, 1)
     boxes = rois[:, 1:5] / scales
@@ -80,6 +81,7 @@ def box_results_with_nms_and_limit(scores, boxes, im_inds, num_images, score_thr
     Returns one dict per image: 'boxes' (D, 4), 'scores' (D,), 'classes' (D,) int64 in 1..C-1.
     """
     from pydetectron.ops import batched_nms
+    scores, boxes = scores.float(), boxes.float()
     r, c = scores.shape
     im_inds = im_inds.to(torch.int64)
     cand = torch.nonzero(scores[:, 1:] > score_thresh)  # (M, 2): roi, class - 1
