@@ -42,7 +42,7 @@ def interrupt_after(argv, step, sig):
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
 def test_signal_then_resume_equals_uninterrupted(tmp_path, sig, reference_run):
-    ref_losses, ref_final = reference_run
+    ref_losses, ref_final, _ = reference_run
     code, stdout, stderr = interrupt_after(train_argv(tmp_path), 7, sig)
     name = signal.Signals(sig).name
     assert code == 128 + sig, stderr[-3000:]
