@@ -13,16 +13,11 @@
 #   bash tools/gpu_train_check.sh          coco_mini from .gpu_data/coco_mini (an ignored folder
 #                                          carried to the GPU machine), else ../shared/data/coco_mini
 #   CPU=1 bash tools/gpu_train_check.sh    rehearsal on the CPU with tiny settings (no build)
+# Before a device call, here: echo /.gpu_data/ >> .git/info/exclude; mkdir -p .gpu_data;
+# cp -r ../shared/data/coco_mini .gpu_data/; then run it with carry [".gpu_data", ".whl"].
 # Environment: PARTS (default tests,train,test_net,bench: the steps after the build to run),
 # BENCH (tools/benchmark.py's arguments instead of this script's), STEPS (training steps, 50), LR,
-# TRAIN_MODELS ("mask keypoint"), BUDGET (seconds, 535), AMP_FIX=1 (see below), OUT, WORK
-# (scratch, emptied first).
-#
-# AMP_FIX=1 runs the training and the benchmark (not the tests) with generate_proposals given
-# float32 objectness and deltas: under bf16 autocast it gets bf16 scores and float32 boxes and
-# batched_nms refuses the mix (a bug of modeling/generate_proposals.py, reported). The change is
-# made in memory by a launcher (tools are run through runpy after wrapping the function); no file
-# is edited. The summary says when it was on.
+# TRAIN_MODELS ("mask keypoint"), BUDGET (seconds, 535), OUT, WORK (scratch, emptied first).
 #
 # No ImageNet weights are at hand on the GPU machine, and the frozen-BN (AffineChannel) R-50
 # diverges from random weights (its activations grow to ~1e3 through 50 unnormalised layers). So
@@ -39,7 +34,6 @@ WORK=${WORK:-/tmp/gpu_train_check_work}
 CPU=${CPU:-0}
 BUDGET=${BUDGET:-535}   # seconds for the whole script; the benchmark gets what is left
 PARTS=${PARTS:-tests,train,test_net,bench}
-AMP_FIX=${AMP_FIX:-0}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
@@ -67,26 +61,6 @@ fi
 if [ -n "${BENCH:-}" ]; then read -r -a BENCH_ARGS <<< "$BENCH"; fi
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
 
-# "${RUN_PY[@]}" SCRIPT ARGS...: python3 SCRIPT ARGS, through the AMP_FIX launcher when it is on
-cat > "$WORK/amp_fix_launcher.py" <<'EOF'
-import runpy
-import sys
-
-import pydetectron.modeling.generate_proposals as gp
-
-_generate_proposals = gp.generate_proposals
-
-
-def generate_proposals(cls_probs, bbox_pred, *args, **kwargs):
-    return _generate_proposals(cls_probs.float(), bbox_pred.float(), *args, **kwargs)
-
-
-gp.generate_proposals = generate_proposals  # before rpn_heads imports the name
-print('AMP_FIX: generate_proposals takes float32 scores and deltas', file=sys.stderr)
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name='__main__')
-EOF
-if [ "$AMP_FIX" = 1 ]; then RUN_PY=("$PY" "$WORK/amp_fix_launcher.py"); else RUN_PY=("$PY"); fi
 
 # --- environment ------------------------------------------------------------------------------
 if ! "$PY" -c "import pycocotools" 2> /dev/null; then
@@ -186,7 +160,7 @@ EOF
 LR=${LR:-0.0025}
 train() {  # $1 run name, $2 config, $3 annotation file, $4 init .pth, $5 extra flag (--amp)
     stamp "c. train $1"
-    timeout "$T_TRAIN" "${RUN_PY[@]}" tools/train_net_step.py \
+    timeout "$T_TRAIN" "$PY" tools/train_net_step.py \
         --dataset "coco_json:$COCO/annotations/$3:$COCO/images/train2017" --cfg "$2" \
         --bs 2 --nw "$NW" --disp_interval "$DISP" --load_ckpt "$4" --output_dir "$WORK/$1" \
         $DEVICE_FLAG ${5:-} \
@@ -246,7 +220,7 @@ want bench && stamp "e. benchmark (${remaining} s left for it)"
 if ! want bench; then
     :
 elif [ "$remaining" -gt 30 ]; then
-    timeout "$remaining" "${RUN_PY[@]}" tools/benchmark.py "${BENCH_ARGS[@]}" --json "$OUT/bench.json" \
+    timeout "$remaining" "$PY" tools/benchmark.py "${BENCH_ARGS[@]}" --json "$OUT/bench.json" \
         > "$OUT/bench.log" 2>&1
     echo "benchmark rc=$?" | tee "$WORK/bench.txt"
 else
@@ -254,13 +228,12 @@ else
 fi
 
 # --- summary ---------------------------------------------------------------------------------
-"$PY" - "$WORK" "$OUT" "$BUILD" "$(( $(date +%s) - T0 ))" "$AMP_FIX" <<'EOF' \
-    | tee "$OUT/summary.txt"
+"$PY" - "$WORK" "$OUT" "$BUILD" "$(( $(date +%s) - T0 ))" <<'EOF' | tee "$OUT/summary.txt"
 import os
 import re
 import sys
 
-work, out, build, seconds, amp_fix = sys.argv[1:6]
+work, out, build, seconds = sys.argv[1:5]
 
 
 def read(path):
@@ -273,8 +246,6 @@ def read(path):
 
 print('\n==================== GPU training check: summary (%s s) ====================' % seconds)
 print(read(os.path.join(work, 'machine.txt')).strip())
-if amp_fix == '1':
-    print('AMP_FIX on: training and benchmark ran with float32 proposals under autocast')
 print('a. build: %s' % build)
 print('b. %s' % read(os.path.join(work, 'tests.txt')).strip())
 runs = ['mask_fp32', 'mask_bf16', 'keypoint_fp32', 'keypoint_bf16']

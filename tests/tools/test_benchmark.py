@@ -173,8 +173,6 @@ def test_cpu_run_end_to_end(tmp_path, fresh_cfg, registry_env, capsys):
     assert '== training' in printed and '== inference' in printed and '== data loader' in printed
 
 
-@pytest.mark.xfail(strict=False, reason='bf16 autocast: generate_proposals gets bf16 scores and '
-                   'float32 boxes and batched_nms refuses the mix (reported to modeling)')
 def test_cpu_bf16_training_step(tmp_path, fresh_cfg, registry_env):
     results = benchmark.main(SMALL + ['--amp', '--batch_sizes', '2', '--parts', 'train'])
     (train,) = results
