@@ -82,3 +82,22 @@ def test_nan_loss_stops_with_name_and_step_and_keeps_last_good(tmp_path):
     # weights (here it does, LR 1e8) -- the check is on losses, as in Detectron.
     assert math.isfinite(losses_of(stdout)[good_step])
     assert ck.find_latest_checkpoint(str(tmp_path)) == path
+
+
+def test_kill_9_then_resume_from_the_last_snapshot_equals_uninterrupted(tmp_path, reference_run):
+    """``kill -9`` cannot be caught: nothing is saved at the kill, the last periodic checkpoint
+    stays loadable (writes are atomic: tests/engine/test_checkpoint.py kills in mid-write) and
+    ``--resume`` from it replays the lost steps exactly."""
+    ref_losses, ref_final, _ = reference_run
+    argv = train_argv(tmp_path, sets=['TRAIN.SNAPSHOT_ITERS', '4'])
+    code, stdout, _ = interrupt_after(argv, 9, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert max(losses_of(stdout)) in (9, 10)
+    saved = [s for s, _ in ck.list_checkpoints(str(tmp_path))]
+    assert saved[-1] == 7                                 # snapshots after steps 3 and 7
+    assert ck.load_checkpoint(ck.find_latest_checkpoint(str(tmp_path)))['step'] == 7
+    resumed, _, _ = run_to_end(train_argv(tmp_path, '--resume',
+                                          sets=['TRAIN.SNAPSHOT_ITERS', '4']))
+    assert sorted(resumed) == list(range(8, MAX_ITER))
+    assert resumed == {s: ref_losses[s] for s in range(8, MAX_ITER)}
+    assert_same_model(final_model(tmp_path), ref_final)
