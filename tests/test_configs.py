@@ -41,8 +41,11 @@ def test_all_seed_configs_are_shipped():
         by_dir.setdefault(os.path.dirname(rel), []).append(rel)
     assert len(by_dir.get('baselines', [])) == 30
     assert len(by_dir.get('gn_baselines', [])) == 6
-    assert len(by_dir.get('getting_started', [])) == 4
-    assert len(CONFIGS) >= 40
+    started = by_dir.get('getting_started', [])
+    # Detectron's four tutorials, plus the CPU quick-start configs for the shapes datasets
+    assert len([p for p in started if 'tutorial_' in p]) == 4
+    assert len([p for p in started if 'shapes_' in p]) >= 2
+    assert len(CONFIGS) >= 42
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=IDS)
@@ -59,7 +62,31 @@ def test_config_loads_and_validates(path):
     merge_cfg_from_file(path)
     assert_and_infer_cfg(cache_urls=False)
     assert cfg.is_immutable()
-    _check_family(os.path.basename(path))
+    name = os.path.basename(path)
+    if 'shapes_' in name:
+        _check_quickstart(name)
+    else:
+        _check_family(name)
+
+
+def _check_quickstart(name):
+    """The CPU quick-start configs: a thin GroupNorm ResNet-FPN trained from scratch on the
+    built-in shapes datasets (no ImageNet weights can be fetched there)."""
+    m = cfg.MODEL
+    assert m.CONV_BODY in CANONICAL_FUNC_NAMES['MODEL.CONV_BODY']
+    assert m.CONV_BODY.startswith('FPN.') and cfg.FPN.FPN_ON
+    assert not m.LOAD_IMAGENET_PRETRAINED_WEIGHTS
+    assert cfg.RESNETS.TRANS_FUNC == 'bottleneck_gn_transformation' and cfg.FPN.USE_GN
+    assert cfg.FAST_RCNN.ROI_BOX_HEAD in CANONICAL_FUNC_NAMES['FAST_RCNN.ROI_BOX_HEAD']
+    if name.startswith('keypoints_shapes_'):
+        assert m.KEYPOINTS_ON and not m.MASK_ON and m.NUM_CLASSES == 2
+        assert cfg.TRAIN.DATASETS == ('keypoints_shapes_train',)
+        assert cfg.TEST.DATASETS == ('keypoints_shapes_val',)
+    else:
+        assert m.MASK_ON and not m.KEYPOINTS_ON and m.NUM_CLASSES == 4
+        assert cfg.MRCNN.ROI_MASK_HEAD.endswith('_gn')
+        assert cfg.TRAIN.DATASETS == ('shapes_train',)
+        assert cfg.TEST.DATASETS == ('shapes_val',)
 
 
 def _check_family(name):
