@@ -139,4 +139,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from pydetectron.engine.cli import run_tool
+    sys.exit(run_tool(main, prog='infer_simple.py'))

@@ -65,20 +65,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from pydetectron.core.config import ConfigKeyError, ConfigTypeError, ConfigValueError
+    """Train; a bad file, flag, key or name ends in one line on stderr and returns 2."""
     from pydetectron.engine import launch
-    from pydetectron.engine.checkpoint import CheckpointError
-    from pydetectron.datasets.dataset_catalog import UnknownDatasetError
-    from pydetectron.modeling.registry import UnknownFunctionError
-    args = parse_args(argv)
-    try:
-        return launch.main(args)
-    except (FileNotFoundError, CheckpointError, ConfigKeyError, ConfigTypeError,
-            ConfigValueError, UnknownDatasetError, UnknownFunctionError) as e:
-        # A bad file, flag or key: the message says what to do; a traceback would only hide it.
-        print('error: {}'.format(e.args[0] if isinstance(e, KeyError) and e.args else e),
-              file=sys.stderr)
-        return 2
+    from pydetectron.engine.cli import run_tool
+    return run_tool(lambda a: launch.main(parse_args(a)), argv, prog='train_net_step.py')
 
 
 if __name__ == '__main__':

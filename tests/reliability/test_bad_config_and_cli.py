@@ -89,3 +89,35 @@ def test_infer_simple_missing_and_empty_image_dir(tmp_path, reference_run):
     proc = _infer('--load_ckpt', ckpt, '--dataset', 'shapes', '--image_dir', empty)
     assert proc.returncode != 0 and 'no image files' in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('tool', ['test_net.py', 'infer_simple.py'])
+def test_inference_tools_name_an_unknown_body_in_one_line(tool, tmp_path):
+    """test_net.py and infer_simple.py answer a typo in a body name like train_net_step.py does."""
+    import subprocess
+    import sys as _sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg_file = tmp_path / 'bad.yaml'
+    cfg_file.write_text("MODEL:\n  TYPE: generalized_rcnn\n  CONV_BODY: FPN.fpn_ResNet51_conv5_body\n"
+                        "  NUM_CLASSES: 4\n  FASTER_RCNN: True\nFPN:\n  FPN_ON: True\n"
+                        "  MULTILEVEL_ROIS: True\n  MULTILEVEL_RPN: True\n")
+    ckpt = tmp_path / 'model.pth'
+    import torch
+    torch.save({'model': {}}, str(ckpt))
+    args = [_sys.executable, os.path.join(root, 'tools', tool), '--cfg', str(cfg_file),
+            '--load_ckpt', str(ckpt), '--no_cuda']
+    if tool == 'test_net.py':
+        args += ['--dataset', 'shapes', '--output_dir', str(tmp_path / 'out')]
+    else:
+        img_dir = tmp_path / 'imgs'
+        img_dir.mkdir()
+        import numpy as np
+        import cv2
+        cv2.imwrite(str(img_dir / 'a.jpg'), np.zeros((32, 32, 3), np.uint8))
+        args += ['--image_dir', str(img_dir), '--output_dir', str(tmp_path / 'out'),
+                 '--dataset', 'shapes']
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'fpn_ResNet51_conv5_body' in proc.stderr
+    assert 'fpn_ResNet50_conv5_body' in proc.stderr  # the valid names are listed
+    assert 'Traceback' not in proc.stderr

@@ -187,7 +187,7 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
          '--dataset', 'coco2017', '--no_cuda', '--output_dir', str(tmp_path),
          '--set', 'SOLVER.BASE_LRR', '0.1'], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.startswith('error: unknown config key SOLVER.BASE_LRR')
+    assert proc.stderr.startswith('train_net_step.py: error: unknown config key SOLVER.BASE_LRR')
     assert 'SOLVER.BASE_LR' in proc.stderr and 'Traceback' not in proc.stderr
 
 
