@@ -23,6 +23,8 @@ OUT=${DEMO_OUTPUT_DIR:-Outputs/quick_start}
 INFER_OUT=${DEMO_INFER_DIR:-infer_outputs}
 # A few val images with several overlapping shapes each (data/shapes/shapes_val/<id>.jpg)
 INFER_IMAGES=(000003 000007 000012 000025)
+# python -c "$ENLARGE" SRC_DIR DST_DIR ID...: SRC_DIR/ID.jpg -> DST_DIR/ID.png, 3x larger
+ENLARGE='import cv2, os, sys; src, dst = sys.argv[1:3]; os.makedirs(dst, exist_ok=True); [cv2.imwrite(os.path.join(dst, i + ".png"), cv2.resize(cv2.imread(os.path.join(src, i + ".jpg")), None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)) for i in sys.argv[3:]]'
 
 # Threads. The model is small, so the cores are better spent one per process; and on a machine
 # shared with other jobs, OpenMP threads that spin-wait for each other slow a step down several
@@ -35,9 +37,21 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 read -r -a train_args <<< "${DEMO_TRAIN_ARGS:-}"
 read -r -a test_args <<< "${DEMO_TEST_ARGS:-}"
 
+# One argument as it can be pasted into a shell: as is when plain, else in single quotes.
+quote() {
+    case $1 in
+        '') printf "''" ;;
+        *[!A-Za-z0-9_./:=,+-]*) if [[ $1 != *"'"* ]]; then printf "'%s'" "$1"; else printf '%q' "$1"; fi ;;
+        *) printf '%s' "$1" ;;
+    esac
+}
+
+# Print the command, then run it.
 run() {
-    # Print the command as it can be pasted back into a shell, then run it.
-    printf '\n+'; printf ' %q' "$@"; printf '\n'
+    printf '\n+'
+    local a
+    for a in "$@"; do printf ' '; quote "$a"; done
+    printf '\n'
     "$@"
 }
 
@@ -77,16 +91,17 @@ run_logged "$OUT/test.log" "$PY" tools/test_net.py --dataset shapes --cfg "$CFG"
     || fail "evaluation failed (exit $?); its log: $OUT/test.log"
 t2=$(date +%s)
 
-# 3. Draw the predictions on a few val images
+# 3. Draw the predictions on a few val images, enlarged 3x so that the class labels are legible
+#    on them (the model resizes every input to TEST.SCALE, 160 px, so its input hardly changes)
 val_dir=$("$PY" -c "import sys; sys.path.insert(0, 'lib')
 import os; from pydetectron.datasets import dataset_catalog as c
 print(os.path.relpath(c.get_im_dir(c.prepare('shapes_val'))))") \
     || fail "cannot find the shapes_val images"
-images=()
-for i in "${INFER_IMAGES[@]}"; do images+=("$val_dir/$i.jpg"); done
+run "$PY" -c "$ENLARGE" "$val_dir" "$OUT/images" "${INFER_IMAGES[@]}" \
+    || fail "cannot read the shapes_val images in $val_dir"
 run_logged "$OUT/infer.log" "$PY" tools/infer_simple.py --cfg "$CFG" --load_ckpt "$ckpt" \
-    --dataset shapes --images "${images[@]}" --output_dir "$INFER_OUT" --thresh 0.5 --no_cuda \
-    || fail "drawing failed (exit $?); its log: $OUT/infer.log"
+    --dataset shapes --image_dir "$OUT/images" --output_dir "$INFER_OUT" --output_ext jpg \
+    --no_cuda || fail "drawing failed (exit $?); its log: $OUT/infer.log"
 t3=$(date +%s)
 
 # The AP of a task is the first number on the line after "copypaste: Task: <task>"'s header.

@@ -102,7 +102,7 @@ def test_run_demo_end_to_end(tmp_path):
     assert float(mask[0].split(':')[1]) == float(ap_lines[mask_i + 2].split(',')[0])
     assert sorted(os.path.basename(p) for p in glob.glob(str(out / 'ckpt' / '*.pth'))) == \
         ['model_step3.pth']
-    drawings = sorted(glob.glob(str(infer_out / '*.png')))
+    drawings = sorted(glob.glob(str(infer_out / '*.jpg')))
     assert len(drawings) == 4
     with open(infer_out / 'detections.json') as f:
         assert len(json.load(f)['images']) == 4
