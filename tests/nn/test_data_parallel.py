@@ -21,7 +21,7 @@ class Probe(nn.Module):
     def forward(self, data, im_info, roidb=None):
         with self.lock:
             self.calls.append({'data': data, 'im_info': im_info, 'roidb': roidb,
-                               'thread': threading.get_ident(),
+                               'thread': threading.current_thread().name,  # idents are reused, names are not
                                'autocast': torch.is_autocast_enabled('cpu') and
                                torch.get_autocast_dtype('cpu')})
         loss = (self.w * data.sum()).reshape(())
