@@ -5,9 +5,9 @@
 # be re-run or changed; the script stops with a non-zero exit status when one fails.
 #
 # Environment:
-#   DEMO_OUTPUT_DIR  where the run goes (default Outputs/quick_start; emptied first):
-#                    ckpt/ and config.yaml of the training, test/ (detections, COCO results),
-#                    and the logs of the three stages
+#   DEMO_OUTPUT_DIR  where the run goes (default Outputs/quick_start): ckpt/ and config.yaml of
+#                    the training, test/ (detections, COCO results), images/ (the enlarged val
+#                    images), and the logs of the three stages; a previous run's are removed first
 #   DEMO_INFER_DIR   where infer_simple.py draws (default infer_outputs)
 #   DEMO_CFG         the config (default: the CPU quick-start config below)
 #   DEMO_TRAIN_ARGS  extra arguments for train_net_step.py, e.g. '--set SOLVER.MAX_ITER 100'
@@ -26,10 +26,10 @@ INFER_IMAGES=(000003 000007 000012 000025)
 # python -c "$ENLARGE" SRC_DIR DST_DIR ID...: SRC_DIR/ID.jpg -> DST_DIR/ID.png, 3x larger
 ENLARGE='import cv2, os, sys; src, dst = sys.argv[1:3]; os.makedirs(dst, exist_ok=True); [cv2.imwrite(os.path.join(dst, i + ".png"), cv2.resize(cv2.imread(os.path.join(src, i + ".jpg")), None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)) for i in sys.argv[3:]]'
 
-# Threads. The model is small, so the cores are better spent one per process; and on a machine
-# shared with other jobs, OpenMP threads that spin-wait for each other slow a step down several
-# times (measured: 13 s instead of 0.3 s per step). One thread, and passive waiting when more
-# are asked for, are the robust choice; set OMP_NUM_THREADS=2 on an idle 2-core machine to try.
+# Threads. On a machine shared with other jobs, OpenMP threads that spin-wait for each other slow
+# a step of this small model down many times (measured: 13 s instead of 0.3 s per step); passive
+# waiting avoids that but also the gain of a second thread. One thread is the robust choice; on an
+# idle machine OMP_NUM_THREADS=2 OMP_WAIT_POLICY=ACTIVE is ~25% faster (BENCHMARK.md).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
@@ -73,7 +73,8 @@ run_logged() {
 [ -f "$CFG" ] || fail "config $CFG not found"
 echo "make.sh demo: config $CFG, output $OUT, OMP_NUM_THREADS=$OMP_NUM_THREADS," \
      "load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')"
-rm -rf "$OUT"
+# A previous run's checkpoints would be resumed (TRAIN.AUTO_RESUME) instead of training anew
+rm -rf "$OUT/ckpt" "$OUT/test" "$OUT/images" "$OUT/train.log" "$OUT/test.log" "$OUT/infer.log"
 mkdir -p "$OUT"
 t0=$(date +%s)
 
@@ -104,7 +105,8 @@ run_logged "$OUT/infer.log" "$PY" tools/infer_simple.py --cfg "$CFG" --load_ckpt
     --no_cuda || fail "drawing failed (exit $?); its log: $OUT/infer.log"
 t3=$(date +%s)
 
-# The AP of a task is the first number on the line after "copypaste: Task: <task>"'s header.
+# A task's AP: the first number of the line that follows "copypaste: Task: <task>" and the
+# metric names (Detectron's copy-paste summary).
 ap() {
     awk -v task="$1" '
         /copypaste: / {
