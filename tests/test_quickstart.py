@@ -88,7 +88,7 @@ def test_config_learns_a_minibatch(one_thread, path, dataset, head_loss):
 
 
 def test_run_demo_end_to_end(tmp_path):
-    """demo/run_demo.sh with a 4-step schedule: every stage runs, the AP lines and drawings come out."""
+    """demo/run_demo.sh on a 4-step schedule: every stage runs; the APs and drawings come out."""
     out, infer_out = tmp_path / 'out', tmp_path / 'infer'
     env = dict(os.environ, DEMO_OUTPUT_DIR=str(out), DEMO_INFER_DIR=str(infer_out),
                PYTHON=sys.executable,

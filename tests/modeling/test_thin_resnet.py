@@ -1,4 +1,4 @@
-"""RESNETS.BLOCK_COUNTS / STEM_OUT_DIM / RES2_OUT_DIM: thin backbones, with Detectron's defaults kept."""
+"""RESNETS.BLOCK_COUNTS, STEM_OUT_DIM, RES2_OUT_DIM: thin backbones; Detectron's defaults kept."""
 import pytest
 import torch
 
