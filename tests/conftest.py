@@ -37,8 +37,15 @@ def coco_mini():
 
 @pytest.fixture
 def fresh_cfg():
-    """The global cfg at its defaults (unfrozen) for the test, restored afterwards."""
+    """The global cfg at its defaults (unfrozen) for the test; afterwards it is put back exactly
+    as the test found it, frozen state included."""
+    import copy
     from pydetectron.core.config import cfg, reset_cfg
+    saved = copy.deepcopy(cfg)
+    was_immutable = cfg.is_immutable()
     reset_cfg()
     yield cfg
-    reset_cfg()
+    cfg.immutable(False)
+    dict.clear(cfg)
+    dict.update(cfg, saved)
+    cfg.immutable(was_immutable)

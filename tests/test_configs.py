@@ -1,6 +1,5 @@
 """Every YAML file shipped under configs/ loads, validates, and says what its
 name says (family, backbone, schedule)."""
-import copy
 import glob
 import os
 import re
@@ -24,15 +23,9 @@ SCHEDULE_IMAGES = {'1x': 1440000, '2x': 2880000, '3x': 4320000,
 
 
 @pytest.fixture(autouse=True)
-def fresh_cfg():
-    saved = copy.deepcopy(cfg)
-    was_immutable = cfg.is_immutable()
-    reset_cfg()
-    yield cfg
-    cfg.immutable(False)
-    dict.clear(cfg)
-    dict.update(cfg, saved)
-    cfg.immutable(was_immutable)
+def _defaults_for_every_test(fresh_cfg):
+    """Each test starts from the defaults (conftest's fresh_cfg restores the cfg afterwards)."""
+    yield fresh_cfg
 
 
 def test_all_seed_configs_are_shipped():

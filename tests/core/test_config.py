@@ -18,16 +18,9 @@ from pydetectron.utils.collections import AttrDict
 
 
 @pytest.fixture(autouse=True)
-def fresh_cfg():
-    """Give each test the defaults, and leave the global cfg as found."""
-    saved = copy.deepcopy(cfg)
-    was_immutable = cfg.is_immutable()
-    reset_cfg()
-    yield cfg
-    cfg.immutable(False)
-    dict.clear(cfg)
-    dict.update(cfg, saved)
-    cfg.immutable(was_immutable)
+def _defaults_for_every_test(fresh_cfg):
+    """Each test starts from the defaults (conftest's fresh_cfg restores the cfg afterwards)."""
+    yield fresh_cfg
 
 
 def write_yaml(tmp_path, text, name='cfg.yaml'):
