@@ -1,12 +1,15 @@
 """Batched proposals on the device against a numpy port of Detectron's per-image
 GenerateProposalsOp and its FPN collect step."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from pydetectron.modeling.generate_anchors import generate_anchors
 from pydetectron.modeling.generate_proposals import (
-    ProposalParams, collect_fpn_proposals, generate_proposals, shifted_anchors)
+    ProposalParams, collect_fpn_proposals, generate_multilevel_proposals, generate_proposals,
+    shifted_anchors)
 
 import detectron_reference as ref
 
@@ -94,3 +97,79 @@ def test_fpn_rpn_proposals_match_detectron_levels_then_collect():
         m = out["rpn_rois"][:, 0] == i
         np.testing.assert_allclose(out["rpn_rois"][m, 1:].detach().numpy(), boxes[order], atol=1e-4)
         np.testing.assert_array_equal(out["rpn_roi_probs"][m].detach().numpy(), scores[order])
+
+
+def _pyramid_outputs(n, sizes, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    probs, deltas, anchors, strides = [], [], [], []
+    for k, (h, w) in enumerate(sizes):
+        p = torch.rand(n, 3, h, w, generator=g)
+        p[:, :, ::2] = torch.round(p[:, :, ::2] * 20) / 20  # many equal scores: ties
+        probs.append(p.to(device))
+        deltas.append((torch.randn(n, 12, h, w, generator=g) * 0.4).to(device))
+        anchors.append(torch.as_tensor(generate_anchors(2. ** (k + 2), (16. * 2 ** k,),
+                                                        (0.5, 1, 2))).float().to(device))
+        strides.append(2. ** (k + 2))
+    return probs, deltas, anchors, strides
+
+
+@pytest.mark.parametrize("params,top_n,per_image", [
+    (ProposalParams(40, 25, 0.6, 0), 30, True), (ProposalParams(40, 25, 0.6, 4), 45, False),
+    (ProposalParams(-1, -1, 0.7, 0), 0, True), (ProposalParams(30, 20, 0.0, 0), 16, False),
+    (ProposalParams(50, 12, 0.5, 0), -1, False)])
+def test_multilevel_equals_levels_one_by_one_then_collect(params, top_n, per_image):
+    # The batched, flag-based path must equal what Detectron does: each level on its own
+    # (generate_proposals), then the collect step over the levels' outputs.
+    probs, deltas, anchors, strides = _pyramid_outputs(3, [(12, 16), (6, 8), (3, 4)], seed=7)
+    im_info = torch.tensor([[48., 64., 1.], [40., 60., 0.5], [30., 50., 2.]])
+    rois, scores = generate_multilevel_proposals(probs, deltas, im_info, anchors, strides, params,
+                                                 collect_top_n=top_n, per_image=per_image)
+    per_level = [generate_proposals(p, d, im_info, a, s, params)
+                 for p, d, a, s in zip(probs, deltas, anchors, strides)]
+    ref_rois, ref_scores = collect_fpn_proposals([r for r, _ in per_level],
+                                                 [p for _, p in per_level], 3, top_n,
+                                                 per_image=per_image)
+    assert rois.shape[0] > 0
+    assert torch.equal(rois, ref_rois)
+    assert torch.equal(scores, ref_scores)
+    # without the collect step: the levels' proposals one level after the other
+    rois, scores = generate_multilevel_proposals(probs, deltas, im_info, anchors, strides, params)
+    assert torch.equal(rois, torch.cat([r for r, _ in per_level]))
+    assert torch.equal(scores, torch.cat([p for _, p in per_level]))
+
+
+def test_multilevel_argument_errors():
+    probs, deltas, anchors, strides = _pyramid_outputs(1, [(4, 4), (2, 2)], seed=1)
+    im_info = torch.tensor([[16., 16., 1.]])
+    with pytest.raises(ValueError, match="2 cls_probs, 1 bbox_pred"):
+        generate_multilevel_proposals(probs, deltas[:1], im_info, anchors, strides,
+                                      ProposalParams(10, 5, 0.7, 0))
+    with pytest.raises(ValueError, match="does not match cls_probs"):
+        generate_multilevel_proposals(probs, deltas[::-1], im_info, anchors, strides,
+                                      ProposalParams(10, 5, 0.7, 0))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_multilevel_on_cuda_matches_cpu_with_one_host_sync():
+    params = ProposalParams(2000, 2000, 0.7, 0)
+    sizes = [(200, 336), (100, 168), (50, 84), (25, 42), (13, 21)]
+    cpu = _pyramid_outputs(2, sizes, seed=3)
+    gpu = _pyramid_outputs(2, sizes, seed=3, device="cuda")
+    im_info = torch.tensor([[800., 1333., 1.], [780., 1300., 1.]])
+    for top_n, per_image in ((2000, False), (1000, True)):
+        ref = generate_multilevel_proposals(cpu[0], cpu[1], im_info, cpu[2], cpu[3], params,
+                                            collect_top_n=top_n, per_image=per_image)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = generate_multilevel_proposals(gpu[0], gpu[1], im_info.cuda(), gpu[2], gpu[3],
+                                                params, collect_top_n=top_n, per_image=per_image)
+        torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) == 1, [str(w.message) for w in syncs]
+        # exp / division may differ by an ulp between the devices: boxes to 1e-3 pixel
+        assert out[0].shape == ref[0].shape
+        torch.testing.assert_close(out[0].cpu(), ref[0], rtol=0, atol=1e-3)
+        assert torch.equal(out[1].cpu(), ref[1])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pydetectron.ops import batched_nms, box_iou, nms
+from pydetectron.ops import batched_nms, batched_nms_mask, box_iou, nms
 from ops_test_utils import cuda_kernels_available, needs_ext, random_boxes
 
 pytestmark = needs_ext
@@ -137,7 +137,48 @@ def test_torch_compile_traces_nms():
 
 
 # ------------------------------------------------------------------------------------ CUDA
+def test_batched_nms_mask_flags_the_kept_boxes_in_input_order():
+    g = torch.Generator().manual_seed(16)
+    boxes = random_boxes(300, g)
+    scores = torch.rand(300, generator=g)
+    idxs = torch.randint(0, 5, (300,), generator=g)
+    mask = batched_nms_mask(boxes, scores, idxs, 0.6)
+    assert mask.dtype == torch.bool and mask.shape == (300,)
+    expected = torch.zeros(300, dtype=torch.bool)
+    for c in range(5):
+        members = torch.nonzero(idxs == c).squeeze(1)
+        expected[members[greedy_nms_reference(boxes[members], scores[members], 0.6)]] = True
+    assert torch.equal(mask, expected)
+    assert batched_nms_mask(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                            0.5).shape == (0,)
+    with pytest.raises(ValueError, match="batched_nms_mask: `idxs` must have shape"):
+        batched_nms_mask(boxes, scores, idxs[:5], 0.5)
+
+
 cuda = pytest.mark.skipif(not cuda_kernels_available(), reason="needs the CUDA build")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("groups", [1, 3, 40, 2000])
+def test_cuda_batched_nms_mask_matches_cpu_without_host_sync(groups):
+    # Groups sorted into runs let the mask kernel skip tiles; ties and many groups (some of one
+    # box) check that skipping never changes a result.
+    g = torch.Generator().manual_seed(groups)
+    n = 5000
+    boxes = random_boxes(n, g, image=600.0, max_size=200.0)
+    scores = torch.randint(0, 300, (n,), generator=g).float() / 300
+    idxs = torch.randint(0, groups, (n,), generator=g)
+    expected = batched_nms_mask(boxes, scores, idxs, 0.5)
+    b, s, i = boxes.cuda(), scores.cuda(), idxs.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mask = batched_nms_mask(b, s, i, 0.5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(mask.cpu(), expected)
+    assert torch.equal(batched_nms(b, s, i, 0.5).cpu(), batched_nms(boxes, scores, idxs, 0.5))
 
 
 @pytest.mark.cuda

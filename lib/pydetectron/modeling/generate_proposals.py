@@ -20,8 +20,8 @@ import torch
 
 from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
 
-__all__ = ["ProposalParams", "shifted_anchors", "generate_proposals", "collect_fpn_proposals",
-           "rank_within_image"]
+__all__ = ["ProposalParams", "shifted_anchors", "generate_proposals",
+           "generate_multilevel_proposals", "collect_fpn_proposals", "rank_within_image"]
 
 
 class ProposalParams(namedtuple("ProposalParams",
@@ -84,23 +84,19 @@ def _valid_boxes(boxes, min_size, im_info):
             & (x_ctr < im_info[:, 1].view(-1, 1)) & (y_ctr < im_info[:, 0].view(-1, 1)))
 
 
-def generate_proposals(cls_probs, bbox_pred, im_info, anchors, feat_stride, params,
-                       bbox_xform_clip=BBOX_XFORM_CLIP):
-    """Proposals of one feature map for a batch of images.
+def _level_candidates(cls_probs, bbox_pred, im_info, anchors, feat_stride, params,
+                      bbox_xform_clip):
+    """One feature map's ``pre_nms_top_n`` best boxes per image, decoded and clipped.
 
-    cls_probs (N, A, H, W) objectness probabilities; bbox_pred (N, 4A, H, W) deltas (anchor a's
-    four deltas at channels 4a..4a+3); im_info (N, 3) = (height, width, im_scale) of the blob;
-    anchors (A, 4) of one cell (``generate_anchors``); ``params`` a ``ProposalParams``.
-    Returns rois (R, 5) and their probabilities (R,), grouped by image, best first.
+    Returns scores (N, P), boxes (N, P, 4) (each image's best first) and valid (N, P), the
+    min-size / centre test of step 4 (fixed shapes: nothing is dropped yet).
     """
-    from pydetectron.ops import batched_nms
     n, a, h, w = cls_probs.shape
     if bbox_pred.shape != (n, 4 * a, h, w):
         raise ValueError("generate_proposals: bbox_pred %s does not match cls_probs %s (4A channels)"
                          % (tuple(bbox_pred.shape), tuple(cls_probs.shape)))
     # Proposal geometry is float32 whatever the head ran in (bf16 under --amp), as in Detectron.
     cls_probs, bbox_pred = cls_probs.float(), bbox_pred.float()
-    im_info = im_info.to(device=cls_probs.device, dtype=torch.float32)
     all_anchors = shifted_anchors(anchors.to(cls_probs.device, torch.float32), h, w, feat_stride)
     scores = cls_probs.permute(0, 2, 3, 1).reshape(n, -1)  # (N, K), ordered (H, W, A)
     deltas = bbox_pred.permute(0, 2, 3, 1).reshape(n, -1, 4)  # (N, K, 4)
@@ -115,18 +111,98 @@ def generate_proposals(cls_probs, bbox_pred, im_info, anchors, feat_stride, para
     boxes = bbox_transform(all_anchors[order.reshape(-1)], deltas.reshape(-1, 4),
                            clip=bbox_xform_clip).view(n, -1, 4)
     boxes = _clip_to_images(boxes, im_info)
-    valid = _valid_boxes(boxes, params.min_size, im_info)
+    return scores, boxes, _valid_boxes(boxes, params.min_size, im_info)
 
-    im_inds = torch.arange(n, device=boxes.device).view(-1, 1).expand_as(valid)[valid]
-    boxes, scores = boxes[valid], scores[valid]  # (M, 4), (M,), image by image, best first
+
+def _rank_in_segments(flags, seg_start):
+    """For (F,) bool ``flags`` laid out in contiguous segments (``seg_start`` (F,): the flat index
+    where each element's segment begins), each element's rank among the flagged elements of its
+    segment before it (meaningful where ``flags`` is True)."""
+    cs = torch.cumsum(flags.to(torch.int32), 0)
+    before = torch.where(seg_start > 0, cs[(seg_start - 1).clamp(min=0)], torch.zeros_like(cs))
+    return cs - before - 1
+
+
+def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_strides, params,
+                                  collect_top_n=None, per_image=True,
+                                  bbox_xform_clip=BBOX_XFORM_CLIP):
+    """Proposals of L feature maps (L = 1: a single-scale RPN) for a batch of images, collected.
+
+    ``cls_probs`` / ``bbox_pred`` / ``anchors`` / ``feat_strides``: one entry per map, as for
+    :func:`generate_proposals`. Steps 1-5 of the module docstring run per image and map; then,
+    unless ``collect_top_n`` is None, FPN's collect step keeps the ``collect_top_n`` (all when
+    <= 0) most confident of each image (``per_image``, test time) or of the whole minibatch
+    (training, as Detectron does).
+    Returns rois (R, 5) and probabilities (R,), grouped by image, best first (without collect: the
+    maps' proposals one map after the other, each grouped by image, best first).
+
+    All images and maps go through one batched NMS and every step works on fixed-size tensors with
+    keep flags, so on the GPU the only host synchronisation is the final count of proposals.
+    """
+    from pydetectron.ops import batched_nms_mask
+    num_maps = len(cls_probs)
+    if not (len(bbox_pred) == len(anchors) == len(feat_strides) == num_maps) or num_maps == 0:
+        raise ValueError("generate_multilevel_proposals: got %d cls_probs, %d bbox_pred, %d "
+                         "anchors and %d feat_strides; expected the same number (>= 1) of each"
+                         % (num_maps, len(bbox_pred), len(anchors), len(feat_strides)))
+    n = cls_probs[0].shape[0]
+    device = cls_probs[0].device
+    im_info = im_info.to(device=device, dtype=torch.float32)
+    scores, boxes, valid, seg_ids, seg_starts = [], [], [], [], []
+    offset = 0
+    for l, (probs, deltas, anc, stride) in enumerate(zip(cls_probs, bbox_pred, anchors,
+                                                          feat_strides)):
+        s, b, v = _level_candidates(probs, deltas, im_info, anc, stride, params, bbox_xform_clip)
+        p = s.shape[1]
+        # Flat layout: map by map, each (N, P) image by image, best first.
+        seg = torch.arange(n, device=device).view(-1, 1).expand(n, p) + l * n
+        seg_ids.append(seg.reshape(-1))
+        seg_starts.append((seg.reshape(-1) - l * n) * p + offset)
+        scores.append(s.reshape(-1))
+        boxes.append(b.reshape(-1, 4))
+        valid.append(v.reshape(-1))
+        offset += n * p
+    scores, boxes, valid = torch.cat(scores), torch.cat(boxes), torch.cat(valid)
+    seg_ids, seg_starts = torch.cat(seg_ids), torch.cat(seg_starts)
+    im_inds = seg_ids % n
+
+    keep = valid
     if params.nms_thresh > 0:
-        keep = batched_nms(boxes, scores, im_inds, params.nms_thresh)
-        keep = keep[_group_by_image(scores[keep], im_inds[keep])]
+        # Invalid boxes get groups of their own (beyond the last segment) so that they never
+        # suppress a valid one; their flags are dropped just after.
+        groups = torch.where(valid, seg_ids, seg_ids + num_maps * n)
+        keep = batched_nms_mask(boxes, scores, groups, params.nms_thresh) & valid
         if params.post_nms_top_n > 0:
-            keep = keep[rank_within_image(im_inds[keep], n) < params.post_nms_top_n]
-        boxes, scores, im_inds = boxes[keep], scores[keep], im_inds[keep]
+            keep = keep & (_rank_in_segments(keep, seg_starts) < params.post_nms_top_n)
+    if collect_top_n is not None and collect_top_n > 0:
+        ranked = torch.where(keep, scores, scores.new_full((), -1.))  # dropped boxes rank last
+        if per_image:
+            order = _group_by_image(ranked, im_inds)
+            chosen = rank_within_image(im_inds[order], n) < collect_top_n
+        else:
+            order = torch.argsort(ranked, descending=True, stable=True)
+            chosen = torch.arange(order.numel(), device=device) < collect_top_n
+        keep = keep & torch.zeros_like(keep).scatter_(0, order, chosen)
+    idx = torch.nonzero(keep).squeeze(1)  # the one host synchronisation
+    boxes, scores, im_inds = boxes[idx], scores[idx], im_inds[idx]
+    if collect_top_n is not None:
+        order = _group_by_image(scores, im_inds)
+        boxes, scores, im_inds = boxes[order], scores[order], im_inds[order]
     rois = torch.cat([im_inds.to(boxes.dtype).unsqueeze(1), boxes], dim=1)
     return rois, scores
+
+
+def generate_proposals(cls_probs, bbox_pred, im_info, anchors, feat_stride, params,
+                       bbox_xform_clip=BBOX_XFORM_CLIP):
+    """Proposals of one feature map for a batch of images.
+
+    cls_probs (N, A, H, W) objectness probabilities; bbox_pred (N, 4A, H, W) deltas (anchor a's
+    four deltas at channels 4a..4a+3); im_info (N, 3) = (height, width, im_scale) of the blob;
+    anchors (A, 4) of one cell (``generate_anchors``); ``params`` a ``ProposalParams``.
+    Returns rois (R, 5) and their probabilities (R,), grouped by image, best first.
+    """
+    return generate_multilevel_proposals([cls_probs], [bbox_pred], im_info, [anchors],
+                                         [feat_stride], params, bbox_xform_clip=bbox_xform_clip)
 
 
 def collect_fpn_proposals(rois_per_level, probs_per_level, num_images, post_nms_top_n,

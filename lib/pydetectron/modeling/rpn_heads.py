@@ -24,7 +24,7 @@ from torch import nn
 
 from pydetectron.modeling.generate_anchors import generate_anchors
 from pydetectron.modeling.generate_proposals import (
-    ProposalParams, collect_fpn_proposals, generate_proposals)
+    ProposalParams, generate_multilevel_proposals, generate_proposals)
 from pydetectron.modeling.weight_mapping import blob_mapping
 from pydetectron.nn.init import init_layer
 from pydetectron.utils.boxes import BBOX_XFORM_CLIP
@@ -144,28 +144,22 @@ class fpn_rpn_outputs(_ProposalsMixin, nn.Module):
             raise ValueError("fpn_rpn_outputs: got %d feature maps for RPN levels %d..%d"
                              % (len(blob_conv), self.k_min, self.k_max))
         out = {"rpn_cls_logits": [], "rpn_bbox_pred": [], "rpn_cls_probs": []}
-        rois, roi_probs = [], []
-        params = self._proposal_params()
-        for i, x in enumerate(blob_conv):
-            lvl = self.k_min + i
+        for x in blob_conv:
             logits, deltas, probs = self.rpn(x)
             out["rpn_cls_logits"].append(logits)
             out["rpn_bbox_pred"].append(deltas)
             out["rpn_cls_probs"].append(probs)
-            if need_proposals:
-                r, p = generate_proposals(probs, deltas, im_info, getattr(self, "anchors_fpn%d" % lvl),
-                                          2. ** lvl, params, self.bbox_xform_clip)
-                rois.append(r)
-                roi_probs.append(p)
         if need_proposals:
-            num_images = blob_conv[0].shape[0]
-            if self.training:  # Detectron: top N of the whole minibatch
-                top_n = int(params.post_nms_top_n * self.collect_scale + 0.5)
-                out["rpn_rois"], out["rpn_roi_probs"] = collect_fpn_proposals(
-                    rois, roi_probs, num_images, top_n, per_image=False)
-            else:
-                out["rpn_rois"], out["rpn_roi_probs"] = collect_fpn_proposals(
-                    rois, roi_probs, num_images, params.post_nms_top_n, per_image=True)
+            params = self._proposal_params()
+            levels = range(self.k_min, self.k_max + 1)
+            # Detectron: top N per image at test; top N of the whole minibatch in training.
+            top_n = (int(params.post_nms_top_n * self.collect_scale + 0.5) if self.training
+                     else params.post_nms_top_n)
+            out["rpn_rois"], out["rpn_roi_probs"] = generate_multilevel_proposals(
+                out["rpn_cls_probs"], out["rpn_bbox_pred"], im_info,
+                [getattr(self, "anchors_fpn%d" % lvl) for lvl in levels],
+                [2. ** lvl for lvl in levels], params, collect_top_n=top_n,
+                per_image=not self.training, bbox_xform_clip=self.bbox_xform_clip)
         return out
 
     def detectron_weight_mapping(self):

@@ -35,15 +35,33 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     """
     _ext.load()
     check_boxes_and_scores(boxes, scores, "batched_nms")
-    if idxs.dim() != 1 or idxs.size(0) != boxes.size(0):
-        raise ValueError("batched_nms: `idxs` must have shape (N,) with N = boxes.size(0) = %d, "
-                         "got %s" % (boxes.size(0), tuple(idxs.shape)))
-    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
-        raise TypeError("batched_nms: `idxs` must be an integer tensor, got %s" % idxs.dtype)
-    if idxs.device != boxes.device:
-        raise ValueError("batched_nms: `idxs` is on %s but `boxes` is on %s"
-                         % (idxs.device, boxes.device))
+    _check_idxs(boxes, idxs, "batched_nms")
     return torch.ops.pydetectron.batched_nms(boxes, scores, idxs, float(iou_threshold))
+
+
+def batched_nms_mask(boxes, scores, idxs, iou_threshold):
+    """:func:`batched_nms` as keep flags: a (N,) bool tensor, True for the kept boxes, in the
+    input order.
+
+    The result's size does not depend on the data, so on CUDA the call makes no host
+    synchronisation (``batched_nms`` has to read the number of kept boxes); callers that go on
+    with masks (the RPN proposals) stay on the GPU.
+    """
+    _ext.load()
+    check_boxes_and_scores(boxes, scores, "batched_nms_mask")
+    _check_idxs(boxes, idxs, "batched_nms_mask")
+    return torch.ops.pydetectron.batched_nms_mask(boxes, scores, idxs, float(iou_threshold))
+
+
+def _check_idxs(boxes, idxs, op):
+    if idxs.dim() != 1 or idxs.size(0) != boxes.size(0):
+        raise ValueError("%s: `idxs` must have shape (N,) with N = boxes.size(0) = %d, "
+                         "got %s" % (op, boxes.size(0), tuple(idxs.shape)))
+    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
+        raise TypeError("%s: `idxs` must be an integer tensor, got %s" % (op, idxs.dtype))
+    if idxs.device != boxes.device:
+        raise ValueError("%s: `idxs` is on %s but `boxes` is on %s"
+                         % (op, idxs.device, boxes.device))
 
 
 def box_iou(boxes_a, boxes_b):
@@ -73,6 +91,10 @@ def _register():
                      lambda: "nms: `boxes` must have shape (N, 4)")
         n = torch.library.get_ctx().new_dynamic_size()
         return boxes.new_empty((n,), dtype=torch.long)
+
+    @torch.library.register_fake("pydetectron::batched_nms_mask")
+    def _batched_nms_mask_fake(boxes, scores, idxs, iou_threshold):
+        return boxes.new_empty((boxes.size(0),), dtype=torch.bool)
 
     @torch.library.register_fake("pydetectron::batched_nms")
     def _batched_nms_fake(boxes, scores, idxs, iou_threshold):

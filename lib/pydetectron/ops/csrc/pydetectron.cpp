@@ -32,6 +32,8 @@ TORCH_LIBRARY(pydetectron, m) {
         "int height, int width) -> Tensor");
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  m.def("batched_nms_mask(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) "
+        "-> Tensor");
   m.def("soft_nms(Tensor boxes, Tensor scores, float sigma, float overlap_thresh, "
         "float score_thresh, int method) -> (Tensor, Tensor, Tensor)");
 }
@@ -43,6 +45,7 @@ TORCH_LIBRARY_IMPL(pydetectron, CPU, m) {
   m.impl("_roi_pool_backward", &pydetectron::roi_pool_backward_cpu);
   m.impl("nms", &pydetectron::nms_cpu);
   m.impl("batched_nms", &pydetectron::batched_nms_cpu);
+  m.impl("batched_nms_mask", &pydetectron::batched_nms_mask_cpu);
   m.impl("soft_nms", &pydetectron::soft_nms_cpu);
 }
 
@@ -54,6 +57,7 @@ TORCH_LIBRARY_IMPL(pydetectron, CUDA, m) {
   m.impl("_roi_pool_backward", &pydetectron::roi_pool_backward_cuda);
   m.impl("nms", &pydetectron::nms_cuda);
   m.impl("batched_nms", &pydetectron::batched_nms_cuda);
+  m.impl("batched_nms_mask", &pydetectron::batched_nms_mask_cuda);
   m.impl("soft_nms", &pydetectron::soft_nms_cuda);
 }
 #endif

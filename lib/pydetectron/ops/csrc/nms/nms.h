@@ -19,10 +19,17 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
                            const at::Tensor& idxs, double iou_threshold);
 
+// batched_nms as (N,) bool keep flags in the input order. On CUDA it makes no host
+// synchronisation (the output size does not depend on the data), so callers can stay on the GPU.
+at::Tensor batched_nms_mask_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                const at::Tensor& idxs, double iou_threshold);
+
 #ifdef WITH_CUDA
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                             const at::Tensor& idxs, double iou_threshold);
+at::Tensor batched_nms_mask_cuda(const at::Tensor& boxes, const at::Tensor& scores,
+                                 const at::Tensor& idxs, double iou_threshold);
 #endif
 
 // IoU of two boxes with the +1 convention, in Detectron's order of operations. `area_a` and

@@ -105,3 +105,15 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
 }
 
 }  // namespace pydetectron
+
+namespace pydetectron {
+
+at::Tensor batched_nms_mask_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                const at::Tensor& idxs, double iou_threshold) {
+  at::Tensor keep = at::zeros({boxes.size(0)}, boxes.options().dtype(at::kBool));
+  const at::Tensor kept = batched_nms_cpu(boxes, scores, idxs, iou_threshold);
+  keep.index_fill_(0, kept, true);
+  return keep;
+}
+
+}  // namespace pydetectron

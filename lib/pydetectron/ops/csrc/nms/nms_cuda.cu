@@ -1,6 +1,10 @@
 // Greedy NMS on CUDA with the whole reduction on the GPU.
 //
-//   1. Sort by score (torch's stable sort, descending: ties keep the lower index first).
+//   1. Sort by score (torch's stable sort, descending: ties keep the lower index first); with
+//      classes (batched_nms), then stably by class, so each class is one contiguous run in score
+//      order and the mask kernel skips every 64 x 64 tile whose row and column blocks share no
+//      class (boxes of different classes never suppress each other, and greedy NMS of one class
+//      only needs that class's boxes in score order).
 //   2. Mask kernel: for the sorted boxes, bit j of mask[i][j / 64] says "box j (j > i) has
 //      IoU >= threshold with box i" (same class for batched_nms), in 64-box column blocks.
 //      The mask kernel also marks, per row, which column blocks hold a nonzero word.
@@ -32,6 +36,13 @@ __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, int64_t summary_w
   const int row_size = static_cast<int>(min(n - row_block * kBlockBits, int64_t(kBlockBits)));
   const int col_size = static_cast<int>(min(n - col_block * kBlockBits, int64_t(kBlockBits)));
 
+  if (classes != nullptr && row_block < col_block) {
+    // Classes are sorted: the tile can only hold a same-class pair when the last class of the
+    // row block reaches the first class of the column block. Skipped words are never read (the
+    // reduction reads diagonal words and the words the row summaries mark).
+    const int64_t row_last = min(n, (row_block + 1) * kBlockBits) - 1;
+    if (classes[row_last] < classes[col_block * kBlockBits]) return;
+  }
   __shared__ T col_boxes[kBlockBits][5];  // x1, y1, x2, y2, area
   __shared__ int64_t col_classes[kBlockBits];
   if (threadIdx.x < col_size) {
@@ -143,19 +154,24 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
 }
 
-at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
-                         double iou_threshold, const char* op) {
-  PYDET_CHECK(boxes.is_cuda(), op, ": the CUDA kernel got `boxes` on ", boxes.device());
-  c10::cuda::CUDAGuard device_guard(boxes.device());
+// Greedy NMS; returns the keep flags of the boxes in `order`'s order (the sort described at the
+// top), and `order` itself. No host synchronisation.
+std::pair<at::Tensor, at::Tensor> nms_keep_sorted(const at::Tensor& boxes, const at::Tensor& scores,
+                                                  const at::Tensor* idxs, double iou_threshold,
+                                                  const char* op) {
   const int64_t n = boxes.size(0);
-  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
-
   const auto acc = acc_dtype(boxes.scalar_type());
   // Stable descending sort: equal scores keep their input order (lower index first).
-  const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-  const at::Tensor sorted_boxes = boxes.to(acc).index_select(0, order).contiguous();
+  at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   at::Tensor sorted_classes;
-  if (idxs != nullptr) sorted_classes = idxs->to(at::kLong).index_select(0, order).contiguous();
+  if (idxs != nullptr) {
+    const at::Tensor by_score = idxs->to(at::kLong).index_select(0, order);
+    const at::Tensor by_class = std::get<1>(by_score.sort(/*stable=*/true, /*dim=*/0,
+                                                          /*descending=*/false));
+    order = order.index_select(0, by_class);
+    sorted_classes = by_score.index_select(0, by_class).contiguous();
+  }
+  const at::Tensor sorted_boxes = boxes.to(acc).index_select(0, order).contiguous();
 
   const int64_t col_blocks = ceil_div(n, kBlockBits);
   PYDET_CHECK(col_blocks <= 65535, op, ": at most ", 65535 * kBlockBits, " boxes, got ", n);
@@ -190,8 +206,25 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
       reinterpret_cast<const unsigned long long*>(summary.data_ptr<int64_t>()),
       keep_sorted.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // The one host synchronisation: the number of kept boxes.
-  return order.masked_select(keep_sorted);
+  return {keep_sorted, order};
+}
+
+at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
+                         double iou_threshold, const char* op) {
+  PYDET_CHECK(boxes.is_cuda(), op, ": the CUDA kernel got `boxes` on ", boxes.device());
+  c10::cuda::CUDAGuard device_guard(boxes.device());
+  if (boxes.size(0) == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  auto kept = nms_keep_sorted(boxes, scores, idxs, iou_threshold, op);
+  if (idxs == nullptr) {
+    // Sorted by score already. The one host synchronisation: the number of kept boxes.
+    return kept.second.masked_select(kept.first);
+  }
+  // Back to one decreasing-score order over all classes (ties: lower index first).
+  at::Tensor keep = at::empty_like(kept.first);
+  keep.scatter_(0, kept.second, kept.first);
+  const at::Tensor by_score =
+      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  return by_score.masked_select(keep.index_select(0, by_score));
 }
 
 }  // namespace
@@ -206,6 +239,19 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
   check_boxes_and_scores(boxes, scores, "batched_nms");
   check_idxs(boxes, idxs, "batched_nms");
   return nms_cuda_impl(boxes, scores, &idxs, iou_threshold, "batched_nms");
+}
+
+at::Tensor batched_nms_mask_cuda(const at::Tensor& boxes, const at::Tensor& scores,
+                                 const at::Tensor& idxs, double iou_threshold) {
+  check_boxes_and_scores(boxes, scores, "batched_nms_mask");
+  check_idxs(boxes, idxs, "batched_nms_mask");
+  PYDET_CHECK(boxes.is_cuda(), "batched_nms_mask: the CUDA kernel got `boxes` on ", boxes.device());
+  c10::cuda::CUDAGuard device_guard(boxes.device());
+  at::Tensor keep = at::zeros({boxes.size(0)}, boxes.options().dtype(at::kBool));
+  if (boxes.size(0) == 0) return keep;
+  auto kept = nms_keep_sorted(boxes, scores, &idxs, iou_threshold, "batched_nms_mask");
+  keep.scatter_(0, kept.second, kept.first);  // no host synchronisation
+  return keep;
 }
 
 }  // namespace pydetectron
