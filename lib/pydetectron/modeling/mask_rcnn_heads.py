@@ -118,36 +118,57 @@ class mask_rcnn_fcn_head_v0upshare(nn.Module):
     """RoI transform -> the box head's res5 stage -> conv5_mask (2x up) -> ReLU.
 
     The res5 stage is the box head's own module (``share_res5_module``), so its weights are the
-    ``res5_*`` blobs; Detectron recomputes it on the mask RoIs at test time.
+    ``res5_*`` blobs; Detectron recomputes it on the mask RoIs at test time. ``conv5_mask`` takes
+    the res5 width (8 x RESNETS.RES2_OUT_DIM, 2048 by default), so ``share_res5_module`` builds it.
     """
 
     def __init__(self, roi_xform, dim_reduced=256, conv_init="GaussianFill"):
         super().__init__()
         self.roi_xform = roi_xform
+        self.upconv5 = None  # (res5 width, dim_reduced, 2, 2): built by share_res5_module
         self.res5 = None
-        self.upconv5 = init_layer(nn.ConvTranspose2d(2048, dim_reduced, 2, stride=2), conv_init,
-                                  0.001)
+        self.dim_reduced = dim_reduced
+        self.conv_init = conv_init
         self.dim_out = dim_reduced
 
     def share_res5_module(self, res5):
-        """Use the box head's ``res5`` (a ``ResNet.ResStage``) for the masks."""
+        """Use the box head's ``res5`` (a ``ResNet.ResStage``, with ``dim_out``) for the masks."""
+        dim_in = getattr(res5, "dim_out", None)
+        if not isinstance(dim_in, int) or dim_in <= 0:
+            raise TypeError("mask_rcnn_fcn_head_v0upshare.share_res5_module: res5 must be the box "
+                            "head's ResNet.ResStage (with an int dim_out), got %s"
+                            % type(res5).__name__)
+        if self.upconv5 is None:
+            # Registered before res5, as when conv5_mask was built in __init__: same parameter
+            # order, and the same random stream as long as nothing runs between the two calls.
+            self.upconv5 = init_layer(nn.ConvTranspose2d(dim_in, self.dim_reduced, 2, stride=2),
+                                      self.conv_init, 0.001)
+        elif self.upconv5.in_channels != dim_in:
+            raise ValueError("mask_rcnn_fcn_head_v0upshare.share_res5_module: res5 outputs %d "
+                             "channels but conv5_mask was built for %d"
+                             % (dim_in, self.upconv5.in_channels))
         self.res5 = res5
 
     def forward(self, blob_conv, rois):
-        if self.res5 is None:
-            raise RuntimeError("mask_rcnn_fcn_head_v0upshare: call share_res5_module(box_head.res5) "
-                               "before use")
+        self._check_shared()
         return self.forward_from_res5(self.res5(self.roi_xform(blob_conv, rois)))
 
     def forward_from_res5(self, res5_feat):
         """conv5_mask on res5 features already computed (training shares them with the box head)."""
+        self._check_shared()
         return F.relu(self.upconv5(res5_feat), inplace=True)
 
+    def _check_shared(self):
+        if self.res5 is None:
+            raise RuntimeError("mask_rcnn_fcn_head_v0upshare: call "
+                               "share_res5_module(box_head.res5) before use")
+
     def detectron_weight_mapping(self):
+        if self.res5 is None:  # nothing built yet beyond the (parameter-free) RoI transform
+            return {}, []
         mapping = blob_mapping(self, {"upconv5": "conv5_mask"})
-        if self.res5 is not None:  # the shared stage keeps the box head's blob names
-            res5_map, _ = merge_mappings({"res5": self.res5})
-            mapping.update(res5_map)
+        res5_map, _ = merge_mappings({"res5": self.res5})  # the box head's blob names
+        mapping.update(res5_map)
         return mapping, []
 
 
@@ -160,7 +181,8 @@ class mask_rcnn_fcn_head_v0up(nn.Module):
         # Detectron's add_ResNet_roi_conv5_head_for_masks: bottleneck width 512, MRCNN.DILATION
         self.head = ResNet_roi_conv5_head(dim_in, roi_xform, spec, dim_inner=512,
                                           dilation=dilation, prefix="_[mask]_res")
-        self.upconv5 = init_layer(nn.ConvTranspose2d(2048, dim_reduced, 2, stride=2),
+        # conv5_mask takes the res5 width: 8 x RESNETS.RES2_OUT_DIM (2048 by default)
+        self.upconv5 = init_layer(nn.ConvTranspose2d(self.head.dim_out, dim_reduced, 2, stride=2),
                                   "GaussianFill", 0.001)
         self.dim_out = dim_reduced
 
@@ -208,9 +230,9 @@ def _v0upshare_from_cfg(dim_in, spatial_scale):
     cfg = _mrcnn_cfg()
     if cfg.MRCNN.ROI_XFORM_RESOLUTION != cfg.FAST_RCNN.ROI_XFORM_RESOLUTION:
         raise ValueError("mask_rcnn_fcn_head_v0upshare shares res5 with the box head, so "
-                         "MRCNN.ROI_XFORM_RESOLUTION (%d) must equal FAST_RCNN.ROI_XFORM_RESOLUTION "
-                         "(%d)" % (cfg.MRCNN.ROI_XFORM_RESOLUTION,
-                                   cfg.FAST_RCNN.ROI_XFORM_RESOLUTION))
+                         "MRCNN.ROI_XFORM_RESOLUTION (%d) must equal "
+                         "FAST_RCNN.ROI_XFORM_RESOLUTION (%d)"
+                         % (cfg.MRCNN.ROI_XFORM_RESOLUTION, cfg.FAST_RCNN.ROI_XFORM_RESOLUTION))
     if cfg.MRCNN.DILATION != 1:
         raise ValueError("mask_rcnn_fcn_head_v0upshare reuses the box head's undilated res5, so "
                          "MRCNN.DILATION must be 1 (Detectron's C4 mask configs set it), got %d"
