@@ -14,10 +14,10 @@ The fc layers are XavierFill with zero bias (Caffe2's defaults), as in Detectron
 import torch.nn.functional as F
 from torch import nn
 
+from pydetectron.modeling.heads_common import ConvStack
 from pydetectron.modeling.registry import ROI_BOX_HEAD
 from pydetectron.modeling.roi_xform import RoIFeatureTransform
-from pydetectron.modeling.weight_mapping import blob_mapping
-from pydetectron.nn.group_norm import GroupNorm
+from pydetectron.modeling.weight_mapping import blob_mapping, merge_mappings
 from pydetectron.nn.init import init_layer
 
 __all__ = ["fast_rcnn_outputs", "roi_2mlp_head", "roi_Xconv1fc_head", "roi_Xconv1fc_gn_head"]
@@ -72,42 +72,29 @@ class roi_Xconv1fc_head(nn.Module):
     def __init__(self, dim_in, roi_xform, num_convs=4, conv_dim=256, fc_dim=1024, gn=None):
         super().__init__()
         self.roi_xform = roi_xform
+        self.convs = ConvStack(dim_in, conv_dim, num_convs, "head_conv%d", weight_fill="MSRAFill",
+                               gn=gn)
         self.use_gn = gn is not None
-        convs = []
-        for i in range(num_convs):
-            layer = nn.Module()
-            layer.conv = init_layer(nn.Conv2d(dim_in, conv_dim, 3, padding=1, bias=gn is None),
-                                    "MSRAFill")
-            if gn is not None:
-                layer.gn = GroupNorm(conv_dim, *gn)
-            convs.append(layer)
-            dim_in = conv_dim
-        self.convs = nn.ModuleList(convs)
         s = roi_xform.resolution
-        self.fc6 = init_layer(nn.Linear(dim_in * s * s, fc_dim))
+        self.fc6 = init_layer(nn.Linear(self.convs.dim_out * s * s, fc_dim))
         self.dim_out = fc_dim
 
     def forward(self, blob_conv, rois):
-        x = self.roi_xform(blob_conv, rois)
-        for layer in self.convs:
-            x = layer.conv(x)
-            if self.use_gn:
-                x = layer.gn(x)
-            x = F.relu(x, inplace=True)
+        x = self.convs(self.roi_xform(blob_conv, rois))
         return F.relu(self.fc6(x.flatten(1)), inplace=True)
 
     def detectron_weight_mapping(self):
-        names = {"fc6": "fc6"}
-        for i in range(len(self.convs)):
-            names["convs.%d.conv" % i] = "head_conv%d" % (i + 1)
-            if self.use_gn:
-                names["convs.%d.gn" % i] = "head_conv%d_gn" % (i + 1)
-        return blob_mapping(self, names), []
+        mapping = blob_mapping(self, {"fc6": "fc6"})
+        mapping.update(merge_mappings({"convs": self.convs})[0])
+        return mapping, []
 
 
 def roi_Xconv1fc_gn_head(dim_in, roi_xform, num_convs=4, conv_dim=256, fc_dim=1024,
                          gn=(-1, 32, 1e-5)):
-    """``roi_Xconv1fc_head`` with GroupNorm after each conv (``gn`` = (dim_per_gp, num_groups, eps))."""
+    """``roi_Xconv1fc_head`` with GroupNorm after each conv.
+
+    ``gn`` = (dim_per_gp, num_groups, eps).
+    """
     return roi_Xconv1fc_head(dim_in, roi_xform, num_convs, conv_dim, fc_dim, gn=gn)
 
 

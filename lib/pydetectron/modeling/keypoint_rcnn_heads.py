@@ -6,8 +6,8 @@ Shapes: R RoIs, S = KRCNN.ROI_XFORM_RESOLUTION, K = KRCNN.NUM_KEYPOINTS.
 
 - ``roi_pose_head_v1convX``: NUM_STACKED_CONVS x (``conv_fcn<i>``: CONV_HEAD_KERNEL conv,
   CONV_HEAD_DIM channels, ReLU); KRCNN.CONV_INIT with std 0.01.
-- ``keypoint_outputs``: optional ``kps_deconv`` (USE_DECONV: DECONV_KERNEL transposed conv, stride 2,
-  DECONV_DIM, ReLU); the scores ``kps_score_lowres`` -- a stride-2 transposed conv with
+- ``keypoint_outputs``: optional ``kps_deconv`` (USE_DECONV: DECONV_KERNEL transposed conv,
+  stride 2, DECONV_DIM, ReLU); the scores ``kps_score_lowres`` -- a stride-2 transposed conv with
   USE_DECONV_OUTPUT, else a 1x1 conv -- then, when UP_SCALE > 1, the fixed bilinear upsampling
   ``kps_score``. With the COCO configs: 14 -> 28 (deconv) -> 56 (bilinear) = HEATMAP_SIZE.
 The outputs are scores (logits): the spatial softmax belongs to the loss / keypoint decoding.
@@ -15,9 +15,10 @@ The outputs are scores (logits): the spatial softmax belongs to the loss / keypo
 import torch.nn.functional as F
 from torch import nn
 
+from pydetectron.modeling.heads_common import ConvStack
 from pydetectron.modeling.registry import ROI_KEYPOINTS_HEAD
 from pydetectron.modeling.roi_xform import RoIFeatureTransform
-from pydetectron.modeling.weight_mapping import blob_mapping
+from pydetectron.modeling.weight_mapping import blob_mapping, merge_mappings
 from pydetectron.nn.init import init_layer
 from pydetectron.nn.upsample import BilinearInterpolation2d
 
@@ -31,23 +32,16 @@ class roi_pose_head_v1convX(nn.Module):
                  conv_init="GaussianFill"):
         super().__init__()
         self.roi_xform = roi_xform
-        convs = []
-        for _ in range(num_convs):
-            convs.append(init_layer(nn.Conv2d(dim_in, hidden_dim, kernel_size,
-                                              padding=kernel_size // 2), conv_init, 0.01))
-            dim_in = hidden_dim
-        self.conv_fcn = nn.ModuleList(convs)
-        self.dim_out = hidden_dim
+        # Flat layout: the convs are conv_fcn.<i> themselves (no GroupNorm in this head)
+        self.conv_fcn = ConvStack(dim_in, hidden_dim, num_convs, "conv_fcn%d", kernel_size,
+                                  weight_fill=conv_init, std=0.01, nested=False)
+        self.dim_out = self.conv_fcn.dim_out
 
     def forward(self, blob_conv, rois):
-        x = self.roi_xform(blob_conv, rois)
-        for conv in self.conv_fcn:
-            x = F.relu(conv(x), inplace=True)
-        return x
+        return self.conv_fcn(self.roi_xform(blob_conv, rois))
 
     def detectron_weight_mapping(self):
-        return blob_mapping(self, {"conv_fcn.%d" % i: "conv_fcn%d" % (i + 1)
-                                   for i in range(len(self.conv_fcn))}), []
+        return merge_mappings({"conv_fcn": self.conv_fcn})
 
 
 class keypoint_outputs(nn.Module):

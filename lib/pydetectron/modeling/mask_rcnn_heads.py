@@ -17,10 +17,10 @@ Inits: MRCNN.CONV_INIT with std 0.001 (Gaussian) for convs and ``conv5_mask`` (v
 import torch.nn.functional as F
 from torch import nn
 
+from pydetectron.modeling.heads_common import ConvStack
 from pydetectron.modeling.registry import ROI_MASK_HEAD
 from pydetectron.modeling.roi_xform import RoIFeatureTransform
 from pydetectron.modeling.weight_mapping import blob_mapping, merge_mappings
-from pydetectron.nn.group_norm import GroupNorm
 from pydetectron.nn.init import init_layer
 from pydetectron.nn.upsample import BilinearInterpolation2d
 
@@ -75,43 +75,27 @@ class mask_rcnn_fcn_head_v1upXconvs(nn.Module):
                  conv_init="GaussianFill", gn=None):
         super().__init__()
         self.roi_xform = roi_xform
+        if gn is None:
+            self.convs = ConvStack(dim_in, dim_reduced, num_convs, "_[mask]_fcn%d",
+                                   padding=dilation, dilation=dilation, weight_fill=conv_init,
+                                   std=0.001)
+        else:
+            # Detectron's GN variant pads by the dilation but does not dilate (see above)
+            self.convs = ConvStack(dim_in, dim_reduced, num_convs, "_mask_fcn%d",
+                                   padding=dilation, weight_fill=conv_init, std=0.001, gn=gn)
         self.use_gn = gn is not None
-        convs = []
-        for i in range(num_convs):
-            layer = nn.Module()
-            if gn is None:
-                layer.conv = init_layer(nn.Conv2d(dim_in, dim_reduced, 3, padding=dilation,
-                                                  dilation=dilation), conv_init, 0.001)
-            else:
-                # Detectron's GN variant pads by the dilation but does not dilate (see above)
-                layer.conv = init_layer(nn.Conv2d(dim_in, dim_reduced, 3, padding=dilation,
-                                                  bias=False), conv_init, 0.001)
-                layer.gn = GroupNorm(dim_reduced, *gn)
-            convs.append(layer)
-            dim_in = dim_reduced
-        self.convs = nn.ModuleList(convs)
-        self.upconv5 = init_layer(nn.ConvTranspose2d(dim_in, dim_reduced, 2, stride=2), conv_init,
-                                  0.001)
+        self.upconv5 = init_layer(nn.ConvTranspose2d(self.convs.dim_out, dim_reduced, 2, stride=2),
+                                  conv_init, 0.001)
         self.dim_out = dim_reduced
 
     def forward(self, blob_conv, rois):
-        x = self.roi_xform(blob_conv, rois)
-        for layer in self.convs:
-            x = layer.conv(x)
-            if self.use_gn:
-                x = layer.gn(x)
-            x = F.relu(x, inplace=True)
+        x = self.convs(self.roi_xform(blob_conv, rois))
         return F.relu(self.upconv5(x), inplace=True)
 
     def detectron_weight_mapping(self):
-        names = {"upconv5": "conv5_mask"}
-        for i in range(len(self.convs)):
-            if self.use_gn:
-                names["convs.%d.conv" % i] = "_mask_fcn%d" % (i + 1)
-                names["convs.%d.gn" % i] = "_mask_fcn%d_gn" % (i + 1)
-            else:
-                names["convs.%d.conv" % i] = "_[mask]_fcn%d" % (i + 1)
-        return blob_mapping(self, names), []
+        mapping = blob_mapping(self, {"upconv5": "conv5_mask"})
+        mapping.update(merge_mappings({"convs": self.convs})[0])
+        return mapping, []
 
 
 class mask_rcnn_fcn_head_v0upshare(nn.Module):
