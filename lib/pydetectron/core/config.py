@@ -36,6 +36,10 @@ Merging rules
   `FPN.add_fpn_ResNet50_conv5_body` -> `FPN.fpn_ResNet50_conv5_body`,
   `head_builder.add_roi_2mlp_head` -> `fast_rcnn_heads.roi_2mlp_head`.
   See `canonical_func_name`.
+* The backward-compatibility tables (removed and renamed keys, Detectron's
+  function names) and the restricted YAML loader `load_cfg` live in
+  `pydetectron.core.config_compat`; this module re-exports their public
+  names, so import them from here.
 
 Weights-file rule
 -----------------
@@ -71,6 +75,12 @@ import numpy as np
 import yaml
 
 from pydetectron.utils.collections import AttrDict
+# Backward compatibility: renamed / removed keys, Detectron's function names and
+# the restricted YAML loader. Re-exported: import them from here as before.
+from pydetectron.core.config_compat import (  # noqa: F401
+    CANONICAL_FUNC_NAMES, FUNC_NAME_KEYS, ConfigKeyError, ConfigTypeError,
+    ConfigValueError, _DEPRECATED_KEYS, _RENAMED_KEYS, canonical_func_name,
+    load_cfg)
 
 logger = logging.getLogger(__name__)
 
@@ -988,149 +998,8 @@ __C.CLUSTER.ON_CLUSTER = False
 
 
 # ============================================================================ #
-# Compatibility tables
+# Validation tables (the compatibility tables are in config_compat)
 # ============================================================================ #
-
-# Keys that no longer exist; a YAML file setting them loads with a warning.
-_DEPRECATED_KEYS = {
-    'FINAL_MSG',
-    'MODEL.DILATION',
-    'ROOT_GPU_ID',
-    'RPN.ON',
-    'TRAIN.DROPOUT',
-    'USE_GPU_NMS',
-    'TEST.NUM_TEST_IMAGES',
-    # Detectron.pytorch legacy keys with no effect
-    'TRAIN.BBOX_NORMALIZE_TARGETS',
-    'TRAIN.BBOX_NORMALIZE_TARGETS_PRECOMPUTED',
-    'TRAIN.BBOX_NORMALIZE_MEANS',
-    'TRAIN.BBOX_NORMALIZE_STDS',
-    'TRAIN.BBOX_INSIDE_WEIGHTS',
-    'TRAIN.TRIM_HEIGHT',
-    'TRAIN.TRIM_WIDTH',
-    'PYTORCH_VERSION_LESS_THAN_040',
-}
-
-# Keys that were renamed: old key -> (new key, how to convert the value,
-# converter). A value the converter can carry over is moved to the new key
-# with a warning, so older Detectron YAML still loads; otherwise merging
-# raises with the conversion hint.
-def _same(v):
-    return v
-
-
-def _as_tuple(v):
-    # Detectron's old single-string form joined several entries with ':'
-    if isinstance(v, str):
-        return tuple(x for x in v.split(':') if x)
-    if isinstance(v, (list, tuple)):
-        return tuple(v)
-    raise ValueError(v)
-
-
-def _single_scale(v):
-    if isinstance(v, (list, tuple)) and len(v) == 1:
-        v = v[0]
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    raise ValueError(v)
-
-
-_RENAMED_KEYS = {
-    'MODEL.PS_GRID_SIZE': ('RFCN.PS_GRID_SIZE', '', _same),
-    'MODEL.ROI_HEAD': ('FAST_RCNN.ROI_BOX_HEAD', '', _same),
-    'MRCNN.MASK_HEAD_NAME': ('MRCNN.ROI_MASK_HEAD', '', _same),
-    'RESNETS.IMAGENET_PRETRAINED': (
-        'MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS',
-        'Name the weights file in RESNETS.IMAGENET_PRETRAINED_WEIGHTS.',
-        _same),
-    'TRAIN.DATASET': (
-        'TRAIN.DATASETS',
-        "Write a tuple: 'coco_2014_train' -> ('coco_2014_train',).",
-        _as_tuple),
-    'TRAIN.PROPOSAL_FILE': (
-        'TRAIN.PROPOSAL_FILES',
-        "Write a tuple: 'path/to/file' -> ('path/to/file',).", _as_tuple),
-    'TEST.SCALES': (
-        'TEST.SCALE',
-        'Write one integer, e.g. (600,) -> 600; use TEST.BBOX_AUG.SCALES '
-        'for more scales.', _single_scale),
-    'TEST.DATASET': (
-        'TEST.DATASETS',
-        "Write a tuple: 'coco_2014_minival' -> ('coco_2014_minival',).",
-        _as_tuple),
-    'TEST.PROPOSAL_FILE': (
-        'TEST.PROPOSAL_FILES',
-        "Write a tuple: 'path/to/props.pkl' -> ('path/to/props.pkl',).",
-        _as_tuple),
-}
-
-# Keys whose value names a function as 'module.function'; stored canonical.
-FUNC_NAME_KEYS = (
-    'MODEL.CONV_BODY',
-    'FAST_RCNN.ROI_BOX_HEAD',
-    'MRCNN.ROI_MASK_HEAD',
-    'KRCNN.ROI_KEYPOINTS_HEAD',
-)
-
-# The functions the model builder provides, by key (canonical names).
-CANONICAL_FUNC_NAMES = {
-    'MODEL.CONV_BODY': (
-        'ResNet.ResNet50_conv4_body',
-        'ResNet.ResNet50_conv5_body',
-        'ResNet.ResNet101_conv4_body',
-        'ResNet.ResNet101_conv5_body',
-        'ResNet.ResNet152_conv5_body',
-        'ResNet.ResNet_conv5_body',
-        'FPN.fpn_ResNet50_conv5_body',
-        'FPN.fpn_ResNet101_conv5_body',
-        'FPN.fpn_ResNet152_conv5_body',
-        'FPN.fpn_ResNet_conv5_body',
-        'FPN.fpn_ResNet50_conv5_P2only_body',
-        'FPN.fpn_ResNet101_conv5_P2only_body',
-        'FPN.fpn_ResNet152_conv5_P2only_body',
-    ),
-    'FAST_RCNN.ROI_BOX_HEAD': (
-        'ResNet.ResNet_roi_conv5_head',
-        'fast_rcnn_heads.roi_2mlp_head',
-        'fast_rcnn_heads.roi_Xconv1fc_head',
-        'fast_rcnn_heads.roi_Xconv1fc_gn_head',
-    ),
-    'MRCNN.ROI_MASK_HEAD': (
-        'mask_rcnn_heads.mask_rcnn_fcn_head_v0upshare',
-        'mask_rcnn_heads.mask_rcnn_fcn_head_v0up',
-        'mask_rcnn_heads.mask_rcnn_fcn_head_v1up',
-        'mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs',
-        'mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs_gn',
-    ),
-    'KRCNN.ROI_KEYPOINTS_HEAD': (
-        'keypoint_rcnn_heads.roi_pose_head_v1convX',
-    ),
-}
-
-# Old function names -> current ones (Detectron's name_compat idea). Applied
-# after the module rename and the 'add_' strip below.
-_RENAMED_FUNCS = {
-    # Detectron dropped the 'ResNet_' prefix of the mask heads
-    'mask_rcnn_heads.ResNet_mask_rcnn_fcn_head_v1up4convs':
-        'mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs',
-    'mask_rcnn_heads.ResNet_mask_rcnn_fcn_head_v1up':
-        'mask_rcnn_heads.mask_rcnn_fcn_head_v1up',
-    'mask_rcnn_heads.ResNet_mask_rcnn_fcn_head_v0upshare':
-        'mask_rcnn_heads.mask_rcnn_fcn_head_v0upshare',
-    'mask_rcnn_heads.ResNet_mask_rcnn_fcn_head_v0up':
-        'mask_rcnn_heads.mask_rcnn_fcn_head_v0up',
-}
-
-# Old module names -> current ones.
-_RENAMED_MODULES = {
-    # Detectron moved the box heads out of head_builder
-    'head_builder': 'fast_rcnn_heads',
-}
-
-# Package prefixes that may precede a module name in a function key.
-_MODULE_PREFIXES = ('pydetectron.modeling.', 'detectron.modeling.',
-                    'modeling.')
 
 # Mask/keypoint heads that reuse the box head's res5 stage (MODEL.SHARE_RES5).
 _SHARE_RES5_HEADS = {'mask_rcnn_heads.mask_rcnn_fcn_head_v0upshare'}
@@ -1164,58 +1033,8 @@ _STR_TUPLE_KEYS = {'TRAIN.DATASETS', 'TEST.DATASETS',
                    'TRAIN.PROPOSAL_FILES', 'TEST.PROPOSAL_FILES'}
 
 
-class ConfigKeyError(KeyError):
-    """An unknown or renamed config key."""
-
-    def __str__(self):
-        # KeyError would print the message with quotes around it
-        return str(self.args[0]) if self.args else ''
-
-
-class ConfigTypeError(ValueError, TypeError):
-    """A config value whose type does not fit the key's default."""
-
-
-class ConfigValueError(ValueError):
-    """A config whose values are invalid or contradict each other."""
-
-
 # Pristine defaults, for reset_cfg(); taken after all keys are defined.
 _DEFAULT_CFG = copy.deepcopy(__C)
-
-
-# ============================================================================ #
-# Function names
-# ============================================================================ #
-
-def canonical_func_name(name):
-    """Canonical 'module.function' form of a function-name config value.
-
-    Accepts Detectron's names: strips a leading 'add_' from the function
-    ('FPN.add_fpn_ResNet50_conv5_body' -> 'FPN.fpn_ResNet50_conv5_body'),
-    maps renamed modules ('head_builder.add_roi_2mlp_head' ->
-    'fast_rcnn_heads.roi_2mlp_head') and renamed functions
-    ('mask_rcnn_heads.ResNet_mask_rcnn_fcn_head_v1up4convs' ->
-    'mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs'), and drops a package
-    prefix ('detectron.modeling.FPN.x' -> 'FPN.x'). Empty stays empty.
-    """
-    if not isinstance(name, str):
-        raise ConfigTypeError(
-            'function name must be a string, got {!r} ({})'.format(
-                name, type(name).__name__))
-    name = name.strip()
-    if not name:
-        return ''
-    for prefix in _MODULE_PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    module, _, func = name.rpartition('.')
-    module = _RENAMED_MODULES.get(module, module)
-    if func.startswith('add_'):
-        func = func[len('add_'):]
-    name = '{}.{}'.format(module, func) if module else func
-    return _RENAMED_FUNCS.get(name, name)
 
 
 # ============================================================================ #
@@ -1657,111 +1476,6 @@ def get_output_dir(datasets, training=True):
     outdir = osp.join(__C.OUTPUT_DIR, tag, dataset_name, __C.MODEL.TYPE)
     os.makedirs(outdir, exist_ok=True)
     return outdir
-
-
-def _numpy_attr(*names):
-    """First numpy object found under one of the dotted `names` (numpy moved
-    `numpy.core` to `numpy._core` in 2.0)."""
-    import importlib
-    for name in names:
-        module, _, attr = name.rpartition('.')
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError('none of {} found'.format(names))
-
-
-class _CfgLoader(yaml.SafeLoader):
-    """Safe YAML loader that also reads the config blocks Detectron writes
-    with yaml.dump (into weights files): AttrDict objects, tuples and numpy
-    scalars / arrays. Any other Python object tag is refused."""
-
-
-def _allowed_python_names():
-    scalar = ('numpy._core.multiarray.scalar', 'numpy.core.multiarray.scalar')
-    recon = ('numpy._core.multiarray._reconstruct',
-             'numpy.core.multiarray._reconstruct')
-    return {
-        'numpy.core.multiarray.scalar': lambda: _numpy_attr(*scalar),
-        'numpy._core.multiarray.scalar': lambda: _numpy_attr(*scalar),
-        'numpy.core.multiarray._reconstruct': lambda: _numpy_attr(*recon),
-        'numpy._core.multiarray._reconstruct': lambda: _numpy_attr(*recon),
-        'numpy.dtype': lambda: np.dtype,
-        'numpy.ndarray': lambda: np.ndarray,
-    }
-
-
-def _construct_python_object(loader, suffix, node, new):
-    """Build an allowed object from a !!python/object/{new,apply}:NAME tag."""
-    if suffix.endswith('collections.AttrDict'):
-        # Detectron dumps AttrDict with its items under 'dictitems'
-        fields = loader.construct_mapping(node, deep=True) \
-            if isinstance(node, yaml.MappingNode) else {}
-        return AttrDict(fields.get('dictitems', {}))
-    factories = _allowed_python_names()
-    if suffix not in factories:
-        raise yaml.constructor.ConstructorError(
-            None, None, 'refusing to build Python object {!r} while loading '
-            'a config'.format(suffix), node.start_mark)
-    target = factories[suffix]()
-    if isinstance(node, yaml.SequenceNode):
-        args, kwds, state = loader.construct_sequence(node, deep=True), {}, {}
-    else:
-        fields = loader.construct_mapping(node, deep=True)
-        args = fields.get('args', [])
-        kwds = fields.get('kwds', {})
-        state = fields.get('state', {})
-    obj = target.__new__(target, *args, **kwds) if new and \
-        isinstance(target, type) else target(*args, **kwds)
-    if state:
-        obj.__setstate__(state)
-    return obj
-
-
-_CfgLoader.add_constructor(
-    'tag:yaml.org,2002:python/tuple',
-    lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
-_CfgLoader.add_multi_constructor(
-    'tag:yaml.org,2002:python/object/new:',
-    lambda loader, suffix, node: _construct_python_object(
-        loader, suffix, node, new=True))
-_CfgLoader.add_multi_constructor(
-    'tag:yaml.org,2002:python/object/apply:',
-    lambda loader, suffix, node: _construct_python_object(
-        loader, suffix, node, new=False))
-
-
-def _construct_python_name(loader, suffix, node):
-    factories = _allowed_python_names()
-    if suffix not in factories:
-        raise yaml.constructor.ConstructorError(
-            None, None, 'refusing to load Python name {!r} while loading a '
-            'config'.format(suffix), node.start_mark)
-    return factories[suffix]()
-
-
-_CfgLoader.add_multi_constructor('tag:yaml.org,2002:python/name:',
-                                 _construct_python_name)
-
-
-def load_cfg(cfg_to_load):
-    """Parse a config YAML string (or open file) into Python objects.
-
-    Safe: reads plain YAML and the Python tags Detectron writes into weights
-    files (AttrDict, tuples, numpy values), and nothing else. Returns what
-    the YAML holds (an AttrDict/dict for a config); merge it with
-    `merge_cfg_from_cfg`.
-    """
-    if hasattr(cfg_to_load, 'read'):
-        cfg_to_load = cfg_to_load.read()
-    if isinstance(cfg_to_load, bytes):
-        cfg_to_load = cfg_to_load.decode('utf-8')
-    if not isinstance(cfg_to_load, str):
-        raise ConfigTypeError(
-            'load_cfg expects a YAML string or file, got {}'.format(
-                type(cfg_to_load).__name__))
-    return yaml.load(cfg_to_load, Loader=_CfgLoader)
 
 
 def _to_plain(value):
