@@ -122,6 +122,8 @@ def parse_args(argv=None):
     p.add_argument('--profile', action='store_true',
                    help='after timing the first model: the top operators of 3 of its training '
                    'steps at batch 2 (torch.profiler) and the host-device syncs of one step')
+    p.add_argument('--channels_last', action='store_true',
+                   help='our model in channels-last memory format (torchvision stays NCHW)')
     p.add_argument('--json', help='write every number to this file')
     p.add_argument('--keep_data', help='write the synthetic dataset here and keep it')
     args = p.parse_args(argv)
@@ -265,9 +267,12 @@ def load_batch(names, batch_size, device):
     return (batch['data'][0].to(device), batch['im_info'][0].to(device), batch['roidb'][0])
 
 
-def build_ours(device):
+def build_ours(device, channels_last=False):
     torch.manual_seed(0)
-    return Generalized_RCNN().to(device)
+    model = Generalized_RCNN().to(device)
+    if channels_last:  # NHWC convolutions: cuDNN's fast layout for TF32 / bf16, no transposes
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -380,7 +385,7 @@ def _time_training(model_name, impl, dataset_spec, batch_size, precision, args):
     names = configure(model_name, dataset_spec, batch_size, args)
     data, im_info, gt = load_batch(names, batch_size, device)
     if impl == 'ours':
-        model, inputs = build_ours(device), (data, im_info, gt)
+        model, inputs = build_ours(device, args.channels_last), (data, im_info, gt)
     else:
         model = build_peer(model_name, device)
         inputs = peer_inputs(data, im_info, gt, model_name)
@@ -434,7 +439,7 @@ def measure_inference(model_name, impl, dataset_spec, args):
     names = configure(model_name, dataset_spec, max(nb, 2), args)
     data, im_info, gt = load_batch(names, max(nb, 2), device)
     if impl == 'ours':
-        model = build_ours(device).eval()
+        model = build_ours(device, args.channels_last).eval()
 
         def run(lo, hi):
             return [r['boxes'].shape[0] for r in model.detect(data[lo:hi], im_info[lo:hi])]
@@ -505,7 +510,7 @@ def profile_training(model_name, dataset_spec, args):
     device = args.device
     names = configure(model_name, dataset_spec, 2, args)
     data, im_info, gt = load_batch(names, 2, device)
-    model = build_ours(device)
+    model = build_ours(device, args.channels_last)
     step = train_step_fn(model, 'ours', (data, im_info, gt), device, 'fp32')
     for _ in range(2):
         step()
@@ -517,7 +522,10 @@ def profile_training(model_name, dataset_spec, args):
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(3):
             step()
-    print('\n-- %s training, batch 2, fp32: top operators of 3 steps' % model_name)
+    events = prof.key_averages()
+    kernel_us = sum(getattr(e, 'self_device_time_total', 0) or 0 for e in events)
+    print('\n-- %s training, batch 2, fp32: top operators of 3 steps (device time per step: '
+          '%.1f ms)' % (model_name, kernel_us / 3000.))
     print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
     if device.type == 'cuda':
         torch.cuda.set_sync_debug_mode('warn')

@@ -234,7 +234,10 @@ def main(argv=None):
     if args.dump:
         path = args.dump + ('.rank%d' % info.rank if info.distributed else '')
         torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, path)
-    print('losses ' + ' '.join('%.9g' % v for v in trainer.loss_history), flush=True)
+    # One write of the whole line: print() writes the text and the newline separately, and the
+    # other rank's log lines could land between them on the shared stdout.
+    sys.stdout.write('losses ' + ' '.join('%.9g' % v for v in trainer.loss_history) + '\n')
+    sys.stdout.flush()
     if info.distributed:
         dist_utils.cleanup()
     return code

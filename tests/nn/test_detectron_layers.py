@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from pydetectron.nn import AffineChannel2d, BilinearInterpolation2d, GroupNorm, get_group_gn
 from pydetectron.nn import bilinear_upsample_filter
-from pydetectron.nn.affine import freeze_affine_channels
+from pydetectron.nn.affine import conv_then_norm, freeze_affine_channels
 
 
 def test_affine_channel_is_scale_and_bias_per_channel():
@@ -26,6 +26,37 @@ def test_affine_channel_is_scale_and_bias_per_channel():
         m(torch.ones(2, 4, 4, 5))
     freeze_affine_channels(m)
     assert not any(p.requires_grad for p in m.parameters())
+
+
+@pytest.mark.parametrize("groups,stride,dilation", [(1, 1, 1), (4, 2, 1), (1, 1, 2)])
+def test_conv_then_norm_folds_a_frozen_affine_into_the_conv(groups, stride, dilation):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 12, 3, stride=stride, padding=dilation, dilation=dilation,
+                           groups=groups, bias=False).double()
+    affine = AffineChannel2d(12).double()
+    with torch.no_grad():
+        affine.weight.uniform_(0.5, 2.)
+        affine.bias.normal_()
+    freeze_affine_channels(affine)
+    x = torch.randn(2, 8, 9, 11, dtype=torch.float64, requires_grad=True)
+    folded = conv_then_norm(x, conv, affine)
+    (gx_f, gw_f) = torch.autograd.grad(folded.square().sum(), (x, conv.weight))
+    ref = affine(conv(x))
+    (gx_r, gw_r) = torch.autograd.grad(ref.square().sum(), (x, conv.weight))
+    torch.testing.assert_close(folded, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx_f, gx_r, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw_f, gw_r, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_then_norm_leaves_training_affines_and_group_norm_alone():
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(4, 8, 1, bias=False)
+    x = torch.randn(1, 4, 5, 5)
+    affine = AffineChannel2d(8)  # trainable: its scale and bias must get gradients
+    conv_then_norm(x, conv, affine).sum().backward()
+    assert affine.weight.grad is not None and affine.bias.grad is not None
+    gn = GroupNorm(8, -1, 2, 1e-5)
+    assert torch.equal(conv_then_norm(x, conv, gn), gn(conv(x)))
 
 
 def test_group_norm_group_count():

@@ -127,16 +127,20 @@ def default_loader_builder(cfg, batch_size, num_gpus, info):
         cfg.TRAIN.DATASETS, cfg.TRAIN.PROPOSAL_FILES)
     logger.info('%d roidb entries', len(roidb))
 
+    # Pinned batches make the trainer's host -> GPU copies asynchronous (off the critical path).
+    pin = bool(cfg.CUDA) and torch.cuda.is_available()
+
     def make(start_iter, seed):
         if info.distributed:
             # One GPU per process: rank r reads per-GPU minibatches r, r + N, ... of the stream
             # a single process with N GPUs would read (distributed.shard_train_loader).
             loader = build_train_loader(roidb, ratio_list, ratio_index, cfg.TRAIN.IMS_PER_BATCH,
                                         1, cfg.DATA_LOADER.NUM_THREADS, start_iter=start_iter,
-                                        seed=seed)
+                                        seed=seed, pin_memory=pin)
             return dist_utils.shard_train_loader(loader, info.rank, info.world_size)
         return build_train_loader(roidb, ratio_list, ratio_index, batch_size, num_gpus,
-                                  cfg.DATA_LOADER.NUM_THREADS, start_iter=start_iter, seed=seed)
+                                  cfg.DATA_LOADER.NUM_THREADS, start_iter=start_iter, seed=seed,
+                                  pin_memory=pin)
     return make, len(roidb)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from pydetectron.modeling.registry import CONV_BODY, ROI_BOX_HEAD
 from pydetectron.modeling.weight_mapping import blob_mapping, merge_mappings
-from pydetectron.nn.affine import AffineChannel2d, freeze_affine_channels
+from pydetectron.nn.affine import AffineChannel2d, conv_then_norm, freeze_affine_channels
 from pydetectron.nn.group_norm import GroupNorm
 from pydetectron.nn.init import XavierFill
 
@@ -113,7 +113,7 @@ class ResNetStem(nn.Module):
         self._norm_blob = "conv1_gn" if self.use_gn else "res_conv1_bn"
 
     def forward(self, x):
-        x = F.relu(self.conv1_norm(self.conv1(x)), inplace=True)
+        x = F.relu(conv_then_norm(x, self.conv1, self.conv1_norm), inplace=True)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
     def detectron_weight_mapping(self):
@@ -154,11 +154,12 @@ class ResidualBlock(nn.Module):
         self._blobs = blobs
 
     def forward(self, x):
-        y = F.relu(self.branch2a_norm(self.branch2a(x)), inplace=True)
-        y = F.relu(self.branch2b_norm(self.branch2b(y)), inplace=True)
-        y = self.branch2c_norm(self.branch2c(y))
-        shortcut = x if self.branch1 is None else self.branch1_norm(self.branch1(x))
-        return F.relu(y + shortcut, inplace=True)
+        # conv_then_norm folds a frozen AffineChannel into its conv (one kernel fewer per conv).
+        y = F.relu(conv_then_norm(x, self.branch2a, self.branch2a_norm), inplace=True)
+        y = F.relu(conv_then_norm(y, self.branch2b, self.branch2b_norm), inplace=True)
+        y = conv_then_norm(y, self.branch2c, self.branch2c_norm)
+        shortcut = x if self.branch1 is None else conv_then_norm(x, self.branch1, self.branch1_norm)
+        return F.relu(y.add_(shortcut), inplace=True)  # y is a fresh conv output: add in place
 
     def detectron_weight_mapping(self):
         return blob_mapping(self, self._blobs), []

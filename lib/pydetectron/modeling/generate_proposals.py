@@ -21,7 +21,8 @@ import torch
 from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
 
 __all__ = ["ProposalParams", "shifted_anchors", "generate_proposals",
-           "generate_multilevel_proposals", "collect_fpn_proposals", "rank_within_image"]
+           "generate_multilevel_proposals", "collect_fpn_proposals", "rank_within_image",
+           "group_by_image"]
 
 
 class ProposalParams(namedtuple("ProposalParams",
@@ -52,7 +53,7 @@ def rank_within_image(im_inds, num_images):
     return torch.arange(im_inds.numel(), device=im_inds.device) - starts[im_inds]
 
 
-def _group_by_image(order_scores, im_inds):
+def group_by_image(order_scores, im_inds):
     """Permutation sorting by decreasing score, then (stably) by image."""
     by_score = torch.argsort(order_scores, descending=True, stable=True)
     by_image = torch.argsort(im_inds[by_score], stable=True)
@@ -177,7 +178,7 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
     if collect_top_n is not None and collect_top_n > 0:
         ranked = torch.where(keep, scores, scores.new_full((), -1.))  # dropped boxes rank last
         if per_image:
-            order = _group_by_image(ranked, im_inds)
+            order = group_by_image(ranked, im_inds)
             chosen = rank_within_image(im_inds[order], n) < collect_top_n
         else:
             order = torch.argsort(ranked, descending=True, stable=True)
@@ -186,7 +187,7 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
     idx = torch.nonzero(keep).squeeze(1)  # the one host synchronisation
     boxes, scores, im_inds = boxes[idx], scores[idx], im_inds[idx]
     if collect_top_n is not None:
-        order = _group_by_image(scores, im_inds)
+        order = group_by_image(scores, im_inds)
         boxes, scores, im_inds = boxes[order], scores[order], im_inds[order]
     rois = torch.cat([im_inds.to(boxes.dtype).unsqueeze(1), boxes], dim=1)
     return rois, scores
@@ -218,7 +219,7 @@ def collect_fpn_proposals(rois_per_level, probs_per_level, num_images, post_nms_
     probs = torch.cat(probs_per_level, dim=0)
     im_inds = rois[:, 0].to(torch.int64)
     if per_image:
-        order = _group_by_image(probs, im_inds)
+        order = group_by_image(probs, im_inds)
         if post_nms_top_n > 0:
             order = order[rank_within_image(im_inds[order], num_images) < post_nms_top_n]
     else:

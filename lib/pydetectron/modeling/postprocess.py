@@ -16,7 +16,7 @@ from collections import namedtuple
 
 import torch
 
-from pydetectron.modeling.generate_proposals import rank_within_image
+from pydetectron.modeling.generate_proposals import group_by_image, rank_within_image
 from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
 
 __all__ = ["PostprocessParams", "decode_boxes", "box_results_with_nms_and_limit", "detect"]
@@ -80,38 +80,39 @@ def box_results_with_nms_and_limit(scores, boxes, im_inds, num_images, score_thr
     scores (R, C) probabilities; boxes (R, 4C); im_inds (R,) image of each RoI.
     Returns one dict per image: 'boxes' (D, 4), 'scores' (D,), 'classes' (D,) int64 in 1..C-1.
     """
-    from pydetectron.ops import batched_nms
+    from pydetectron.ops import batched_nms_mask
     scores, boxes = scores.float(), boxes.float()
     r, c = scores.shape
     im_inds = im_inds.to(torch.int64)
-    cand = torch.nonzero(scores[:, 1:] > score_thresh)  # (M, 2): roi, class - 1
+    cand = torch.nonzero(scores[:, 1:] > score_thresh)  # (M, 2): roi, class - 1 (host sync 1)
     roi_i, cls = cand[:, 0], cand[:, 1] + 1
     cand_scores = scores[roi_i, cls]
     cand_boxes = boxes.view(r, c, 4)[roi_i, cls]
     cand_img = im_inds[roi_i]
-    keep = batched_nms(cand_boxes, cand_scores, cand_img * c + cls, nms_thresh)
-    # Detectron's order: image, then class, then decreasing score (NMS order)
-    keep = keep[torch.argsort(cand_scores[keep], descending=True, stable=True)]
-    keep = keep[torch.argsort(cls[keep], stable=True)]
-    keep = keep[torch.argsort(cand_img[keep], stable=True)]
-    kept_scores, kept_img = cand_scores[keep], cand_img[keep]
-    if detections_per_im > 0 and keep.numel() > 0:
-        # Each image's threshold: its detections_per_im-th best score (only where it has more)
-        by_score = torch.argsort(kept_scores, descending=True, stable=True)
-        by_score = by_score[torch.argsort(kept_img[by_score], stable=True)]
-        rank = rank_within_image(kept_img[by_score], num_images)
-        at_limit = by_score[rank == detections_per_im - 1]
-        counts = torch.bincount(kept_img, minlength=num_images)
-        thresh = kept_scores.new_full((num_images,), float("-inf"))
-        over = counts[kept_img[at_limit]] > detections_per_im
-        thresh[kept_img[at_limit][over]] = kept_scores[at_limit][over]
-        sel = kept_scores >= thresh[kept_img]
-        keep, kept_scores, kept_img = keep[sel], kept_scores[sel], kept_img[sel]
-    counts = torch.bincount(kept_img, minlength=num_images).tolist()
+    # Keep flags from here on (fixed sizes, no host sync) until the final selection.
+    keep = batched_nms_mask(cand_boxes, cand_scores, cand_img * c + cls, nms_thresh)
+    if detections_per_im > 0:
+        # Detectron keeps each image's detections scoring >= its detections_per_im-th best score
+        # (ties at that score included); the threshold is -inf where an image has fewer.
+        ranked = torch.where(keep, cand_scores, cand_scores.new_full((), float("-inf")))
+        by_score = group_by_image(ranked, cand_img)
+        rank = rank_within_image(cand_img[by_score], num_images)
+        at_limit = torch.where(rank == detections_per_im - 1, ranked[by_score],
+                               ranked.new_full((), float("-inf")))
+        thresh = ranked.new_full((num_images,), float("-inf")).scatter_reduce(
+            0, cand_img[by_score], at_limit, reduce="amax")
+        keep = keep & (cand_scores >= thresh[cand_img])
+    counts = torch.zeros(num_images, dtype=torch.int64, device=keep.device).scatter_add_(
+        0, cand_img, keep.to(torch.int64)).tolist()  # host sync 2: detections per image
+    # The kept candidates in Detectron's order: image, then class, then decreasing score.
+    order = torch.argsort(cand_scores, descending=True, stable=True)
+    order = order[torch.argsort(cls[order], stable=True)]
+    order = order[torch.argsort(cand_img[order], stable=True)]
+    order = order[torch.argsort(~keep[order], stable=True)[:sum(counts)]]
     results = []
-    for b, s, k in zip(cand_boxes[keep].split(counts), kept_scores.split(counts),
-                       cls[keep].split(counts)):
-        results.append({"boxes": b, "scores": s, "classes": k})
+    for b, sc, k in zip(cand_boxes[order].split(counts), cand_scores[order].split(counts),
+                        cls[order].split(counts)):
+        results.append({"boxes": b, "scores": sc, "classes": k})
     return results
 
 

@@ -6,9 +6,10 @@ and applied by Caffe2's AffineChannel op: y = x * scale + bias. There are no run
 nothing differs between training and inference.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AffineChannel2d", "freeze_affine_channels"]
+__all__ = ["AffineChannel2d", "freeze_affine_channels", "conv_then_norm"]
 
 
 class AffineChannel2d(nn.Module):
@@ -41,3 +42,21 @@ def freeze_affine_channels(module):
             for p in m.parameters():
                 p.requires_grad = False
     return module
+
+
+def conv_then_norm(x, conv, norm):
+    """``norm(conv(x))`` for a bias-free ``nn.Conv2d`` followed by its normalisation.
+
+    A frozen AffineChannel2d (scale and bias not training, as every one of Detectron's backbones)
+    is folded into the convolution: conv(x) * s + b == conv_{W * s}(x) + b, one convolution with
+    a bias instead of a convolution and two passes over its output. Equal up to float rounding;
+    gradients reach ``conv.weight`` (through the product) and ``x`` as before. Any other
+    normalisation (GroupNorm, a training AffineChannel2d) is applied after the convolution.
+    """
+    if (isinstance(norm, AffineChannel2d) and conv.bias is None
+            and not (norm.weight.requires_grad or norm.bias.requires_grad)
+            and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"):
+        weight = conv.weight * norm.weight.view(-1, 1, 1, 1)
+        return F.conv2d(x, weight, norm.bias, conv.stride, conv.padding, conv.dilation,
+                        conv.groups)
+    return norm(conv(x))

@@ -23,6 +23,15 @@ import torch
 GtBatch = namedtuple('GtBatch', ['boxes', 'classes', 'is_crowd', 'valid', 'keypoints'])
 
 
+def to_device_async(t, device):
+    """``t`` (a CPU tensor) on ``device`` without a host synchronisation: a CUDA copy goes through
+    pinned memory (torch's cached pinned allocator), so the host queues it and moves on."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _as_tensor(x, name, i, dtype, device):
     if x is None:
         raise KeyError("roidb[%d] has no '%s' field; the loader's per-image ground-truth dict "
@@ -92,10 +101,10 @@ def pack_gt(roidb, device, with_keypoints=False):
                 raise ValueError("roidb[%d]['gt_keypoints'] has %d keypoints, roidb[0] has %d"
                                  % (n, kp.shape[2], keypoints.shape[3]))
             keypoints[n, :g] = kp
-    # One host -> device copy per field for the whole batch.
-    return GtBatch(boxes.to(device, non_blocking=True), classes.to(device, non_blocking=True),
-                   is_crowd.to(device, non_blocking=True), valid.to(device, non_blocking=True),
-                   None if keypoints is None else keypoints.to(device, non_blocking=True))
+    # One asynchronous host -> device copy per field for the whole batch.
+    return GtBatch(to_device_async(boxes, device), to_device_async(classes, device),
+                   to_device_async(is_crowd, device), to_device_async(valid, device),
+                   None if keypoints is None else to_device_async(keypoints, device))
 
 
 def flat_index(n, j, G):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pydetectron.core.config import cfg
-from pydetectron.modeling.targets.gt import GtBatch, gt_rows, pack_gt
+from pydetectron.modeling.targets.gt import GtBatch, gt_rows, pack_gt, to_device_async
 from pydetectron.modeling.targets.overlaps import box_iou
 from pydetectron.modeling.targets.rasterize import rasterize_polygons
 
@@ -70,10 +70,11 @@ def pack_polygons(roidb, G, device):
                 owners.append(n * G + j)
     xy = torch.from_numpy(np.concatenate(coords).reshape(-1, 2)) if coords \
         else torch.zeros((0, 2), dtype=torch.float32)
-    # Two host -> device copies in all: the vertices, and (lengths, owners) together.
-    meta = torch.tensor([lengths, owners], dtype=torch.long).view(2, -1).to(device)
+    # Two asynchronous host -> device copies in all: the vertices, and (lengths, owners) together.
+    meta = to_device_async(torch.tensor([lengths, owners], dtype=torch.long).view(2, -1), device)
     lengths, owners = meta[0], meta[1]
-    return PolygonBatch(xy.to(device), torch.cumsum(lengths, 0) - lengths, lengths, owners)
+    return PolygonBatch(to_device_async(xy, device), torch.cumsum(lengths, 0) - lengths, lengths,
+                        owners)
 
 
 def polygon_boxes(polys, num_gt):
