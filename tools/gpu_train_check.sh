@@ -70,6 +70,11 @@ if ! "$PY" -c "import pycocotools" 2> /dev/null; then
         "$whl" || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+if ! "$PY" -c "import pytest" 2> /dev/null && ls .whl/pytest-*.whl > /dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .whl/pytest-*.whl .whl/pluggy-*.whl .whl/iniconfig-*.whl || exit 1
+    case ":${PYTHONPATH:-}:" in *:/tmp/site:*) ;; *) export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH};; esac
+fi
 COCO=${COCO:-.gpu_data/coco_mini}
 [ -d "$COCO" ] || COCO=../shared/data/coco_mini
 if [ ! -d "$COCO/annotations" ]; then echo "coco_mini not found (.gpu_data/coco_mini)"; exit 1; fi
