@@ -124,6 +124,8 @@ def parse_args(argv=None):
                    'steps at batch 2 (torch.profiler) and the host-device syncs of one step')
     p.add_argument('--channels_last', action='store_true',
                    help='our model in channels-last memory format (torchvision stays NCHW)')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile our conv body (backbone + FPN); compile time is warm-up')
     p.add_argument('--json', help='write every number to this file')
     p.add_argument('--keep_data', help='write the synthetic dataset here and keep it')
     args = p.parse_args(argv)
@@ -267,11 +269,13 @@ def load_batch(names, batch_size, device):
     return (batch['data'][0].to(device), batch['im_info'][0].to(device), batch['roidb'][0])
 
 
-def build_ours(device, channels_last=False):
+def build_ours(device, channels_last=False, compile_body=False):
     torch.manual_seed(0)
     model = Generalized_RCNN().to(device)
     if channels_last:  # NHWC convolutions: cuDNN's fast layout for TF32 / bf16, no transposes
         model = model.to(memory_format=torch.channels_last)
+    if compile_body:  # the static part: backbone + FPN (in place: parameter names unchanged)
+        model.Conv_Body.compile()
     return model
 
 
@@ -385,7 +389,8 @@ def _time_training(model_name, impl, dataset_spec, batch_size, precision, args):
     names = configure(model_name, dataset_spec, batch_size, args)
     data, im_info, gt = load_batch(names, batch_size, device)
     if impl == 'ours':
-        model, inputs = build_ours(device, args.channels_last), (data, im_info, gt)
+        model = build_ours(device, args.channels_last, args.compile)
+        inputs = (data, im_info, gt)
     else:
         model = build_peer(model_name, device)
         inputs = peer_inputs(data, im_info, gt, model_name)
@@ -439,7 +444,7 @@ def measure_inference(model_name, impl, dataset_spec, args):
     names = configure(model_name, dataset_spec, max(nb, 2), args)
     data, im_info, gt = load_batch(names, max(nb, 2), device)
     if impl == 'ours':
-        model = build_ours(device, args.channels_last).eval()
+        model = build_ours(device, args.channels_last, args.compile).eval()
 
         def run(lo, hi):
             return [r['boxes'].shape[0] for r in model.detect(data[lo:hi], im_info[lo:hi])]
@@ -510,7 +515,7 @@ def profile_training(model_name, dataset_spec, args):
     device = args.device
     names = configure(model_name, dataset_spec, 2, args)
     data, im_info, gt = load_batch(names, 2, device)
-    model = build_ours(device, args.channels_last)
+    model = build_ours(device, args.channels_last, args.compile)
     step = train_step_fn(model, 'ours', (data, im_info, gt), device, 'fp32')
     for _ in range(2):
         step()

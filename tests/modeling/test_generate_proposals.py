@@ -157,6 +157,7 @@ def test_multilevel_on_cuda_matches_cpu_with_one_host_sync():
     cpu = _pyramid_outputs(2, sizes, seed=3)
     gpu = _pyramid_outputs(2, sizes, seed=3, device="cuda")
     im_info = torch.tensor([[800., 1333., 1.], [780., 1300., 1.]])
+    im_info_gpu = im_info.cuda()
     for top_n, per_image in ((2000, False), (1000, True)):
         ref = generate_multilevel_proposals(cpu[0], cpu[1], im_info, cpu[2], cpu[3], params,
                                             collect_top_n=top_n, per_image=per_image)
@@ -164,7 +165,7 @@ def test_multilevel_on_cuda_matches_cpu_with_one_host_sync():
         torch.cuda.set_sync_debug_mode("warn")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = generate_multilevel_proposals(gpu[0], gpu[1], im_info.cuda(), gpu[2], gpu[3],
+            out = generate_multilevel_proposals(gpu[0], gpu[1], im_info_gpu, gpu[2], gpu[3],
                                                 params, collect_top_n=top_n, per_image=per_image)
         torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
