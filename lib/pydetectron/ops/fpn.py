@@ -1,5 +1,5 @@
-"""The FPN RoI feature transform: RoIs assigned to pyramid levels by Detectron's rule, one RoI
-transform per level, results restored to the RoIs' input order, so heads call one function.
+"""The FPN RoI feature transform: RoIs assigned to pyramid levels by Detectron's rule and each
+pooled from its level, results in the RoIs' input order, so heads call one function.
 
 Level rule (Detectron ``modeling/FPN.py`` ``map_rois_to_fpn_levels``, Eqn. (1) of the FPN paper):
 
@@ -15,6 +15,7 @@ first, level k_min last), the order Detectron's and Detectron.pytorch's FPN bodi
 import torch
 
 from pydetectron.ops.roi_align import roi_align
+from pydetectron.ops.roi_align_fpn import MAX_LEVELS, roi_align_fpn
 from pydetectron.ops.roi_crop import roi_crop
 from pydetectron.ops.roi_pool import roi_pool
 
@@ -50,8 +51,11 @@ def fpn_roi_transform(features, rois, output_size, spatial_scales, sampling_rati
     ``method``: ``'RoIAlign'`` (uses ``sampling_ratio`` and ``aligned``), ``'RoIPoolF'`` or
     ``'RoICrop'`` (uses ``crop_max_pool``), Detectron.pytorch's ``ROI_XFORM_METHOD`` names.
 
-    Costs one host synchronisation (reading the per-level RoI counts), the same split Detectron
-    does on the host when it builds its ``rois_fpn<l>`` blobs.
+    ``'RoIAlign'`` over 2 to 8 levels runs :func:`roi_align_fpn`: one op pools every RoI from its
+    level (the same values as one ``roi_align`` per level) with no host synchronisation.
+    ``'RoIPoolF'`` and ``'RoICrop'`` split the RoIs by level, one transform per level, which costs
+    one host synchronisation (reading the per-level RoI counts), the same split Detectron does on
+    the host when it builds its ``rois_fpn<l>`` blobs.
     """
     num_levels = k_max - k_min + 1
     if method not in _METHODS:
@@ -77,6 +81,10 @@ def fpn_roi_transform(features, rois, output_size, spatial_scales, sampling_rati
         return transform(features[0], rois, spatial_scales[0])
 
     levels = map_rois_to_fpn_levels(rois, k_min, k_max, canonical_scale, canonical_level)  # (K,)
+    if method == "RoIAlign" and num_levels <= MAX_LEVELS:
+        # features are coarsest first: level lvl is features[k_max - lvl]
+        return roi_align_fpn(features, rois, k_max - levels, output_size, spatial_scales,
+                             sampling_ratio, aligned)
     order = torch.argsort(levels, stable=True)            # RoIs grouped by level, input order kept
     counts = torch.bincount(levels - k_min, minlength=num_levels).tolist()  # the one host sync
     sorted_rois = rois[order]
