@@ -124,8 +124,9 @@ def parse_args(argv=None):
                    'steps at batch 2 (torch.profiler) and the host-device syncs of one step')
     p.add_argument('--channels_last', action='store_true',
                    help='our model in channels-last memory format (torchvision stays NCHW)')
-    p.add_argument('--compile', action='store_true',
-                   help='torch.compile our conv body (backbone + FPN); compile time is warm-up')
+    p.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
+                   help='torch.compile our conv body (backbone + FPN) in this mode (default, '
+                   'reduce-overhead, max-autotune, ...); compilation happens in the warm-up')
     p.add_argument('--json', help='write every number to this file')
     p.add_argument('--keep_data', help='write the synthetic dataset here and keep it')
     args = p.parse_args(argv)
@@ -275,7 +276,7 @@ def build_ours(device, channels_last=False, compile_body=False):
     if channels_last:  # NHWC convolutions: cuDNN's fast layout for TF32 / bf16, no transposes
         model = model.to(memory_format=torch.channels_last)
     if compile_body:  # the static part: backbone + FPN (in place: parameter names unchanged)
-        model.Conv_Body.compile()
+        model.Conv_Body.compile(**({} if compile_body == 'default' else {'mode': compile_body}))
     return model
 
 
@@ -528,7 +529,10 @@ def profile_training(model_name, dataset_spec, args):
         for _ in range(3):
             step()
     events = prof.key_averages()
-    kernel_us = sum(getattr(e, 'self_device_time_total', 0) or 0 for e in events)
+    # GPU busy time: the kernels' and copies' own events (operators' "self" device time would
+    # count their kernels a second time)
+    kernel_us = sum(getattr(e, 'self_device_time_total', 0) or 0 for e in events
+                    if str(getattr(e, 'device_type', '')).endswith('CUDA'))
     print('\n-- %s training, batch 2, fp32: top operators of 3 steps (device time per step: '
           '%.1f ms)' % (model_name, kernel_us / 3000.))
     print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
