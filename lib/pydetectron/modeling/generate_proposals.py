@@ -60,48 +60,19 @@ def group_by_image(order_scores, im_inds):
     return by_score[by_image]
 
 
-def _clip_to_images(boxes, im_hw):
-    """Clip (N, K, 4) boxes to each image: x in [0, width - 1], y in [0, height - 1]."""
-    h_max = (im_hw[:, 0] - 1).view(-1, 1)
-    w_max = (im_hw[:, 1] - 1).view(-1, 1)
-    x1 = torch.maximum(torch.minimum(boxes[..., 0], w_max), boxes.new_zeros(()))
-    y1 = torch.maximum(torch.minimum(boxes[..., 1], h_max), boxes.new_zeros(()))
-    x2 = torch.maximum(torch.minimum(boxes[..., 2], w_max), boxes.new_zeros(()))
-    y2 = torch.maximum(torch.minimum(boxes[..., 3], h_max), boxes.new_zeros(()))
-    return torch.stack([x1, y1, x2, y2], dim=-1)
-
-
-def _valid_boxes(boxes, min_size, im_info):
-    """(N, K) mask: both sides >= min_size at the original scale and centre inside the image."""
-    im_scale = im_info[:, 2].view(-1, 1)
-    ws_orig = (boxes[..., 2] - boxes[..., 0]) / im_scale + 1
-    hs_orig = (boxes[..., 3] - boxes[..., 1]) / im_scale + 1
-    min_size = max(min_size, 1)  # at least one pixel of the original image
-    ws = boxes[..., 2] - boxes[..., 0] + 1
-    hs = boxes[..., 3] - boxes[..., 1] + 1
-    x_ctr = boxes[..., 0] + ws / 2.
-    y_ctr = boxes[..., 1] + hs / 2.
-    return ((ws_orig >= min_size) & (hs_orig >= min_size)
-            & (x_ctr < im_info[:, 1].view(-1, 1)) & (y_ctr < im_info[:, 0].view(-1, 1)))
-
-
-def _level_candidates(cls_probs, bbox_pred, im_info, anchors, feat_stride, params,
-                      bbox_xform_clip):
-    """One feature map's ``pre_nms_top_n`` best boxes per image, decoded and clipped.
-
-    Returns scores (N, P), boxes (N, P, 4) (each image's best first) and valid (N, P), the
-    min-size / centre test of step 4 (fixed shapes: nothing is dropped yet).
-    """
+def _level_top(cls_probs, bbox_pred, field_anchors, params):
+    """One feature map's ``pre_nms_top_n`` best anchors per image (steps 1-2), flattened image by
+    image: scores (N * P,), deltas (N * P, 4), anchors (N * P, 4), each image's best first."""
     n, a, h, w = cls_probs.shape
     if bbox_pred.shape != (n, 4 * a, h, w):
         raise ValueError("generate_proposals: bbox_pred %s does not match cls_probs %s (4A channels)"
                          % (tuple(bbox_pred.shape), tuple(cls_probs.shape)))
+    if field_anchors.shape != (h * w * a, 4):
+        raise ValueError("generate_proposals: %s anchors for a %dx%d map of %d anchors per cell"
+                         % (tuple(field_anchors.shape), h, w, a))
     # Proposal geometry is float32 whatever the head ran in (bf16 under --amp), as in Detectron.
-    cls_probs, bbox_pred = cls_probs.float(), bbox_pred.float()
-    all_anchors = shifted_anchors(anchors.to(cls_probs.device, torch.float32), h, w, feat_stride)
-    scores = cls_probs.permute(0, 2, 3, 1).reshape(n, -1)  # (N, K), ordered (H, W, A)
-    deltas = bbox_pred.permute(0, 2, 3, 1).reshape(n, -1, 4)  # (N, K, 4)
-
+    scores = cls_probs.float().permute(0, 2, 3, 1).reshape(n, -1)  # (N, K), ordered (H, W, A)
+    deltas = bbox_pred.float().permute(0, 2, 3, 1).reshape(n, -1, 4)  # (N, K, 4)
     k = scores.shape[1]
     pre = params.pre_nms_top_n
     if 0 < pre < k:
@@ -109,10 +80,23 @@ def _level_candidates(cls_probs, bbox_pred, im_info, anchors, feat_stride, param
     else:
         scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
     deltas = torch.gather(deltas, 1, order.unsqueeze(-1).expand(-1, -1, 4))
-    boxes = bbox_transform(all_anchors[order.reshape(-1)], deltas.reshape(-1, 4),
-                           clip=bbox_xform_clip).view(n, -1, 4)
-    boxes = _clip_to_images(boxes, im_info)
-    return scores, boxes, _valid_boxes(boxes, params.min_size, im_info)
+    return scores.reshape(-1), deltas.reshape(-1, 4), field_anchors[order.reshape(-1)]
+
+
+def _decode_clip_validate(anchors, deltas, im_info, im_inds, min_size, bbox_xform_clip):
+    """Steps 3-4 for (F,) candidates of images ``im_inds``: boxes (F, 4) decoded and clipped to
+    their image, and (F,) valid flags (both sides >= min_size at the original scale -- at least
+    one pixel -- and the centre inside the image)."""
+    boxes = bbox_transform(anchors, deltas, clip=bbox_xform_clip)
+    info = im_info[im_inds]                                    # (F, 3) height, width, scale
+    hw_max = (info[:, :2] - 1).flip(1).repeat(1, 2)            # (F, 4) w-1, h-1, w-1, h-1
+    boxes = torch.minimum(boxes, hw_max).clamp_(min=0)
+    wh = boxes[:, 2:] - boxes[:, :2] + 1                       # (F, 2)
+    ctr = boxes[:, :2] + wh / 2.
+    wh_orig = (boxes[:, 2:] - boxes[:, :2]) / info[:, 2:3] + 1
+    valid = ((wh_orig >= max(min_size, 1)).all(dim=1)
+             & (ctr < info[:, :2].flip(1)).all(dim=1))
+    return boxes, valid
 
 
 def _rank_in_segments(flags, seg_start):
@@ -126,7 +110,7 @@ def _rank_in_segments(flags, seg_start):
 
 def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_strides, params,
                                   collect_top_n=None, per_image=True,
-                                  bbox_xform_clip=BBOX_XFORM_CLIP):
+                                  bbox_xform_clip=BBOX_XFORM_CLIP, field_anchors=None):
     """Proposals of L feature maps (L = 1: a single-scale RPN) for a batch of images, collected.
 
     ``cls_probs`` / ``bbox_pred`` / ``anchors`` / ``feat_strides``: one entry per map, as for
@@ -137,8 +121,12 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
     Returns rois (R, 5) and probabilities (R,), grouped by image, best first (without collect: the
     maps' proposals one map after the other, each grouped by image, best first).
 
-    All images and maps go through one batched NMS and every step works on fixed-size tensors with
-    keep flags, so on the GPU the only host synchronisation is the final count of proposals.
+    ``field_anchors``: optionally each map's anchors at every cell ((H * W * A, 4), the
+    ``shifted_anchors`` of ``anchors``), when the caller keeps them (the RPN modules cache them).
+
+    All images and maps are decoded together and go through one batched NMS, and every step works
+    on fixed-size tensors with keep flags, so on the GPU the only host synchronisation is the
+    final count of proposals.
     """
     from pydetectron.ops import batched_nms_mask
     num_maps = len(cls_probs)
@@ -149,23 +137,26 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
     n = cls_probs[0].shape[0]
     device = cls_probs[0].device
     im_info = im_info.to(device=device, dtype=torch.float32)
-    scores, boxes, valid, seg_ids, seg_starts = [], [], [], [], []
+    if field_anchors is None:
+        field_anchors = [shifted_anchors(anc.to(device, torch.float32), p.shape[2], p.shape[3], st)
+                         for anc, p, st in zip(anchors, cls_probs, feat_strides)]
+    scores, deltas, cand_anchors, seg_ids, seg_starts = [], [], [], [], []
     offset = 0
-    for l, (probs, deltas, anc, stride) in enumerate(zip(cls_probs, bbox_pred, anchors,
-                                                          feat_strides)):
-        s, b, v = _level_candidates(probs, deltas, im_info, anc, stride, params, bbox_xform_clip)
-        p = s.shape[1]
-        # Flat layout: map by map, each (N, P) image by image, best first.
-        seg = torch.arange(n, device=device).view(-1, 1).expand(n, p) + l * n
-        seg_ids.append(seg.reshape(-1))
-        seg_starts.append((seg.reshape(-1) - l * n) * p + offset)
-        scores.append(s.reshape(-1))
-        boxes.append(b.reshape(-1, 4))
-        valid.append(v.reshape(-1))
+    for l, (probs, pred, fa) in enumerate(zip(cls_probs, bbox_pred, field_anchors)):
+        s, d, a = _level_top(probs, pred, fa.to(device, torch.float32), params)
+        p = s.shape[0] // n
+        # Flat layout: map by map, each image by image, best first.
+        seg = torch.arange(n, device=device).view(-1, 1).expand(n, p).reshape(-1)
+        seg_ids.append(seg + l * n)
+        seg_starts.append(seg * p + offset)
+        scores.append(s)
+        deltas.append(d)
+        cand_anchors.append(a)
         offset += n * p
-    scores, boxes, valid = torch.cat(scores), torch.cat(boxes), torch.cat(valid)
-    seg_ids, seg_starts = torch.cat(seg_ids), torch.cat(seg_starts)
+    scores, seg_ids, seg_starts = torch.cat(scores), torch.cat(seg_ids), torch.cat(seg_starts)
     im_inds = seg_ids % n
+    boxes, valid = _decode_clip_validate(torch.cat(cand_anchors), torch.cat(deltas), im_info,
+                                         im_inds, params.min_size, bbox_xform_clip)
 
     keep = valid
     if params.nms_thresh > 0:

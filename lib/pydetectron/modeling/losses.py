@@ -199,17 +199,8 @@ def keypoint_losses(kps_pred, keypoint_locations_int32, keypoint_weights,
 
 def _rpn_anchors(rpn, logits):
     """Every anchor of each RPN output map, ordered (H, W, A) like the head's channels."""
-    from pydetectron.modeling.generate_proposals import shifted_anchors
-    if torch.is_tensor(logits):
-        H, W = logits.shape[-2:]
-        return [shifted_anchors(rpn.anchors, H, W, rpn.feat_stride)], [(H, W)]
-    anchors, sizes = [], []
-    for i, x in enumerate(logits):
-        lvl = rpn.k_min + i
-        H, W = x.shape[-2:]
-        anchors.append(shifted_anchors(getattr(rpn, 'anchors_fpn%d' % lvl), H, W, 2. ** lvl))
-        sizes.append((H, W))
-    return anchors, sizes
+    maps = [logits] if torch.is_tensor(logits) else list(logits)
+    return rpn.field_anchors(maps), [tuple(x.shape[-2:]) for x in maps]
 
 
 def _precomputed_proposals(roidb, device):

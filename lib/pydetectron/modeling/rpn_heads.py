@@ -24,7 +24,7 @@ from torch import nn
 
 from pydetectron.modeling.generate_anchors import generate_anchors
 from pydetectron.modeling.generate_proposals import (
-    ProposalParams, generate_multilevel_proposals, generate_proposals)
+    ProposalParams, generate_multilevel_proposals, shifted_anchors)
 from pydetectron.modeling.weight_mapping import blob_mapping
 from pydetectron.nn.init import init_layer
 from pydetectron.utils.boxes import BBOX_XFORM_CLIP
@@ -78,6 +78,32 @@ class _ProposalsMixin:
     def _proposal_params(self):
         return self.train_params if self.training else self.test_params
 
+    def _cell_anchors(self):
+        """[(anchors (A, 4) of one cell, stride)] per output map, finest first."""
+        if hasattr(self, "k_min"):
+            return [(getattr(self, "anchors_fpn%d" % lvl), 2. ** lvl)
+                    for lvl in range(self.k_min, self.k_max + 1)]
+        return [(self.anchors, self.feat_stride)]
+
+    def field_anchors(self, maps):
+        """Every anchor of each output map in ``maps`` (the head's outputs or the features, one
+        (N, C, H, W) tensor per map): [(H * W * A, 4)], ordered (H, W, A) like the head's channels.
+
+        Kept per (map, H, W, device): images of one size reuse them (training on a dataset sees a
+        few dozen sizes), and building them is a dozen small kernels per map.
+        """
+        cache = self.__dict__.setdefault("_field_anchor_cache", {})
+        out = []
+        for i, (x, (cell, stride)) in enumerate(zip(maps, self._cell_anchors())):
+            key = (i, x.shape[-2], x.shape[-1], str(cell.device))
+            hit = cache.get(key)
+            if hit is None:
+                if len(cache) >= 256:
+                    cache.clear()
+                hit = cache[key] = shifted_anchors(cell, x.shape[-2], x.shape[-1], stride)
+            out.append(hit)
+        return out
+
 
 class single_scale_rpn_outputs(_ProposalsMixin, nn.Module):
     """RPN on one feature map (C4 models). forward(blob_conv, im_info, need_proposals) -> dict."""
@@ -99,9 +125,10 @@ class single_scale_rpn_outputs(_ProposalsMixin, nn.Module):
         logits, deltas, probs = self.rpn(blob_conv)
         out = {"rpn_cls_logits": logits, "rpn_bbox_pred": deltas, "rpn_cls_probs": probs}
         if need_proposals:
-            rois, roi_probs = generate_proposals(probs, deltas, im_info, self.anchors,
-                                                 self.feat_stride, self._proposal_params(),
-                                                 self.bbox_xform_clip)
+            rois, roi_probs = generate_multilevel_proposals(
+                [probs], [deltas], im_info, [self.anchors], [self.feat_stride],
+                self._proposal_params(), bbox_xform_clip=self.bbox_xform_clip,
+                field_anchors=self.field_anchors([probs]))
             out.update(rpn_rois=rois, rpn_roi_probs=roi_probs)
         return out
 
@@ -159,7 +186,8 @@ class fpn_rpn_outputs(_ProposalsMixin, nn.Module):
                 out["rpn_cls_probs"], out["rpn_bbox_pred"], im_info,
                 [getattr(self, "anchors_fpn%d" % lvl) for lvl in levels],
                 [2. ** lvl for lvl in levels], params, collect_top_n=top_n,
-                per_image=not self.training, bbox_xform_clip=self.bbox_xform_clip)
+                per_image=not self.training, bbox_xform_clip=self.bbox_xform_clip,
+                field_anchors=self.field_anchors(out["rpn_cls_probs"]))
         return out
 
     def detectron_weight_mapping(self):
