@@ -81,6 +81,49 @@ def test_fpn_rpn_losses_names_and_normaliser():
         losses.rpn_losses(logits, preds[:1], targets)
 
 
+@pytest.mark.parametrize('activation', ['sigmoid', 'softmax'])
+@pytest.mark.parametrize('fpn', [True, False])
+def test_flat_rpn_losses_equal_the_per_level_ones(activation, fpn):
+    # The training path (anchor-order targets, one pass over all levels) against rpn_losses on
+    # Detectron's per-level blobs, built from the same random draws.
+    from pydetectron.modeling.generate_anchors import generate_anchors
+    from pydetectron.modeling.generate_proposals import shifted_anchors
+    from pydetectron.modeling.targets import rpn_anchor_targets, rpn_anchor_targets_flat
+    sizes = [(16, 24), (8, 12), (4, 6)] if fpn else [(8, 12)]
+    anchors = [shifted_anchors(torch.as_tensor(generate_anchors(2. ** (k + 2), (16. * 2 ** k,),
+                                                                (0.5, 1, 2))).float(), h, w,
+                               2. ** (k + 2)) for k, (h, w) in enumerate(sizes)]
+    gt = [{'boxes': torch.tensor([[4., 6., 30., 40.], [20., 10., 60., 50.]]),
+           'gt_classes': torch.tensor([3, 7]), 'is_crowd': torch.tensor([False, False])},
+          {'boxes': torch.tensor([[0., 0., 50., 30.]]), 'gt_classes': torch.tensor([1]),
+           'is_crowd': torch.tensor([False])}]
+    im_info = torch.tensor([[64., 96., 1.], [60., 90., 1.]])
+    kw = dict(straddle_thresh=0, positive_overlap=0.7, negative_overlap=0.3, fg_fraction=0.5,
+              batch_size_per_im=64)
+    flat = rpn_anchor_targets_flat(anchors, sizes, gt, im_info,
+                                   generator=torch.Generator().manual_seed(5), **kw)
+    blobs = rpn_anchor_targets(anchors, sizes, gt, im_info,
+                               generator=torch.Generator().manual_seed(5), **kw)
+    g = torch.Generator().manual_seed(1)
+    c = 6 if activation == 'softmax' else 3
+    logits = [torch.randn(2, c, h, w, generator=g) for h, w in sizes]
+    preds = [torch.randn(2, 12, h, w, generator=g) * 0.3 for h, w in sizes]
+    if not fpn:
+        logits, preds = logits[0], preds[0]
+    ref = losses.rpn_losses(logits, preds, blobs, cls_activation=activation, rpn_min_level=2,
+                            batch_size_per_im=64)
+    out = losses.rpn_losses_flat(logits, preds, flat, cls_activation=activation, rpn_min_level=2,
+                                 batch_size_per_im=64)
+    assert sorted(out) == sorted(ref) and len(out) == (6 if fpn else 2)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=1e-6, atol=1e-7)
+    assert any(ref[k].item() > 0 for k in ref if 'bbox' in k)  # some positives were drawn
+    with pytest.raises(ValueError, match='do not match the targets'):
+        losses.rpn_losses_flat(logits if not fpn else logits[::-1], preds if not fpn else
+                               preds[::-1], flat if fpn else dict(flat, level_shapes=[(1, 1, 3)]),
+                               cls_activation=activation)
+
+
 def test_fast_rcnn_losses_and_accuracy():
     score = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], requires_grad=True)
     labels = torch.tensor([0, 1], dtype=torch.int32)

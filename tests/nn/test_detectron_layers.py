@@ -48,6 +48,38 @@ def test_conv_then_norm_folds_a_frozen_affine_into_the_conv(groups, stride, dila
     torch.testing.assert_close(gw_f, gw_r, rtol=1e-12, atol=1e-12)
 
 
+def test_conv_then_norm_caches_the_fold_only_while_its_sources_are_unchanged():
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1, bias=False)
+    affine = freeze_affine_channels(AffineChannel2d(5))
+    with torch.no_grad():
+        affine.weight.uniform_(0.5, 2.)
+    x = torch.randn(1, 3, 6, 6)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(conv_then_norm(x, conv, affine), affine(conv(x)))
+
+    check()
+    first = affine.__dict__["_folded"][-1]
+    check()
+    assert affine.__dict__["_folded"][-1] is first          # reused
+    with torch.no_grad():
+        conv.weight.mul_(-3.)                                # an optimizer step, in place
+    check()
+    with torch.no_grad():
+        affine.weight.add_(1.)                               # a loaded checkpoint, in place
+    check()
+    conv.load_state_dict({"weight": torch.randn(5, 3, 3, 3)})
+    check()
+    conv.to(memory_format=torch.channels_last)               # new storage
+    check()
+    # a training conv is folded afresh each call, so its gradient flows
+    y = conv_then_norm(x, conv, affine)
+    y.sum().backward()
+    assert conv.weight.grad is not None
+
+
 def test_conv_then_norm_leaves_training_affines_and_group_norm_alone():
     torch.manual_seed(1)
     conv = torch.nn.Conv2d(4, 8, 1, bias=False)

@@ -68,7 +68,7 @@ def _rpn_cls_terms(logits, labels, activation):
                                                       tuple(logits.shape)))
         # Detectron.pytorch's layout: channels [0, A) background, [A, 2A) foreground.
         two_way = logits.view(N, 2, A, H, W).permute(0, 2, 3, 4, 1).reshape(-1, 2)
-        total = F.cross_entropy(two_way, labels.view(-1), ignore_index=-1, reduction='sum')
+        total = F.cross_entropy(two_way, labels.reshape(-1), ignore_index=-1, reduction='sum')
     elif activation == 'sigmoid':
         _check_same('rpn_cls_logits', logits, 'rpn_labels_int32', labels)
         weight = (labels >= 0).to(logits.dtype)
@@ -117,6 +117,67 @@ def rpn_losses(rpn_cls_logits, rpn_bbox_pred, rpn_targets, cls_activation=None,
         losses['loss_rpn_bbox_fpn%d' % lvl] = smooth_l1_loss(
             pred, t['rpn_bbox_targets'], t['rpn_bbox_inside_weights'],
             t['rpn_bbox_outside_weights'], beta=1. / 9.)
+    return losses
+
+
+def rpn_losses_flat(rpn_cls_logits, rpn_bbox_pred, flat_targets, cls_activation=None,
+                    rpn_min_level=None, batch_size_per_im=None, ims_per_batch=None):
+    """:func:`rpn_losses` (same names, same values up to float summation order) from the targets
+    of ``targets.rpn_anchor_targets_flat``: the head's outputs of all levels are put in anchor
+    order once and each loss is one elementwise pass, summed per level -- a few operators for
+    the whole pyramid instead of a dozen per level."""
+    activation = _default(cls_activation, cfg.RPN.CLS_ACTIVATION)
+    if activation not in ('sigmoid', 'softmax'):
+        raise ValueError("RPN.CLS_ACTIVATION must be 'sigmoid' or 'softmax', got %r" % activation)
+    single = torch.is_tensor(rpn_cls_logits)
+    logits = [rpn_cls_logits] if single else list(rpn_cls_logits)
+    preds = [rpn_bbox_pred] if single else list(rpn_bbox_pred)
+    shapes = flat_targets['level_shapes']
+    labels = flat_targets['labels']                                          # (N, T)
+    N = labels.shape[0]
+    if not (len(logits) == len(preds) == len(shapes)):
+        raise ValueError('rpn_losses_flat: %d cls logits, %d bbox preds and %d target levels; '
+                         'one of each per level' % (len(logits), len(preds), len(shapes)))
+    flat_logits, flat_preds = [], []
+    for x, p, (H, W, A) in zip(logits, preds, shapes):
+        want = (N, (2 if activation == 'softmax' else 1) * A, H, W)
+        if tuple(x.shape) != want or tuple(p.shape) != (N, 4 * A, H, W):
+            raise ValueError('rpn_losses_flat: rpn_cls_logits %s / rpn_bbox_pred %s do not match '
+                             'the targets of a %dx%d map of %d anchors (%d images); expected %s '
+                             'and %s' % (tuple(x.shape), tuple(p.shape), H, W, A, N, want,
+                                         (N, 4 * A, H, W)))
+        if activation == 'softmax':  # channels [0, A) background, [A, 2A) foreground
+            flat_logits.append(x.view(N, 2, A, H, W).permute(0, 3, 4, 2, 1).reshape(N, -1, 2))
+        else:
+            flat_logits.append(x.permute(0, 2, 3, 1).reshape(N, -1))
+        flat_preds.append(p.permute(0, 2, 3, 1).reshape(N, -1, 4))
+    x = torch.cat(flat_logits, dim=1)
+    pred = torch.cat(flat_preds, dim=1)                                      # (N, T, 4)
+    labelled = labels >= 0
+    if activation == 'softmax':
+        cls_terms = F.cross_entropy(x.reshape(-1, 2), labels.reshape(-1), ignore_index=-1,
+                                    reduction='none').view(N, -1)
+    else:
+        cls_terms = F.binary_cross_entropy_with_logits(
+            x, labels.clamp(min=0).to(x.dtype), labelled.to(x.dtype), reduction='none')
+    diff = flat_targets['inside_w'] * (pred - flat_targets['targets'])
+    abs_diff = diff.abs()
+    beta = 1. / 9.
+    sl1 = torch.where(abs_diff < beta, 0.5 * diff * diff / beta, abs_diff - 0.5 * beta)
+    bbox_terms = (flat_targets['outside_w'] * sl1).sum(dim=2)                # (N, T)
+    if single:
+        # Caffe2 divides by max(count, 1e-5): no labelled anchor gives a zero loss.
+        count = labelled.sum().clamp(min=1).to(cls_terms.dtype)
+        return {'loss_rpn_cls': cls_terms.sum() / count,
+                'loss_rpn_bbox': bbox_terms.sum() / max(N, 1)}
+    k_min = int(_default(rpn_min_level, cfg.FPN.RPN_MIN_LEVEL))
+    batch_size_per_im = _default(batch_size_per_im, cfg.TRAIN.RPN_BATCH_SIZE_PER_IM)
+    n_im = _default(ims_per_batch, N)
+    sizes = [H * W * A for H, W, A in shapes]
+    losses = {}
+    for i, (c, b) in enumerate(zip(cls_terms.split(sizes, dim=1), bbox_terms.split(sizes, dim=1))):
+        losses['loss_rpn_cls_fpn%d' % (k_min + i)] = c.sum() / float(batch_size_per_im * n_im)
+        losses['loss_rpn_bbox_fpn%d' % (k_min + i)] = b.sum() / max(N, 1)
     return losses
 
 
@@ -232,10 +293,9 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None
     if rpn_ret is not None:
         logits, deltas = rpn_ret['rpn_cls_logits'], rpn_ret['rpn_bbox_pred']
         anchors, sizes = _rpn_anchors(model.RPN, logits)
-        rpn_t = T.rpn_anchor_targets(anchors, sizes, gt, im_info, generator=generator)
-        out_losses.update(rpn_losses(
-            logits, deltas, rpn_t,
-            rpn_min_level=getattr(model.RPN, 'k_min', None), cls_activation=None))
+        rpn_t = T.rpn_anchor_targets_flat(anchors, sizes, gt, im_info, generator=generator)
+        out_losses.update(rpn_losses_flat(
+            logits, deltas, rpn_t, rpn_min_level=getattr(model.RPN, 'k_min', None)))
     if model.rpn_only:
         return {'losses': out_losses, 'metrics': metrics}
 

@@ -56,7 +56,30 @@ def conv_then_norm(x, conv, norm):
     if (isinstance(norm, AffineChannel2d) and conv.bias is None
             and not (norm.weight.requires_grad or norm.bias.requires_grad)
             and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"):
-        weight = conv.weight * norm.weight.view(-1, 1, 1, 1)
+        if conv.weight.requires_grad and torch.is_grad_enabled():
+            weight = conv.weight * norm.weight.view(-1, 1, 1, 1)
+        else:
+            weight = _cached_fold(conv.weight, norm)
         return F.conv2d(x, weight, norm.bias, conv.stride, conv.padding, conv.dilation,
                         conv.groups)
     return norm(conv(x))
+
+
+def _cached_fold(conv_weight, norm):
+    """W * s for a conv whose weight does not train here (frozen stages, inference), kept on
+    ``norm`` until either tensor changes. The cache holds detached aliases of both sources: they
+    share the sources' version counters (an optimizer step or a loaded checkpoint bumps them) and
+    keep the source storages alive, so an equal data pointer means the same storage (a move to
+    another device or memory format gives new storage)."""
+    cached = norm.__dict__.get("_folded")
+    if cached is not None:
+        w, w_version, s, s_version, folded = cached
+        if (w.data_ptr() == conv_weight.data_ptr() and w_version == conv_weight._version
+                and w.stride() == conv_weight.stride() and w.dtype == conv_weight.dtype
+                and s.data_ptr() == norm.weight.data_ptr() and s_version == norm.weight._version):
+            return folded
+    with torch.no_grad():
+        folded = conv_weight * norm.weight.view(-1, 1, 1, 1)
+    norm.__dict__["_folded"] = (conv_weight.detach(), conv_weight._version,
+                                norm.weight.detach(), norm.weight._version, folded)
+    return folded

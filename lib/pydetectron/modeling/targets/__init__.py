@@ -23,7 +23,8 @@ from pydetectron.modeling.targets.keypoint_rcnn import (  # noqa: F401
     keypoint_rcnn_targets, keypoints_to_heatmap_labels)
 from pydetectron.modeling.targets.mask_rcnn import (  # noqa: F401
     PolygonBatch, expand_to_class_specific_mask_targets, mask_rcnn_targets, pack_polygons)
-from pydetectron.modeling.targets.rpn import rpn_anchor_targets  # noqa: F401
+from pydetectron.modeling.targets.rpn import (  # noqa: F401
+    rpn_anchor_targets, rpn_anchor_targets_flat)
 
 
 def generate_proposal_labels(rois, roidb, im_info, generator=None, gt=None):

@@ -77,6 +77,31 @@ def rpn_anchor_targets(anchors, feature_sizes, gt, im_info, straddle_thresh=None
     ``rpn_labels_int32`` (N, A, H, W) int32 in {-1, 0, 1}, ``rpn_bbox_targets``,
     ``rpn_bbox_inside_weights``, ``rpn_bbox_outside_weights`` (N, 4A, H, W) float32.
     """
+    flat = rpn_anchor_targets_flat(anchors, feature_sizes, gt, im_info, straddle_thresh,
+                                   positive_overlap, negative_overlap, fg_fraction,
+                                   batch_size_per_im, generator)
+    N = flat['labels'].shape[0]
+    blobs, start = [], 0
+    for H, W, A in flat['level_shapes']:
+        end = start + H * W * A
+        blobs.append({
+            'rpn_labels_int32':
+                flat['labels'][:, start:end].view(N, H, W, A).permute(0, 3, 1, 2).to(torch.int32),
+            'rpn_bbox_targets': _to_head_layout(flat['targets'][:, start:end], H, W, A),
+            'rpn_bbox_inside_weights': _to_head_layout(flat['inside_w'][:, start:end], H, W, A),
+            'rpn_bbox_outside_weights': _to_head_layout(flat['outside_w'][:, start:end], H, W, A),
+        })
+        start = end
+    return blobs
+
+
+def rpn_anchor_targets_flat(anchors, feature_sizes, gt, im_info, straddle_thresh=None,
+                            positive_overlap=None, negative_overlap=None, fg_fraction=None,
+                            batch_size_per_im=None, generator=None):
+    """The RPN targets of ``rpn_anchor_targets`` in anchor order, all levels together (what the
+    losses use; no per-level reshaping): a dict with ``labels`` (N, T) int64 in {-1, 0, 1},
+    ``targets``, ``inside_w``, ``outside_w`` (N, T, 4) float32 (T anchors of all levels, level
+    by level, each in (H, W, A) order) and ``level_shapes`` [(H, W, A)] per level."""
     straddle_thresh = _default(straddle_thresh, cfg.TRAIN.RPN_STRADDLE_THRESH)
     positive_overlap = _default(positive_overlap, cfg.TRAIN.RPN_POSITIVE_OVERLAP)
     negative_overlap = _default(negative_overlap, cfg.TRAIN.RPN_NEGATIVE_OVERLAP)
@@ -135,18 +160,8 @@ def rpn_anchor_targets(anchors, feature_sizes, gt, im_info, straddle_thresh=None
     num_examples = (labels >= 0).sum(dim=1, keepdim=True).clamp(min=1).float()     # (N, 1)
     outside_w = ((labels >= 0).float() / num_examples).unsqueeze(2).expand(N, T, 4)
 
-    blobs, start = [], 0
-    for H, W, A in level_shapes:
-        end = start + H * W * A
-        blobs.append({
-            'rpn_labels_int32':
-                labels[:, start:end].view(N, H, W, A).permute(0, 3, 1, 2).to(torch.int32),
-            'rpn_bbox_targets': _to_head_layout(targets[:, start:end], H, W, A),
-            'rpn_bbox_inside_weights': _to_head_layout(inside_w[:, start:end], H, W, A),
-            'rpn_bbox_outside_weights': _to_head_layout(outside_w[:, start:end], H, W, A),
-        })
-        start = end
-    return blobs
+    return {'labels': labels, 'targets': targets, 'inside_w': inside_w,
+            'outside_w': outside_w, 'level_shapes': level_shapes}
 
 
 def _to_head_layout(x, H, W, A):
