@@ -270,14 +270,11 @@ def load_batch(names, batch_size, device):
     return (batch['data'][0].to(device), batch['im_info'][0].to(device), batch['roidb'][0])
 
 
-def build_ours(device, channels_last=False, compile_body=False):
+def build_ours(device, channels_last=False, compile_body=None):
+    """Our model from the cfg, with the tools' --channels_last / --compile applied."""
+    from pydetectron.core.test_engine import apply_speed_options
     torch.manual_seed(0)
-    model = Generalized_RCNN().to(device)
-    if channels_last:  # NHWC convolutions: cuDNN's fast layout for TF32 / bf16, no transposes
-        model = model.to(memory_format=torch.channels_last)
-    if compile_body:  # the static part: backbone + FPN (in place: parameter names unchanged)
-        model.Conv_Body.compile(**({} if compile_body == 'default' else {'mode': compile_body}))
-    return model
+    return apply_speed_options(Generalized_RCNN().to(device), channels_last, compile_body)
 
 
 # ---------------------------------------------------------------------------------------------- #

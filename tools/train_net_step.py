@@ -58,6 +58,8 @@ def parse_args(argv=None):
                         help='write TensorBoard scalars to the output directory')
     parser.add_argument('--amp', action='store_true',
                         help='bfloat16 autocast in the forward pass (CUDA, or CPU)')
+    parser.add_argument('--channels_last', action='store_true',
+                        help='channels-last (NHWC) convolutions: faster on GPUs under --amp')
     parser.add_argument('--seed', type=int, help='random seed (RNG_SEED)')
     parser.add_argument('--output_dir', help='where ckpt/, config.yaml and TensorBoard go '
                         '(default: OUTPUT_DIR/<cfg name>/<date>_<host>_step)')

@@ -278,6 +278,18 @@ def initialize_model_from_cfg(args, gpu_id=0):
     if _use_cuda(args):
         model.cuda(gpu_id)
     model.eval()
+    return apply_speed_options(model, _arg(args, 'channels_last', False), _arg(args, 'compile'))
+
+
+def apply_speed_options(model, channels_last=False, compile_mode=None):
+    """The tools' ``--channels_last`` (NHWC convolutions, cuDNN's fast layout for TF32 and
+    bf16) and ``--compile [MODE]`` (torch.compile of the conv body -- backbone and FPN -- in
+    place, so parameter names do not change; every new input size compiles (or, in
+    'reduce-overhead' mode, records a CUDA graph) once, at its first image)."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile_mode:
+        model.Conv_Body.compile(**({} if compile_mode == 'default' else {'mode': compile_mode}))
     return model
 
 
@@ -469,6 +481,10 @@ def process_in_parallel(tag, total_range_size, args, output_dir, opts):
                '--output_dir', output_dir]
         if _arg(args, 'load_ckpt'):
             cmd += ['--load_ckpt', args.load_ckpt]
+        if _arg(args, 'channels_last'):
+            cmd += ['--channels_last']
+        if _arg(args, 'compile'):
+            cmd += ['--compile', args.compile]
         if _arg(args, 'load_detectron'):
             cmd += ['--load_detectron', args.load_detectron]
         env = os.environ.copy()

@@ -216,6 +216,8 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         logger.info('Loading Detectron weights %s', load_detectron)
         load_detectron_weight(model, load_detectron)
     model.to(device)
+    if getattr(args, 'channels_last', False):
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.SOLVER)
     scheduler = LRScheduler(optimizer, cfg.SOLVER)
 
