@@ -139,6 +139,21 @@ def test_multilevel_equals_levels_one_by_one_then_collect(params, top_n, per_ima
     assert torch.equal(scores, torch.cat([p for _, p in per_level]))
 
 
+def test_nms_in_image_chunks_equals_one_call(monkeypatch):
+    # Large batches run the NMS a few images at a time; the result must not change.
+    from pydetectron.modeling import generate_proposals as gp
+    probs, deltas, anchors, strides = _pyramid_outputs(5, [(12, 16), (6, 8), (3, 4)], seed=4)
+    im_info = torch.tensor([[48., 64., 1.]] * 5)
+    params = ProposalParams(60, 30, 0.6, 0)
+    whole = generate_multilevel_proposals(probs, deltas, im_info, anchors, strides, params,
+                                          collect_top_n=100, per_image=False)
+    monkeypatch.setattr(gp, "_NMS_CHUNK", 150)  # 156 candidates per image: one image a call
+    chunked = generate_multilevel_proposals(probs, deltas, im_info, anchors, strides, params,
+                                            collect_top_n=100, per_image=False)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
+    assert whole[0][:, 0].unique().numel() == 5
+
+
 def test_multilevel_argument_errors():
     probs, deltas, anchors, strides = _pyramid_outputs(1, [(4, 4), (2, 2)], seed=1)
     im_info = torch.tensor([[16., 16., 1.]])

@@ -99,6 +99,29 @@ def _decode_clip_validate(anchors, deltas, im_info, im_inds, min_size, bbox_xfor
     return boxes, valid
 
 
+# Boxes per NMS call: the CUDA kernel's suppression mask takes boxes^2 / 8 bytes (128 MiB here).
+_NMS_CHUNK = 32768
+
+
+def _nms_by_image_chunks(boxes, scores, groups, nms_thresh, n, levels):
+    """``batched_nms_mask`` over the flat candidates, a few images per call so that a large
+    batch does not need a mask quadratic in all its boxes (images never suppress each other).
+    ``levels``: (flat offset, candidates per image) of each map; image i's candidates of a map
+    are [offset + i * p, offset + (i + 1) * p). No host synchronisation."""
+    from pydetectron.ops import batched_nms_mask
+    per_image = sum(p for _, p in levels)
+    if per_image * n <= _NMS_CHUNK or n == 1:
+        return batched_nms_mask(boxes, scores, groups, nms_thresh)
+    step = max(1, _NMS_CHUNK // max(per_image, 1))
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        idx = torch.cat([torch.arange(o + i0 * p, o + i1 * p, device=boxes.device)
+                         for o, p in levels])
+        keep.scatter_(0, idx, batched_nms_mask(boxes[idx], scores[idx], groups[idx], nms_thresh))
+    return keep
+
+
 def _rank_in_segments(flags, seg_start):
     """For (F,) bool ``flags`` laid out in contiguous segments (``seg_start`` (F,): the flat index
     where each element's segment begins), each element's rank among the flagged elements of its
@@ -128,7 +151,6 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
     on fixed-size tensors with keep flags, so on the GPU the only host synchronisation is the
     final count of proposals.
     """
-    from pydetectron.ops import batched_nms_mask
     num_maps = len(cls_probs)
     if not (len(bbox_pred) == len(anchors) == len(feat_strides) == num_maps) or num_maps == 0:
         raise ValueError("generate_multilevel_proposals: got %d cls_probs, %d bbox_pred, %d "
@@ -141,10 +163,13 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
         field_anchors = [shifted_anchors(anc.to(device, torch.float32), p.shape[2], p.shape[3], st)
                          for anc, p, st in zip(anchors, cls_probs, feat_strides)]
     scores, deltas, cand_anchors, seg_ids, seg_starts = [], [], [], [], []
+    level_offsets, level_sizes = [], []
     offset = 0
     for l, (probs, pred, fa) in enumerate(zip(cls_probs, bbox_pred, field_anchors)):
         s, d, a = _level_top(probs, pred, fa.to(device, torch.float32), params)
         p = s.shape[0] // n
+        level_offsets.append(offset)
+        level_sizes.append(p)
         # Flat layout: map by map, each image by image, best first.
         seg = torch.arange(n, device=device).view(-1, 1).expand(n, p).reshape(-1)
         seg_ids.append(seg + l * n)
@@ -163,7 +188,8 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
         # Invalid boxes get groups of their own (beyond the last segment) so that they never
         # suppress a valid one; their flags are dropped just after.
         groups = torch.where(valid, seg_ids, seg_ids + num_maps * n)
-        keep = batched_nms_mask(boxes, scores, groups, params.nms_thresh) & valid
+        keep = _nms_by_image_chunks(boxes, scores, groups, params.nms_thresh, n,
+                                    [(o, p) for o, p in zip(level_offsets, level_sizes)]) & valid
         if params.post_nms_top_n > 0:
             keep = keep & (_rank_in_segments(keep, seg_starts) < params.post_nms_top_n)
     if collect_top_n is not None and collect_top_n > 0:

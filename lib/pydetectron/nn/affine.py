@@ -56,7 +56,9 @@ def conv_then_norm(x, conv, norm):
     if (isinstance(norm, AffineChannel2d) and conv.bias is None
             and not (norm.weight.requires_grad or norm.bias.requires_grad)
             and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"):
-        if conv.weight.requires_grad and torch.is_grad_enabled():
+        if (conv.weight.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+            # (a compiled graph folds the weight itself; a cached tensor made inside a CUDA
+            # graph would be overwritten by the next replay)
             weight = conv.weight * norm.weight.view(-1, 1, 1, 1)
         else:
             weight = _cached_fold(conv.weight, norm)
