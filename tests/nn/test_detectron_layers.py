@@ -89,6 +89,11 @@ def test_conv_then_norm_leaves_training_affines_and_group_norm_alone():
     assert affine.weight.grad is not None and affine.bias.grad is not None
     gn = GroupNorm(8, -1, 2, 1e-5)
     assert torch.equal(conv_then_norm(x, conv, gn), gn(conv(x)))
+    frozen = freeze_affine_channels(AffineChannel2d(8))
+    seen = []
+    frozen.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].shape))
+    conv_then_norm(x, conv, frozen)  # hooked: runs as a module, the hook sees the conv output
+    assert seen == [(1, 8, 5, 5)]
 
 
 def test_group_norm_group_count():

@@ -51,11 +51,13 @@ def conv_then_norm(x, conv, norm):
     is folded into the convolution: conv(x) * s + b == conv_{W * s}(x) + b, one convolution with
     a bias instead of a convolution and two passes over its output. Equal up to float rounding;
     gradients reach ``conv.weight`` (through the product) and ``x`` as before. Any other
-    normalisation (GroupNorm, a training AffineChannel2d) is applied after the convolution.
+    normalisation (GroupNorm, a training AffineChannel2d), or a conv or norm with forward hooks,
+    runs as ``norm(conv(x))``.
     """
     if (isinstance(norm, AffineChannel2d) and conv.bias is None
             and not (norm.weight.requires_grad or norm.bias.requires_grad)
-            and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"):
+            and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
+            and not _has_hooks(conv) and not _has_hooks(norm)):
         if (conv.weight.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
             # (a compiled graph folds the weight itself; a cached tensor made inside a CUDA
             # graph would be overwritten by the next replay)
@@ -65,6 +67,12 @@ def conv_then_norm(x, conv, norm):
         return F.conv2d(x, weight, norm.bias, conv.stride, conv.padding, conv.dilation,
                         conv.groups)
     return norm(conv(x))
+
+
+def _has_hooks(module):
+    # A module with forward hooks is called as a module, so that its hooks see its input and
+    # output (statistics collection, feature extraction).
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 def _cached_fold(conv_weight, norm):
