@@ -48,7 +48,9 @@ def shifted_anchors(anchors, height, width, feat_stride):
 
 def rank_within_image(im_inds, num_images):
     """Given (M,) image indices already sorted image by image, each element's rank in its image."""
-    counts = torch.bincount(im_inds, minlength=num_images)
+    # (not torch.bincount: on CUDA it reads the largest index back to the host)
+    counts = torch.zeros(num_images, dtype=torch.long, device=im_inds.device).scatter_add_(
+        0, im_inds, torch.ones_like(im_inds))
     starts = torch.cumsum(counts, 0) - counts
     return torch.arange(im_inds.numel(), device=im_inds.device) - starts[im_inds]
 
