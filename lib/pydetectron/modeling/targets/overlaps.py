@@ -14,13 +14,15 @@ def _intersection(boxes, query_boxes):
     """(..., N, 4) x (..., K, 4) -> (..., N, K) intersection areas (0 where disjoint)."""
     b = boxes.unsqueeze(-2)          # (..., N, 1, 4)
     q = query_boxes.unsqueeze(-3)    # (..., 1, K, 4)
-    iw = (torch.minimum(b[..., 2], q[..., 2]) - torch.maximum(b[..., 0], q[..., 0]) + 1).clamp_(min=0)
-    ih = (torch.minimum(b[..., 3], q[..., 3]) - torch.maximum(b[..., 1], q[..., 1]) + 1).clamp_(min=0)
-    return iw.mul_(ih)
+    # x and y together (last axis): width, height of the overlap, then their product
+    wh = (torch.minimum(b[..., 2:], q[..., 2:]) - torch.maximum(b[..., :2], q[..., :2]) + 1)
+    wh = wh.clamp_(min=0)
+    return wh[..., 0] * wh[..., 1]
 
 
 def _area(boxes):
-    return (boxes[..., 2] - boxes[..., 0] + 1) * (boxes[..., 3] - boxes[..., 1] + 1)
+    wh = boxes[..., 2:] - boxes[..., :2] + 1
+    return wh[..., 0] * wh[..., 1]
 
 
 def box_iou(boxes, query_boxes):

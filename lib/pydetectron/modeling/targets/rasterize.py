@@ -22,7 +22,7 @@ import torch
 
 _SCALE = 5.0          # pycocotools' upsampling factor
 _WINDOW = 2           # slack around the divided estimate of a y-major crossing step
-_CHUNK = 1 << 22      # (edge, column) pairs processed at once, to bound temporary memory
+_CHUNK = 1 << 20      # (edge, column) pairs processed at once, to bound temporary memory
 
 
 def _c_round(z):
@@ -97,16 +97,17 @@ def _toggle_edges(counts, poly_of, x_major, live, x0, y0, x1, s, dy, cols, heigh
     ym = (~x_major & live).unsqueeze(1) & ((u_first >= hi_u) != (u_last >= hi_u))
     safe_s = torch.where(s_ == 0, torch.ones_like(s_), s_)
     t_est = torch.floor((lo_u + 0.5 - x0_) / safe_s)
-    t_star = torch.zeros_like(t_est)
-    found = torch.zeros_like(ym)
-    for d in range(-_WINDOW, _WINDOW + 1):
-        tc = (t_est + d).clamp(min=0)
-        tc = torch.minimum(tc, (dy_ - 1).clamp(min=0))
-        here = _c_round(x0_ + s_ * tc) >= hi_u
-        there = _c_round(x0_ + s_ * (tc + 1)) >= hi_u
-        hit = ym & (here != there) & ~found
-        t_star = torch.where(hit, tc, t_star)
-        found |= hit
+    # The candidate steps t_est - _WINDOW .. t_est + _WINDOW side by side (last axis); the
+    # crossing is at the first candidate where "u >= 5k + 3" changes between t and t + 1.
+    offsets = torch.arange(-_WINDOW, _WINDOW + 1, device=x0.device, dtype=t_est.dtype)
+    tc = torch.minimum((t_est.unsqueeze(-1) + offsets).clamp(min=0),
+                       (dy_ - 1).clamp(min=0).unsqueeze(-1))                 # (E, W, D)
+    x0e, se, hie = x0_.unsqueeze(-1), s_.unsqueeze(-1), hi_u.unsqueeze(-1)
+    hit = ((_c_round(x0e + se * tc) >= hie) != (_c_round(x0e + se * (tc + 1)) >= hie)) \
+        & ym.unsqueeze(-1)
+    found = hit.any(dim=-1)                                                   # (E, W)
+    first = hit.to(torch.uint8).argmax(dim=-1, keepdim=True)                  # first hit
+    t_star = torch.where(found, tc.gather(-1, first).squeeze(-1), torch.zeros_like(t_est))
     v_ym = y0_ + t_star
 
     crossing = xm | (ym & found)
