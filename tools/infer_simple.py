@@ -53,7 +53,7 @@ def parse_args(argv=None):
                         help='channels-last (NHWC) convolutions: faster on GPUs, in bf16 above all')
     parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
                         help='torch.compile the backbone + FPN (MODE: default, reduce-overhead '
-                        'for CUDA graphs, max-autotune); each new image size compiles once')
+                        'for CUDA graphs, max-autotune); the first images pay the compilation')
     return parser.parse_args(argv)
 
 

@@ -284,8 +284,9 @@ def initialize_model_from_cfg(args, gpu_id=0):
 def apply_speed_options(model, channels_last=False, compile_mode=None):
     """The tools' ``--channels_last`` (NHWC convolutions, cuDNN's fast layout for TF32 and
     bf16) and ``--compile [MODE]`` (torch.compile of the conv body -- backbone and FPN -- in
-    place, so parameter names do not change; every new input size compiles (or, in
-    'reduce-overhead' mode, records a CUDA graph) once, at its first image)."""
+    place, so parameter names do not change; the first images pay the compilation -- torch
+    makes the sizes dynamic after the second one -- and in 'reduce-overhead' mode every new
+    input size records a CUDA graph)."""
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile_mode:
