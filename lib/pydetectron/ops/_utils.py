@@ -21,7 +21,7 @@ def pair(value, name):
     return h, w
 
 
-def _floating(t, op, name):
+def floating(t, op, name):
     if not isinstance(t, torch.Tensor):
         raise TypeError("%s: `%s` must be a tensor, got %s" % (op, name, type(t).__name__))
     if not t.is_floating_point():
@@ -29,16 +29,21 @@ def _floating(t, op, name):
                         % (op, name, t.dtype))
 
 
-def check_features_and_rois(input, rois, op):
-    """``input`` (N, C, H, W) and ``rois`` (K, 5), floating, on one device."""
-    _floating(input, op, "input")
-    _floating(rois, op, "rois")
-    if input.dim() != 4:
-        raise ValueError("%s: `input` must be a 4-D (N, C, H, W) tensor, got shape %s"
-                         % (op, tuple(input.shape)))
+def check_rois(rois, op):
+    """``rois`` a floating (K, 5) tensor of (batch_index, x1, y1, x2, y2)."""
+    floating(rois, op, "rois")
     if rois.dim() != 2 or rois.size(1) != 5:
         raise ValueError("%s: `rois` must have shape (K, 5) = (batch_index, x1, y1, x2, y2), "
                          "got %s" % (op, tuple(rois.shape)))
+
+
+def check_features_and_rois(input, rois, op):
+    """``input`` (N, C, H, W) and ``rois`` (K, 5), floating, on one device."""
+    floating(input, op, "input")
+    if input.dim() != 4:
+        raise ValueError("%s: `input` must be a 4-D (N, C, H, W) tensor, got shape %s"
+                         % (op, tuple(input.shape)))
+    check_rois(rois, op)
     if rois.device != input.device:
         raise ValueError("%s: `rois` is on %s but `input` is on %s; both must be on the same "
                          "device" % (op, rois.device, input.device))
@@ -46,8 +51,8 @@ def check_features_and_rois(input, rois, op):
 
 def check_boxes_and_scores(boxes, scores, op):
     """``boxes`` (N, 4) and ``scores`` (N,), of one floating dtype, on one device."""
-    _floating(boxes, op, "boxes")
-    _floating(scores, op, "scores")
+    floating(boxes, op, "boxes")
+    floating(scores, op, "scores")
     if boxes.dim() != 2 or boxes.size(1) != 4:
         raise ValueError("%s: `boxes` must have shape (N, 4) = (x1, y1, x2, y2), got %s"
                          % (op, tuple(boxes.shape)))

@@ -15,19 +15,11 @@ gradient, as a batch index outside [0, N) does.
 import torch
 
 from pydetectron.ops import _ext
-from pydetectron.ops._utils import pair
+from pydetectron.ops._utils import check_rois, floating, pair
 
 MAX_LEVELS = 8  # the levels one CUDA launch carries in its argument struct
 
 _OP = "roi_align_fpn"
-
-
-def _check_floating(t, name):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError("%s: `%s` must be a tensor, got %s" % (_OP, name, type(t).__name__))
-    if not t.is_floating_point():
-        raise TypeError("%s: `%s` must be float32, float64, float16 or bfloat16, got %s"
-                        % (_OP, name, t.dtype))
 
 
 def _check_arguments(features, rois, levels, spatial_scales):
@@ -40,7 +32,7 @@ def _check_arguments(features, rois, levels, spatial_scales):
     f0 = features[0]
     for i, f in enumerate(features):
         name = "features[%d]" % i
-        _check_floating(f, name)
+        floating(f, _OP, name)
         if f.dim() != 4:
             raise ValueError("%s: `%s` must be a 4-D (N, C, H, W) tensor, got shape %s"
                              % (_OP, name, tuple(f.shape)))
@@ -54,10 +46,7 @@ def _check_arguments(features, rois, levels, spatial_scales):
             raise ValueError("%s: `%s` has shape %s but `features[0]` has %s; all levels need "
                              "the same batch size N and channels C"
                              % (_OP, name, tuple(f.shape), tuple(f0.shape)))
-    _check_floating(rois, "rois")
-    if rois.dim() != 2 or rois.size(1) != 5:
-        raise ValueError("%s: `rois` must have shape (K, 5) = (batch_index, x1, y1, x2, y2), "
-                         "got %s" % (_OP, tuple(rois.shape)))
+    check_rois(rois, _OP)
     if rois.device != f0.device:
         raise ValueError("%s: `rois` is on %s but `features` are on %s; both must be on the "
                          "same device" % (_OP, rois.device, f0.device))
