@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from pydetectron.core.config import (  # noqa: E402
     assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
 from pydetectron.core.test import im_detect_all  # noqa: E402
-from pydetectron.core.test_engine import initialize_model_from_cfg  # noqa: E402
+from pydetectron.core.test_engine import (  # noqa: E402
+    add_speed_arguments, initialize_model_from_cfg)
 from pydetectron.utils import vis as vis_utils  # noqa: E402
 from pydetectron.utils.logging import setup_logging  # noqa: E402
 
@@ -49,11 +50,7 @@ def parse_args(argv=None):
     parser.add_argument('--output_ext', default='png', choices=('png', 'jpg', 'pdf'),
                         help='format of the drawings')
     parser.add_argument('--no_cuda', dest='cuda', action='store_false', help='run on the CPU')
-    parser.add_argument('--channels_last', action='store_true',
-                        help='channels-last (NHWC) convolutions: faster on GPUs, in bf16 above all')
-    parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
-                        help='torch.compile the backbone + FPN (MODE: default, reduce-overhead '
-                        'for CUDA graphs, max-autotune); the first images pay the compilation')
+    add_speed_arguments(parser)
     return parser.parse_args(argv)
 
 

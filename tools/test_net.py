@@ -47,11 +47,7 @@ def parse_args(argv=None):
                         help='evaluate saved detections (default <output_dir>/detections.pkl) '
                              'without running the model')
     parser.add_argument('--no_cuda', dest='cuda', action='store_false', help='run on the CPU')
-    parser.add_argument('--channels_last', action='store_true',
-                        help='channels-last (NHWC) convolutions: faster on GPUs, in bf16 above all')
-    parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
-                        help='torch.compile the backbone + FPN (MODE: default, reduce-overhead '
-                        'for CUDA graphs, max-autotune); the first images pay the compilation')
+    test_engine.add_speed_arguments(parser)
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser.parse_args(argv)
 

@@ -281,6 +281,15 @@ def initialize_model_from_cfg(args, gpu_id=0):
     return apply_speed_options(model, _arg(args, 'channels_last', False), _arg(args, 'compile'))
 
 
+def add_speed_arguments(parser):
+    """The test tools' ``--channels_last`` and ``--compile [MODE]`` (see apply_speed_options)."""
+    parser.add_argument('--channels_last', action='store_true',
+                        help='channels-last (NHWC) convolutions: faster on GPUs, in bf16 above all')
+    parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
+                        help='torch.compile the backbone + FPN (MODE: default, reduce-overhead '
+                        'for CUDA graphs, max-autotune); the first images pay the compilation')
+
+
 def apply_speed_options(model, channels_last=False, compile_mode=None):
     """The tools' ``--channels_last`` (NHWC convolutions, cuDNN's fast layout for TF32 and
     bf16) and ``--compile [MODE]`` (torch.compile of the conv body -- backbone and FPN -- in
