@@ -9,18 +9,15 @@ import sys
 import pytest
 import torch
 
-from pydetectron.core.config import assert_and_infer_cfg, cfg, merge_cfg_from_file, reset_cfg
+from pydetectron.core.config import assert_and_infer_cfg, cfg, merge_cfg_from_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_CFG = 'configs/getting_started/shapes_e2e_mask_rcnn_R-FPN-thin_gn_cpu.yaml'
 KEYPOINT_CFG = 'configs/getting_started/keypoints_shapes_e2e_keypoint_rcnn_R-FPN-thin_gn_cpu.yaml'
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cfg():
-    reset_cfg()
-    yield
-    reset_cfg()
+# every test starts from the default cfg and leaves the global cfg as it found it (conftest)
+pytestmark = pytest.mark.usefixtures("fresh_cfg")
 
 
 def _load(path):

@@ -29,10 +29,8 @@ def _build(config, opts):
     return Generalized_RCNN().eval()
 
 
-@pytest.fixture(autouse=True)
-def _reset():
-    yield
-    reset_cfg()
+# every test starts from the default cfg and leaves the global cfg as it found it (conftest)
+pytestmark = pytest.mark.usefixtures("fresh_cfg")
 
 
 def _same_size_images(coco_mini, n):

@@ -18,11 +18,8 @@ SMALL_TEST = ["TEST.RPN_PRE_NMS_TOP_N", 60, "TEST.RPN_POST_NMS_TOP_N", 4,
               "MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS", False]
 
 
-@pytest.fixture(autouse=True)
-def fresh_cfg():
-    reset_cfg()
-    yield
-    reset_cfg()
+# every test starts from the default cfg and leaves the global cfg as it found it (conftest)
+pytestmark = pytest.mark.usefixtures("fresh_cfg")
 
 
 def build(config, extra=()):

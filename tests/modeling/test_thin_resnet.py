@@ -2,17 +2,14 @@
 import pytest
 import torch
 
-from pydetectron.core.config import cfg, merge_cfg_from_list, reset_cfg
+from pydetectron.core.config import cfg, merge_cfg_from_list
 from pydetectron.modeling import registry
 from pydetectron.modeling.FPN import FPN
 from pydetectron.modeling.ResNet import ResNet_convX_body, ResNet_roi_conv5_head, ResNetSpec
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cfg():
-    reset_cfg()
-    yield
-    reset_cfg()
+# every test starts from the default cfg and leaves the global cfg as it found it (conftest)
+pytestmark = pytest.mark.usefixtures("fresh_cfg")
 
 
 def _shapes(module):

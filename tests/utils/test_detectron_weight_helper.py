@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from pydetectron.core.config import assert_and_infer_cfg, merge_cfg_from_file, merge_cfg_from_list
-from pydetectron.core.config import reset_cfg
 from pydetectron.modeling.model_builder import Generalized_RCNN
 from pydetectron.utils.detectron_weight_helper import (
     UnsafePickleError, detectron_blobs_of, load_detectron_pkl, load_detectron_weight,
@@ -27,6 +26,9 @@ from pydetectron.utils.resnet_weights_helper import load_pretrained_imagenet_wei
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 C4_PARAMS_JSON = os.path.join(ROOT, "..", "shared", "data", "detectron_r50c4_predict_net_params.json")
+
+# every test starts from the default cfg and leaves the global cfg as it found it (conftest)
+pytestmark = pytest.mark.usefixtures("fresh_cfg")
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -191,13 +193,6 @@ CASES = {
 # ---------------------------------------------------------------------------------------------- #
 # Helpers
 # ---------------------------------------------------------------------------------------------- #
-
-@pytest.fixture(autouse=True)
-def fresh_cfg():
-    reset_cfg()
-    yield
-    reset_cfg()
-
 
 def build(config, extra=()):
     merge_cfg_from_file(os.path.join(ROOT, config))
