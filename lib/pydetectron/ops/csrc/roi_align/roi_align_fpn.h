@@ -118,4 +118,37 @@ inline void check_fpn_backward_inputs(const at::Tensor& grad, const at::Tensor& 
               ", ", pooled_height, ", ", pooled_width, "), got ", grad.sizes());
 }
 
+// The kernels index a map's plane with int: H * W must stay below 2^31 cells.
+inline void check_map_size(int64_t height, int64_t width, size_t level, const char* op) {
+  PYDET_CHECK(height * width < (int64_t(1) << 31), op, ": the feature map of level ", level,
+              " (", height, "x", width, " cells) is too large (H * W must be < 2^31)");
+}
+
+// The forward's maps, each contiguous and of a size the kernels can index.
+inline std::vector<at::Tensor> contiguous_fpn_maps(const at::TensorList features,
+                                                   const char* op) {
+  std::vector<at::Tensor> maps;
+  maps.reserve(features.size());
+  for (size_t l = 0; l < features.size(); ++l) {
+    check_map_size(features[l].size(2), features[l].size(3), l, op);
+    maps.push_back(features[l].contiguous());
+  }
+  return maps;
+}
+
+// The backward's zero gradients, (N, C, H_l, W_l) per level in the accumulation dtype `acc`.
+inline std::vector<at::Tensor> zero_fpn_grads(const at::Tensor& grad, at::ScalarType acc,
+                                              int64_t batch_size, int64_t channels,
+                                              at::IntArrayRef heights, at::IntArrayRef widths,
+                                              const char* op) {
+  std::vector<at::Tensor> grads;
+  grads.reserve(heights.size());
+  for (size_t l = 0; l < heights.size(); ++l) {
+    check_map_size(heights[l], widths[l], l, op);
+    grads.push_back(at::zeros({batch_size, channels, heights[l], widths[l]},
+                              grad.options().dtype(acc)));
+  }
+  return grads;
+}
+
 }  // namespace pydetectron

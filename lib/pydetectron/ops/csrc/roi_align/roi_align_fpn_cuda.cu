@@ -90,12 +90,6 @@ __global__ void __launch_bounds__(kThreads)
                                c_end);
 }
 
-void check_map_size(int64_t height, int64_t width, size_t level, const char* op) {
-  PYDET_CHECK(height * width < (int64_t(1) << 31), op, ": the feature map of level ", level,
-              " (", height, "x", width, " cells) is too large for the CUDA kernel "
-              "(H * W must be < 2^31)");
-}
-
 }  // namespace
 
 at::Tensor roi_align_fpn_forward_cuda(const at::TensorList features, const at::Tensor& rois,
@@ -114,12 +108,7 @@ at::Tensor roi_align_fpn_forward_cuda(const at::TensorList features, const at::T
                           features[0].options());
   if (output.numel() == 0) return output;
 
-  std::vector<at::Tensor> inputs;
-  inputs.reserve(features.size());
-  for (size_t l = 0; l < features.size(); ++l) {
-    check_map_size(features[l].size(2), features[l].size(3), l, op);
-    inputs.push_back(features[l].contiguous());
-  }
+  const std::vector<at::Tensor> inputs = contiguous_fpn_maps(features, op);
   const auto dtype = features[0].scalar_type();
   auto rois_c = rois.to(acc_dtype(dtype)).contiguous();
   auto levels_c = levels.contiguous();
@@ -160,13 +149,8 @@ std::vector<at::Tensor> roi_align_fpn_backward_cuda(
   const int64_t num_levels = static_cast<int64_t>(heights.size());
   const int64_t num_rois = rois.size(0);
   const auto acc = acc_dtype(grad.scalar_type());
-  std::vector<at::Tensor> grad_inputs;
-  grad_inputs.reserve(num_levels);
-  for (int64_t l = 0; l < num_levels; ++l) {
-    check_map_size(heights[l], widths[l], static_cast<size_t>(l), op);
-    grad_inputs.push_back(at::zeros({batch_size, channels, heights[l], widths[l]},
-                                    grad.options().dtype(acc)));
-  }
+  std::vector<at::Tensor> grad_inputs =
+      zero_fpn_grads(grad, acc, batch_size, channels, heights, widths, op);
   if (num_rois > 0 && channels > 0 && batch_size > 0) {
     auto grad_c = grad.contiguous();
     auto rois_c = rois.to(acc).contiguous();
