@@ -194,20 +194,26 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
                                     [(o, p) for o, p in zip(level_offsets, level_sizes)]) & valid
         if params.post_nms_top_n > 0:
             keep = keep & (_rank_in_segments(keep, seg_starts) < params.post_nms_top_n)
-    if collect_top_n is not None and collect_top_n > 0:
-        ranked = torch.where(keep, scores, scores.new_full((), -1.))  # dropped boxes rank last
+    if collect_top_n is None:
+        idx = torch.nonzero(keep).squeeze(1)  # the one host synchronisation
+    else:
+        # The collect step ranks the kept boxes (dropped ones rank last) and its ranking is also
+        # the output order: per image, best first (test time); in training, the minibatch's best
+        # first, then grouped by image (stable: each image's boxes stay best first).
+        ranked = torch.where(keep, scores, scores.new_full((), -1.))
         if per_image:
             order = group_by_image(ranked, im_inds)
-            chosen = rank_within_image(im_inds[order], n) < collect_top_n
         else:
             order = torch.argsort(ranked, descending=True, stable=True)
-            chosen = torch.arange(order.numel(), device=device) < collect_top_n
-        keep = keep & torch.zeros_like(keep).scatter_(0, order, chosen)
-    idx = torch.nonzero(keep).squeeze(1)  # the one host synchronisation
+        chosen = keep[order]
+        if collect_top_n > 0:
+            rank = (rank_within_image(im_inds[order], n) if per_image
+                    else torch.arange(order.numel(), device=device))
+            chosen &= rank < collect_top_n
+        idx = order[chosen]  # the one host synchronisation
+        if not per_image:
+            idx = idx[torch.argsort(im_inds[idx], stable=True)]
     boxes, scores, im_inds = boxes[idx], scores[idx], im_inds[idx]
-    if collect_top_n is not None:
-        order = group_by_image(scores, im_inds)
-        boxes, scores, im_inds = boxes[order], scores[order], im_inds[order]
     rois = torch.cat([im_inds.to(boxes.dtype).unsqueeze(1), boxes], dim=1)
     return rois, scores
 
