@@ -179,3 +179,17 @@ def test_cpu_bf16_training_step(tmp_path, fresh_cfg, registry_env):
     assert train['precision'] == 'bf16'
     assert train['status'] == 'ok', train.get('error')
     assert train['images_per_s'] > 0
+
+
+def test_count_ops_attributes_a_steps_operators_to_source_files(registry_env, capsys):
+    import count_ops
+    count_ops.main(['--image_size', '64x96', '--lines', '3'])
+    out = capsys.readouterr().out.splitlines()
+    total = int(out[0].split(': ')[1].split()[0])
+    rows = [line.split(None, 1) for line in out[1:out.index('-- the 3 busiest lines')]]
+    per_file = {name: int(n) for n, name in rows}
+    assert sum(per_file.values()) == total > 1000
+    # the proposals and the targets issue operators; backward and the optimizer do too
+    assert per_file['lib/pydetectron/modeling/generate_proposals.py'] > 0
+    assert per_file['lib/pydetectron/modeling/targets/rasterize.py'] > 0
+    assert per_file['backward / optimizer'] > 0
