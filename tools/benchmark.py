@@ -121,7 +121,9 @@ def parse_args(argv=None):
                    help='config KEY VALUE pairs applied to every model (after the YAML)')
     p.add_argument('--profile', action='store_true',
                    help='after timing the first model: the top operators of 3 of its training '
-                   'steps at batch 2 (torch.profiler) and the host-device syncs of one step')
+                   'steps at batch 2 (torch.profiler) and the host-device syncs of one step; '
+                   'with --parts infer, for every model: device against wall time per image at '
+                   'batch 1, the top operators and the syncs of one image')
     p.add_argument('--channels_last', action='store_true',
                    help='our model in channels-last memory format (torchvision stays NCHW)')
     p.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
@@ -509,7 +511,6 @@ def measure_loader(dataset_spec, model_name, args):
 
 def profile_training(model_name, dataset_spec, args):
     """Print the top operators of 3 steps of ours at batch 2 and count one step's syncs."""
-    import warnings
     device = args.device
     names = configure(model_name, dataset_spec, 2, args)
     data, im_info, gt = load_batch(names, 2, device)
@@ -534,19 +535,68 @@ def profile_training(model_name, dataset_spec, args):
           '%.1f ms)' % (model_name, kernel_us / 3000.))
     print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
     if device.type == 'cuda':
-        torch.cuda.set_sync_debug_mode('warn')
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            step()
-        torch.cuda.set_sync_debug_mode(0)
-        where = {}
-        for w in caught:
-            key = '%s:%d' % (os.path.relpath(w.filename, ROOT), w.lineno)
-            where[key] = where.get(key, 0) + 1
-        print('-- host-device synchronisations in one training step: %d' % len(caught))
+        count, where = _sync_sites(step)
+        print('-- host-device synchronisations in one training step: %d' % count)
         for key, n in sorted(where.items(), key=lambda kv: -kv[1])[:20]:
             print('   %4d  %s' % (n, key))
     del model
+    _free(device)
+
+
+def _sync_sites(fn):
+    """Run ``fn()`` once on CUDA, counting its host-device synchronisations by source line."""
+    import warnings
+    torch.cuda.set_sync_debug_mode('warn')
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    where = {}
+    for w in caught:
+        key = '%s:%d' % (os.path.relpath(w.filename, ROOT), w.lineno)
+        where[key] = where.get(key, 0) + 1
+    return len(caught), where
+
+
+def profile_inference(model_name, dataset_spec, args):
+    """Print, for ours at batch 1: the device time per image against the wall time (host-bound
+    when the device idles), the top operators by host time, and the syncs of one image."""
+    device = args.device
+    torch.backends.cudnn.benchmark = True
+    names = configure(model_name, dataset_spec, 2, args)
+    data, im_info, _ = load_batch(names, 2, device)
+    model = build_ours(device, args.channels_last, args.compile).eval()
+    n = 10
+    with torch.no_grad():
+        for _ in range(3):
+            model.detect(data[:1], im_info[:1])
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == 'cuda':
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with torch.profiler.profile(activities=activities) as prof:
+            for i in range(n):
+                model.detect(data[i % 2:i % 2 + 1], im_info[i % 2:i % 2 + 1])
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+        wall_ms = 1000. * (time.perf_counter() - t0) / n
+        events = prof.key_averages()
+        kernel_us = sum(getattr(e, 'self_device_time_total', 0) or 0 for e in events
+                        if str(getattr(e, 'device_type', '')).endswith('CUDA'))
+        print('\n-- %s inference, batch 1: device time %.1f ms per image, wall %.1f ms per image '
+              '(under the profiler)' % (model_name, kernel_us / 1000. / n, wall_ms))
+        print(events.table(sort_by='self_cpu_time_total', row_limit=15,
+                           max_name_column_width=60))
+        if device.type == 'cuda':
+            count, where = _sync_sites(lambda: model.detect(data[:1], im_info[:1]))
+            print('-- host-device synchronisations in one image: %d' % count)
+            for key, k in sorted(where.items(), key=lambda kv: -kv[1])[:20]:
+                print('   %4d  %s' % (k, key))
+    del model
+    torch.backends.cudnn.benchmark = False
     _free(device)
 
 
@@ -688,8 +738,10 @@ def main(argv=None):
                                'error': '%s: %s' % (type(e).__name__, e)}
                         _free(args.device)
                     results.append(rec)
-            if args.profile and k == 0:
+            if args.profile and k == 0 and 'train' in args.parts:
                 profile_training(model_name, spec, args)
+            if args.profile and 'infer' in args.parts:
+                profile_inference(model_name, spec, args)
     finally:
         if not args.keep_data:
             shutil.rmtree(data_root, ignore_errors=True)

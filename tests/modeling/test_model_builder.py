@@ -146,8 +146,12 @@ def test_training_runs_rpn_then_calls_the_loss_hook(monkeypatch):
         return {"losses": {}, "metrics": {}}
 
     monkeypatch.setattr(model, "training_losses", hook)
-    model(random_blob(2, 64, 64), torch.tensor([[64., 64., 1.], [64., 64., 1.]]), roidb=[{}, {}])
+    im_info = torch.tensor([[64., 64., 1.], [64., 64., 1.]])
+    model(random_blob(2, 64, 64), im_info, roidb=[{}, {}])
     assert len(seen["blob_conv"]) == 4 and len(seen["rpn_ret"]["rpn_cls_logits"]) == 5
+    # The proposals come after the RPN targets (training_losses adds them: their count syncs)
+    assert "rpn_rois" not in seen["rpn_ret"]
+    model.RPN.add_proposals(seen["rpn_ret"], im_info)
     assert seen["rpn_ret"]["rpn_rois"].shape[0] == 7  # TRAIN top-N of the whole minibatch
     monkeypatch.undo()
     # Without the monkeypatch the hook is the real one: it needs the collated ground truth.

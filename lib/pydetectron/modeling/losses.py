@@ -287,7 +287,13 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None
     """
     from pydetectron.modeling import targets as T
     device = im_info.device
+    # Order matters on the GPU: everything up to the proposals is queued without a host sync
+    # (the ground-truth copies, the RPN targets and losses) while the body still runs; the
+    # proposals then read their count on the host, and the rest follows.
     gt = T.pack_gt(roidb, device, with_keypoints=model.keypoints_on)
+    polys = None
+    if cfg.MODEL.MASK_ON and not model.rpn_only:
+        polys = T.pack_polygons(roidb, gt.valid.shape[1], device)
     out_losses, metrics = {}, {}
 
     if rpn_ret is not None:
@@ -300,12 +306,15 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None
         return {'losses': out_losses, 'metrics': metrics}
 
     if model.faster_rcnn:
+        if 'rpn_rois' not in rpn_ret:
+            model.RPN.add_proposals(rpn_ret, im_info)
         proposals = rpn_ret['rpn_rois']
     elif rois is not None:
         proposals = torch.as_tensor(rois, dtype=torch.float32, device=device)
     else:
         proposals = _precomputed_proposals(roidb, device)
-    blobs = T.generate_proposal_labels(proposals.detach(), roidb, im_info, generator, gt=gt)
+    blobs = T.generate_proposal_labels(proposals.detach(), roidb, im_info, generator, gt=gt,
+                                       polys=polys)
 
     share_res5 = cfg.MODEL.SHARE_RES5 and model.Mask_Head is not None
     if share_res5:

@@ -165,17 +165,19 @@ class Generalized_RCNN(nn.Module):
         blob_conv = self.Conv_Body(data)
         rpn_ret = None
         if self.RPN is not None:
-            # Proposals only when Fast R-CNN trains on them (end-to-end Faster R-CNN)
-            rpn_ret = self.RPN(self._rpn_levels(blob_conv), im_info,
-                               need_proposals=self.faster_rcnn)
+            # The proposals (end-to-end Faster R-CNN) come later, in training_losses: their count
+            # is read on the host, so everything that does not need them (ground-truth copies,
+            # RPN targets and losses) is queued on the device first, while the body still runs.
+            rpn_ret = self.RPN(self._rpn_levels(blob_conv), im_info, need_proposals=False)
         return self.training_losses(self._roi_levels(blob_conv), rpn_ret, im_info, roidb, rois)
 
     def training_losses(self, blob_conv, rpn_ret, im_info, roidb, rois=None):
         """Detectron's training targets and losses on the device (``modeling.losses``).
 
         Receives what the forward pass computed: ``blob_conv`` (the RoI levels), ``rpn_ret``
-        (``rpn_cls_logits`` / ``rpn_bbox_pred`` -- per-level lists, finest first, for FPN -- and,
-        for Faster R-CNN, ``rpn_rois`` (R, 5) / ``rpn_roi_probs``), ``im_info`` and the collated
+        (``rpn_cls_logits`` / ``rpn_bbox_pred`` / ``rpn_cls_probs`` -- per-level lists, finest
+        first, for FPN -- and, for Faster R-CNN, ``rpn_rois`` (R, 5) / ``rpn_roi_probs``, which are
+        generated here when absent), ``im_info`` and the collated
         ``roidb``. Returns ``{'losses': {...}, 'metrics': {...}}`` with Detectron's names. The
         fg/bg subsampling draws from ``self.target_generator`` when set (a ``torch.Generator`` on
         the model's device), else from torch's global RNG.

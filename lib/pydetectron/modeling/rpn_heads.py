@@ -125,11 +125,16 @@ class single_scale_rpn_outputs(_ProposalsMixin, nn.Module):
         logits, deltas, probs = self.rpn(blob_conv)
         out = {"rpn_cls_logits": logits, "rpn_bbox_pred": deltas, "rpn_cls_probs": probs}
         if need_proposals:
-            rois, roi_probs = generate_multilevel_proposals(
-                [probs], [deltas], im_info, [self.anchors], [self.feat_stride],
-                self._proposal_params(), bbox_xform_clip=self.bbox_xform_clip,
-                field_anchors=self.field_anchors([probs]))
-            out.update(rpn_rois=rois, rpn_roi_probs=roi_probs)
+            self.add_proposals(out, im_info)
+        return out
+
+    def add_proposals(self, out, im_info):
+        """Add ``rpn_rois`` / ``rpn_roi_probs`` to ``out`` (this head's forward output)."""
+        probs, deltas = out["rpn_cls_probs"], out["rpn_bbox_pred"]
+        out["rpn_rois"], out["rpn_roi_probs"] = generate_multilevel_proposals(
+            [probs], [deltas], im_info, [self.anchors], [self.feat_stride],
+            self._proposal_params(), bbox_xform_clip=self.bbox_xform_clip,
+            field_anchors=self.field_anchors([probs]))
         return out
 
     def detectron_weight_mapping(self):
@@ -177,17 +182,24 @@ class fpn_rpn_outputs(_ProposalsMixin, nn.Module):
             out["rpn_bbox_pred"].append(deltas)
             out["rpn_cls_probs"].append(probs)
         if need_proposals:
-            params = self._proposal_params()
-            levels = range(self.k_min, self.k_max + 1)
-            # Detectron: top N per image at test; top N of the whole minibatch in training.
-            top_n = (int(params.post_nms_top_n * self.collect_scale + 0.5) if self.training
-                     else params.post_nms_top_n)
-            out["rpn_rois"], out["rpn_roi_probs"] = generate_multilevel_proposals(
-                out["rpn_cls_probs"], out["rpn_bbox_pred"], im_info,
-                [getattr(self, "anchors_fpn%d" % lvl) for lvl in levels],
-                [2. ** lvl for lvl in levels], params, collect_top_n=top_n,
-                per_image=not self.training, bbox_xform_clip=self.bbox_xform_clip,
-                field_anchors=self.field_anchors(out["rpn_cls_probs"]))
+            self.add_proposals(out, im_info)
+        return out
+
+    def add_proposals(self, out, im_info):
+        """Add the collected ``rpn_rois`` / ``rpn_roi_probs`` to ``out`` (this head's forward
+        output). Kept apart from ``forward`` so that training can queue the RPN targets and losses
+        on the device before the proposals' one host synchronisation."""
+        params = self._proposal_params()
+        levels = range(self.k_min, self.k_max + 1)
+        # Detectron: top N per image at test; top N of the whole minibatch in training.
+        top_n = (int(params.post_nms_top_n * self.collect_scale + 0.5) if self.training
+                 else params.post_nms_top_n)
+        out["rpn_rois"], out["rpn_roi_probs"] = generate_multilevel_proposals(
+            out["rpn_cls_probs"], out["rpn_bbox_pred"], im_info,
+            [getattr(self, "anchors_fpn%d" % lvl) for lvl in levels],
+            [2. ** lvl for lvl in levels], params, collect_top_n=top_n,
+            per_image=not self.training, bbox_xform_clip=self.bbox_xform_clip,
+            field_anchors=self.field_anchors(out["rpn_cls_probs"]))
         return out
 
     def detectron_weight_mapping(self):

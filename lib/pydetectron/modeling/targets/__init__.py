@@ -27,12 +27,13 @@ from pydetectron.modeling.targets.rpn import (  # noqa: F401
     rpn_anchor_targets, rpn_anchor_targets_flat)
 
 
-def generate_proposal_labels(rois, roidb, im_info, generator=None, gt=None):
+def generate_proposal_labels(rois, roidb, im_info, generator=None, gt=None, polys=None):
     """Training blobs for the RoI heads from the RPN proposals ``rois`` (R, 5) (blob scale).
 
     roidb: the loader's per-image ground-truth dicts of this blob; im_info: (N, 3). ``gt`` may
     pass an already packed ``GtBatch`` (e.g. the one used for the RPN targets; it must hold the
-    keypoints when ``MODEL.KEYPOINTS_ON``).
+    keypoints when ``MODEL.KEYPOINTS_ON``), ``polys`` the roidb's already packed polygons
+    (``pack_polygons``; packed here when None).
     Returns a dict of Detectron's blob names: rois, labels_int32, bbox_targets,
     bbox_inside_weights, bbox_outside_weights; with ``MODEL.MASK_ON`` mask_rois,
     roi_has_mask_int32, masks_int32 (R_m, M, M), mask_labels_int32; with
@@ -46,7 +47,8 @@ def generate_proposal_labels(rois, roidb, im_info, generator=None, gt=None):
     labels = label_proposals(rois, gt, im_info)
     blobs = sample_rois(labels, N, generator=generator)
     if cfg.MODEL.MASK_ON:
-        polys = pack_polygons(roidb, gt.valid.shape[1], device)
+        if polys is None:
+            polys = pack_polygons(roidb, gt.valid.shape[1], device)
         blobs.update(mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], polys, gt, im_info))
     if cfg.MODEL.KEYPOINTS_ON:
         blobs.update(keypoint_rcnn_targets(labels, gt, N, generator=generator))
