@@ -1,5 +1,5 @@
-"""Detectron's ops: RoIAlign (one map or a pyramid), RoIPool, RoICrop, the NMS family and box IoU
-(C++ on CPU, CUDA on GPU).
+"""Detectron's ops: RoIAlign (one map or a pyramid), RoIPool, RoICrop, the NMS family, box IoU and
+the Mask R-CNN polygon rasterization inside boxes (C++ on CPU, CUDA on GPU).
 
 The compiled kernels live in ``pydetectron._C`` (build with ``bash make.sh``) and register as
 ``torch.ops.pydetectron.*``; this package imports without them and each op raises one clear message
@@ -9,6 +9,7 @@ from pydetectron.ops import _ext
 from pydetectron.ops._ext import available as extension_available  # noqa: F401
 from pydetectron.ops.fpn import fpn_roi_transform, map_rois_to_fpn_levels  # noqa: F401
 from pydetectron.ops.nms import batched_nms, batched_nms_mask, box_iou, nms  # noqa: F401
+from pydetectron.ops.polygon_mask import polygon_masks_in_boxes  # noqa: F401
 from pydetectron.ops.roi_align import RoIAlign, roi_align  # noqa: F401
 from pydetectron.ops.roi_align_fpn import roi_align_fpn  # noqa: F401
 from pydetectron.ops.roi_crop import roi_crop  # noqa: F401
@@ -21,6 +22,6 @@ _ext.available()
 
 __all__ = [
     "RoIAlign", "RoIPool", "batched_nms", "batched_nms_mask", "box_iou", "extension_available",
-    "fpn_roi_transform", "map_rois_to_fpn_levels", "nms", "roi_align", "roi_align_fpn", "roi_crop",
-    "roi_pool", "soft_nms",
+    "fpn_roi_transform", "map_rois_to_fpn_levels", "nms", "polygon_masks_in_boxes", "roi_align",
+    "roi_align_fpn", "roi_crop", "roi_pool", "soft_nms",
 ]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from _targets_coco import batch, jittered_proposals, load_roidb, pick_entries
+from pydetectron import ops
 from pydetectron.modeling.targets import (
     expand_to_class_specific_mask_targets, label_proposals, mask_rcnn_targets, pack_gt,
     pack_polygons, sample_rois)
@@ -88,6 +89,39 @@ def test_mask_targets_match_pycocotools_on_coco(sampled, M, capsys):
               % (M, len(masks), 100. * same_px / total, 100. * orig_px / total))
     assert same_px == total
     assert orig_px >= 0.99 * total
+
+
+@pytest.mark.skipif(not ops.extension_available(), reason="pydetectron._C not built")
+@pytest.mark.parametrize('M', [28, 56])
+def test_mask_targets_with_the_op_equal_the_torch_path(sampled, M, monkeypatch):
+    """The one-op rasterization (``ops.polygon_masks_in_boxes``) gives the same targets as the
+    pure-torch fallback (extension_available patched to False)."""
+    entries, scales, broidb, im_info, gt, blobs = sampled
+    polys = pack_polygons(broidb, gt.valid.shape[1], 'cpu')
+    N, G = gt.valid.shape
+    assert polys.obj_first.shape == polys.obj_count.shape == (N * G,)
+    # each object's polygons are the run obj_first .. + obj_count of the packed polygons
+    assert torch.equal(torch.repeat_interleave(torch.arange(N * G), polys.obj_count),
+                       polys.gt_index)
+    calls = []
+    real_op = ops.polygon_masks_in_boxes
+    monkeypatch.setattr(ops, 'polygon_masks_in_boxes',
+                        lambda *a: calls.append(1) or real_op(*a))
+    # background RoIs relabelled fg (boxes away from their object: vertices far outside), and
+    # image 2 without fg (it lends an ignored RoI: an unmatched, all -1 target)
+    rois, labels = blobs['rois'], blobs['labels_int32'].clone()
+    labels[torch.nonzero(labels == 0).flatten()[::4]] = 1
+    labels[rois[:, 0] == 2] = 0
+    with_op = mask_rcnn_targets(rois, labels, polys, gt, im_info, resolution=M)
+    assert len(calls) == 1
+    monkeypatch.setattr(ops, 'extension_available', lambda: False)
+    without = mask_rcnn_targets(rois, labels, polys, gt, im_info, resolution=M)
+    assert len(calls) == 1
+    assert with_op.keys() == without.keys()
+    for k in with_op:
+        assert torch.equal(with_op[k], without[k]), k
+    masks = with_op['masks_int32']
+    assert (masks == 1).any() and (masks == 0).any() and (masks == -1).any()
 
 
 def test_rasterizer_is_pixel_exact_on_random_polygons():

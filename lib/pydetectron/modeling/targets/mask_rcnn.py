@@ -5,9 +5,12 @@ object, the one whose polygons' tight box (``segms.polys_to_boxes``) overlaps th
 with ``+1`` widths, in the original image scale, ties to the first object), rasterized inside the
 RoI onto an M x M grid (M = ``MRCNN.RESOLUTION``) in Detectron's frame
 (``polys_to_mask_wrt_box``): x -> (x - x1) * M / max(x2 - x1, 1) -- no ``+1`` here -- likewise
-for y, each polygon by pycocotools' scan conversion (``targets.rasterize``, pixel-exact), the
-object's polygons OR-ed. An image without foreground RoIs contributes its first RoI with an
-all -1 ("ignore") target and class 0, as Detectron does so that the blob is never empty.
+for y, each polygon by pycocotools' scan conversion (pixel-exact), the object's polygons OR-ed.
+With the compiled extension that is one op, ``ops.polygon_masks_in_boxes`` (one kernel, no host
+synchronisation); without it, the pure-torch ``targets.rasterize`` path, which is also the
+reference the op is tested against bit for bit. An image without foreground RoIs contributes its
+first RoI with an all -1 ("ignore") target and class 0, as Detectron does so that the blob is
+never empty.
 
 Shapes: N images, G gt rows per image (padded), S sampled RoIs, F foreground RoIs,
 R_m = mask RoIs (F plus one per image without foreground), P polygons, V polygon vertices.
@@ -27,10 +30,12 @@ from collections import namedtuple
 import numpy as np
 import torch
 
+from pydetectron import ops as _ops
 from pydetectron.core.config import cfg
 from pydetectron.modeling.targets.gt import GtBatch, gt_rows, pack_gt, to_device_async
 from pydetectron.modeling.targets.overlaps import box_iou
 from pydetectron.modeling.targets.rasterize import rasterize_polygons
+from pydetectron.ops import polygon_mask as _polygon_mask
 
 # All polygons of a batch, packed (gt objects in batch-wide order n * G + j):
 PolygonBatch = namedtuple('PolygonBatch', [
@@ -38,6 +43,8 @@ PolygonBatch = namedtuple('PolygonBatch', [
     'starts',      # (P,) int64 first vertex of each polygon
     'lengths',     # (P,) int64 vertex count of each polygon
     'gt_index',    # (P,) int64 batch-wide gt index n * G + j of the polygon's object
+    'obj_first',   # (N * G,) int64 first polygon of each batch-wide gt object
+    'obj_count',   # (N * G,) int64 its polygon count (0 for crowd regions and padding)
 ])
 
 
@@ -47,6 +54,8 @@ def pack_polygons(roidb, G, device):
     ``roidb[n]['segms']`` lists the segms of image n's gt rows: polygons (flat [x0, y0, ...]
     lists or arrays, blob scale) or an RLE dict for crowd regions (skipped: Detectron's mask
     targets use non-crowd polygons only). ``G`` is the padded gt count (``GtBatch``).
+    Objects are packed in increasing batch-wide gt index n * G + j, each object's polygons
+    contiguous, so an object's polygons are ``obj_first[i] .. obj_first[i] + obj_count[i] - 1``.
     """
     coords, lengths, owners = [], [], []
     for n, entry in enumerate(roidb):
@@ -57,6 +66,9 @@ def pack_polygons(roidb, G, device):
         if len(segms) != G_n:
             raise ValueError("roidb[%d]['segms'] has %d items but the image has %d ground-truth "
                              "rows" % (n, len(segms), G_n))
+        if G_n > G:
+            raise ValueError("roidb[%d] has %d ground-truth rows but the padded gt count G is %d"
+                             % (n, G_n, G))
         for j, segm in enumerate(segms):
             if isinstance(segm, dict):   # crowd RLE
                 continue
@@ -70,11 +82,17 @@ def pack_polygons(roidb, G, device):
                 owners.append(n * G + j)
     xy = torch.from_numpy(np.concatenate(coords).reshape(-1, 2)) if coords \
         else torch.zeros((0, 2), dtype=torch.float32)
-    # Two asynchronous host -> device copies in all: the vertices, and (lengths, owners) together.
-    meta = to_device_async(torch.tensor([lengths, owners], dtype=torch.long).view(2, -1), device)
-    lengths, owners = meta[0], meta[1]
-    return PolygonBatch(to_device_async(xy, device), torch.cumsum(lengths, 0) - lengths, lengths,
-                        owners)
+    # The index tables on the host (owners increase, so each object's polygons are a run).
+    P, NG = len(lengths), len(roidb) * G
+    lengths = np.asarray(lengths, dtype=np.int64)
+    owners = np.asarray(owners, dtype=np.int64)
+    obj_count = np.bincount(owners, minlength=NG).astype(np.int64)
+    meta = np.concatenate([np.cumsum(lengths) - lengths, lengths, owners,
+                           np.cumsum(obj_count) - obj_count, obj_count])
+    # Two asynchronous host -> device copies in all: the vertices, and the index tables together.
+    meta = to_device_async(torch.from_numpy(meta), device)
+    starts, lengths, owners, obj_first, obj_count = torch.split(meta, [P, P, P, NG, NG])
+    return PolygonBatch(to_device_async(xy, device), starts, lengths, owners, obj_first, obj_count)
 
 
 def polygon_boxes(polys, num_gt):
@@ -158,7 +176,20 @@ def _rasterize_for_rois(boxes, match, matched, polys, num_gt, M):
 
     ``polys`` must store each object's polygons contiguously, objects in increasing gt index
     (as ``pack_polygons`` does); ``num_gt`` is the number of batch-wide gt indices (N * G).
+    One op (``ops.polygon_masks_in_boxes``) when the extension has a kernel for the device,
+    else the pure-torch reference ``_rasterize_for_rois_torch``; both give the same bits.
     """
+    if (_ops.extension_available() and boxes.dtype == torch.float32
+            and polys.xy.dtype == torch.float32 and _polygon_mask.has_kernel_for(boxes.device)):
+        # -1: no object; a match >= num_gt also has none (polys.obj_first has num_gt entries).
+        group = torch.where(matched, match, -1)
+        return _ops.polygon_masks_in_boxes(polys.xy, polys.starts, polys.lengths,
+                                           polys.obj_first, polys.obj_count, boxes, group, M)
+    return _rasterize_for_rois_torch(boxes, match, matched, polys, num_gt, M)
+
+
+def _rasterize_for_rois_torch(boxes, match, matched, polys, num_gt, M):
+    """``_rasterize_for_rois`` in plain torch ops (one host sync): the reference and fallback."""
     device = boxes.device
     R = boxes.shape[0]
     out = torch.zeros((R, M, M), dtype=torch.bool, device=device)

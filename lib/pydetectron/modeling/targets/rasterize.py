@@ -15,6 +15,10 @@ iff its two end values straddle the boundary, at a step found by division and th
 the exact double-precision expressions pycocotools evaluates. Toggles are scattered into
 (P, h + 1, w) counters and the parity is a cumulative sum down the rows.
 
+With the compiled extension, the mask targets use ``ops.polygon_masks_in_boxes`` instead: the
+same arithmetic per (edge, column) in one kernel, with no host synchronisation. This module stays
+as the reference that op is tested against bit for bit, and as the fallback without the extension.
+
 Shapes: V vertices in all, P polygons, E = V edges (edge i joins vertex i to the next vertex of
 its polygon), h x w the output grid.
 """
