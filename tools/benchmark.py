@@ -67,7 +67,8 @@ import numpy as np
 import torch
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-sys.path.insert(0, os.path.join(ROOT, 'lib'))
+# PYDETECTRON_LIB times another copy of the package (tools/benchmark_ab.py, before/after runs)
+sys.path.insert(0, os.environ.get('PYDETECTRON_LIB') or os.path.join(ROOT, 'lib'))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 from pydetectron.core.config import (  # noqa: E402

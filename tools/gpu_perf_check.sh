@@ -13,7 +13,8 @@
 # carried to the GPU machine). Each variant then runs ROUNDS times (default 2) alternately on
 # that copy and on this tree (base first), logs bench_<i>_<base|head>_<round>.log/.json, and a
 # table of the medians per round closes the output. The copy uses this tree's freshly built
-# pydetectron._C (it must not need ops that this tree lacks).
+# pydetectron._C (it must not need ops that this tree lacks). A variant written "head:<args>"
+# runs once, on this tree only.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/gpu_perf_check}
@@ -37,7 +38,7 @@ bench() {  # bench <lib dir> <log stem> <benchmark arguments...>
     local lib=$1 stem=$2
     shift 2
     echo "== $stem ($lib): $*"
-    PYTHONPATH=$lib$EXTRA_PATH timeout "${BENCH_TIMEOUT:-240}" python3 tools/benchmark.py "$@" \
+    PYDETECTRON_LIB=$lib PYTHONPATH=$lib$EXTRA_PATH timeout "${BENCH_TIMEOUT:-240}" python3 tools/benchmark.py "$@" \
         --json "$OUT/$stem.json" > "$OUT/$stem.log" 2>&1
     echo "rc=$?"
     grep -E "host-device synchronisations|device time per step|^\s+[0-9]+\s+lib/" "$OUT/$stem.log"
@@ -49,7 +50,8 @@ i=0
 for v in "${variants[@]}"; do
     i=$((i + 1))
     echo "== variant $i: $v"
-    if [ -z "$BASE" ]; then
+    if [ -z "$BASE" ] || [ "${v#head:}" != "$v" ]; then
+        v=${v#head:}
         # shellcheck disable=SC2086
         bench "$HEAD_LIB" "bench_$i" $v $COMMON
         continue
