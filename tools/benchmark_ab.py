@@ -35,6 +35,11 @@ def parse_args(argv=None):
     p.add_argument('--impl', action='append', default=[], metavar='NAME=LIBDIR',
                    help='an implementation: a name and the folder holding its pydetectron '
                    'package (repeat; the first is the reference of the ratios)')
+    p.add_argument('--options', action='append', default=[], metavar='NAME=ARGS',
+                   help="extra arguments for one implementation's worker, e.g. "
+                   "fast='--channels_last --compile reduce-overhead' or, commas for spaces, "
+                   "fast=--channels_last,--compile,reduce-overhead (the same folder may be "
+                   "given twice under two names, with and without options)")
     p.add_argument('--peer', action='store_true', help="also time torchvision's model")
     p.add_argument('--model', default='mask', choices=('mask', 'faster', 'keypoint'))
     p.add_argument('--part', default='train', choices=('train', 'infer'))
@@ -67,6 +72,13 @@ def parse_args(argv=None):
     if len({n for n, _ in impls}) != len(impls):
         p.error('--impl: the names must differ')
     args.impls = impls
+    args.extra = {}
+    for spec in args.options:
+        name, sep, extra = spec.partition('=')
+        if not sep or name not in {n for n, _ in impls}:
+            p.error('--options: expected NAME=ARGS with NAME one of the --impl names, got %r'
+                    % spec)
+        args.extra[name] = extra.replace(',', ' ').split()
     return args
 
 
@@ -179,20 +191,30 @@ def main(argv=None):
         spec = B.make_synthetic_coco(tmp, 16, h, w, args.objects, args.model == 'keypoint')
         runs = list(args.impls) + ([('torchvision', args.impls[0][1] if args.impls
                                      else os.path.join(ROOT, 'lib'))] if args.peer else [])
-        base_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+        # the workers get the parent's arguments without --options, plus their own options
+        given = list(argv if argv is not None else sys.argv[1:])
+        base_argv = []
+        while given:
+            a = given.pop(0)
+            if a == '--options':
+                given.pop(0)
+            elif not a.startswith('--options='):
+                base_argv.append(a)
         for name, lib in runs:
             env = dict(os.environ, PYDETECTRON_LIB=lib, PYTHONUNBUFFERED='1')
             env['PYTHONPATH'] = lib + (os.pathsep + env['PYTHONPATH']
                                        if env.get('PYTHONPATH') else '')
             cmd = [sys.executable, os.path.abspath(__file__)] + base_argv + [
-                '--worker', name, '--data', spec]
+                '--worker', name, '--data', spec] + args.extra.get(name, [])
             procs.append((name, subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE,
                                                  stdout=subprocess.PIPE, text=True)))
             # one at a time: build and warm-up of one worker must not overlap another's
             ready = _read_line(procs[-1][1], name).split(' ', 1)
             if ready[0] != 'ready':
                 raise RuntimeError('worker %s did not get ready' % name)
-            print('worker %s ready (pydetectron from %s)' % (name, ready[1]), flush=True)
+            print('worker %s ready (pydetectron from %s%s)'
+                  % (name, ready[1], '; ' + ' '.join(args.extra[name]) if name in args.extra
+                     else ''), flush=True)
         times = {name: [] for name, _ in procs}
         for r in range(args.steps):
             k = r % len(procs)

@@ -60,6 +60,11 @@ def parse_args(argv=None):
                         help='bfloat16 autocast in the forward pass (CUDA, or CPU)')
     parser.add_argument('--channels_last', action='store_true',
                         help='channels-last (NHWC) convolutions: faster on GPUs under --amp')
+    parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
+                        help='torch.compile the backbone + FPN in place (MODE: default, or '
+                        'reduce-overhead for CUDA graphs; parameter names and checkpoints are '
+                        'unchanged; the first steps pay the compilation, and each new image '
+                        'size may recompile); one GPU per process (torchrun for several)')
     parser.add_argument('--seed', type=int, help='random seed (RNG_SEED)')
     parser.add_argument('--output_dir', help='where ckpt/, config.yaml and TensorBoard go '
                         '(default: OUTPUT_DIR/<cfg name>/<date>_<host>_step)')

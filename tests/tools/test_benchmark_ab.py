@@ -22,7 +22,9 @@ def test_parse_args_errors(tmp_path, capsys):
                           (['--impl', 'a' + LIB, '--peer'], 'NAME=LIBDIR'),
                           (['--impl', 'a=' + str(tmp_path), '--peer'], 'no pydetectron package'),
                           (['--impl', 'a=' + LIB, '--impl', 'a=' + LIB], 'must differ'),
-                          (['--impl', 'torchvision=' + LIB, '--peer'], 'taken by --peer')):
+                          (['--impl', 'torchvision=' + LIB, '--peer'], 'taken by --peer'),
+                          (['--impl', 'a=' + LIB, '--peer', '--options', 'b=--channels_last'],
+                           'one of the --impl names')):
         with pytest.raises(SystemExit):
             benchmark_ab.parse_args(argv)
         assert message in capsys.readouterr().err
@@ -34,12 +36,13 @@ def test_paired_run_times_each_copy_in_turn(tmp_path, capsys):
     shutil.copytree(os.path.join(LIB, 'pydetectron'), copy / 'pydetectron',
                     ignore=shutil.ignore_patterns('__pycache__'))
     times = benchmark_ab.main(['--impl', 'here=' + LIB, '--impl', 'copy=' + str(copy),
+                               '--options', 'copy=--channels_last',
                                '--model', 'faster', '--part', 'infer', '--steps', '3'] + TINY)
     assert list(times) == ['here', 'copy']
     assert all(len(t) == 3 and min(t) > 0 for t in times.values())
     out = capsys.readouterr().out
     assert 'worker here ready (pydetectron from %s)' % LIB in out
-    assert 'worker copy ready (pydetectron from %s)' % copy in out
+    assert 'worker copy ready (pydetectron from %s; --channels_last)' % copy in out
     assert 'per-round speed vs here' in out
     row = [line for line in out.splitlines() if line.startswith('here ')][0]
     assert row.split()[-3] == '1.000x'   # the reference against itself

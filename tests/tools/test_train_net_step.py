@@ -230,3 +230,17 @@ def test_real_model_and_loader_resume_on_coco_mini(tmp_path, fresh_cfg, coco_min
     for k, s in a['optimizer']['state'].items():
         assert torch.equal(s['momentum_buffer'], b['optimizer']['state'][k]['momentum_buffer'])
     assert a['data_order'] == b['data_order'] == {'seed': 3, 'start_iter': 3}
+
+
+def test_speed_options_reach_the_model(tmp_path, fresh_cfg, tiny_coco, monkeypatch):
+    from pydetectron.core import test_engine
+    seen = []
+    monkeypatch.setattr(test_engine, 'apply_speed_options',
+                        lambda model, channels_last=False, compile_mode=None:
+                        seen.append((model, channels_last, compile_mode)) or model)
+    built = []
+    assert run_tool(tmp_path / 's', tiny_coco, '--no_save', '--channels_last', '--compile',
+                    'reduce-overhead', max_iter=2, built=built) == 0
+    assert seen == [(built[0], True, 'reduce-overhead')]
+    assert train_net_step.parse_args(['--dataset', 'x', '--cfg', CFG, '--compile']).compile \
+        == 'default'

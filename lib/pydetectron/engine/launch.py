@@ -216,8 +216,13 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         logger.info('Loading Detectron weights %s', load_detectron)
         load_detectron_weight(model, load_detectron)
     model.to(device)
-    if getattr(args, 'channels_last', False):
-        model.to(memory_format=torch.channels_last)
+    compile_mode = getattr(args, 'compile', None)
+    if compile_mode and not info.distributed and num_gpus > 1:
+        raise ValueError('--compile with %d GPUs in one process: the DataParallel copies the '
+                         'model every step, compiled parts included; launch one process per GPU '
+                         'with torchrun instead' % num_gpus)
+    from pydetectron.core.test_engine import apply_speed_options
+    apply_speed_options(model, getattr(args, 'channels_last', False), compile_mode)
     optimizer = build_optimizer(model, cfg.SOLVER)
     scheduler = LRScheduler(optimizer, cfg.SOLVER)
 
