@@ -17,7 +17,8 @@
 # cp -r ../shared/data/coco_mini .gpu_data/; then run it with carry [".gpu_data", ".whl"].
 # Environment: PARTS (default tests,train,test_net,bench: the steps after the build to run),
 # BENCH (tools/benchmark.py's arguments instead of this script's), STEPS (training steps, 50), LR,
-# TRAIN_MODELS ("mask keypoint"), BUDGET (seconds, 535), OUT, WORK (scratch, emptied first).
+# TRAIN_MODELS ("mask keypoint"), TRAIN_VARIANTS ("fp32=;bf16=--amp": NAME=flags runs),
+# BUDGET (seconds, 535), OUT, WORK (scratch, emptied first).
 #
 # No ImageNet weights are at hand on the GPU machine, and the frozen-BN (AffineChannel) R-50
 # diverges from random weights (its activations grow to ~1e3 through 50 unnormalised layers). So
@@ -53,7 +54,8 @@ if [ "$CPU" = 1 ]; then
                 TRAIN.BATCH_SIZE_PER_IM 16 TEST.RPN_PRE_NMS_TOP_N 50 TEST.RPN_POST_NMS_TOP_N 20
                 TEST.DETECTIONS_PER_IM 5)
 else
-    STEPS=${STEPS:-50} DISP=5 SCALE=400 MAXSIZE=666 NW=4 T_TRAIN=75 T_TESTS=170 VAL_IMAGES=8
+    STEPS=${STEPS:-50} DISP=5 SCALE=400 MAXSIZE=666 NW=4 T_TRAIN=${T_TRAIN:-75} T_TESTS=170
+    VAL_IMAGES=8
     DEVICE_FLAG=
     BENCH_ARGS=(--models mask --warmup 2 --iters 15 --max_seconds 5 --max_batch 64
                 --loader_workers 1,4 --loader_iters 40 --profile)
@@ -163,6 +165,9 @@ EOF
 # before train_net_step's adaptive changes, so MAX_ITER is not multiplied by 8) and Detectron's
 # linear-scaling LR for 2 images, 0.02 x 2 / 16 (0.005 made Mask R-CNN diverge after ~40 steps).
 LR=${LR:-0.0025}
+# Each training run of TRAIN_VARIANTS: NAME=train_net_step flags, runs separated by ';'; the
+# runs all start from the same initial weights and their curves are printed side by side.
+TRAIN_VARIANTS=${TRAIN_VARIANTS:-fp32=;bf16=--amp}
 train() {  # $1 run name, $2 config, $3 annotation file, $4 init .pth, $5 extra flag (--amp)
     stamp "c. train $1"
     timeout "$T_TRAIN" "$PY" tools/train_net_step.py \
@@ -188,8 +193,11 @@ want train && for model in ${TRAIN_MODELS:-mask keypoint}; do
     timeout 90 "$PY" "$WORK/init_weights.py" "$cfg" \
         "coco_json:$COCO/annotations/$ann:$COCO/images/train2017" "$SCALE" "$MAXSIZE" \
         "$WORK/${model}_init.pth" 2>&1 | tee -a "$OUT/train.log" | grep -E "initial weights|Error"
-    train "${model}_fp32" "$cfg" "$ann" "$WORK/${model}_init.pth"
-    train "${model}_bf16" "$cfg" "$ann" "$WORK/${model}_init.pth" --amp
+    IFS=';' read -r -a train_variants <<< "$TRAIN_VARIANTS"
+    for tv in "${train_variants[@]}"; do
+        # shellcheck disable=SC2086
+        train "${model}_${tv%%=*}" "$cfg" "$ann" "$WORK/${model}_init.pth" ${tv#*=}
+    done
 done
 
 # --- d. test_net --------------------------------------------------------------------------------
@@ -233,7 +241,12 @@ else
 fi
 
 # --- summary ---------------------------------------------------------------------------------
-"$PY" - "$WORK" "$OUT" "$BUILD" "$(( $(date +%s) - T0 ))" <<'EOF' | tee "$OUT/summary.txt"
+RUNS=""
+for model in ${TRAIN_MODELS:-mask keypoint}; do
+    IFS=';' read -r -a train_variants <<< "$TRAIN_VARIANTS"
+    for tv in "${train_variants[@]}"; do RUNS="$RUNS ${model}_${tv%%=*}"; done
+done
+RUNS="$RUNS" "$PY" - "$WORK" "$OUT" "$BUILD" "$(( $(date +%s) - T0 ))" <<'EOF' | tee "$OUT/summary.txt"
 import os
 import re
 import sys
@@ -253,7 +266,7 @@ print('\n==================== GPU training check: summary (%s s) ===============
 print(read(os.path.join(work, 'machine.txt')).strip())
 print('a. build: %s' % build)
 print('b. %s' % read(os.path.join(work, 'tests.txt')).strip())
-runs = ['mask_fp32', 'mask_bf16', 'keypoint_fp32', 'keypoint_bf16']
+runs = os.environ['RUNS'].split()
 curves, rows = {}, []
 for run in runs:
     log = read(os.path.join(work, 'train_%s.log' % run))
