@@ -168,12 +168,12 @@ LR=${LR:-0.0025}
 # Each training run of TRAIN_VARIANTS: NAME=train_net_step flags, runs separated by ';'; the
 # runs all start from the same initial weights and their curves are printed side by side.
 TRAIN_VARIANTS=${TRAIN_VARIANTS:-fp32=;bf16=--amp}
-train() {  # $1 run name, $2 config, $3 annotation file, $4 init .pth, $5 extra flag (--amp)
+train() {  # $1 run name, $2 config, $3 annotation file, $4 init .pth, $5... extra flags
     stamp "c. train $1"
     timeout "$T_TRAIN" "$PY" tools/train_net_step.py \
         --dataset "coco_json:$COCO/annotations/$3:$COCO/images/train2017" --cfg "$2" \
         --bs 2 --nw "$NW" --disp_interval "$DISP" --load_ckpt "$4" --output_dir "$WORK/$1" \
-        $DEVICE_FLAG ${5:-} \
+        $DEVICE_FLAG "${@:5}" \
         --set NUM_GPUS 1 TRAIN.IMS_PER_BATCH 2 SOLVER.BASE_LR "$LR" SOLVER.WARM_UP_ITERS 10 \
         SOLVER.MAX_ITER "$STEPS" TRAIN.SCALES "($SCALE,)" TRAIN.MAX_SIZE "$MAXSIZE" \
         TRAIN.SNAPSHOT_ITERS 100000 MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS False \
