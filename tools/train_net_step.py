@@ -63,8 +63,10 @@ def parse_args(argv=None):
     parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
                         help='torch.compile the backbone + FPN in place (MODE: default, or '
                         'reduce-overhead for CUDA graphs; parameter names and checkpoints are '
-                        'unchanged; the first steps pay the compilation, and each new image '
-                        'size may recompile); one GPU per process (torchrun for several)')
+                        'unchanged). It pays when the image sizes repeat (fixed-size inputs); '
+                        'every new size compiles or records again, so on COCO-like data with '
+                        'many sizes the early steps are far slower. One GPU per process '
+                        '(torchrun for several)')
     parser.add_argument('--seed', type=int, help='random seed (RNG_SEED)')
     parser.add_argument('--output_dir', help='where ckpt/, config.yaml and TensorBoard go '
                         '(default: OUTPUT_DIR/<cfg name>/<date>_<host>_step)')

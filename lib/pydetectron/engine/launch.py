@@ -221,6 +221,10 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         raise ValueError('--compile with %d GPUs in one process: the DataParallel copies the '
                          'model every step, compiled parts included; launch one process per GPU '
                          'with torchrun instead' % num_gpus)
+    if compile_mode:
+        logger.warning('--compile %s: each new input size compiles the body again (or records '
+                       'a CUDA graph), so this pays only when image sizes repeat; with many '
+                       'sizes the early steps are much slower (BENCHMARK.md)', compile_mode)
     from pydetectron.core.test_engine import apply_speed_options
     apply_speed_options(model, getattr(args, 'channels_last', False), compile_mode)
     optimizer = build_optimizer(model, cfg.SOLVER)
