@@ -242,16 +242,24 @@ def report(args, times):
     print('\n== paired timing: %s %s, %s%s, %d rounds (one step of each per round)'
           % (args.model, args.part, args.precision,
              ', batch %d' % args.batch if args.part == 'train' else ', batch 1', args.steps))
-    print('%-14s %10s %10s %10s %10s   %s' % ('impl', 'median ms', 'p10 ms', 'p90 ms', unit,
-                                              'per-round speed vs %s: median [q1, q3]' % ref))
+    peer = 'torchvision' if 'torchvision' in times and ref != 'torchvision' else None
+    print('%-14s %10s %10s %10s %10s   %-34s%s'
+          % ('impl', 'median ms', 'p10 ms', 'p90 ms', unit,
+             'per-round speed vs %s: median [q1, q3]' % ref,
+             '   vs torchvision' if peer else ''))
+
+    def paired(a, b):   # per-round speed of b against a (> 1: b is faster): median, q1, q3
+        ratios = [x / y for x, y in zip(times[a], times[b])]
+        return statistics.median(ratios), _quantile(ratios, 0.25), _quantile(ratios, 0.75)
     for name in names:
         t = times[name]
         med = statistics.median(t)
         rate = per_step / med * 1000. if args.part == 'train' else med
-        ratios = [a / b for a, b in zip(times[ref], t)]   # > 1: faster than the reference
-        print('%-14s %10.1f %10.1f %10.1f %10.1f   %.3fx [%.3f, %.3f]'
-              % (name, med, _quantile(t, 0.1), _quantile(t, 0.9), rate,
-                 statistics.median(ratios), _quantile(ratios, 0.25), _quantile(ratios, 0.75)))
+        cols = '%.3fx [%.3f, %.3f]' % paired(ref, name)
+        if peer:
+            cols = '%-34s   %.3fx [%.3f, %.3f]' % ((cols,) + paired(peer, name))
+        print('%-14s %10.1f %10.1f %10.1f %10.1f   %s'
+              % (name, med, _quantile(t, 0.1), _quantile(t, 0.9), rate, cols))
 
 
 if __name__ == '__main__':

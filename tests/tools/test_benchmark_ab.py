@@ -46,3 +46,15 @@ def test_paired_run_times_each_copy_in_turn(tmp_path, capsys):
     assert 'per-round speed vs here' in out
     row = [line for line in out.splitlines() if line.startswith('here ')][0]
     assert row.split()[-3] == '1.000x'   # the reference against itself
+
+
+def test_report_gives_paired_ratios(capsys):
+    import types
+    args = types.SimpleNamespace(part='train', batch=2, model='mask', precision='fp32', steps=3)
+    # per round, "new" takes half the time of "old"; torchvision twice old's
+    benchmark_ab.report(args, {'old': [10., 20., 40.], 'new': [5., 10., 20.],
+                               'torchvision': [20., 40., 80.]})
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows['old'][1] == '20.0' and rows['old'][4] == '100.0'   # median ms, images/s
+    assert rows['new'][5] == '2.000x' and rows['new'][8] == '4.000x'
+    assert rows['torchvision'][5] == '0.500x' and rows['torchvision'][8] == '1.000x'
