@@ -7,7 +7,8 @@
 # are printed.
 #   BASES=".bench_base/lib" AB="--impl base=.bench_base/lib --impl head=lib --peer --model mask" \
 #       bash tools/gpu_ab_check.sh
-# Environment: STEPS (rounds per comparison, 50), AB_TIMEOUT (seconds per comparison, 240),
+# Environment: TESTS=1 (run `pytest tests -m cuda` after the build; log pytest_cuda.log),
+# STEPS (rounds per comparison, 50), AB_TIMEOUT (seconds per comparison, 240),
 # PYCOCOTOOLS_WHEEL_DIR (default .whl: pycocotools is installed from there when missing; the
 # torchvision peer's masks need it).
 set -uo pipefail
@@ -27,6 +28,12 @@ if ! TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FORCE_CUDA=1 \
     exit 1
 fi
 echo "built in $(( $(date +%s) - T0 )) s"
+if [ "${TESTS:-0}" = 1 ]; then   # the CUDA tests first (the machine's own pytest)
+    timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest tests -m cuda -q -p no:cacheprovider \
+        > "$OUT/pytest_cuda.log" 2>&1
+    echo "pytest rc=$? $(tail -n 1 "$OUT/pytest_cuda.log")"
+    grep -E "^(FAILED|ERROR)" "$OUT/pytest_cuda.log" | head -n 20
+fi
 for b in ${BASES:-}; do
     cp lib/pydetectron/_C*.so "$b/pydetectron/" || exit 1
 done
