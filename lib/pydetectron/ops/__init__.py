@@ -1,5 +1,6 @@
-"""Detectron's ops: RoIAlign (one map or a pyramid), RoIPool, RoICrop, the NMS family, box IoU and
-the Mask R-CNN polygon rasterization inside boxes (C++ on CPU, CUDA on GPU).
+"""Detectron's ops: RoIAlign (one map or a pyramid), RoIPool, RoICrop, the NMS family, box IoU (one
+pair of box sets, and batched for the training targets) and the Mask R-CNN polygon rasterization
+inside boxes (C++ on CPU, CUDA on GPU).
 
 The compiled kernels live in ``pydetectron._C`` (build with ``bash make.sh``) and register as
 ``torch.ops.pydetectron.*``; this package imports without them and each op raises one clear message
@@ -7,6 +8,7 @@ when they are missing. ``roi_crop``, ``box_iou`` and the FPN level mapping are p
 """
 from pydetectron.ops import _ext
 from pydetectron.ops._ext import available as extension_available  # noqa: F401
+from pydetectron.ops.box_iou_batched import box_iou_batched  # noqa: F401
 from pydetectron.ops.fpn import fpn_roi_transform, map_rois_to_fpn_levels  # noqa: F401
 from pydetectron.ops.nms import batched_nms, batched_nms_mask, box_iou, nms  # noqa: F401
 from pydetectron.ops.polygon_mask import polygon_masks_in_boxes  # noqa: F401
@@ -21,7 +23,7 @@ from pydetectron.ops.soft_nms import soft_nms  # noqa: F401
 _ext.available()
 
 __all__ = [
-    "RoIAlign", "RoIPool", "batched_nms", "batched_nms_mask", "box_iou", "extension_available",
-    "fpn_roi_transform", "map_rois_to_fpn_levels", "nms", "polygon_masks_in_boxes", "roi_align",
-    "roi_align_fpn", "roi_crop", "roi_pool", "soft_nms",
+    "RoIAlign", "RoIPool", "batched_nms", "batched_nms_mask", "box_iou", "box_iou_batched",
+    "extension_available", "fpn_roi_transform", "map_rois_to_fpn_levels", "nms",
+    "polygon_masks_in_boxes", "roi_align", "roi_align_fpn", "roi_crop", "roi_pool", "soft_nms",
 ]

@@ -11,7 +11,8 @@ _MISSING_MSG = (
     "Run `bash make.sh` in the pydetectron checkout to build them.")
 
 # The op modules whose `_register()` adds autograd and fake kernels to the C++ ops.
-_PYTHON_HALVES = ("roi_align", "roi_align_fpn", "roi_pool", "nms", "soft_nms", "polygon_mask")
+_PYTHON_HALVES = ("roi_align", "roi_align_fpn", "roi_pool", "nms", "soft_nms", "polygon_mask",
+                  "box_iou_batched")
 
 _state = {"loaded": False, "error": None}
 
