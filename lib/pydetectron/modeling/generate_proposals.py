@@ -14,11 +14,12 @@ Per image and per feature map (per FPN level), as Detectron does:
    ((x2 - x1) / im_scale + 1, at least 1 pixel) or whose centre lies outside the image;
 5. NMS at ``nms_thresh`` and keep the ``post_nms_top_n`` best (both skipped when nms_thresh <= 0).
 """
+import weakref
 from collections import namedtuple
 
 import torch
 
-from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
+from pydetectron.utils.boxes import BBOX_XFORM_CLIP
 
 __all__ = ["ProposalParams", "shifted_anchors", "generate_proposals",
            "generate_multilevel_proposals", "collect_fpn_proposals", "rank_within_image",
@@ -62,42 +63,138 @@ def group_by_image(order_scores, im_inds):
     return by_score[by_image]
 
 
-def _level_top(cls_probs, bbox_pred, field_anchors, params):
-    """One feature map's ``pre_nms_top_n`` best anchors per image (steps 1-2), flattened image by
-    image: scores (N * P,), deltas (N * P, 4), anchors (N * P, 4), each image's best first."""
-    n, a, h, w = cls_probs.shape
-    if bbox_pred.shape != (n, 4 * a, h, w):
-        raise ValueError("generate_proposals: bbox_pred %s does not match cls_probs %s (4A channels)"
-                         % (tuple(bbox_pred.shape), tuple(cls_probs.shape)))
-    if field_anchors.shape != (h * w * a, 4):
-        raise ValueError("generate_proposals: %s anchors for a %dx%d map of %d anchors per cell"
-                         % (tuple(field_anchors.shape), h, w, a))
-    # Proposal geometry is float32 whatever the head ran in (bf16 under --amp), as in Detectron.
-    scores = cls_probs.float().permute(0, 2, 3, 1).reshape(n, -1)  # (N, K), ordered (H, W, A)
-    deltas = bbox_pred.float().permute(0, 2, 3, 1).reshape(n, -1, 4)  # (N, K, 4)
-    k = scores.shape[1]
-    pre = params.pre_nms_top_n
-    if 0 < pre < k:
-        scores, order = torch.topk(scores, pre, dim=1, sorted=True)
+# Index tensors that depend only on shapes (see _Layout) and the anchors' decoding statistics (see
+# _anchor_stats) are kept between calls, bounded like rpn_heads' anchor cache: each call then
+# issues a few dozen operators whatever the number of maps (the host's cost per operator is
+# what limits small-batch steps on a fast GPU).
+_LAYOUT_CACHE, _LAYOUT_CACHE_SIZE = {}, 64
+_ANCHOR_CACHE, _ANCHOR_CACHE_SIZE = {}, 32  # (each entry as large as all the field anchors)
+
+
+class _Layout:
+    """The flat candidate layout for N images and maps of (K_l,) candidates per image: map by
+    map, each map image by image, each image's ``P_l`` best (``pre_nms_top_n``) first; F = N * Q
+    candidates, Q = sum(P_l). Segment (l, i): map l's candidates of image i.
+
+    ``ks`` / ``ps``: (K_l,) / (P_l,). ``perm`` (F,): each flat candidate's position in the maps'
+    (N, P_l) top-k results concatenated along dim 1 (image-major); ``k_off`` (F,): its map's first
+    column in the (N, sum(K_l)) scores of all maps; ``im`` (F,) its image (``im_col`` (F, 1),
+    ``im_f`` (F, 1) float32), ``seg`` its segment l * N + i, ``seg_start`` the flat index where
+    its segment begins.
+    """
+
+    def __init__(self, n, ks, pre, device):
+        # Built on the device itself (no copy from the host: on CUDA that would synchronise).
+        self.n, self.device = n, device
+        self.ks = list(ks)
+        self.ps = [pre if 0 < pre < k else k for k in ks]
+        self.q = sum(self.ps)
+        self.levels = []  # (flat offset, P_l) of each map, for _nms_by_image_chunks
+        perm, k_off, im, seg, seg_start = [], [], [], [], []
+        col = q_col = offset = 0
+        for l, (k, p) in enumerate(zip(ks, self.ps)):
+            self.levels.append((offset, p))
+            i = torch.arange(n, device=device).view(-1, 1).expand(n, p).reshape(-1)
+            perm.append(i * self.q + q_col + torch.arange(p, device=device).repeat(n))
+            k_off.append(torch.full((n * p,), col, dtype=torch.long, device=device))
+            im.append(i)
+            seg.append(i + l * n)
+            seg_start.append(i * p + offset)
+            col += k
+            q_col += p
+            offset += n * p
+        self.perm, self.k_off, self.im, self.seg, self.seg_start = (
+            torch.cat(x) for x in (perm, k_off, im, seg, seg_start))
+        self.seg_invalid = self.seg + len(ks) * n  # groups of their own for invalid boxes
+        self.im_col = self.im.view(-1, 1)
+        self.im_f = self.im_col.to(torch.float32)
+        # im_info (height, width, scale) -> (w - 1, h - 1, w - 1, h - 1, w, h, scale)
+        j = torch.arange(7, device=device)
+        self.info_cols = (1 - j % 2).index_fill_(0, j[6:], 2).view(1, 7)
+        self.info_sub = (j < 4).to(torch.float32).view(1, 7)
+        self.minus_one = torch.full((), -1., device=device)
+        self.no_flag = torch.zeros(1, dtype=torch.bool, device=device)
+        self._image_top = {}
+
+    def image_top(self, top_n):
+        """Positions, in an order grouped by image (each image's Q candidates together), of each
+        image's ``top_n`` first."""
+        sel = self._image_top.get(top_n)
+        if sel is None:
+            sel = (torch.arange(self.n, device=self.device).view(-1, 1) * self.q
+                   + torch.arange(min(top_n, self.q), device=self.device)).view(-1)
+            self._image_top[top_n] = sel
+        return sel
+
+
+def _layout(n, ks, pre, device):
+    key = (n, tuple(ks), pre, str(device))
+    hit = _LAYOUT_CACHE.get(key)
+    if hit is None:
+        if len(_LAYOUT_CACHE) >= _LAYOUT_CACHE_SIZE:
+            _LAYOUT_CACHE.clear()
+        hit = _LAYOUT_CACHE[key] = _Layout(n, ks, pre, device)
+    return hit
+
+
+def _anchor_stats(shapes, anchors, feat_strides, field_anchors, device):
+    """(sum(K_l), 4) = (centre x, centre y, width, height) of every anchor of every map, maps one
+    after the other, each ordered (H, W, A): the anchor's part of the decoding, computed as
+    ``bbox_transform`` does. ``shapes``: (A, H, W) of each map.
+
+    Kept per source tensors (the callers' field anchors, or cell anchors and map sizes), by
+    identity and version: the RPN modules hand the same cached field anchors every step. The
+    entry holds weak references to the sources, so a reused id is not mistaken for them.
+    """
+    if field_anchors is not None:
+        for fa, (a, h, w) in zip(field_anchors, shapes):
+            if fa.shape != (h * w * a, 4):
+                raise ValueError("generate_proposals: %s anchors for a %dx%d map of %d anchors "
+                                 "per cell" % (tuple(fa.shape), h, w, a))
+        src = list(field_anchors)
+        key = ("field", tuple(id(t) for t in src), str(device))
     else:
-        scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
-    deltas = torch.gather(deltas, 1, order.unsqueeze(-1).expand(-1, -1, 4))
-    return scores.reshape(-1), deltas.reshape(-1, 4), field_anchors[order.reshape(-1)]
+        src = list(anchors)
+        key = ("cell", tuple(id(t) for t in src), tuple(shapes),
+               tuple(float(s) for s in feat_strides), str(device))
+    # (inference tensors have no version counter: not cached)
+    cacheable = not any(t.is_inference() for t in src)
+    versions = tuple(t._version for t in src) if cacheable else None
+    hit = _ANCHOR_CACHE.get(key) if cacheable else None
+    if hit is not None and hit[1] == versions and all(r() is t for r, t in zip(hit[0], src)):
+        return hit[2]
+    if field_anchors is None:
+        field_anchors = [shifted_anchors(anc.to(device, torch.float32), h, w, st)
+                         for anc, (a, h, w), st in zip(anchors, shapes, feat_strides)]
+    fa = torch.cat([f.to(device, torch.float32) for f in field_anchors])
+    wh = fa[:, 2:] - fa[:, :2] + 1.0
+    stats = torch.cat([fa[:, :2] + 0.5 * wh, wh], dim=1)
+    if cacheable:
+        if len(_ANCHOR_CACHE) >= _ANCHOR_CACHE_SIZE:
+            _ANCHOR_CACHE.clear()
+        _ANCHOR_CACHE[key] = ([weakref.ref(t) for t in src], versions, stats)
+    return stats
 
 
-def _decode_clip_validate(anchors, deltas, im_info, im_inds, min_size, bbox_xform_clip):
-    """Steps 3-4 for (F,) candidates of images ``im_inds``: boxes (F, 4) decoded and clipped to
+def _decode_clip_validate(stats, deltas, im_info, lay, min_size, bbox_xform_clip):
+    """Steps 3-4 for the (F,) flat candidates: boxes (F, 4) decoded (``bbox_transform``'s
+    arithmetic, weights (1, 1, 1, 1): dividing by 1 is exact, so it is left out) and clipped to
     their image, and (F,) valid flags (both sides >= min_size at the original scale -- at least
-    one pixel -- and the centre inside the image)."""
-    boxes = bbox_transform(anchors, deltas, clip=bbox_xform_clip)
-    info = im_info[im_inds]                                    # (F, 3) height, width, scale
-    hw_max = (info[:, :2] - 1).flip(1).repeat(1, 2)            # (F, 4) w-1, h-1, w-1, h-1
-    boxes = torch.minimum(boxes, hw_max).clamp_(min=0)
-    wh = boxes[:, 2:] - boxes[:, :2] + 1                       # (F, 2)
-    ctr = boxes[:, :2] + wh / 2.
-    wh_orig = (boxes[:, 2:] - boxes[:, :2]) / info[:, 2:3] + 1
-    valid = ((wh_orig >= max(min_size, 1)).all(dim=1)
-             & (ctr < info[:, :2].flip(1)).all(dim=1))
+    one pixel -- and the centre inside the image). ``stats`` (F, 4): the anchors' centres and
+    sizes (``_anchor_stats``)."""
+    ctr, wh = stats.split(2, 1)
+    dxy, dwh = deltas.split(2, 1)
+    pred_ctr = dxy * wh + ctr
+    half = 0.5 * (torch.exp(dwh.clamp(max=bbox_xform_clip)) * wh)
+    boxes = torch.cat([pred_ctr - half, pred_ctr + half - 1], dim=1)
+    info = im_info[lay.im_col, lay.info_cols] - lay.info_sub  # (F, 7), see _Layout
+    xy_max, size, scale = info.split([4, 2, 1], 1)
+    boxes = torch.minimum(boxes, xy_max).clamp_(min=0)
+    lo, hi = boxes.split(2, 1)
+    d = hi - lo
+    ctr = lo + (d + 1) / 2.
+    wh_orig = d / scale + 1
+    valid = ((wh_orig >= max(min_size, 1)) & (ctr < size)).all(dim=1)
     return boxes, valid
 
 
@@ -124,15 +221,15 @@ def _nms_by_image_chunks(boxes, scores, groups, nms_thresh, n, levels):
     return keep
 
 
-def _rank_in_segments(flags, seg_start):
+def _rank_in_segments(flags, seg_start, no_flag):
     """For (F,) bool ``flags`` laid out in contiguous segments (``seg_start`` (F,): the flat index
-    where each element's segment begins), each element's rank among the flagged elements of its
-    segment before it (meaningful where ``flags`` is True)."""
-    cs = torch.cumsum(flags.to(torch.int32), 0)
-    before = torch.where(seg_start > 0, cs[(seg_start - 1).clamp(min=0)], torch.zeros_like(cs))
-    return cs - before - 1
+    where each element's segment begins), the number of flagged elements of its segment before
+    each element. ``no_flag``: a (1,) False."""
+    before = torch.cumsum(torch.cat([no_flag, flags]), 0, dtype=torch.int32)  # (F + 1,)
+    return before[:-1] - before[seg_start]
 
 
+@torch.no_grad()
 def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_strides, params,
                                   collect_top_n=None, per_image=True,
                                   bbox_xform_clip=BBOX_XFORM_CLIP, field_anchors=None):
@@ -144,7 +241,8 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
     <= 0) most confident of each image (``per_image``, test time) or of the whole minibatch
     (training, as Detectron does).
     Returns rois (R, 5) and probabilities (R,), grouped by image, best first (without collect: the
-    maps' proposals one map after the other, each grouped by image, best first).
+    maps' proposals one map after the other, each grouped by image, best first). They carry no
+    gradient (Detectron's proposals are constants to the losses).
 
     ``field_anchors``: optionally each map's anchors at every cell ((H * W * A, 4), the
     ``shifted_anchors`` of ``anchors``), when the caller keeps them (the RPN modules cache them).
@@ -158,64 +256,90 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
         raise ValueError("generate_multilevel_proposals: got %d cls_probs, %d bbox_pred, %d "
                          "anchors and %d feat_strides; expected the same number (>= 1) of each"
                          % (num_maps, len(bbox_pred), len(anchors), len(feat_strides)))
+    if field_anchors is not None and len(field_anchors) != num_maps:
+        raise ValueError("generate_multilevel_proposals: got %d field_anchors for %d maps"
+                         % (len(field_anchors), num_maps))
     n = cls_probs[0].shape[0]
+    shapes = []
+    for probs, pred in zip(cls_probs, bbox_pred):
+        if probs.dim() != 4 or probs.shape[0] != n:
+            raise ValueError("generate_proposals: cls_probs %s: expected (N, A, H, W) with N = %d "
+                             "like the first map's" % (tuple(probs.shape), n))
+        _, a, h, w = probs.shape
+        if pred.shape != (n, 4 * a, h, w):
+            raise ValueError("generate_proposals: bbox_pred %s does not match cls_probs %s (4A "
+                             "channels)" % (tuple(pred.shape), tuple(probs.shape)))
+        shapes.append((a, h, w))
     device = cls_probs[0].device
     im_info = im_info.to(device=device, dtype=torch.float32)
-    if field_anchors is None:
-        field_anchors = [shifted_anchors(anc.to(device, torch.float32), p.shape[2], p.shape[3], st)
-                         for anc, p, st in zip(anchors, cls_probs, feat_strides)]
-    scores, deltas, cand_anchors, seg_ids, seg_starts = [], [], [], [], []
-    level_offsets, level_sizes = [], []
-    offset = 0
-    for l, (probs, pred, fa) in enumerate(zip(cls_probs, bbox_pred, field_anchors)):
-        s, d, a = _level_top(probs, pred, fa.to(device, torch.float32), params)
-        p = s.shape[0] // n
-        level_offsets.append(offset)
-        level_sizes.append(p)
-        # Flat layout: map by map, each image by image, best first.
-        seg = torch.arange(n, device=device).view(-1, 1).expand(n, p).reshape(-1)
-        seg_ids.append(seg + l * n)
-        seg_starts.append(seg * p + offset)
-        scores.append(s)
-        deltas.append(d)
-        cand_anchors.append(a)
-        offset += n * p
-    scores, seg_ids, seg_starts = torch.cat(scores), torch.cat(seg_ids), torch.cat(seg_starts)
-    im_inds = seg_ids % n
-    boxes, valid = _decode_clip_validate(torch.cat(cand_anchors), torch.cat(deltas), im_info,
-                                         im_inds, params.min_size, bbox_xform_clip)
+    stats_all = _anchor_stats(shapes, anchors, feat_strides, field_anchors, device)
+    lay = _layout(n, [a * h * w for a, h, w in shapes], params.pre_nms_top_n, device)
+
+    # Steps 1-2. Proposal geometry is float32 whatever the head ran in (bf16 under --amp), as in
+    # Detectron. Scores of all maps (N, sum(K_l)), each map's candidates ordered (H, W, A).
+    a = shapes[0][0]
+    same_a = all(s[0] == a for s in shapes)
+    if same_a:  # the maps concatenated along H * W: (N, A, S) -> (N, S, A)
+        scores_all = torch.cat([p.flatten(2) for p in cls_probs], 2) if num_maps > 1 \
+            else cls_probs[0].flatten(2)
+        scores_all = scores_all.float().transpose(1, 2).contiguous().view(n, -1)
+        # (N, A, 4, S), read at (image, a, :, s) below rather than transposed
+        deltas_all = torch.cat([d.reshape(n, a, 4, -1) for d in bbox_pred], 3)
+    else:
+        scores_all = torch.cat([p.float().permute(0, 2, 3, 1).reshape(n, -1) for p in cls_probs],
+                               1)
+        deltas_all = torch.cat([d.permute(0, 2, 3, 1).reshape(n, -1, 4) for d in bbox_pred], 1)
+    top = []
+    per_map = scores_all.split(lay.ks, 1) if num_maps > 1 else [scores_all]
+    for s, k, p in zip(per_map, lay.ks, lay.ps):
+        if p < k:
+            top.append(torch.topk(s, p, dim=1, sorted=True)[1])
+        else:
+            top.append(torch.sort(s, dim=1, descending=True, stable=True)[1])
+    if num_maps > 1:  # (F,) columns in scores_all of the flat candidates
+        cols = torch.take(torch.cat(top, 1), lay.perm) + lay.k_off
+    else:
+        cols = top[0].view(-1)
+    scores = scores_all[lay.im, cols]
+    if same_a:
+        deltas = deltas_all[lay.im, cols % a, :, cols // a]
+    else:
+        deltas = deltas_all[lay.im, cols]
+    boxes, valid = _decode_clip_validate(stats_all[cols], deltas.float(), im_info, lay,
+                                         params.min_size, bbox_xform_clip)
 
     keep = valid
     if params.nms_thresh > 0:
         # Invalid boxes get groups of their own (beyond the last segment) so that they never
         # suppress a valid one; their flags are dropped just after.
-        groups = torch.where(valid, seg_ids, seg_ids + num_maps * n)
+        groups = torch.where(valid, lay.seg, lay.seg_invalid)
         keep = _nms_by_image_chunks(boxes, scores, groups, params.nms_thresh, n,
-                                    [(o, p) for o, p in zip(level_offsets, level_sizes)]) & valid
-        if params.post_nms_top_n > 0:
-            keep = keep & (_rank_in_segments(keep, seg_starts) < params.post_nms_top_n)
+                                    lay.levels) & valid
+        # (a segment holds at most max(P_l) candidates: no cut needed beyond)
+        if 0 < params.post_nms_top_n < max(lay.ps):
+            keep = keep & (_rank_in_segments(keep, lay.seg_start, lay.no_flag)
+                           < params.post_nms_top_n)
     if collect_top_n is None:
         idx = torch.nonzero(keep).squeeze(1)  # the one host synchronisation
     else:
         # The collect step ranks the kept boxes (dropped ones rank last) and its ranking is also
         # the output order: per image, best first (test time); in training, the minibatch's best
         # first, then grouped by image (stable: each image's boxes stay best first).
-        ranked = torch.where(keep, scores, scores.new_full((), -1.))
-        if per_image:
-            order = group_by_image(ranked, im_inds)
-        else:
+        ranked = torch.where(keep, scores, lay.minus_one)
+        if per_image and n > 1:
+            # grouped by image, each image's Q candidates (kept or not) together
+            order = group_by_image(ranked, lay.im)
+            if 0 < collect_top_n < lay.q:
+                order = order[lay.image_top(collect_top_n)]
+        else:  # (one image: the same as per image)
             order = torch.argsort(ranked, descending=True, stable=True)
-        chosen = keep[order]
-        if collect_top_n > 0:
-            rank = (rank_within_image(im_inds[order], n) if per_image
-                    else torch.arange(order.numel(), device=device))
-            chosen &= rank < collect_top_n
-        idx = order[chosen]  # the one host synchronisation
-        if not per_image:
-            idx = idx[torch.argsort(im_inds[idx], stable=True)]
-    boxes, scores, im_inds = boxes[idx], scores[idx], im_inds[idx]
-    rois = torch.cat([im_inds.to(boxes.dtype).unsqueeze(1), boxes], dim=1)
-    return rois, scores
+            if 0 < collect_top_n < order.shape[0]:
+                order = order[:collect_top_n]
+        idx = order[keep[order]]  # the one host synchronisation
+        if not per_image and n > 1:
+            idx = idx[torch.argsort(lay.im[idx], stable=True)]
+    rois = torch.cat([lay.im_f, boxes], dim=1)[idx]
+    return rois, scores[idx]
 
 
 def generate_proposals(cls_probs, bbox_pred, im_info, anchors, feat_stride, params,
