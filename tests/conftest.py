@@ -11,6 +11,12 @@ if LIB not in sys.path:
 # Real data shared beside the checkout (never copied into the repo).
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 COCO_MINI = os.path.join(SHARED, "data", "coco_mini")
+if not os.path.isdir(COCO_MINI):
+    # the GPU machine gets no ../shared: the GPU check scripts carry a copy in .gpu_data/
+    # (an ignored folder, see tools/gpu_train_check.sh)
+    _CARRIED = os.path.join(ROOT, ".gpu_data", "coco_mini")
+    if os.path.isdir(_CARRIED):
+        COCO_MINI = _CARRIED
 DEMO_IMAGES = os.path.join(SHARED, "demo_images")
 
 
