@@ -40,9 +40,27 @@ def available():
     return True
 
 
+_kernels = {}   # (op name, device type) -> has a kernel; fixed once the extension is loaded
+
+
+def has_kernel(op, device):
+    """True when the loaded extension has a kernel of ``pydetectron::<op>`` for ``device`` (a
+    torch.device or its name; cpu or cuda). Cheap after the first query: the ops' callers ask on
+    every step."""
+    import torch
+    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
+    found = _kernels.get((op, kind))
+    if found is None:
+        if not available():
+            return False
+        key = {"cpu": "CPU", "cuda": "CUDA"}.get(kind)
+        found = key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+            "pydetectron::" + op, key)
+        _kernels[(op, kind)] = found
+    return found
+
+
 def has_cuda_kernels():
     """True when the extension was built with its CUDA kernels (and CUDA is usable)."""
     import torch
-    if not available() or not torch.cuda.is_available():
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("pydetectron::roi_align", "CUDA")
+    return torch.cuda.is_available() and has_kernel("roi_align", "cuda")

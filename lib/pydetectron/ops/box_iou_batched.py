@@ -32,9 +32,6 @@ _OP = "box_iou_batched"
 
 # Kernel presence per device type ("cpu" / "cuda"), asked once the extension is loaded: the
 # targets ask on every call, and the dispatcher lookup is not free on the host.
-_has_kernel = {}
-
-
 def _check_boxes(t, name, shape):
     if not isinstance(t, torch.Tensor):
         raise TypeError("%s: `%s` must be a tensor, got %s" % (_OP, name, type(t).__name__))
@@ -76,16 +73,7 @@ def box_iou_batched(boxes, query_boxes, over_first_area=False):
 
 def has_kernel_for(device):
     """True when the built extension has a kernel of this op for ``device`` (cpu / cuda)."""
-    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
-    found = _has_kernel.get(kind)
-    if found is None:
-        if not _ext.available():
-            return False
-        key = {"cpu": "CPU", "cuda": "CUDA"}.get(kind)
-        found = key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-            "pydetectron::" + _OP, key)
-        _has_kernel[kind] = found
-    return found
+    return _ext.has_kernel(_OP, device)
 
 
 def _register():

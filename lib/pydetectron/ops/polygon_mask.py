@@ -96,11 +96,7 @@ def polygon_masks_in_boxes(xy, poly_starts, poly_lengths, group_first, group_cou
 
 def has_kernel_for(device):
     """True when the built extension has a kernel of this op for ``device`` (cpu / cuda)."""
-    if not _ext.available():
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "pydetectron::" + _OP, key)
+    return _ext.has_kernel(_OP, device)
 
 
 def _register():

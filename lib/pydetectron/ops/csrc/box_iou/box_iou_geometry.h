@@ -8,88 +8,18 @@
 //   iou   = inter / ((area_a + area_b) - inter)   where inter > 0, else 0
 //   ioa   = inter / area_a                        where inter > 0, else 0
 // No product may be fused with the sum or difference that uses it (torch's kernels round each
-// op): on CUDA the _rn intrinsics keep nvcc from contracting; on a host target with fused
-// multiply-add instructions (aarch64, x86 built with -mfma) the product is stored through a
-// volatile, which g++ (-ffp-contract=fast by default for C++) cannot fuse across; on baseline
-// x86-64 there is no FMA instruction to contract into.
+// op): every step goes through the rounded helpers of common/macros.h.
 // torch.minimum / torch.maximum propagate NaN, and so do min_nan / max_nan: a box with a NaN
 // coordinate gets a NaN intersection, hence overlap 0, as in torch.
 #pragma once
 
 #include "common/macros.h"
 
-#if defined(__FP_FAST_FMA) || defined(__FP_FAST_FMAF) || defined(__FMA__) || \
-    defined(__aarch64__)
-#define PYDET_HOST_HAS_FMA 1
-#else
-#define PYDET_HOST_HAS_FMA 0
-#endif
 
 namespace pydetectron {
 namespace box_iou {
 
-PYDET_HOST_DEVICE float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-PYDET_HOST_DEVICE double add_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-PYDET_HOST_DEVICE float sub_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-PYDET_HOST_DEVICE double sub_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-PYDET_HOST_DEVICE float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#elif PYDET_HOST_HAS_FMA
-  volatile float p = a * b;
-  return p;
-#else
-  return a * b;
-#endif
-}
-PYDET_HOST_DEVICE double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#elif PYDET_HOST_HAS_FMA
-  volatile double p = a * b;
-  return p;
-#else
-  return a * b;
-#endif
-}
-PYDET_HOST_DEVICE float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-PYDET_HOST_DEVICE double div_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __ddiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
+// add_rn / sub_rn / mul_rn / div_rn: common/macros.h.
 
 // NaN-propagating minimum / maximum (torch.minimum / torch.maximum).
 template <typename T>

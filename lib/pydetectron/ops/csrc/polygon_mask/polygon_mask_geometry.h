@@ -33,35 +33,7 @@ namespace polygon_mask {
 
 constexpr double kScale = 5.0;  // pycocotools' upsampling factor
 
-// a * b and a + b, each rounded to double on its own (never contracted into one fma).
-PYDET_HOST_DEVICE double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#elif defined(__FP_FAST_FMA)
-  // A host target with fast fma (e.g. aarch64, or x86 with -mfma) may contract a * b + c; a
-  // volatile store forces the product's own rounding.
-  volatile double p = a * b;
-  return p;
-#else
-  return a * b;
-#endif
-}
-
-PYDET_HOST_DEVICE double add_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-PYDET_HOST_DEVICE double div_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __ddiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
+// add_rn / sub_rn / mul_rn / div_rn (each op rounded on its own): common/macros.h.
 
 // C's (int)(z + .5) on a double, kept as a double: truncation toward zero, not floor.
 PYDET_HOST_DEVICE double c_round(double z) { return trunc(add_rn(z, 0.5)); }
@@ -78,24 +50,15 @@ PYDET_HOST_DEVICE BoxFrame box_frame(const float* box, int resolution) {
   BoxFrame f;
   f.x1 = box[0];
   f.y1 = box[1];
-#if defined(__CUDA_ARCH__)
-  f.w = clamp_min_one(__fsub_rn(box[2], box[0]));
-  f.h = clamp_min_one(__fsub_rn(box[3], box[1]));
-#else
-  f.w = clamp_min_one(box[2] - box[0]);
-  f.h = clamp_min_one(box[3] - box[1]);
-#endif
+  f.w = clamp_min_one(sub_rn(box[2], box[0]));
+  f.h = clamp_min_one(sub_rn(box[3], box[1]));
   f.m = static_cast<float>(resolution);
   return f;
 }
 
 // (c - origin) * m / size in float32, then snapped to pycocotools' upsampled grid in double.
 PYDET_HOST_DEVICE double snap(float c, float origin, float size, float m) {
-#if defined(__CUDA_ARCH__)
-  const float mapped = __fdiv_rn(__fmul_rn(__fsub_rn(c, origin), m), size);
-#else
-  const float mapped = ((c - origin) * m) / size;
-#endif
+  const float mapped = div_rn(mul_rn(sub_rn(c, origin), m), size);
   return c_round(mul_rn(kScale, static_cast<double>(mapped)));
 }
 
