@@ -332,6 +332,21 @@ def _free(device):
         torch.cuda.empty_cache()
 
 
+def timed_ms(step, device):
+    """Milliseconds of one ``step()``: device events on the stream on CUDA, the host clock
+    elsewhere."""
+    if device.type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    step()
+    return 1000. * (time.perf_counter() - t0)
+
+
 def time_steps(step, device, args):
     """Median seconds of ``step()`` after the warm-up; (median, p10, p90, steps timed)."""
     for _ in range(args.warmup):
@@ -343,17 +358,7 @@ def time_steps(step, device, args):
     min_iters = min(3, args.iters)
     while len(times) < args.iters and (len(times) < min_iters or
                                        time.perf_counter() - begin < args.max_seconds):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.)
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+        times.append(timed_ms(step, device) / 1000.)
     times.sort()
     q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
     return statistics.median(times), q(0.1), q(0.9), len(times)
@@ -364,24 +369,36 @@ def _autocast(device, precision):
                           enabled=precision == 'bf16')
 
 
-def train_step_fn(model, impl, inputs, device, precision):
-    """One optimizer step of ``model`` on ``inputs``, ending with the host reading the loss."""
+def train_step_parts(model, impl, inputs, device, precision):
+    """One optimizer step of ``model`` on ``inputs`` in four parts, called in this order:
+    ``forward()`` -> total loss, ``backward(total)``, ``optimizer_step()``, ``read(total)`` (the
+    host reading the loss)."""
     params = [p for p in model.parameters() if p.requires_grad]
     # LR 0: the same kernels as training, and the random weights never drift into NaN
     optimizer = torch.optim.SGD(params, lr=0., momentum=0.9, weight_decay=1e-4)
     model.train()
 
-    def step():
+    def forward():
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, precision):
             if impl == 'ours':
                 losses = model(*inputs)['losses']
             else:
                 losses = model(*inputs)
-        total = sum(v.float().reshape(()) for v in losses.values())
-        total.backward()
-        optimizer.step()
-        return total.item()
+        return sum(v.float().reshape(()) for v in losses.values())
+    return forward, lambda total: total.backward(), optimizer.step, lambda total: total.item()
+
+
+def train_step_fn(model, impl, inputs, device, precision):
+    """One optimizer step of ``model`` on ``inputs``, ending with the host reading the loss."""
+    forward, backward, optimizer_step, read = train_step_parts(model, impl, inputs, device,
+                                                               precision)
+
+    def step():
+        total = forward()
+        backward(total)
+        optimizer_step()
+        return read(total)
     return step
 
 
@@ -437,13 +454,11 @@ def _print_training(rec):
                                              rec['batch'], what), flush=True)
 
 
-def measure_inference(model_name, impl, dataset_spec, args):
-    """ms/image at batch 1 (over distinct images) and images/s at ``--infer_batch``."""
+def inference_runner(model_name, impl, data, im_info, gt, args):
+    """(model in eval mode, ``run(lo, hi)``): the detections per image of images lo..hi-1 --
+    ``model.detect`` for ours, torchvision's forward on its own inputs for the peer. Call under
+    ``torch.no_grad()``."""
     device = args.device
-    torch.backends.cudnn.benchmark = True
-    nb = args.infer_batch
-    names = configure(model_name, dataset_spec, max(nb, 2), args)
-    data, im_info, gt = load_batch(names, max(nb, 2), device)
     if impl == 'ours':
         model = build_ours(device, args.channels_last, args.compile).eval()
 
@@ -455,6 +470,17 @@ def measure_inference(model_name, impl, dataset_spec, args):
 
         def run(lo, hi):
             return [r['boxes'].shape[0] for r in model(images[lo:hi])]
+    return model, run
+
+
+def measure_inference(model_name, impl, dataset_spec, args):
+    """ms/image at batch 1 (over distinct images) and images/s at ``--infer_batch``."""
+    device = args.device
+    torch.backends.cudnn.benchmark = True
+    nb = args.infer_batch
+    names = configure(model_name, dataset_spec, max(nb, 2), args)
+    data, im_info, gt = load_batch(names, max(nb, 2), device)
+    model, run = inference_runner(model_name, impl, data, im_info, gt, args)
     rec = {'part': 'infer', 'model': model_name, 'impl': impl, 'precision': 'fp32',
            'status': 'ok'}
     with torch.no_grad():
@@ -535,15 +561,8 @@ def profile_training(model_name, dataset_spec, args):
     print('\n-- %s training, batch 2, fp32: top operators of 3 steps (device time per step: '
           '%.1f ms)' % (model_name, kernel_us / 3000.))
     print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0., momentum=0.9, weight_decay=1e-4)
-
-    def forward():
-        optimizer.zero_grad(set_to_none=True)
-        losses = model(data, im_info, gt)['losses']
-        return sum(v.float().reshape(()) for v in losses.values())
-    rows, step_ms = host_breakdown(model, (forward, lambda t: t.backward(), optimizer.step,
-                                           lambda t: t.item()))
+    rows, step_ms = host_breakdown(model, train_step_parts(model, 'ours', (data, im_info, gt),
+                                                           device, 'fp32'))
     print('-- host time by stage, %s training, batch 2, fp32 (mean of 20 steps, host clock; '
           'a stage that reads a device value waits inside its own time): %.1f ms per step'
           % (model_name, step_ms))
@@ -677,7 +696,8 @@ def profile_inference(model_name, dataset_spec, args):
         print(events.table(sort_by='self_cpu_time_total', row_limit=15,
                            max_name_column_width=60))
         if device.type == 'cuda':
-            count, where = _sync_sites(lambda: model.detect(data[:1], im_info[:1]))
+            detect_one = model.detect
+            count, where = _sync_sites(lambda: detect_one(data[:1], im_info[:1]))
             print('-- host-device synchronisations in one image: %d' % count)
             for key, k in sorted(where.items(), key=lambda kv: -kv[1])[:20]:
                 print('   %4d  %s' % (k, key))

@@ -89,6 +89,10 @@ def bench_argv(args):
         argv += ['--device', args.device]
     if args.set_cfgs:
         argv += ['--set'] + args.set_cfgs
+    if args.channels_last:
+        argv.append('--channels_last')
+    if args.compile:
+        argv += ['--compile', args.compile]
     return argv
 
 
@@ -97,7 +101,6 @@ def bench_argv(args):
 # ---------------------------------------------------------------------------------------------- #
 
 def worker(args):
-    import time
     import torch
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     import benchmark as B   # imports pydetectron from PYDETECTRON_LIB
@@ -114,27 +117,23 @@ def worker(args):
     names = B.configure(args.model, args.data, batch, bargs)
     data, im_info, gt = B.load_batch(names, batch, device)
     torch.backends.cudnn.benchmark = not train
-    if peer:
-        model = B.build_peer(args.model, device)
-        inputs = B.peer_inputs(data, im_info, gt, args.model)
-    else:
-        model = B.build_ours(device, args.channels_last, args.compile)
-        inputs = (data, im_info, gt)
     if train:
+        if peer:
+            model = B.build_peer(args.model, device)
+            inputs = B.peer_inputs(data, im_info, gt, args.model)
+        else:
+            model = B.build_ours(device, bargs.channels_last, bargs.compile)
+            inputs = (data, im_info, gt)
         step = B.train_step_fn(model, impl, inputs, device, args.precision)
     else:
-        model.eval()
+        _, run = B.inference_runner(args.model, impl, data, im_info, gt, bargs)
         counter = [0]
 
-        def step():
+        def step():   # one image, the two images in turn
             i = counter[0] % 2
             counter[0] += 1
             with torch.no_grad():
-                if peer:
-                    out = model(inputs[0][i:i + 1])
-                else:
-                    out = model.detect(data[i:i + 1], im_info[i:i + 1])
-            return [r['boxes'].shape[0] for r in out]
+                return run(i, i + 1)
     for _ in range(args.warmup):
         step()
     if device.type == 'cuda':
@@ -145,19 +144,7 @@ def worker(args):
     for line in sys.stdin:
         if line.strip() != 'step':
             break
-        if device.type == 'cuda':
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            ms = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            step()
-            ms = 1000. * (time.perf_counter() - t0)
-        print('%.4f' % ms, flush=True)
+        print('%.4f' % B.timed_ms(step, device), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- #
