@@ -8,25 +8,18 @@
 #   BASES=".bench_base/lib" AB="--impl base=.bench_base/lib --impl head=lib --peer --model mask" \
 #       bash tools/gpu_ab_check.sh
 # Environment: TESTS=1 (run `pytest tests -m cuda` after the build; log pytest_cuda.log),
-# STEPS (rounds per comparison, 50), AB_TIMEOUT (seconds per comparison, 240),
-# PYCOCOTOOLS_WHEEL_DIR (default .whl: pycocotools is installed from there when missing; the
-# torchvision peer's masks need it).
+# STEPS (rounds per comparison, 50), AB_TIMEOUT (seconds per comparison, 240). pycocotools (the
+# torchvision peer's masks need it) comes from the carried .whl/ when missing (tools/gpu_env.sh).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/gpu_ab_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if ! python3 -c "import pycocotools" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/pcc \
-        "${PYCOCOTOOLS_WHEEL_DIR:-.whl}"/pycocotools-*.whl && export PYTHONPATH=/tmp/pcc
-fi
-rm -f lib/pydetectron/_C*.so
+# shellcheck source=tools/gpu_env.sh
+. tools/gpu_env.sh
+ensure_pycocotools || exit 1
 T0=$(date +%s)
-if ! TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FORCE_CUDA=1 \
-        python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
-    tail -n 30 "$OUT/build.log"
-    exit 1
-fi
+build_cuda_extension "$OUT/build.log" || exit 1
 echo "built in $(( $(date +%s) - T0 )) s"
 if [ "${TESTS:-0}" = 1 ]; then   # the CUDA tests first (the machine's own pytest)
     timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest tests -m cuda -q -p no:cacheprovider \

@@ -19,12 +19,10 @@ STEPS=${STEPS:-20}
 VAL_IMAGES=${VAL_IMAGES:-16}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 PYTHONUNBUFFERED=1
 rm -rf "$WORK"; mkdir -p "$OUT" "$WORK"
-if ! python3 -c "import pycocotools" 2> /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/pcc .whl/pycocotools-*.whl || exit 1
-    export PYTHONPATH=/tmp/pcc${PYTHONPATH:+:$PYTHONPATH}
-fi
-ls lib/pydetectron/_C*.so > /dev/null 2>&1 || TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FORCE_CUDA=1 \
-    MAX_JOBS=$(nproc) python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || exit 1
+# shellcheck source=tools/gpu_env.sh
+. tools/gpu_env.sh
+ensure_pycocotools || exit 1
+ls lib/pydetectron/_C*.so > /dev/null 2>&1 || build_cuda_extension "$OUT/build.log" || exit 1
 export PYTHONPATH=$PWD/lib${PYTHONPATH:+:$PYTHONPATH}
 C=.gpu_data/coco_mini
 [ -d "$C" ] || C=../shared/data/coco_mini

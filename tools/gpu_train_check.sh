@@ -65,13 +65,9 @@ want() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 
 # --- environment ------------------------------------------------------------------------------
-if ! "$PY" -c "import pycocotools" 2> /dev/null; then
-    whl=$(ls .whl/pycocotools-*.whl 2> /dev/null | head -n 1)
-    if [ -z "$whl" ]; then echo "pycocotools is missing and .whl/ holds no wheel of it"; exit 1; fi
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-        "$whl" || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+# shellcheck source=tools/gpu_env.sh
+. tools/gpu_env.sh
+ensure_pycocotools || exit 1
 if ! "$PY" -c "import pytest" 2> /dev/null && ls .whl/pytest-*.whl > /dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
         .whl/pytest-*.whl .whl/pluggy-*.whl .whl/iniconfig-*.whl || exit 1
@@ -96,13 +92,11 @@ if [ "$CPU" = 1 ]; then
     stamp "a. build: skipped (CPU=1)"; BUILD="skipped"
 else
     stamp "a. build (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0})"
-    rm -f lib/pydetectron/_C*.so
     start=$(date +%s)
-    if TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-            FORCE_CUDA=1 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+    if build_cuda_extension "$OUT/build.log"; then
         BUILD="ok in $(( $(date +%s) - start )) s"
     else
-        tail -n 40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+        echo "BUILD FAILED"; exit 1
     fi
     echo "built: $BUILD"
 fi
