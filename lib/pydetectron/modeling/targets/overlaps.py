@@ -40,15 +40,6 @@ def _area(boxes):
     return wh[..., 0] * wh[..., 1]
 
 
-def _broadcast(s1, s2):
-    """The broadcast of two batch shapes (tuples), or None when they do not broadcast."""
-    n = max(len(s1), len(s2))
-    s1, s2 = (1,) * (n - len(s1)) + s1, (1,) * (n - len(s2)) + s2
-    if any(a != b and a != 1 and b != 1 for a, b in zip(s1, s2)):
-        return None
-    return tuple(b if a == 1 else a for a, b in zip(s1, s2))
-
-
 def _flat_batch(t, batch_shape):
     """``t`` (*S, M, 4) as (B, M, 4) or (1, M, 4) for the op, B the size of the broadcast batch
     shape ``batch_shape``; None when only part of S broadcasts (e.g. (2, 1) against (2, 3))."""
@@ -71,8 +62,9 @@ def _overlap_op(boxes, query_boxes, over_first_area):
         return None
     if not (_ops.extension_available() and _iou_op.has_kernel_for(boxes.device)):
         return None
-    batch_shape = _broadcast(tuple(boxes.shape[:-2]), tuple(query_boxes.shape[:-2]))
-    if batch_shape is None:
+    try:
+        batch_shape = tuple(torch.broadcast_shapes(boxes.shape[:-2], query_boxes.shape[:-2]))
+    except RuntimeError:   # the batch shapes do not broadcast: the torch path raises for it
         return None
     # The targets pass (B | 1, N, 4) x (B | 1, K, 4): no reshaping before or after the op.
     a, q = _flat_batch(boxes, batch_shape), _flat_batch(query_boxes, batch_shape)
