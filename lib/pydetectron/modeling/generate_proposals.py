@@ -19,7 +19,7 @@ from collections import namedtuple
 
 import torch
 
-from pydetectron.utils.boxes import BBOX_XFORM_CLIP
+from pydetectron.utils.boxes import BBOX_XFORM_CLIP, box_centres_sizes, decode_centres_sizes
 
 __all__ = ["ProposalParams", "shifted_anchors", "generate_proposals",
            "generate_multilevel_proposals", "collect_fpn_proposals", "rank_within_image",
@@ -139,8 +139,8 @@ def _layout(n, ks, pre, device):
 
 def _anchor_stats(shapes, anchors, feat_strides, field_anchors, device):
     """(sum(K_l), 4) = (centre x, centre y, width, height) of every anchor of every map, maps one
-    after the other, each ordered (H, W, A): the anchor's part of the decoding, computed as
-    ``bbox_transform`` does. ``shapes``: (A, H, W) of each map.
+    after the other, each ordered (H, W, A): the anchor's part of the decoding
+    (``utils.boxes.box_centres_sizes``). ``shapes``: (A, H, W) of each map.
 
     Kept per source tensors (the callers' field anchors, or cell anchors and map sizes), by
     identity and version: the RPN modules hand the same cached field anchors every step. The
@@ -167,8 +167,7 @@ def _anchor_stats(shapes, anchors, feat_strides, field_anchors, device):
         field_anchors = [shifted_anchors(anc.to(device, torch.float32), h, w, st)
                          for anc, (a, h, w), st in zip(anchors, shapes, feat_strides)]
     fa = torch.cat([f.to(device, torch.float32) for f in field_anchors])
-    wh = fa[:, 2:] - fa[:, :2] + 1.0
-    stats = torch.cat([fa[:, :2] + 0.5 * wh, wh], dim=1)
+    stats = torch.cat(box_centres_sizes(fa), dim=1)
     if cacheable:
         if len(_ANCHOR_CACHE) >= _ANCHOR_CACHE_SIZE:
             _ANCHOR_CACHE.clear()
@@ -178,15 +177,13 @@ def _anchor_stats(shapes, anchors, feat_strides, field_anchors, device):
 
 def _decode_clip_validate(stats, deltas, im_info, lay, min_size, bbox_xform_clip):
     """Steps 3-4 for the (F,) flat candidates: boxes (F, 4) decoded (``bbox_transform``'s
-    arithmetic, weights (1, 1, 1, 1): dividing by 1 is exact, so it is left out) and clipped to
+    arithmetic, ``utils.boxes.decode_centres_sizes``; weights (1, 1, 1, 1)) and clipped to
     their image, and (F,) valid flags (both sides >= min_size at the original scale -- at least
     one pixel -- and the centre inside the image). ``stats`` (F, 4): the anchors' centres and
     sizes (``_anchor_stats``)."""
     ctr, wh = stats.split(2, 1)
     dxy, dwh = deltas.split(2, 1)
-    pred_ctr = dxy * wh + ctr
-    half = 0.5 * (torch.exp(dwh.clamp(max=bbox_xform_clip)) * wh)
-    boxes = torch.cat([pred_ctr - half, pred_ctr + half - 1], dim=1)
+    boxes = decode_centres_sizes(ctr, wh, dxy, dwh, bbox_xform_clip, dim=1)
     info = im_info[lay.im_col, lay.info_cols] - lay.info_sub  # (F, 7), see _Layout
     xy_max, size, scale = info.split([4, 2, 1], 1)
     boxes = torch.minimum(boxes, xy_max).clamp_(min=0)

@@ -170,24 +170,36 @@ def bbox_transform(boxes, deltas, weights=(1.0, 1.0, 1.0, 1.0), clip=BBOX_XFORM_
     return pred
 
 
+def box_centres_sizes(boxes):
+    """Tensor boxes (..., 4) -> (..., 2) centres and (..., 2) sizes with ``+1`` widths: the
+    boxes' part of ``bbox_transform``, in its arithmetic (lo + 0.5 * (hi - lo + 1))."""
+    lo, hi = boxes.split(2, -1)
+    size = hi - lo + 1.0
+    return lo + 0.5 * size, size
+
+
+def decode_centres_sizes(ctr, size, d_ctr, d_size, clip, dim):
+    """``bbox_transform``'s decoding on (x, y) pairs of tensors: the boxes' centres and sizes
+    (``box_centres_sizes``) moved by the deltas (already divided by their weights), dw/dh
+    clamped at ``clip``; the (x1, y1) and (x2, y2) pairs concatenated along ``dim``."""
+    pred_ctr = d_ctr * size + ctr
+    half = 0.5 * (_exp(_clamp(d_size, hi=clip)) * size)
+    return torch.cat([pred_ctr - half, pred_ctr + half - 1], dim=dim)
+
+
 def _bbox_transform_tensor(boxes, deltas, w_xy, w_wh, clip):
     """``bbox_transform`` of float32 tensors with the x and y weights equal (as are Detectron's):
     the same arithmetic on (N, K, 2) pairs, so a third of the operators (each costs host time on
     a GPU), with bit-identical results (every element goes through the same float operations; a
     weight of 1 is left out: dividing by 1 is exact)."""
     n, k = deltas.shape[0], deltas.shape[1] // 4
-    lo, hi = boxes.split(2, 1)
-    size = hi - lo + 1.0                                      # (N, 2) widths, heights
-    ctr = (lo + 0.5 * size).unsqueeze(1)                      # (N, 1, 2)
-    size = size.unsqueeze(1)
+    ctr, size = (t.unsqueeze(1) for t in box_centres_sizes(boxes))   # (N, 1, 2) each
     d_ctr, d_size = deltas.reshape(n, k, 4).split(2, 2)       # (N, K, 2) each
     if w_xy != 1:
         d_ctr = d_ctr / w_xy
     if w_wh != 1:
         d_size = d_size / w_wh
-    pred_ctr = d_ctr * size + ctr
-    half = 0.5 * (_exp(_clamp(d_size, hi=clip)) * size)
-    return torch.cat([pred_ctr - half, pred_ctr + half - 1], dim=2).view(n, 4 * k)
+    return decode_centres_sizes(ctr, size, d_ctr, d_size, clip, dim=2).view(n, 4 * k)
 
 
 def bbox_transform_inv(boxes, gt_boxes, weights=(1.0, 1.0, 1.0, 1.0)):
