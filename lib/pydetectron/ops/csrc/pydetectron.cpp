@@ -1,5 +1,5 @@
 // The one binding file: declares the `pydetectron` operator library (schemas) and registers the
-// CPU and CUDA kernels. Autograd formulas, fake (meta) kernels for torch.compile and the Python
+// CPU and CUDA kernels of every op. One file, so <torch/library.h> (~3 s to parse) is compiled once. Autograd formulas, fake (meta) kernels for torch.compile and the Python
 // signatures live in pydetectron/ops/*.py. Importing `pydetectron._C` runs these registrations.
 //
 // Autocast: no autocast kernel is registered, so under torch.autocast an op runs in the dtype its
@@ -8,8 +8,11 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "box_iou/box_iou.h"
 #include "nms/nms.h"
+#include "polygon_mask/polygon_mask.h"
 #include "roi_align/roi_align.h"
+#include "roi_align/roi_align_fpn.h"
 #include "roi_pool/roi_pool.h"
 #include "soft_nms/soft_nms.h"
 
@@ -36,6 +39,19 @@ TORCH_LIBRARY(pydetectron, m) {
         "-> Tensor");
   m.def("soft_nms(Tensor boxes, Tensor scores, float sigma, float overlap_thresh, "
         "float score_thresh, int method) -> (Tensor, Tensor, Tensor)");
+  // RoIAlign over a feature pyramid (roi_align_fpn.h)
+  m.def("roi_align_fpn(Tensor[] features, Tensor rois, Tensor levels, float[] spatial_scales, "
+        "int pooled_height, int pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+  m.def("_roi_align_fpn_backward(Tensor grad, Tensor rois, Tensor levels, "
+        "float[] spatial_scales, int pooled_height, int pooled_width, int batch_size, "
+        "int channels, int[] heights, int[] widths, int sampling_ratio, bool aligned) "
+        "-> Tensor[]");
+  // the training targets' batched box IoU / IoA (box_iou.h)
+  m.def("box_iou_batched(Tensor boxes, Tensor query_boxes, bool over_first_area) -> Tensor");
+  // Mask R-CNN's mask targets: an object's polygons rasterized inside each box (polygon_mask.h)
+  m.def("polygon_masks_in_boxes(Tensor xy, Tensor poly_starts, Tensor poly_lengths, "
+        "Tensor group_first, Tensor group_count, Tensor boxes, Tensor group, int resolution) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pydetectron, CPU, m) {
@@ -47,6 +63,10 @@ TORCH_LIBRARY_IMPL(pydetectron, CPU, m) {
   m.impl("batched_nms", &pydetectron::batched_nms_cpu);
   m.impl("batched_nms_mask", &pydetectron::batched_nms_mask_cpu);
   m.impl("soft_nms", &pydetectron::soft_nms_cpu);
+  m.impl("roi_align_fpn", &pydetectron::roi_align_fpn_forward_cpu);
+  m.impl("_roi_align_fpn_backward", &pydetectron::roi_align_fpn_backward_cpu);
+  m.impl("box_iou_batched", &pydetectron::box_iou_batched_cpu);
+  m.impl("polygon_masks_in_boxes", &pydetectron::polygon_masks_in_boxes_cpu);
 }
 
 #ifdef WITH_CUDA
@@ -59,5 +79,9 @@ TORCH_LIBRARY_IMPL(pydetectron, CUDA, m) {
   m.impl("batched_nms", &pydetectron::batched_nms_cuda);
   m.impl("batched_nms_mask", &pydetectron::batched_nms_mask_cuda);
   m.impl("soft_nms", &pydetectron::soft_nms_cuda);
+  m.impl("roi_align_fpn", &pydetectron::roi_align_fpn_forward_cuda);
+  m.impl("_roi_align_fpn_backward", &pydetectron::roi_align_fpn_backward_cuda);
+  m.impl("box_iou_batched", &pydetectron::box_iou_batched_cuda);
+  m.impl("polygon_masks_in_boxes", &pydetectron::polygon_masks_in_boxes_cuda);
 }
 #endif

@@ -1,15 +1,13 @@
 // The training targets' box overlaps in one op: IoU (or intersection over the first box's area)
 // of every box of `boxes` with every box of `query_boxes`, per batch entry, with Detectron's
 // inclusive-pixel (`+1`) widths. Registered as `torch.ops.pydetectron.box_iou_batched` in
-// box_iou.cpp; the arithmetic is in box_iou_geometry.h, shared by both kernels.
+// pydetectron.cpp; the arithmetic is in box_iou_geometry.h, shared by both kernels.
 //   boxes             (B1, N, 4) float32 | float64   (x1, y1, x2, y2)
 //   query_boxes       (B2, K, 4) same dtype, device  B1 == B2, or one of them 1 (broadcast)
 //   over_first_area   false: intersection / union; true: intersection / area of `boxes`
 //   output            (B, N, K) that dtype, B = B1 == 1 ? B2 : B1
 // The values equal, bit for bit, the pure-torch reference (modeling/targets/overlaps.py).
 #pragma once
-
-#include <ATen/ATen.h>
 
 #include "common/common.h"
 

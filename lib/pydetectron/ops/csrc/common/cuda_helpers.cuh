@@ -1,6 +1,7 @@
 // Helpers shared by the CUDA kernels: launch arithmetic and atomics on the accumulation types.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

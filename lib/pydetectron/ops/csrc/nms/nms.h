@@ -6,7 +6,7 @@
 //   threshold rounded to that precision first, as Detectron's float32 Cython does.
 #pragma once
 
-#include <ATen/ATen.h>
+#include "common/common.h"
 
 #include "common/macros.h"
 

@@ -1,7 +1,7 @@
 // Mask R-CNN's mask targets in one op: the polygons of an object rasterized inside each box, as
 // Detectron does it (float32 mapping into the box's M x M frame, then pycocotools' rleFrPoly,
 // the object's polygons OR-ed), with no host synchronisation. Registered as
-// `torch.ops.pydetectron.polygon_masks_in_boxes` in polygon_mask.cpp; the arithmetic is in
+// `torch.ops.pydetectron.polygon_masks_in_boxes` in pydetectron.cpp; the arithmetic is in
 // polygon_mask_geometry.h, shared by both kernels.
 //   xy            (V, 2) float32  polygon vertices (x, y), the polygons one after the other
 //   poly_starts   (P,) int64      first vertex of each polygon
@@ -15,8 +15,6 @@
 // The CPU kernel raises for a polygon or object whose range does not fit in `xy` / the polygons;
 // the CUDA kernel (which cannot raise without a synchronisation) skips such a polygon or object.
 #pragma once
-
-#include <ATen/ATen.h>
 
 #include "common/common.h"
 

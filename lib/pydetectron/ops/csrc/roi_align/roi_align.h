@@ -6,7 +6,7 @@
 //   output (K, C, PH, PW)         dtype of input
 #pragma once
 
-#include <ATen/ATen.h>
+#include "common/common.h"
 
 namespace pydetectron {
 

@@ -1,6 +1,6 @@
 // RoIAlign over a feature pyramid: every RoI pooled from its own level in one kernel launch, with
 // no host synchronisation (no per-level counts read back, no sort, cat or scatter). Registered as
-// `torch.ops.pydetectron.roi_align_fpn` and `_roi_align_fpn_backward` in roi_align_fpn.cpp.
+// `torch.ops.pydetectron.roi_align_fpn` and `_roi_align_fpn_backward` in pydetectron.cpp.
 //   features[l]       (N, C, H_l, W_l)  l < L <= kMaxFpnLevels; one dtype (float32 / float64 /
 //                                       float16 / bfloat16), N, C and device for all levels
 //   rois              (K, 5)            (batch_index, x1, y1, x2, y2), any floating dtype
@@ -12,8 +12,6 @@
 // a synchronisation) outputs 0 for such a RoI and passes no gradient back, as it does for a batch
 // index outside [0, N).
 #pragma once
-
-#include <ATen/ATen.h>
 
 #include <string>
 #include <vector>

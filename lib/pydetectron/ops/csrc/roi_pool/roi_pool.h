@@ -7,7 +7,7 @@
 //   input (n * C * H * W + c * H * W + h * W + w) of each bin's maximum, -1 for an empty bin.
 #pragma once
 
-#include <ATen/ATen.h>
+#include "common/common.h"
 
 #include <cmath>
 #include <tuple>

@@ -10,7 +10,7 @@
 // Cython) and float64 for float64 inputs.
 #pragma once
 
-#include <ATen/ATen.h>
+#include "common/common.h"
 
 #include <tuple>
 
