@@ -9,7 +9,9 @@
 #                    the training, test/ (detections, COCO results), images/ (the enlarged val
 #                    images), and the logs of the three stages; a previous run's are removed first
 #   DEMO_INFER_DIR   where infer_simple.py draws (default infer_outputs)
-#   DEMO_CFG         the config (default: the CPU quick-start config below)
+#   DEMO_CFG         the config (default: the CPU quick-start config below); the keypoint one is
+#                    configs/getting_started/keypoints_shapes_e2e_keypoint_rcnn_R-FPN-thin_gn_cpu.yaml
+#   DEMO_DATASET     shapes or keypoints_shapes (default: the one the config's TRAIN.DATASETS names)
 #   DEMO_TRAIN_ARGS  extra arguments for train_net_step.py, e.g. '--set SOLVER.MAX_ITER 100'
 #   DEMO_TEST_ARGS   extra arguments for test_net.py
 #   OMP_NUM_THREADS  compute threads (default 1, see below)
@@ -71,7 +73,15 @@ run_logged() {
 }
 
 [ -f "$CFG" ] || fail "config $CFG not found"
-echo "make.sh demo: config $CFG, output $OUT, OMP_NUM_THREADS=$OMP_NUM_THREADS," \
+# The built-in dataset the config trains on: keypoints_shapes for a keypoints_shapes_* TRAIN.DATASETS
+# (the keypoint config), shapes otherwise.
+DATASET=${DEMO_DATASET:-$("$PY" -c "import sys; sys.path.insert(0, 'lib')
+from pydetectron.core.config import cfg, merge_cfg_from_file
+merge_cfg_from_file(sys.argv[1])
+names = [n for n in cfg.TRAIN.DATASETS if n.startswith('keypoints_shapes')]
+print('keypoints_shapes' if names else 'shapes')" "$CFG")} || fail "cannot read the config $CFG"
+case $DATASET in shapes|keypoints_shapes) ;; *) fail "DEMO_DATASET must be shapes or keypoints_shapes, got '$DATASET'" ;; esac
+echo "make.sh demo: config $CFG, dataset $DATASET, output $OUT, OMP_NUM_THREADS=$OMP_NUM_THREADS," \
      "load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')"
 # A previous run's checkpoints would be resumed (TRAIN.AUTO_RESUME) instead of training anew
 rm -rf "$OUT/ckpt" "$OUT/test" "$OUT/images" "$OUT/train.log" "$OUT/test.log" "$OUT/infer.log"
@@ -79,15 +89,15 @@ mkdir -p "$OUT"
 t0=$(date +%s)
 
 # 1. Train (the shapes datasets are generated under data/shapes on first use)
-run_logged "$OUT/train.log" "$PY" tools/train_net_step.py --dataset shapes --cfg "$CFG" \
+run_logged "$OUT/train.log" "$PY" tools/train_net_step.py --dataset "$DATASET" --cfg "$CFG" \
     --no_cuda --nw 0 --disp_interval 100 --output_dir "$OUT" ${train_args[@]+"${train_args[@]}"} \
     || fail "training failed (exit $?); its log: $OUT/train.log"
 ckpt=$(ls "$OUT"/ckpt/model_step*.pth 2>/dev/null | sort -V | tail -n 1)
 [ -n "$ckpt" ] || fail "training wrote no checkpoint under $OUT/ckpt"
 t1=$(date +%s)
 
-# 2. Evaluate on shapes_val: COCO box and mask AP
-run_logged "$OUT/test.log" "$PY" tools/test_net.py --dataset shapes --cfg "$CFG" \
+# 2. Evaluate on the val split: COCO box and mask (or keypoint) AP
+run_logged "$OUT/test.log" "$PY" tools/test_net.py --dataset "$DATASET" --cfg "$CFG" \
     --load_ckpt "$ckpt" --output_dir "$OUT/test" --no_cuda --quiet ${test_args[@]+"${test_args[@]}"} \
     || fail "evaluation failed (exit $?); its log: $OUT/test.log"
 t2=$(date +%s)
@@ -96,12 +106,12 @@ t2=$(date +%s)
 #    on them (the model resizes every input to TEST.SCALE, 160 px, so its input hardly changes)
 val_dir=$("$PY" -c "import sys; sys.path.insert(0, 'lib')
 import os; from pydetectron.datasets import dataset_catalog as c
-print(os.path.relpath(c.get_im_dir(c.prepare('shapes_val'))))") \
-    || fail "cannot find the shapes_val images"
+print(os.path.relpath(c.get_im_dir(c.prepare(sys.argv[1] + '_val'))))" "$DATASET") \
+    || fail "cannot find the ${DATASET}_val images"
 run "$PY" -c "$ENLARGE" "$val_dir" "$OUT/images" "${INFER_IMAGES[@]}" \
-    || fail "cannot read the shapes_val images in $val_dir"
+    || fail "cannot read the ${DATASET}_val images in $val_dir"
 run_logged "$OUT/infer.log" "$PY" tools/infer_simple.py --cfg "$CFG" --load_ckpt "$ckpt" \
-    --dataset shapes --image_dir "$OUT/images" --output_dir "$INFER_OUT" --output_ext jpg \
+    --dataset "$DATASET" --image_dir "$OUT/images" --output_dir "$INFER_OUT" --output_ext jpg \
     --no_cuda || fail "drawing failed (exit $?); its log: $OUT/infer.log"
 t3=$(date +%s)
 
@@ -115,14 +125,16 @@ ap() {
             if (cur == task && ++n == 2) { split(line, v, ","); print v[1]; exit }
         }' "$OUT/test.log"
 }
-box_ap=$(ap box)
-mask_ap=$(ap mask)
-[ -n "$box_ap" ] && [ -n "$mask_ap" ] || fail "no box / mask AP in $OUT/test.log"
-
 echo
 echo "================================ quick start ================================"
-printf 'shapes_val box AP:  %s\n' "$box_ap"
-printf 'shapes_val mask AP: %s\n' "$mask_ap"
+found=0
+for task in box mask keypoint; do
+    value=$(ap "$task")
+    [ -n "$value" ] || continue
+    printf '%s %s AP: %s\n' "${DATASET}_val" "$task" "$value"
+    found=1
+done
+[ "$found" = 1 ] || fail "no AP in $OUT/test.log"
 printf 'wall time: train %ds, evaluate %ds, draw %ds, total %ds\n' \
     $((t1 - t0)) $((t2 - t1)) $((t3 - t2)) $((t3 - t0))
 echo "checkpoint: $ckpt"

@@ -84,13 +84,23 @@ def test_config_learns_a_minibatch(one_thread, path, dataset, head_loss):
     assert totals[-1] < 0.8 * totals[0], totals
 
 
-def test_run_demo_end_to_end(tmp_path):
-    """demo/run_demo.sh on a 4-step schedule: every stage runs; the APs and drawings come out."""
+@pytest.mark.parametrize('config, dataset, tasks', [
+    (None, 'shapes', ('box', 'mask')),  # the default config
+    (KEYPOINT_CFG, 'keypoints_shapes', ('box', 'keypoint')),
+])
+def test_run_demo_end_to_end(tmp_path, config, dataset, tasks):
+    """demo/run_demo.sh on a 4-step schedule: every stage runs on the dataset the config trains on;
+    the APs and drawings come out."""
     out, infer_out = tmp_path / 'out', tmp_path / 'infer'
     env = dict(os.environ, DEMO_OUTPUT_DIR=str(out), DEMO_INFER_DIR=str(infer_out),
                PYTHON=sys.executable,
                DEMO_TRAIN_ARGS='--set SOLVER.MAX_ITER 4 SOLVER.WARM_UP_ITERS 2 SOLVER.STEPS [0]',
                DEMO_TEST_ARGS='--set TEST.DETECTIONS_PER_IM 5')
+    env.pop('DEMO_DATASET', None)
+    if config:
+        env['DEMO_CFG'] = config
+    else:
+        env.pop('DEMO_CFG', None)
     proc = subprocess.run(['bash', 'demo/run_demo.sh'], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     log = proc.stdout + proc.stderr
@@ -98,17 +108,19 @@ def test_run_demo_end_to_end(tmp_path):
     # Each command is printed before it runs
     for tool in ('tools/train_net_step.py', 'tools/test_net.py', 'tools/infer_simple.py'):
         assert any(line.startswith('+ ') and tool in line for line in log.splitlines()), tool
-    box = [line for line in log.splitlines() if line.startswith('shapes_val box AP:')]
-    mask = [line for line in log.splitlines() if line.startswith('shapes_val mask AP:')]
-    assert len(box) == 1 and len(mask) == 1, log[-2000:]
+    assert any(line.startswith('+ ') and '--dataset ' + dataset + ' ' in line
+               for line in log.splitlines() if 'train_net_step.py' in line), log[-2000:]
+    printed = [line for line in log.splitlines() if line.startswith(dataset + '_val ')]
+    assert [line.split()[1] for line in printed] == list(tasks), log[-2000:]
     # The printed APs are the ones test_net.py computed (its copy-paste summary)
     with open(out / 'test.log') as f:
         test_log = f.read()
     ap_lines = [line.split('copypaste: ')[1] for line in test_log.splitlines()
                 if 'copypaste: ' in line]
-    box_i, mask_i = ap_lines.index('Task: box'), ap_lines.index('Task: mask')
-    assert float(box[0].split(':')[1]) == float(ap_lines[box_i + 2].split(',')[0])
-    assert float(mask[0].split(':')[1]) == float(ap_lines[mask_i + 2].split(',')[0])
+    for task, line in zip(tasks, printed):
+        assert line.startswith('%s_val %s AP: ' % (dataset, task))
+        i = ap_lines.index('Task: ' + task)
+        assert float(line.split(':')[1]) == float(ap_lines[i + 2].split(',')[0])
     assert sorted(os.path.basename(p) for p in glob.glob(str(out / 'ckpt' / '*.pth'))) == \
         ['model_step3.pth']
     drawings = sorted(glob.glob(str(infer_out / '*.jpg')))
