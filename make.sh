@@ -1,35 +1,56 @@
 #!/usr/bin/env bash
 # pydetectron set-up, tests and quick start.
-#   bash make.sh          install the Python dependencies (into this interpreter) and build the extension
+#   bash make.sh          install the dependencies (into this interpreter) and build the extension
 #   bash make.sh test     the above, then the whole test suite (extra arguments go to pytest)
 #   bash make.sh demo     the above, then the quick start on the built-in shapes dataset
+#
+# The interpreter is $PYTHON, else python3 (an activated virtual environment's, for example).
+# Every dependency comes from requirements.txt, the project's one list. A torch that is already
+# importable is never replaced (a CUDA build, say); without one, pip installs the newest torch the
+# list allows. Each step prints one line; the compiler's and pip's full output go to
+# build/make.log, whose tail is shown when a step fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 cmd=${1:-build}
 [ $# -gt 0 ] && shift
+LOG=build/make.log
 
 log() { printf '[make.sh] %s\n' "$*"; }
 
+# step DESCRIPTION COMMAND...: runs COMMAND with its output appended to $LOG; one line on success,
+# the log's tail and its path on failure.
+step() {
+    local what=$1; shift
+    local t0=$SECONDS
+    printf '\n===== %s: %s\n' "$what" "$*" >> "$LOG"
+    if "$@" >> "$LOG" 2>&1; then
+        log "$what ($((SECONDS - t0)) s)"
+    else
+        local rc=$?
+        log "$what FAILED (exit $rc); the last lines of $LOG:"
+        tail -n 40 "$LOG" | sed 's/^/    /' >&2
+        log "full output: $ROOT/$LOG"
+        exit "$rc"
+    fi
+}
+
 install_deps() {
-    # torch only when none is importable: never replace the user's torch (a CUDA build, say).
-    if ! "$PY" -c "import torch" 2>/dev/null; then
-        log "no torch importable: installing torch==2.13.0"
-        "$PY" -m pip install -q "torch==2.13.0"
-    fi
-    local missing=()
-    local pair mod pkg
-    for pair in numpy:numpy yaml:pyyaml cv2:opencv-python-headless pycocotools:pycocotools \
-                tensorboardX:tensorboardX matplotlib:matplotlib packaging:packaging tqdm:tqdm \
-                pytest:pytest setuptools:setuptools ninja:ninja; do
-        mod=${pair%%:*}; pkg=${pair#*:}
-        "$PY" -c "import $mod" 2>/dev/null || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing: ${missing[*]}"
-        "$PY" -m pip install -q "${missing[@]}"
-    fi
+    "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null \
+        || { log "$PY is not a Python >= 3.9 interpreter"; exit 1; }
+    # requirements.txt's runtime, build and test sections (not the optional dev one), without the
+    # torch line when a torch is already importable
+    local reqs=build/requirements.txt keep_torch=1
+    "$PY" -c "import torch" 2>/dev/null && keep_torch=0
+    awk -v keep_torch=$keep_torch '
+        /^# \[/ { section = substr($0, 4, index($0, "]") - 4); next }
+        /^#/ || NF == 0 { next }
+        section == "dev" { next }
+        /^torch([<>=!~ ]|$)/ && !keep_torch { next }
+        { print }' requirements.txt > "$reqs"
+    step "dependencies from requirements.txt" \
+        "$PY" -m pip install --disable-pip-version-check -r "$reqs"
 }
 
 ext_is_fresh() {
@@ -42,10 +63,14 @@ ext_is_fresh() {
 
 build() {
     if ext_is_fresh && [ "${FORCE_REBUILD:-0}" != "1" ]; then
-        log "extension up to date"
+        log "extension pydetectron._C up to date"
     else
-        log "building pydetectron._C"
-        MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" setup.py -q build_ext --inplace
+        local kinds="CPU kernels"
+        "$PY" -c "import torch, sys; from torch.utils.cpp_extension import CUDA_HOME
+sys.exit(not (torch.version.cuda and CUDA_HOME and torch.cuda.is_available()))" 2>/dev/null \
+            || [ "${FORCE_CUDA:-0}" = "1" ] && kinds="CPU and CUDA kernels"
+        export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+        step "extension pydetectron._C built ($kinds)" "$PY" setup.py build_ext --inplace
     fi
     # Make `import pydetectron` work from anywhere: a .pth file pointing at lib/ (a develop
     # install without pip's isolated build environment, which would download another torch).
@@ -57,9 +82,11 @@ build() {
         site=$("$PY" -m site --user-site); mkdir -p "$site"; echo "$ROOT/lib" > "$site/pydetectron.pth"
     fi
     "$PY" -c "import pydetectron, pydetectron.ops as o; o.extension_available() or exit(1)" \
-        || { log "the extension did not import"; exit 1; }
+        || { log "the extension did not import (build log: $ROOT/$LOG)"; exit 1; }
 }
 
+mkdir -p build
+: > "$LOG"
 case "$cmd" in
     build|"")
         install_deps; build ;;

@@ -111,5 +111,5 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=read_requirements("runtime"),
-    extras_require={"test": read_requirements("test"), "build": read_requirements("build")},
+    extras_require={section: read_requirements(section) for section in ("build", "test", "dev")},
 )
