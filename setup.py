@@ -81,7 +81,9 @@ def get_extensions():
     if not cpp:
         return []
     cpp = unity_sources(cpp)
-    extra = {"cxx": ["-O3", "-std=c++17"]}
+    # No -std flag: torch's BuildExtension adds the C++ standard its headers need (C++20 for the
+    # torch releases this project supports; a hard-coded C++17 fails against torch >= 2.14).
+    extra = {"cxx": ["-O3"]}
     define_macros = []
     ext_cls = CppExtension
     sources = cpp
@@ -90,7 +92,7 @@ def get_extensions():
         sources = cpp + cu
         define_macros.append(("WITH_CUDA", None))
         extra["nvcc"] = [
-            "-O3", "-std=c++17", "--expt-relaxed-constexpr",
+            "-O3", "--expt-relaxed-constexpr",
             "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
             "-D__CUDA_NO_HALF2_OPERATORS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
         ]
