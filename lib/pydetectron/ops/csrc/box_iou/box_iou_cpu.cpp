@@ -29,7 +29,7 @@ at::Tensor box_iou_batched_cpu(const at::Tensor& boxes, const at::Tensor& query_
     const scalar_t* a = boxes_c.data_ptr<scalar_t>();
     const scalar_t* q = query_c.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
-    at::parallel_for(0, total, kElementwiseGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, total, grain_for(16), [&](int64_t begin, int64_t end) {
       // Walk (b, n, k) along with the flat index instead of dividing for every element.
       int64_t k = begin % K, n = (begin / K) % N, b = begin / (N * K);
       for (int64_t i = begin; i < end; ++i) {

@@ -11,6 +11,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <string>
 #include <type_traits>
 
@@ -62,9 +63,18 @@ namespace pydetectron {
 template <typename scalar_t>
 using acc_t = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
 
-// Elements of simple per-element work below which at::parallel_for stays on the calling thread
-// (ATen's own at::internal::GRAIN_SIZE, which lives in the heavy TensorIterator.h).
-constexpr int64_t kElementwiseGrain = 32768;
+// Threads by work size. at::parallel_for(begin, end, grain, f) runs f on the calling thread alone
+// when end - begin <= grain. A call whose whole work is below kParallelWork multiply-adds (about
+// half a millisecond on one core) stays on one thread: on an idle machine threads gain little
+// there, and on a machine shared with other jobs a woken OpenMP thread that is not scheduled makes
+// the call wait for it (a 64-channel RoIAlign of 8 RoIs, ~0.4 M multiply-adds: 40 ms median with 2
+// threads on a busy 2-core machine; BENCHMARK.md). Work is counted per item by each kernel.
+constexpr int64_t kParallelWork = int64_t{1} << 20;
+
+// The grain for items that each cost about `work_per_item` operations.
+inline int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, work_per_item));
+}
 
 inline at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;

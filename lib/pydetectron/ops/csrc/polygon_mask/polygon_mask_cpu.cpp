@@ -64,7 +64,8 @@ at::Tensor polygon_masks_in_boxes_cpu(const at::Tensor& xy, const at::Tensor& po
   const float* box_data = boxes_c.data_ptr<float>();
   const int64_t* groups = group_c.data_ptr<int64_t>();
   bool* out = output.data_ptr<bool>();
-  at::parallel_for(0, num_boxes, 1, [&](int64_t begin, int64_t end) {
+  // a box: its M x M cells (and its polygons' edges)
+  at::parallel_for(0, num_boxes, grain_for(static_cast<int64_t>(M) * M), [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> toggles(static_cast<size_t>(M + 1) * M);
     std::vector<uint8_t> parity(M);
     for (int64_t r = begin; r < end; ++r) {

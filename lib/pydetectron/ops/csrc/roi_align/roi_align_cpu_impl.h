@@ -63,7 +63,8 @@ void compute_all_taps(const T* rois, const int64_t* map_of, const MapShape<T>* m
   }
   taps.ytaps.resize(taps.y_offset[num_rois]);
   taps.xtaps.resize(taps.x_offset[num_rois]);
-  at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
+  // a RoI: its axis taps, about 2 (a 2x2 sampling grid) per bin row and column
+  at::parallel_for(0, num_rois, grain_for(2 * (pooled_height + pooled_width)), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const auto& g = taps.geometry[n];
       const MapShape<T>& s = maps[taps.map[n]];
@@ -102,7 +103,8 @@ void build_sample_taps(const AllTaps<T>& taps, const MapShape<T>* maps, int64_t 
     offset[n - n_begin + 1] = offset[n - n_begin] + static_cast<size_t>(bins) * g.grid_h * g.grid_w;
   }
   table.resize(offset[n_end - n_begin]);
-  at::parallel_for(n_begin, n_end, 16, [&](int64_t begin, int64_t end) {
+  // a RoI: about 4 samples per bin
+  at::parallel_for(n_begin, n_end, grain_for(4 * bins), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const auto& g = taps.geometry[n];
       const int64_t width = maps[taps.map[n]].width;
@@ -171,7 +173,9 @@ void forward_kernel(const scalar_t* const* inputs, const MapShape<acc_t<scalar_t
                     int pooled_width) {
   const int bins = pooled_height * pooled_width;
   const int64_t num_blocks = (channels + kChannelBlock - 1) / kChannelBlock;
-  at::parallel_for(0, num_blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+  // a block of channels: every RoI's bins, about 4 samples of 4 taps each
+  const int64_t block_work = (n_end - n_begin) * kChannelBlock * bins * 16;
+  at::parallel_for(0, num_blocks, grain_for(block_work), [&](int64_t b_begin, int64_t b_end) {
     for (int64_t cb = b_begin; cb < b_end; ++cb) {
       const int64_t c0 = cb * kChannelBlock;
       const int nc = static_cast<int>(std::min<int64_t>(kChannelBlock, channels - c0));
@@ -236,7 +240,9 @@ void backward(const scalar_t* grad, const MapShape<acc_t<scalar_t>>* maps,
   AllTaps<T> taps;
   compute_all_taps(rois, map_of, maps, num_rois, pooled_height, pooled_width, sampling_ratio,
                    aligned, taps);
-  at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
+  // a channel: every RoI's bins, about 4 samples of 4 taps each
+  const int64_t channel_work = num_rois * static_cast<int64_t>(pooled_height) * pooled_width * 16;
+  at::parallel_for(0, channels, grain_for(channel_work), [&](int64_t c_begin, int64_t c_end) {
     for (int64_t c = c_begin; c < c_end; ++c) {
       for (int64_t n = 0; n < num_rois; ++n) {
         const auto& g = taps.geometry[n];

@@ -38,7 +38,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
     int64_t* amax = argmax.data_ptr<int64_t>();
     const int ph_n = static_cast<int>(pooled_height), pw_n = static_cast<int>(pooled_width);
     const T scale = static_cast<T>(spatial_scale);
-    at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
+    // a RoI: every channel's bins
+    at::parallel_for(0, num_rois, grain_for(input.size(1) * ph_n * pw_n), [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const T* roi = r + n * 5;
         const int64_t b = static_cast<int64_t>(roi[0]);
@@ -96,7 +97,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& argma
     const scalar_t* g = grad_c.data_ptr<scalar_t>();
     const int64_t* amax = argmax_c.data_ptr<int64_t>();
     T* gin = grad_input.data_ptr<T>();
-    at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
+    at::parallel_for(0, channels, grain_for(num_rois * bins), [&](int64_t c_begin, int64_t c_end) {
       for (int64_t n = 0; n < num_rois; ++n)
         for (int64_t c = c_begin; c < c_end; ++c)
           for (int64_t i = 0; i < bins; ++i) {
