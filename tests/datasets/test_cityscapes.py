@@ -34,7 +34,8 @@ def hand_case():
         p3 0.7  inside the void region                      ignored (all its pixels are void)
         p4 0.6  on plain background rows 30-39, cols 0-9    a false positive at every threshold
         p5 0.5  exactly C (a small instance)                IoU 1 with C: never counted
-        p6 0.4  half of the group region                    ignored (all its pixels are group)
+        p6 0.95 half of the group region                    ignored (all its pixels are group;
+                                                            counted, it would outrank p1)
     """
     shape = (40, 60)
     gt = np.full(shape, 7, dtype=np.int32)           # road
@@ -47,7 +48,7 @@ def hand_case():
     p2 = _rect(shape, 10, 20, 0, 12) | _rect(shape, 10, 20, 15, 18)
     preds = [(gt == 26001, CAR, 0.9), (p2, CAR, 0.8), (_rect(shape, 0, 10, 40, 60), CAR, 0.7),
              (_rect(shape, 30, 40, 0, 10), CAR, 0.6), (gt == 26003, CAR, 0.5),
-             (_rect(shape, 20, 30, 40, 50), CAR, 0.4)]
+             (_rect(shape, 20, 30, 40, 50), CAR, 0.95)]
     return gt, preds
 
 

@@ -202,3 +202,71 @@ def test_evaluator_prints_detectron_lines_and_map(tmp_path, coco_mini, fresh_cfg
     with open(os.path.join(out, 'comp4_det_test_dog.txt')) as f:
         lines = f.read().splitlines()
     assert '000001 0.900 11.0 11.0 60.0 60.0' in lines and len(lines) == 5
+
+
+# ------------------------------------------------------------------------------------------------
+# From the command line
+# ------------------------------------------------------------------------------------------------
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+THIN_CFG = os.path.join(ROOT, 'configs', 'getting_started',
+                        'shapes_e2e_mask_rcnn_R-FPN-thin_gn_cpu.yaml')
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+
+
+def test_test_net_prints_the_hand_computed_map(tmp_path, coco_mini, fresh_cfg):
+    """test_net.py --eval_only scores hand-made detections of a VOC folder: the printed mAP is
+    the hand-computed one."""
+    import subprocess
+    import sys
+    from pydetectron.core.test_engine import save_object
+    from pydetectron.datasets.json_dataset import JsonDataset
+    fresh_cfg.CACHE_DIR = str(tmp_path / 'cache')
+    root = make_voc_folder(str(tmp_path / 'VOC2007'), coco_mini)
+    spec = 'voc:%s:test' % root
+    ds = JsonDataset(dc.resolve_dataset_arg(spec, training=False)[0][0])
+    det_file = str(tmp_path / 'detections.pkl')
+    save_object({'all_boxes': _all_boxes(ds), 'all_segms': [[[]] * 3] * ds.num_classes,
+                 'all_keyps': [[[]] * 3] * ds.num_classes, 'cfg': ''}, det_file)
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'tools', 'test_net.py'), '--dataset', spec,
+         '--cfg', THIN_CFG, '--eval_only', det_file, '--output_dir', str(tmp_path / 'out'),
+         '--set', 'CACHE_DIR', str(tmp_path / 'cache')],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    expected = (DOG_AP_07 + 1.0) / 2
+    assert 'Mean AP = {:.4f}'.format(expected) in out.stdout      # 0.8864
+    assert 'AP for dog = {:.4f}'.format(DOG_AP_07) in out.stdout  # 0.7727
+    assert 'only the boxes are evaluated' in out.stdout           # the config has masks on
+
+
+@pytest.mark.slow
+def test_voc_folder_trains_and_evaluates_from_the_command_line(tmp_path, coco_mini):
+    import subprocess
+    import sys
+    from pydetectron.engine import run_folder
+    root = make_voc_folder(str(tmp_path / 'VOC2007'), coco_mini)
+    out_dir = tmp_path / 'run'
+    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train_net_step.py'),
+           '--dataset', 'voc:%s:trainval' % root, '--cfg', THIN_CFG, '--no_cuda', '--bs', '1',
+           '--nw', '0', '--disp_interval', '1', '--output_dir', str(out_dir),
+           '--set', 'MODEL.MASK_ON', 'False', 'TEST.DATASETS', "('voc:%s:test',)" % root,
+           'CACHE_DIR', str(tmp_path / 'cache'), 'SOLVER.MAX_ITER', '1', 'SOLVER.STEPS', '[0]',
+           'TRAIN.SCALES', '(64,)', 'TRAIN.MAX_SIZE', '96', 'TEST.SCALE', '64',
+           'TEST.MAX_SIZE', '96', 'TRAIN.BATCH_SIZE_PER_IM', '32', 'TRAIN.SNAPSHOT_ITERS', '1000',
+           'TEST.DETECTIONS_PER_IM', '10']
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=400)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    # trained on the folder (21 classes), then Detectron's test after training with VOC's metric
+    assert 'VOC07 metric? Yes' in out.stdout and 'Mean AP = ' in out.stdout
+    evals = [r for r in run_folder.read_metrics(str(out_dir)) if r['type'] == 'eval']
+    assert [r['iter'] for r in evals] == [2]
+    (box,) = [t['box'] for t in evals[0]['results'].values()]
+    printed = float(out.stdout.split('Mean AP = ')[1].split()[0])
+    assert 'AP50' in box and 'AP50/dog' in box and round(box['AP50'], 4) == printed
+    with open(str(out_dir / 'classes.txt')) as f:
+        assert f.read().split() == ['__background__'] + list(voc.VOC_CLASSES)

@@ -43,6 +43,10 @@ def evaluate_all(dataset, all_boxes, all_segms, all_keyps, output_dir, mask_on=N
     keypoints_on = cfg.MODEL.KEYPOINTS_ON if keypoints_on is None else keypoints_on
     all_results = evaluate_boxes(dataset, all_boxes, output_dir)
     logger.info('Evaluating bounding boxes is done!')
+    if mask_on and _use_voc_evaluator(dataset):
+        logger.warning('%s: VOC has no instance masks; only the boxes are evaluated',
+                       dataset.name)
+        mask_on = False
     if mask_on:
         results = evaluate_masks(dataset, all_boxes, all_segms, output_dir)
         all_results[dataset.name].update(results[dataset.name])
