@@ -141,9 +141,9 @@ def check_test_datasets(cfg, num_classes):
     from pydetectron.core.config_compat import ConfigValueError
     from pydetectron.datasets import dataset_catalog
     if not cfg.TEST.DATASETS:
-        raise ConfigValueError('TEST.DATASETS is empty: name the datasets to evaluate on in the config '
-                         "(or --set TEST.DATASETS \"('<name>',)\"), or pass --skip-test and no "
-                         '--eval_period')
+        raise ConfigValueError(
+            'TEST.DATASETS is empty: name the datasets to evaluate on in the config (or --set '
+            "TEST.DATASETS \"('<name>',)\"), or pass --skip-test and no --eval_period")
     names, test_classes = dataset_catalog.resolve_dataset_arg(tuple(cfg.TEST.DATASETS),
                                                               training=False)
     for name in names:
@@ -154,9 +154,10 @@ def check_test_datasets(cfg, num_classes):
                 raise FileNotFoundError('TEST.DATASETS: %s of dataset %s not found'
                                         % (path, name))
     if test_classes != num_classes:
-        raise ConfigValueError('TEST.DATASETS %s has %d classes (with the background), the training '
-                         'data %d: evaluation needs the same classes (or pass --skip-test)'
-                         % (', '.join(names), test_classes, num_classes))
+        raise ConfigValueError(
+            'TEST.DATASETS %s has %d classes (with the background), the training data %d: '
+            'evaluation needs the same classes (or pass --skip-test)'
+            % (', '.join(names), test_classes, num_classes))
     return names
 
 
