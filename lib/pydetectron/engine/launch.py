@@ -277,15 +277,14 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
     stats = TrainingStats(args.run_name, args.cfg_filename, cfg.SOLVER.MAX_ITER,
                           log_period=args.disp_interval, iter_size=args.iter_size,
                           tb_logger=tblogger, device=device)
-    # the run folder's log.txt, metrics.jsonl, classes.txt; evaluation during / after training
+    # evaluation during / after training; the run folder's log.txt, metrics.jsonl, classes.txt
+    evaluator = evaluation.build_training_evaluator(
+        args, cfg, output_dir if save else None, None, tblogger, device, info)
     run = None
     if save and info.is_main_process:
         run = run_folder.RunFolder(output_dir, start_step, stats, cfg.TRAIN.DATASETS)
-    evaluator = evaluation.build_training_evaluator(
-        args, cfg, output_dir if save else None, run.metrics if run else None, tblogger, device,
-        info)
-    if evaluator is not None and resume_path:
-        evaluation.catch_up(evaluator, model, start_step - 1, run, info)
+        if evaluator is not None:
+            evaluator.metrics_file = run.metrics
 
     # 6. train
     trainer = Trainer(
@@ -301,6 +300,8 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         after_step=evaluator.after_step if evaluator is not None and evaluator.period else None)
     code = 0
     try:
+        if evaluator is not None and resume_path:
+            evaluation.catch_up(evaluator, model, start_step - 1, run, info)
         logger.info('Training starts !')
         last_step = trainer.train(start_step)
         logger.info('Training done: %s', trainer.last_checkpoint[1] if trainer.last_checkpoint
