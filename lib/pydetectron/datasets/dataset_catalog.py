@@ -346,6 +346,16 @@ def _prepare_folder(name):
     entry[ANN_FN] = module.to_coco_json(entry[root_key], entry[SPLIT], _get_cache_dir())
 
 
+def folder_spec(name):
+    """The ``voc:<root>:<split>`` / ``cityscapes:<root>:<split>`` spec a registered folder
+    dataset was made from (what another process resolves to the same dataset), else None."""
+    entry = _DATASETS.get(name, {})
+    for prefix, root_key in ((VOC_PREFIX, VOC_ROOT), (CITYSCAPES_PREFIX, CITYSCAPES_ROOT)):
+        if root_key in entry and name.startswith(prefix[:-1] + 'dir_'):
+            return '%s%s:%s' % (prefix, entry[root_key], entry[SPLIT])
+    return None
+
+
 def get_voc_info(name):
     """``(VOC folder, split, use_07_metric)`` of a VOC dataset (a ``voc:`` spec or a catalog
     ``voc_<year>_<split>`` entry), or None for other datasets."""
