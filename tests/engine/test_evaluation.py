@@ -249,3 +249,82 @@ def test_eval_period_resume_gives_the_same_metrics_file(tmp_path, small_shapes_v
     assert proc.wait(timeout=60) == -signal.SIGKILL
     _run(cmd)
     assert _comparable(run_folder.read_metrics(str(killed))) == _comparable(records)
+
+
+# ------------------------------------------------------------------------------------------------
+# Through tools/train_net_step.py with the engine tests' fake model and loader (fast)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_tool(tmp_path, fresh_cfg, monkeypatch):
+    """``run(output_dir, *flags)`` trains 6 steps of the fake detector on a 2-category COCO
+    json, TEST.DATASETS the same json; inference is faked (``calls``)."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import train_net_step
+    from _engine_fakes import FakeDetector, FakeLoader
+    from pydetectron.core import test_engine
+    from pydetectron.core.config import reset_cfg
+    from pydetectron.engine import launch
+    d = tmp_path / 'tiny'
+    os.makedirs(str(d / 'images'))
+    with open(str(d / 'tiny.json'), 'w') as f:
+        json.dump({'images': [], 'annotations': [],
+                   'categories': [{'id': 1, 'name': 'a'}, {'id': 7, 'name': 'b'}]}, f)
+    spec = 'coco_json:%s:%s' % (d / 'tiny.json', d / 'images')
+    calls = []
+    monkeypatch.setattr(test_engine, 'run_inference', _fake_inference(calls))
+
+    def run(output_dir, *flags, test_dataset=spec, main=False, sets=()):
+        reset_cfg()
+        argv = ['--dataset', spec, '--cfg', os.path.join(ROOT, 'configs', 'baselines',
+                                                          'e2e_faster_rcnn_R-50-C4_1x.yaml'),
+                '--no_cuda', '--bs', '2', '--disp_interval', '2', '--nw', '0',
+                '--output_dir', str(output_dir)] + list(flags) + [
+                '--set', 'NUM_GPUS', '1', 'TRAIN.IMS_PER_BATCH', '2', 'SOLVER.MAX_ITER', '6',
+                'SOLVER.STEPS', '[0, 4]', 'SOLVER.WARM_UP_ITERS', '2',
+                'TRAIN.SNAPSHOT_ITERS', '3', 'MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', 'False',
+                'TEST.DATASETS', "('%s',)" % test_dataset] + list(sets)
+        if main:
+            return train_net_step.main(argv)
+        return launch.main(train_net_step.parse_args(argv), build_model=lambda: FakeDetector(),
+                           build_loader=lambda *a: ((lambda start_iter, seed: FakeLoader(
+                               seed=seed, start_iter=start_iter)), 50))
+    run.calls = calls
+    return run
+
+
+def _evals(output_dir):
+    return [r['iter'] for r in run_folder.read_metrics(str(output_dir)) if r['type'] == 'eval']
+
+
+def test_test_after_training_is_the_default_and_skip_test_skips_it(tmp_path, fake_tool):
+    assert fake_tool(tmp_path / 'default') == 0
+    assert _evals(tmp_path / 'default') == [6] and len(fake_tool.calls) == 1
+    assert [r['iter'] for r in run_folder.read_metrics(str(tmp_path / 'default'))
+            if r['type'] == 'train'] == [1, 3, 5, 6]
+    with open(str(tmp_path / 'default' / 'log.txt')) as f:
+        assert '[Step 6 / 6]' in f.read()
+    with open(str(tmp_path / 'default' / 'classes.txt')) as f:
+        assert f.read() == '__background__\na\nb\n'
+    assert fake_tool(tmp_path / 'skip', '--skip-test') == 0
+    assert _evals(tmp_path / 'skip') == [] and len(fake_tool.calls) == 1
+
+
+def test_eval_period_flag_and_config_key(tmp_path, fake_tool):
+    assert fake_tool(tmp_path / 'p', '--eval_period', '2') == 0
+    assert _evals(tmp_path / 'p') == [2, 4, 6] and len(fake_tool.calls) == 3  # no 2nd final test
+    assert fake_tool(tmp_path / 'k', '--skip-test', sets=['TEST.EVAL_PERIOD', '4']) == 0
+    assert _evals(tmp_path / 'k') == [4, 6]
+
+
+def test_unusable_test_datasets(tmp_path, fake_tool, capsys):
+    # the default test after training: a warning, and training runs
+    assert fake_tool(tmp_path / 'w', test_dataset='coco_2014_minival') == 0
+    assert 'No test after training' in capsys.readouterr().out
+    assert _evals(tmp_path / 'w') == [] and fake_tool.calls == []
+    # asked for evaluations: one line naming the key, exit 2, before any step
+    assert fake_tool(tmp_path / 'e', '--eval_period', '2', test_dataset='coco_2014_minival',
+                     main=True) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'TEST.DATASETS' in err[0]
+    assert not os.path.exists(str(tmp_path / 'e' / 'ckpt'))
