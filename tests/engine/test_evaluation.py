@@ -213,8 +213,9 @@ def _run(cmd, timeout=400):
 
 
 def _comparable(records):
-    """The records without what depends on the machine (time, eta, mem)."""
-    return [{k: v for k, v in r.items() if k not in ('time', 'eta', 'mem')} for r in records]
+    """The records without what depends on the machine (time, eta, memory)."""
+    return [{k: v for k, v in r.items() if k not in ('time', 'eta', 'mem', 'host_mem')}
+            for r in records]
 
 
 @pytest.mark.slow
@@ -300,8 +301,10 @@ def _evals(output_dir):
 def test_test_after_training_is_the_default_and_skip_test_skips_it(tmp_path, fake_tool):
     assert fake_tool(tmp_path / 'default') == 0
     assert _evals(tmp_path / 'default') == [6] and len(fake_tool.calls) == 1
-    assert [r['iter'] for r in run_folder.read_metrics(str(tmp_path / 'default'))
-            if r['type'] == 'train'] == [1, 3, 5, 6]
+    train = [r for r in run_folder.read_metrics(str(tmp_path / 'default'))
+             if r['type'] == 'train']
+    assert [r['iter'] for r in train] == [1, 3, 5, 6]
+    assert all(r['host_mem'] > 10 and r['lr'] > 0 and r['loss'] > 0 for r in train)
     with open(str(tmp_path / 'default' / 'log.txt')) as f:
         assert '[Step 6 / 6]' in f.read()
     with open(str(tmp_path / 'default' / 'classes.txt')) as f:

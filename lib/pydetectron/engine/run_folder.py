@@ -14,14 +14,14 @@
 ``metrics.jsonl`` records, ``iter`` 1-indexed as the console prints it:
 
     {"type": "train", "iter": 20, "lr": ..., "loss": ..., "loss_cls": ..., ..., "time": ...,
-     "eta": "0:12:03", "mem": 1234}
+     "eta": "0:12:03", "mem": 1234, "host_mem": 2345}
     {"type": "eval", "iter": 20, "results": {"<dataset>": {"box": {"AP": ..., ...}}}}
 
 A train record holds the values of that step itself (its mean over ``iter_size`` passes), not the
 console's median over 20 steps, so that a resumed run writes exactly the lines an uninterrupted
 one does: on resuming after step N, records of later steps (written by the interrupted run after
-its last checkpoint) are dropped before training goes on. Only ``time``, ``eta`` and ``mem``
-depend on the machine. ``tools/plot_metrics.py`` draws the file.
+its last checkpoint) are dropped before training goes on. Only ``time``, ``eta``, ``mem`` (CUDA
+memory) and ``host_mem`` (peak resident memory of the process, MiB) depend on the machine. ``tools/plot_metrics.py`` draws the file.
 """
 import io
 import json
@@ -162,6 +162,16 @@ def tensorboard_hint(output_dir):
             'tensorboard --logdir {0}`'.format(os.path.abspath(output_dir)))
 
 
+def _peak_rss_mib():
+    """Peak resident memory of this process in MiB (None where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kib / (1024 * 1024) if sys.platform == 'darwin' else kib / 1024)   # bytes on macOS
+
+
 def _class_names(dataset_names):
     from pydetectron.datasets.json_dataset import JsonDataset
     try:
@@ -196,7 +206,8 @@ class RunFolder:
         record.update(sorted(step_values.items()))
         record.update(time=stats['time'], eta=stats['eta'])
         if stats.get('mem') is not None:
-            record['mem'] = stats['mem']
+            record['mem'] = stats['mem']   # CUDA: peak MiB allocated on the device
+        record['host_mem'] = _peak_rss_mib()
         self.metrics.write(record)
 
     def has_eval_record(self, iter_):
