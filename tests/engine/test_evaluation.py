@@ -138,7 +138,7 @@ def test_console_log_copies_logging_and_prints(tmp_path):
     assert 'a printed line\n' in text and 'after close' not in text
 
 
-def test_plot_metrics_draws_losses_and_ap(tmp_path):
+def test_plot_metrics_draws_losses_and_ap(tmp_path, capsys):
     m = run_folder.MetricsFile(str(tmp_path))
     for it in (1, 2, 3, 4):
         m.write({'type': 'train', 'iter': it, 'lr': 0.01, 'loss': 4.0 / it, 'loss_cls': 1.0,
@@ -151,17 +151,17 @@ def test_plot_metrics_draws_losses_and_ap(tmp_path):
     assert losses['loss_rpn_cls'] == ([1, 2, 3, 4], [0.75] * 4)   # FPN levels summed
     assert 'accuracy_cls' not in losses
     assert evals == {'v/box/AP50': ([2, 4], [0.5, 0.75])}
-    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'plot_metrics.py'),
-                          str(tmp_path), '--out_dir', str(tmp_path / 'plots')],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import plot_metrics
+    from pydetectron.engine.cli import run_tool
+    assert run_tool(plot_metrics.main, [str(tmp_path), '--out_dir', str(tmp_path / 'plots')]) == 0
     for name in ('loss.png', 'ap.png'):
         with open(str(tmp_path / 'plots' / name), 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-    missing = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'plot_metrics.py'),
-                              str(tmp_path / 'nothing')], capture_output=True, text=True,
-                             timeout=120)
-    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    capsys.readouterr()
+    assert run_tool(plot_metrics.main, [str(tmp_path / 'nothing')], prog='plot_metrics.py') == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('plot_metrics.py: error:') and 'nothing' in err[0]
 
 
 # ------------------------------------------------------------------------------------------------
