@@ -9,11 +9,12 @@ Results are nested OrderedDicts, as in Detectron::
 
 A metric that could not be computed (a test split without annotations) is -1.
 
-Which evaluator scores a dataset (Detectron's dispatch): PASCAL VOC datasets (``voc:`` folders and
-the catalog's ``voc_*`` entries) get the VOC devkit metric for boxes (``voc_dataset_evaluator``:
-``AP50`` is the mAP, ``AP50/<class>`` the per-class APs); Cityscapes datasets get the Cityscapes
-instance-level metric for masks (``cityscapes_evaluator``: ``AP``, ``AP50`` and per class) and COCO's
-for boxes; everything else COCO's. ``TEST.FORCE_JSON_DATASET_EVAL`` scores every dataset with COCO's.
+Which evaluator scores a dataset (Detectron's dispatch): PASCAL VOC datasets (``voc:`` folders
+and the catalog's ``voc_*`` entries) get the VOC devkit metric for boxes
+(``voc_dataset_evaluator``: ``AP50`` is the mAP, ``AP50/<class>`` the per-class APs; their masks
+are not evaluated); Cityscapes datasets get the Cityscapes instance-level metric for masks
+(``cityscapes_evaluator``: ``AP``, ``AP50`` and per class) and COCO's for boxes; everything else
+COCO's. ``TEST.FORCE_JSON_DATASET_EVAL`` scores every dataset with COCO's.
 """
 from collections import OrderedDict
 import logging

@@ -21,7 +21,8 @@ A train record holds the values of that step itself (its mean over ``iter_size``
 console's median over 20 steps, so that a resumed run writes exactly the lines an uninterrupted
 one does: on resuming after step N, records of later steps (written by the interrupted run after
 its last checkpoint) are dropped before training goes on. Only ``time``, ``eta``, ``mem`` (CUDA
-memory) and ``host_mem`` (peak resident memory of the process, MiB) depend on the machine. ``tools/plot_metrics.py`` draws the file.
+memory) and ``host_mem`` (peak resident memory of the process, MiB) depend on the machine.
+``tools/plot_metrics.py`` draws the file.
 """
 import io
 import json
