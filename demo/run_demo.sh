@@ -90,7 +90,7 @@ t0=$(date +%s)
 
 # 1. Train (the shapes datasets are generated under data/shapes on first use)
 run_logged "$OUT/train.log" "$PY" tools/train_net_step.py --dataset "$DATASET" --cfg "$CFG" \
-    --no_cuda --nw 0 --disp_interval 100 --output_dir "$OUT" ${train_args[@]+"${train_args[@]}"} \
+    --no_cuda --nw 0 --disp_interval 100 --skip-test --output_dir "$OUT" ${train_args[@]+"${train_args[@]}"} \
     || fail "training failed (exit $?); its log: $OUT/train.log"
 ckpt=$(ls "$OUT"/ckpt/model_step*.pth 2>/dev/null | sort -V | tail -n 1)
 [ -n "$ckpt" ] || fail "training wrote no checkpoint under $OUT/ckpt"

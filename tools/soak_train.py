@@ -86,7 +86,7 @@ def soak(args):
     # --bs 1 doubles the config's schedule (batch 2 -> 1), so MAX_ITER is half the steps.
     argv = ['--dataset', 'shapes', '--cfg', args.cfg, '--no_cuda', '--bs', '1',
             '--nw', str(args.nw), '--disp_interval', '50', '--seed', '1', '--no_save',
-            '--output_dir', out_dir,
+            '--skip-test', '--output_dir', out_dir,
             '--set', 'SOLVER.MAX_ITER', str((args.steps + 1) // 2),
             'SOLVER.STEPS', '[0]', 'TRAIN.SCALES', '(%d,)' % args.scale,
             'TRAIN.MAX_SIZE', str(2 * args.scale)] + list(args.train_args)

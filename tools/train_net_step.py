@@ -5,6 +5,10 @@
     python tools/train_net_step.py --dataset shapes --cfg configs/getting_started/... --no_cuda
     torchrun --nproc_per_node=8 tools/train_net_step.py --dataset coco2017 --cfg ... --bs 16
 
+The final model is tested on TEST.DATASETS after training (Detectron's default; ``--skip-test``
+to skip), and every N steps with ``--eval_period N``; ``tools/plot_metrics.py <output_dir>`` draws
+the loss and AP curves of ``metrics.jsonl``.
+
 Run it again with the same ``--output_dir`` to continue from the newest checkpoint
 (TRAIN.AUTO_RESUME), or ``--resume --load_ckpt <output_dir>/ckpt/model_step<N>.pth``.
 Ctrl-C / SIGTERM save the last finished step and exit with 130 / 143; a NaN loss saves the last
@@ -68,8 +72,16 @@ def parse_args(argv=None):
                         'many sizes the early steps are far slower. One GPU per process '
                         '(torchrun for several)')
     parser.add_argument('--seed', type=int, help='random seed (RNG_SEED)')
-    parser.add_argument('--output_dir', help='where ckpt/, config.yaml and TensorBoard go '
+    parser.add_argument('--output_dir', help='the run folder: ckpt/, config.yaml, log.txt, '
+                        'metrics.jsonl, classes.txt, eval/, TensorBoard events '
                         '(default: OUTPUT_DIR/<cfg name>/<date>_<host>_step)')
+    parser.add_argument('--skip-test', '--skip_test', dest='skip_test', action='store_true',
+                        help='do not test the final model on TEST.DATASETS after training '
+                        '(Detectron tests it by default)')
+    parser.add_argument('--eval_period', type=int, default=None, metavar='N',
+                        help='evaluate the model on TEST.DATASETS every N steps and after the '
+                        'last one (default: TEST.EVAL_PERIOD, 0 = off); metrics go to the '
+                        'console, metrics.jsonl and TensorBoard')
     return parser.parse_args(argv)
 
 

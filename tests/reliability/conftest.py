@@ -23,7 +23,8 @@ TINY_SET = ['TRAIN.SCALES', '(64,)', 'TRAIN.MAX_SIZE', '96', 'TRAIN.BATCH_SIZE_P
 def train_argv(output_dir, *extra, seed=3, max_iter=MAX_ITER // 2, steps='[0, 6]', sets=()):
     """Arguments of ``tools/train_net_step.py`` for the tiny shapes run."""
     return (['--dataset', 'shapes', '--cfg', THIN_CFG, '--no_cuda', '--bs', '1', '--nw', '0',
-             '--disp_interval', '1000', '--seed', str(seed), '--output_dir', str(output_dir)]
+             '--disp_interval', '1000', '--seed', str(seed), '--output_dir', str(output_dir),
+             '--skip-test']
             + list(extra)
             + ['--set', 'SOLVER.MAX_ITER', str(max_iter), 'SOLVER.STEPS', steps]
             + TINY_SET + list(sets))

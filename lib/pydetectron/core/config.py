@@ -277,6 +277,12 @@ __C.TEST.FORCE_JSON_DATASET_EVAL = False
 # model has neither an RPN nor RetinaNet
 __C.TEST.PRECOMPUTED_PROPOSALS = True
 
+# [pydetectron; detectron2's key] Evaluate the model being trained on
+# TEST.DATASETS after every EVAL_PERIOD steps and after the last step
+# (tools/train_net_step.py --eval_period); 0: only Detectron's test after
+# training (which --skip-test skips)
+__C.TEST.EVAL_PERIOD = 0
+
 
 # ---------------------------------------------------------------------------- #
 # Test-time augmentation for boxes

@@ -452,6 +452,8 @@ def portable_dataset_name(dataset_name):
     name that exists only in the process that registered them; a child gets the spec again.
     """
     from pydetectron.datasets import dataset_catalog
+    if dataset_catalog.folder_spec(dataset_name):   # voc: / cityscapes: folders
+        return dataset_catalog.folder_spec(dataset_name)
     if not dataset_name.startswith('json_'):
         return dataset_name
     return '{}{}:{}'.format(dataset_catalog.SPEC_PREFIX, dataset_catalog.get_ann_fn(dataset_name),

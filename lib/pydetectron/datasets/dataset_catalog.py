@@ -29,9 +29,29 @@ Every dataset is a COCO-format JSON plus a folder of images. Three ways to name 
    under a file-system-safe name, ``json_<json stem>_<hash of its path>``, which is the name
    outputs are written under.
 
-3. **From Python**: ``register_dataset(name, image_dir, annotation_file, image_prefix='')``.
+3. **A PASCAL VOC folder, without converting it** (``datasets/voc.py``)::
 
-Registrations of kinds 2 and 3 are mirrored into the environment variable
+       voc:<root>                 <root>/Annotations, ImageSets/Main/trainval.txt, JPEGImages
+       voc:<root>:<split>         ImageSets/Main/<split>.txt (train, val, test, ...)
+
+   The XML files are converted on first use into a cached COCO-style JSON
+   (``cfg.CACHE_DIR/voc``); the dataset is evaluated with the VOC metric (11-point AP when the
+   folder is named VOC2007 or earlier, area under the curve otherwise) and registered as
+   ``vocdir_<folder>_<split>_<hash>``. The catalog's ``voc_<year>_<split>`` entries use
+   Detectron's layout (``data/VOC2007/annotations/voc_2007_trainval.json``, images in
+   ``data/VOC2007/JPEGImages``, devkit in ``data/VOC2007/VOCdevkit2007``) when its JSON exists,
+   and otherwise the VOC folder itself, found at ``data/VOC2007/VOCdevkit2007/VOC2007``,
+   ``data/VOCdevkit/VOC2007`` or ``data/VOC2007``.
+
+4. **A Cityscapes folder** (``datasets/cityscapes.py``): the catalog's
+   ``cityscapes_fine_instanceonly_seg_<split>`` entries use Detectron's converted JSON when it
+   exists, and otherwise the raw layout under ``data/cityscapes/raw`` (``leftImg8bit/<split>``,
+   ``gtFine/<split>``), converted on first use; ``cityscapes:<root>[:<split>]`` names any such
+   folder.
+
+5. **From Python**: ``register_dataset(name, image_dir, annotation_file, image_prefix='')``.
+
+Registrations of kinds 2 to 5 are mirrored into the environment variable
 ``PYDETECTRON_REGISTERED_DATASETS`` (JSON), so processes this one starts (DataLoader workers,
 multi-process inference) know the same names.
 
@@ -63,6 +83,12 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 
 SPEC_PREFIX = 'coco_json:'
+VOC_PREFIX = 'voc:'
+CITYSCAPES_PREFIX = 'cityscapes:'
+# Entry keys of folder datasets (VOC, Cityscapes): the folder, the split, the evaluator
+VOC_ROOT = 'voc_root'
+CITYSCAPES_ROOT = 'cityscapes_root'
+SPLIT = 'split'
 
 # spec string -> the name it was registered under
 _ALIASES = {}
@@ -132,19 +158,18 @@ _DATASETS = {
         IM_DIR: 'cityscapes/images',
         ANN_FN: 'cityscapes/annotations/instancesonly_gtFine_test.json',
         RAW_DIR: 'cityscapes/raw'},
-    'voc_2007_trainval': {
-        IM_DIR: 'VOC2007/JPEGImages',
-        ANN_FN: 'VOC2007/annotations/voc_2007_trainval.json',
-        DEVKIT_DIR: 'VOC2007/VOCdevkit2007'},
-    'voc_2007_test': {
-        IM_DIR: 'VOC2007/JPEGImages',
-        ANN_FN: 'VOC2007/annotations/voc_2007_test.json',
-        DEVKIT_DIR: 'VOC2007/VOCdevkit2007'},
-    'voc_2012_trainval': {
-        IM_DIR: 'VOC2012/JPEGImages',
-        ANN_FN: 'VOC2012/annotations/voc_2012_trainval.json',
-        DEVKIT_DIR: 'VOC2012/VOCdevkit2012'},
 }
+
+
+def _voc(year, split):
+    return {IM_DIR: 'VOC%s/JPEGImages' % year,
+            ANN_FN: 'VOC%s/annotations/voc_%s_%s.json' % (year, year, split),
+            DEVKIT_DIR: 'VOC%s/VOCdevkit%s' % (year, year)}
+
+
+for _year, _split in (('2007', 'trainval'), ('2007', 'train'), ('2007', 'val'), ('2007', 'test'),
+                      ('2012', 'trainval'), ('2012', 'train'), ('2012', 'val')):
+    _DATASETS['voc_%s_%s' % (_year, _split)] = _voc(_year, _split)
 
 # MODEL.NUM_CLASSES of catalog entries known without reading their JSON
 _KNOWN_NUM_CLASSES = [(re.compile(r'^keypoints_coco_'), 2), (re.compile(r'^coco_(2014|2015|2017)_'), 81),
@@ -227,8 +252,136 @@ _SPEC_RE = re.compile(r'^%s(?P<ann>.+?\.json)(?::(?P<im>.+))?$' % re.escape(SPEC
 
 
 def is_spec(name):
-    """True for ``coco_json:...`` names and bare ``.json`` paths."""
-    return isinstance(name, str) and (name.startswith(SPEC_PREFIX) or name.endswith('.json'))
+    """True for ``coco_json:...``, ``voc:...`` and ``cityscapes:...`` names and bare ``.json``
+    paths."""
+    return isinstance(name, str) and (name.startswith((SPEC_PREFIX, VOC_PREFIX,
+                                                       CITYSCAPES_PREFIX))
+                                      or name.endswith('.json'))
+
+
+def _get_cache_dir():
+    try:
+        from pydetectron.core.config import cfg
+        cache_dir = cfg.get('CACHE_DIR', None) if hasattr(cfg, 'get') else None
+    except ImportError:
+        cache_dir = None
+    return os.path.abspath(cache_dir) if cache_dir else os.path.join(get_data_dir(), 'cache')
+
+
+def _folder_module(kind):
+    if kind == VOC_ROOT:
+        from pydetectron.datasets import voc
+        return voc
+    from pydetectron.datasets import cityscapes
+    return cityscapes
+
+
+def _register_folder(spec, prefix, root_key):
+    """``voc:<root>[:<split>]`` / ``cityscapes:<root>[:<split>]`` -> a registered name."""
+    module = _folder_module(root_key)
+    rest = os.path.expanduser(spec[len(prefix):])
+    if not rest:
+        raise ValueError('dataset %r: expected %s<folder>[:<split>]' % (spec, prefix))
+    root, split = rest, None
+    if not os.path.isdir(rest) and ':' in rest:
+        root, split = rest.rsplit(':', 1)
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError('dataset %r: folder %s not found' % (spec, root))
+    split = split or module.default_split(root)
+    module.check_layout(root, split)
+    stem = re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.basename(root))
+    digest = hashlib.sha1(('%s|%s' % (root, split)).encode('utf-8')).hexdigest()[:8]
+    name = '%sdir_%s_%s_%s' % (prefix[:-1], stem, split, digest)
+    _DATASETS[name] = {IM_DIR: module.image_dir(root, split),
+                       ANN_FN: module.cache_path(root, split, _get_cache_dir()),
+                       root_key: root, SPLIT: split}
+    _export_registration(name, _DATASETS[name])
+    _ALIASES[spec] = name
+    return name
+
+
+_CATALOG_VOC_RE = re.compile(r'^voc_(?P<year>\d{4})_(?P<split>.+)$')
+_CATALOG_CITYSCAPES_RE = re.compile(r'^cityscapes_fine_instanceonly_seg_(?P<split>.+)$')
+
+
+def _catalog_folder(name):
+    """(root key, folder, split) of a catalog VOC / Cityscapes entry's original layout, or None
+    when the folder is not there."""
+    entry = _DATASETS[name]
+    m = _CATALOG_VOC_RE.match(name)
+    if m:
+        year, split = m.group('year'), m.group('split')
+        candidates = [os.path.join(_abs(entry[DEVKIT_DIR]), 'VOC' + year),
+                      _abs(os.path.join('VOCdevkit', 'VOC' + year)), _abs('VOC' + year)]
+        for root in candidates:
+            if os.path.isdir(os.path.join(root, 'Annotations')):
+                return VOC_ROOT, root, split
+        return None
+    m = _CATALOG_CITYSCAPES_RE.match(name)
+    if m and RAW_DIR in entry:
+        root = _abs(entry[RAW_DIR])
+        if os.path.isdir(os.path.join(root, 'gtFine')):
+            return CITYSCAPES_ROOT, root, m.group('split')
+    return None
+
+
+def _prepare_folder(name):
+    """Convert a folder dataset to its cached JSON; a catalog VOC / Cityscapes entry whose
+    Detectron JSON is missing is pointed at its original layout first."""
+    entry = _DATASETS[name]
+    if VOC_ROOT not in entry and CITYSCAPES_ROOT not in entry:
+        if os.path.isfile(_abs(entry[ANN_FN])):
+            return
+        found = _catalog_folder(name)
+        if found is None:
+            return   # JsonDataset reports the missing JSON
+        root_key, root, split = found
+        module = _folder_module(root_key)
+        entry.update({IM_DIR: module.image_dir(root, split),
+                      ANN_FN: module.cache_path(root, split, _get_cache_dir()),
+                      root_key: root, SPLIT: split})
+    root_key = VOC_ROOT if VOC_ROOT in entry else CITYSCAPES_ROOT
+    module = _folder_module(root_key)
+    entry[ANN_FN] = module.to_coco_json(entry[root_key], entry[SPLIT], _get_cache_dir())
+
+
+def folder_spec(name):
+    """The ``voc:<root>:<split>`` / ``cityscapes:<root>:<split>`` spec a registered folder
+    dataset was made from (what another process resolves to the same dataset), else None."""
+    entry = _DATASETS.get(name, {})
+    for prefix, root_key in ((VOC_PREFIX, VOC_ROOT), (CITYSCAPES_PREFIX, CITYSCAPES_ROOT)):
+        if root_key in entry and name.startswith(prefix[:-1] + 'dir_'):
+            return '%s%s:%s' % (prefix, entry[root_key], entry[SPLIT])
+    return None
+
+
+def get_voc_info(name):
+    """``(VOC folder, split, use_07_metric)`` of a VOC dataset (a ``voc:`` spec or a catalog
+    ``voc_<year>_<split>`` entry), or None for other datasets."""
+    from pydetectron.datasets import voc
+    name = canonical_name(name)
+    entry = _DATASETS[name]
+    if VOC_ROOT in entry:
+        return entry[VOC_ROOT], entry[SPLIT], voc.use_07_metric_for(entry[VOC_ROOT])
+    m = _CATALOG_VOC_RE.match(name)
+    if not m:
+        return None
+    found = _catalog_folder(name)
+    root = found[1] if found else os.path.join(get_devkit_dir(name), 'VOC' + m.group('year'))
+    return root, m.group('split'), int(m.group('year')) < 2010
+
+
+def get_cityscapes_info(name):
+    """``(Cityscapes folder with gtFine/, split)`` of a Cityscapes dataset, or None."""
+    name = canonical_name(name)
+    entry = _DATASETS[name]
+    if CITYSCAPES_ROOT in entry:
+        return entry[CITYSCAPES_ROOT], entry[SPLIT]
+    m = _CATALOG_CITYSCAPES_RE.match(name)
+    if not m:
+        return None
+    return get_raw_dir(name), m.group('split')
 
 
 def _infer_image_dir(ann_fn):
@@ -293,12 +446,17 @@ def canonical_name(name):
         return _ALIASES[name]
     if name in _DATASETS:
         return name
+    if isinstance(name, str) and name.startswith(VOC_PREFIX):
+        return _register_folder(name, VOC_PREFIX, VOC_ROOT)
+    if isinstance(name, str) and name.startswith(CITYSCAPES_PREFIX):
+        return _register_folder(name, CITYSCAPES_PREFIX, CITYSCAPES_ROOT)
     if is_spec(name):
         return _register_spec(name)
     close = difflib.get_close_matches(name, list(_DATASETS) + list(_SHORTHANDS), n=3)
     raise UnknownDatasetError(
         'Unknown dataset name %r%s. Use a catalog name (see dataset_catalog.datasets()), '
-        "'coco_json:<annotation_file>[:<image_dir>]', or register it with "
+        "'coco_json:<annotation_file>[:<image_dir>]', 'voc:<folder>[:<split>]', "
+        "'cityscapes:<folder>[:<split>]', or register it with "
         'dataset_catalog.register_dataset(name, image_dir, annotation_file)'
         % (name, ' (did you mean %s?)' % ', '.join(close) if close else ''))
 
@@ -351,6 +509,7 @@ def prepare(name):
     builder = _DATASETS[name].get(BUILDER)
     if builder is not None:
         builder(name, get_data_dir())
+    _prepare_folder(name)
     return name
 
 

@@ -8,6 +8,13 @@ Results are nested OrderedDicts, as in Detectron::
         <metric>: <val>  'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR@100', 'ARs@1000', ...
 
 A metric that could not be computed (a test split without annotations) is -1.
+
+Which evaluator scores a dataset (Detectron's dispatch): PASCAL VOC datasets (``voc:`` folders
+and the catalog's ``voc_*`` entries) get the VOC devkit metric for boxes
+(``voc_dataset_evaluator``: ``AP50`` is the mAP, ``AP50/<class>`` the per-class APs; their masks
+are not evaluated); Cityscapes datasets get the Cityscapes instance-level metric for masks
+(``cityscapes_evaluator``: ``AP``, ``AP50`` and per class) and COCO's for boxes; everything else
+COCO's. ``TEST.FORCE_JSON_DATASET_EVAL`` scores every dataset with COCO's.
 """
 from collections import OrderedDict
 import logging
@@ -37,6 +44,10 @@ def evaluate_all(dataset, all_boxes, all_segms, all_keyps, output_dir, mask_on=N
     keypoints_on = cfg.MODEL.KEYPOINTS_ON if keypoints_on is None else keypoints_on
     all_results = evaluate_boxes(dataset, all_boxes, output_dir)
     logger.info('Evaluating bounding boxes is done!')
+    if mask_on and _use_voc_evaluator(dataset):
+        logger.warning('%s: VOC has no instance masks; only the boxes are evaluated',
+                       dataset.name)
+        mask_on = False
     if mask_on:
         results = evaluate_masks(dataset, all_boxes, all_segms, output_dir)
         all_results[dataset.name].update(results[dataset.name])
@@ -52,6 +63,9 @@ def evaluate_boxes(dataset, all_boxes, output_dir):
     """Evaluate bounding-box detection -> {dataset: {'box': metrics}}."""
     logger.info('Evaluating detections')
     _check_json_dataset(dataset)
+    if _use_voc_evaluator(dataset):
+        from pydetectron.datasets import voc_dataset_evaluator
+        return voc_dataset_evaluator.evaluate_boxes(dataset, all_boxes, output_dir)
     not_comp = not _competition_mode()
     coco_eval = json_dataset_evaluator.evaluate_boxes(
         dataset, all_boxes, output_dir, use_salt=not_comp, cleanup=not_comp)
@@ -62,6 +76,12 @@ def evaluate_masks(dataset, all_boxes, all_segms, output_dir):
     """Evaluate instance segmentation -> {dataset: {'mask': metrics}}."""
     logger.info('Evaluating segmentations')
     _check_json_dataset(dataset)
+    if _use_voc_evaluator(dataset):
+        raise NotImplementedError('VOC datasets have no instance masks to evaluate: train '
+                                  'without MODEL.MASK_ON, or set TEST.FORCE_JSON_DATASET_EVAL')
+    if _use_cityscapes_evaluator(dataset):
+        from pydetectron.datasets import cityscapes_evaluator
+        return cityscapes_evaluator.evaluate_masks(dataset, all_boxes, all_segms, output_dir)
     not_comp = not _competition_mode()
     coco_eval = json_dataset_evaluator.evaluate_masks(
         dataset, all_boxes, all_segms, output_dir, use_salt=not_comp, cleanup=not_comp)
@@ -150,8 +170,23 @@ def _competition_mode():
     return bool(cfg.TEST.COMPETITION_MODE)
 
 
+def _force_json_eval():
+    from pydetectron.core.config import cfg
+    return bool(cfg.TEST.FORCE_JSON_DATASET_EVAL)
+
+
+def _use_voc_evaluator(dataset):
+    from pydetectron.datasets import dataset_catalog
+    return not _force_json_eval() and dataset_catalog.get_voc_info(dataset.name) is not None
+
+
+def _use_cityscapes_evaluator(dataset):
+    from pydetectron.datasets import dataset_catalog
+    return (not _force_json_eval()
+            and dataset_catalog.get_cityscapes_info(dataset.name) is not None)
+
+
 def _check_json_dataset(dataset):
-    # Detectron also had VOC (devkit) and Cityscapes evaluators; pydetectron has only COCO's.
     if not hasattr(dataset, 'COCO'):
         raise NotImplementedError(
             'No evaluator for dataset {}: only COCO-format (JSON) datasets are supported'

@@ -30,6 +30,8 @@ import torch
 
 from pydetectron.engine import checkpoint as ck
 from pydetectron.engine import distributed as dist_utils
+from pydetectron.engine import evaluation
+from pydetectron.engine import run_folder
 from pydetectron.engine import train_setup
 from pydetectron.engine.interrupt import TrainingInterrupted
 from pydetectron.engine.optimizer import build_optimizer
@@ -271,9 +273,18 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         if args.use_tfboard:
             from tensorboardX import SummaryWriter
             tblogger = SummaryWriter(output_dir)
+            logger.info(run_folder.tensorboard_hint(output_dir))
     stats = TrainingStats(args.run_name, args.cfg_filename, cfg.SOLVER.MAX_ITER,
                           log_period=args.disp_interval, iter_size=args.iter_size,
                           tb_logger=tblogger, device=device)
+    # evaluation during / after training; the run folder's log.txt, metrics.jsonl, classes.txt
+    evaluator = evaluation.build_training_evaluator(
+        args, cfg, output_dir if save else None, None, tblogger, device, info)
+    run = None
+    if save and info.is_main_process:
+        run = run_folder.RunFolder(output_dir, start_step, stats, cfg.TRAIN.DATASETS)
+        if evaluator is not None:
+            evaluator.metrics_file = run.metrics
 
     # 6. train
     trainer = Trainer(
@@ -285,18 +296,25 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         checkpoint_extra={'train_size': train_size, 'batch_size': batch_size,
                           'cfg': dump_cfg(), 'args': _plain_args(args)},
         reduce_values=dist_utils.all_reduce_mean if info.distributed else None,
-        is_main_process=info.is_main_process, cpu_keywords=('roidb',))
+        is_main_process=info.is_main_process, cpu_keywords=('roidb',),
+        after_step=evaluator.after_step if evaluator is not None and evaluator.period else None)
     code = 0
     try:
+        if evaluator is not None and resume_path:
+            evaluation.catch_up(evaluator, model, start_step - 1, run, info)
         logger.info('Training starts !')
-        trainer.train(start_step)
+        last_step = trainer.train(start_step)
         logger.info('Training done: %s', trainer.last_checkpoint[1] if trainer.last_checkpoint
                     else 'nothing saved (--no_save)')
+        if evaluator is not None and not getattr(args, 'skip_test', False):
+            evaluator.final(model, last_step)
     except (TrainingInterrupted, TrainingDiverged) as e:
         print(str(e), file=sys.stderr, flush=True)
         code = e.exit_code
     finally:
         if tblogger is not None:
             tblogger.close()
+        if run is not None:
+            run.close()
         dist_utils.cleanup()
     return code

@@ -108,12 +108,15 @@ class Trainer:
         is_main_process: only the main process saves.
         cpu_keywords: inputs that stay on the CPU.
         progress: show a tqdm bar (default: when stderr is a terminal).
+        after_step: ``(model, step) -> None`` called after each finished step, before its
+            checkpoint (the periodic evaluation, ``evaluation.py``).
     """
 
     def __init__(self, model, optimizer, scheduler, make_data_loader, *, max_iter, iter_size=1,
                  output_dir=None, snapshot_period=None, device=None, amp=False, stats=None,
                  data_order=None, rng_states=None, checkpoint_extra=None, reduce_values=None,
-                 is_main_process=True, cpu_keywords=('roidb',), progress=None):
+                 is_main_process=True, cpu_keywords=('roidb',), progress=None,
+                 after_step=None):
         if iter_size < 1:
             raise ValueError('iter_size must be >= 1, got {}'.format(iter_size))
         self.model = model
@@ -134,6 +137,7 @@ class Trainer:
         self.is_main_process = is_main_process
         self.cpu_keywords = tuple(cpu_keywords)
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.after_step = after_step
         self.interrupt = GracefulInterrupt()
         # per finished step: its total loss, averaged over the step's iter_size passes
         self.loss_history = []
@@ -233,6 +237,8 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss='%.4f' % self.loss_history[-1], refresh=False)
+                    if self.after_step is not None and not self.interrupt.requested:
+                        self.after_step(self.model, step)
                     if self.snapshot_period and (step + 1) % self.snapshot_period == 0:
                         self._save(step)
                     if self._stop_after_step:

@@ -5,6 +5,8 @@ Detectron): every value is smoothed with a median over the last ``WIN_SZ`` = 20 
 ``iter_size`` > 1 a step's value is the mean over its forward passes; with FPN the per-level RPN
 losses are also summed into ``loss_rpn_cls`` / ``loss_rpn_bbox``. A log block is written every
 ``log_period`` steps and at the last step, ``iter`` 1-indexed, eta from the mean step time.
+On those steps ``on_log(cur_iter, lr, stats, step_values)`` (when set) also gets the step's own,
+unsmoothed values (the run folder's ``metrics.jsonl``).
 """
 import datetime
 from collections import OrderedDict, defaultdict
@@ -47,6 +49,8 @@ class TrainingStats:
         self.smoothed_metrics = defaultdict(lambda: SmoothedValue(self.WIN_SZ))
         self.smoothed_total_loss = SmoothedValue(self.WIN_SZ)
         self._inner = []   # per forward pass of the current step: (losses, metrics)
+        self.on_log = None
+        self.last_step_values = {}   # the last step's losses and metrics, not smoothed
 
     def IterTic(self):
         self.iter_timer.tic()
@@ -77,6 +81,8 @@ class TrainingStats:
         if fpn_bbox:
             self.smoothed_losses['loss_rpn_bbox'].AddValue(sum(fpn_bbox))
         self.smoothed_total_loss.AddValue(sum(step_losses.values()))
+        self.last_step_values = dict(step_losses, **step_metrics)
+        self.last_step_values['loss'] = sum(step_losses.values())
         for k, v in step_metrics.items():
             self.smoothed_metrics[k].AddValue(v)
 
@@ -111,6 +117,8 @@ class TrainingStats:
         self.write(format_stats(stats, self.run_name, self.cfg_filename, self.max_iter))
         if self.tblogger is not None:
             self.tb_log_stats(stats, cur_iter)
+        if self.on_log is not None:
+            self.on_log(cur_iter, lr, stats, self.last_step_values)
         return stats
 
     def tb_log_stats(self, stats, cur_iter):
