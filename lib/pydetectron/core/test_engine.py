@@ -257,24 +257,15 @@ def initialize_model_from_cfg(args, gpu_id=0):
     model = Generalized_RCNN()
     load_ckpt = _arg(args, 'load_ckpt')
     load_detectron = _arg(args, 'load_detectron')
+    # The one loader of every tool (engine.checkpoint.load_weights): a missing, truncated or
+    # unsafe file, or one of another architecture, is a one-line CheckpointError.
+    from pydetectron.engine.checkpoint import load_weights
     if load_ckpt:
         logger.info('loading checkpoint %s', load_ckpt)
-        if not os.path.isfile(load_ckpt):
-            raise FileNotFoundError('--load_ckpt: checkpoint {} not found'.format(load_ckpt))
-        # weights_only: a checkpoint file cannot run code when it is read
-        checkpoint = torch.load(load_ckpt, map_location='cpu', weights_only=True)
-        if not isinstance(checkpoint, dict) or 'model' not in checkpoint:
-            raise ValueError('checkpoint {} has no \'model\' entry (expected a dict with the '
-                             'state dict under \'model\')'.format(load_ckpt))
-        state_dict = checkpoint['model']
-        if state_dict and all(k.startswith('module.') for k in state_dict):
-            # saved from a (Distributed)DataParallel wrapper
-            state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-        model.load_state_dict(state_dict)
+        load_weights(model, load_ckpt, flag='--load_ckpt', kind='checkpoint')
     elif load_detectron:
-        from pydetectron.utils.detectron_weight_helper import load_detectron_weight
         logger.info('loading detectron weights %s', load_detectron)
-        load_detectron_weight(model, load_detectron)
+        load_weights(model, load_detectron, flag='--load_detectron', kind='detectron')
     if _use_cuda(args):
         model.cuda(gpu_id)
     model.eval()

@@ -48,6 +48,8 @@ import logging
 import os
 import re
 
+from pydetectron.utils.errors import DatasetError
+
 logger = logging.getLogger(__name__)
 
 # Entry keys (Detectron's)
@@ -68,7 +70,7 @@ SPEC_PREFIX = 'coco_json:'
 _ALIASES = {}
 
 
-class UnknownDatasetError(KeyError):
+class UnknownDatasetError(DatasetError, KeyError):
     """A dataset name that is neither in the catalog nor a ``coco_json:`` spec (a user error:
     tools report it without a traceback)."""
 
