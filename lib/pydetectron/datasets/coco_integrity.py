@@ -268,14 +268,17 @@ def _sample(images, n):
 
 def check_image_files(images, image_dir, image_prefix, report, check_images='sample',
                       sample_size=DEFAULT_SAMPLE_SIZE):
-    """Compare width / height of the JSON with the files (``check_images``: 'sample', 'all' or
-    'none'); mismatches and (with 'all') unreadable files become image skips. A missing file is
+    """Compare width / height of the JSON with the files (``check_images``: 'sample', 'all',
+    'none' or a sample size); mismatches and (with 'all') unreadable files become image skips. A missing file is
     left to the roidb (reported there and skipped for training)."""
     from pydetectron.utils.image_io import image_size, read_image
-    if check_images in (None, 'none', False) or image_dir is None:
+    if check_images in (None, 'none', False, 0) or image_dir is None:
         return
+    if type(check_images) is int and check_images > 0:      # a sample of that size
+        check_images, sample_size = 'sample', check_images
     if check_images not in ('sample', 'all'):
-        raise ValueError("check_images must be 'sample', 'all' or 'none', got %r" % check_images)
+        raise ValueError("check_images must be 'sample', 'all', 'none' or a sample size, got %r"
+                         % (check_images,))
     chosen = _sample(images, None if check_images == 'all' else sample_size)
     for image in chosen:
         path = os.path.join(image_dir, image_prefix + str(image['file_name']))

@@ -176,8 +176,17 @@ def save_checkpoint(output_dir, step, model, optimizer, scheduler=None, data_ord
     for k, v in (extra or {}).items():
         ckpt.setdefault(k, v)
     path = checkpoint_path(output_dir, step)
-    remove_stale_temporaries(os.path.dirname(path))
-    atomic_torch_save(ckpt, path)
+    folder = os.path.dirname(path)
+    try:
+        remove_stale_temporaries(folder)
+        atomic_torch_save(ckpt, path)
+    except OSError as e:
+        # A full disk, a read-only or vanished folder: the write never touched a final name.
+        previous = find_latest_checkpoint(output_dir)
+        raise OutputError('cannot write the checkpoint of step {} to the folder {}: {}; {}'.format(
+            step, folder, e.strerror or one_line(e),
+            'the previous checkpoint {} is kept'.format(previous) if previous
+            else 'no earlier checkpoint exists')) from e
     logger.info('save model: %s', path)
     return path
 

@@ -59,6 +59,7 @@ ordinary CPU tensors either way; it should simply not keep batches alive longer 
 import functools
 import logging
 import resource
+import signal
 
 import cv2
 import numpy as np
@@ -270,10 +271,27 @@ def raise_open_file_limit(target=65536):
             logger.warning('could not raise the open-file limit from %d to %d: %s', soft, want, e)
 
 
+# Signals a scheduler sends to the whole process group to stop a job (Ctrl-C, timeout, Slurm).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def worker_init_fn(worker_id):
     # OpenCV's own thread pool would oversubscribe the cores the workers already share
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
+    ignore_stop_signals()
+
+
+def ignore_stop_signals():
+    """In a loader worker: ignore SIGINT / SIGTERM, so that a signal sent to the whole process
+    group (what ``timeout``, Slurm and a terminal's Ctrl-C do) leaves the workers running and the
+    training process decides: it finishes or abandons its step, saves, and ends the workers
+    itself. The training process starts its workers with these signals blocked
+    (``engine.trainer``), so one arriving before this runs waits and is then discarded."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, 'pthread_sigmask'):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def build_train_loader(roidb, ratio_list, ratio_index, batch_size, num_gpus, num_workers,
