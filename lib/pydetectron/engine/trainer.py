@@ -48,7 +48,7 @@ from pydetectron.engine.interrupt import GracefulInterrupt, TrainingInterrupted
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # How DataLoader reports a worker that died of a signal (torch/utils/data/_utils/signal_handling)
-_WORKER_KILLED_RE = re.compile(r'DataLoader worker \(pid[^)]*\) is killed by signal: (\w+)')
+_WORKER_KILLED_RE = re.compile(r'DataLoader worker \(pid[^:]*is killed by signal: (\w+)')
 _SIGNAL_BY_DESCRIPTION = {'Terminated': signal.SIGTERM, 'Interrupt': signal.SIGINT}
 
 
@@ -222,6 +222,8 @@ class Trainer:
         ``TrainingDiverged`` or ``TrainingInterrupted`` after saving when stopped early."""
         self._consumed = int(self.data_order.get('start_iter', 0))
         self._updating = False
+        # the last step whose update is done (set in _run_step, right after the update)
+        self._last_updated = start_step - 1
         last_finished = start_step - 1
         bar = None
         if self.progress and self.is_main_process:
@@ -259,7 +261,7 @@ class Trainer:
                         if self._stop_after_step:
                             break
                 except Exception as e:
-                    self._stop_on_failure_after_signal(e, last_finished)
+                    self._stop_on_failure_after_signal(e, self._last_updated)
                     raise
                 if self.interrupt.requested:
                     path = self._save(last_finished)
@@ -346,6 +348,7 @@ class Trainer:
         lr = self.scheduler.set_lr_for_iter(step)
         self.optimizer.step()
         self._updating = False
+        self._last_updated = step
         self._rng_at_step_end = get_rng_states(model_generators(self.model))
         self._consumed_at_step_end = self._consumed
         self.loss_history.append(total / self.iter_size)
