@@ -33,8 +33,13 @@ def user_error_types():
 
 
 def format_user_error(e):
-    """The one-line message of a user error."""
-    return one_line(str(e)) or type(e).__name__
+    """The one-line message of a user error. One re-raised from a DataLoader worker carries the
+    worker's traceback in its message: only its last line, the error itself, is kept."""
+    msg = str(e)
+    if 'Original Traceback' in msg:
+        last = [l for l in msg.splitlines() if l.strip()][-1]
+        msg = last.split(': ', 1)[1] if ': ' in last else last
+    return one_line(msg) or type(e).__name__
 
 
 def run_tool(main, argv=None, prog=None):

@@ -69,6 +69,7 @@ import torch.utils.data as torch_data
 from pydetectron.roi_data import transport
 from pydetectron.roi_data.minibatch import ImageLoadError, get_minibatch_entry
 from pydetectron.utils import blob as blob_utils
+from pydetectron.utils.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class AspectGroupedBatchSampler(torch_data.Sampler):
         # per-GPU minibatches per epoch (constant: only the order changes between epochs)
         self.minibatches_per_epoch = sum(len(g) // mb for g in self._groups)
         if self.minibatches_per_epoch == 0:
-            raise ValueError(
+            raise DatasetError(
                 'cannot form a minibatch of %d images: the roidb has %s images%s' % (
                     mb, ' and '.join(str(len(g)) for g in self._groups),
                     ' (horizontal and vertical images are never mixed)'
@@ -225,8 +226,9 @@ class RoiDataset(torch_data.Dataset):
                 # process says which record to look at.
                 raise RuntimeError('loading image %s (image id %s) failed: %s: %s'
                                    % (entry['image'], entry.get('id'), type(e).__name__, e)) from e
-        raise RuntimeError('gave up after %d unreadable images in a row, starting at %s'
-                           % (self.max_retries + 1, self._roidb[index]['image']))
+        raise ImageLoadError('gave up after %d unreadable images in a row, starting at %s; check '
+                             'the dataset with tools/check_dataset.py --all_images'
+                             % (self.max_retries + 1, self._roidb[index]['image']))
 
 
 def _to_tensors(gt):
