@@ -206,8 +206,8 @@ def parse_args(argv=None):
     p.add_argument('--dest', default=DEFAULT_DEST, help='target folder (default: %(default)s)')
     p.add_argument('--base_url', default=DEFAULT_BASE_URL,
                    help='mirror with Detectron\'s layout (default: %(default)s)')
-    p.add_argument('--retries', type=non_negative_int, default=3, help='resumed retries after a dropped '
-                   'connection (default: %(default)s)')
+    p.add_argument('--retries', type=non_negative_int, default=3,
+                   help='resumed retries after a dropped connection (default: %(default)s)')
     p.add_argument('--timeout', type=positive(float), default=60, help='socket timeout in seconds')
     p.add_argument('--no_checksum', action='store_true', help='skip the MD5 check')
     p.add_argument('--force', action='store_true', help='download again even if present')

@@ -11,7 +11,6 @@ Ctrl-C / SIGTERM save the last finished step and exit with 130 / 143; a NaN loss
 good step and exits with 3; a missing file, a bad config key or an unusable checkpoint exits
 with 2 and a message. The work is done by ``pydetectron.engine.launch``.
 """
-import argparse
 import os
 import sys
 

@@ -12,8 +12,6 @@ import pickle
 import subprocess
 import sys
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -99,8 +97,7 @@ def inputs(tmp_path_factory):
     (root / 'duplicate_ids.json').write_text(json.dumps(dup))
 
     # the thin model's weights (random init) in the formats the tools read
-    from pydetectron.core.config import (assert_and_infer_cfg, merge_cfg_from_file,
-                                         merge_cfg_from_list, reset_cfg)
+    from pydetectron.core.config import assert_and_infer_cfg, merge_cfg_from_file, reset_cfg
     from pydetectron.modeling.model_builder import Generalized_RCNN
     from pydetectron.engine import checkpoint as ck
     from pydetectron.engine.optimizer import build_optimizer

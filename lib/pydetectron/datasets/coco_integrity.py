@@ -269,8 +269,8 @@ def _sample(images, n):
 def check_image_files(images, image_dir, image_prefix, report, check_images='sample',
                       sample_size=DEFAULT_SAMPLE_SIZE):
     """Compare width / height of the JSON with the files (``check_images``: 'sample', 'all',
-    'none' or a sample size); mismatches and (with 'all') unreadable files become image skips. A missing file is
-    left to the roidb (reported there and skipped for training)."""
+    'none' or a sample size); mismatches and (with 'all') unreadable files become image skips.
+    A missing file is left to the roidb (reported there and skipped for training)."""
     from pydetectron.utils.image_io import image_size, read_image
     if check_images in (None, 'none', False, 0) or image_dir is None:
         return
