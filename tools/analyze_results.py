@@ -10,7 +10,6 @@
 ``<output_dir>/per_class_ap_<iou_type>.txt``, the precision-recall curves at ``--iou`` of the
 ``--top_k`` classes with the most ground truth, plus their mean, as ``pr_<iou_type>.png``.
 """
-import argparse
 import contextlib
 import io
 import json
@@ -24,13 +23,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from pydetectron.datasets import json_dataset_evaluator as evaluator  # noqa: E402
 from pydetectron.datasets import dataset_catalog  # noqa: E402
 from pydetectron.datasets.json_dataset import JsonDataset  # noqa: E402
+from pydetectron.engine.cli import (  # noqa: E402
+    ArgumentParser, check_input_file, check_output_dir, positive, run_tool)
+from pydetectron.utils.errors import CliError, DatasetError  # noqa: E402
 from pydetectron.utils import vis as vis_utils  # noqa: E402
 
 _KEYS = {'bbox': 'bbox', 'segm': 'segmentation', 'keypoints': 'keypoints'}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Per-class AP and precision-recall curves')
+    parser = ArgumentParser(description='Per-class AP and precision-recall curves')
     parser.add_argument('--dataset', required=True,
                         help='the ground truth (shorthand, catalog name or coco_json:<file>)')
     parser.add_argument('--results', required=True,
@@ -41,7 +43,7 @@ def parse_args(argv=None):
                         '--results)')
     parser.add_argument('--iou', type=float, default=0.5,
                         help='IoU threshold of the precision-recall curves (0.50 .. 0.95)')
-    parser.add_argument('--top_k', type=int, default=10,
+    parser.add_argument('--top_k', type=positive(int), default=10,
                         help='curves drawn for the classes with the most ground truth')
     return parser.parse_args(argv)
 
@@ -63,9 +65,15 @@ def _results_json(args, dataset, output_dir):
                                                        dets['all_keyps'], res_file)
         return res_file, iou_type
     with open(args.results) as f:
-        results = json.load(f)
-    if not isinstance(results, list):
-        sys.exit('analyze_results.py: %s is not a COCO results list' % args.results)
+        try:
+            results = json.load(f)
+        except ValueError as e:
+            raise DatasetError('--results %s is not valid JSON (truncated?): %s'
+                               % (args.results, e)) from e
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise DatasetError('--results %s is not a COCO results list (a JSON list of objects '
+                           'with image_id, category_id, score and bbox / segmentation / '
+                           'keypoints)' % args.results)
     iou_type = args.iou_type
     if iou_type is None:
         found = [t for t, k in _KEYS.items() if results and k in results[0]]
@@ -75,12 +83,14 @@ def _results_json(args, dataset, output_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.isfile(args.results):
-        sys.exit("analyze_results.py: --results '%s' not found" % args.results)
+    check_input_file(args.results, '--results')
+    if not any(abs(args.iou - (0.5 + 0.05 * k)) < 1e-6 for k in range(10)):
+        raise CliError('--iou %s: expected one of COCO\'s IoU thresholds 0.50, 0.55, ..., 0.95'
+                       % args.iou)
+    output_dir = args.output_dir or os.path.dirname(os.path.abspath(args.results))
+    check_output_dir(output_dir)
     names, _ = dataset_catalog.resolve_dataset_arg(args.dataset, training=False)
     dataset = JsonDataset(names[0])
-    output_dir = args.output_dir or os.path.dirname(os.path.abspath(args.results))
-    os.makedirs(output_dir, exist_ok=True)
     res_file, iou_type = _results_json(args, dataset, output_dir)
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval's progress lines
         coco_eval = evaluator.do_coco_eval(dataset, res_file, iou_type, log=False)
@@ -117,4 +127,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_tool(main, prog='analyze_results.py'))

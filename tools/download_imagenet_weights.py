@@ -15,7 +15,6 @@ RESNETS.IMAGENET_PRETRAINED_WEIGHTS name them. Each download
 A checksum mismatch removes the partial file and exits non-zero. ``--base_url`` points at a
 mirror with the same layout (the tests use a local server).
 """
-import argparse
 import hashlib
 import http.client
 import os
@@ -27,6 +26,11 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+sys.path.insert(0, os.path.join(ROOT, 'lib'))
+
+from pydetectron.engine.cli import (  # noqa: E402
+    ArgumentParser, check_output_dir, non_negative_int, positive, run_tool)
+from pydetectron.utils.errors import CliError  # noqa: E402
 DEFAULT_BASE_URL = 'https://dl.fbaipublicfiles.com/detectron'
 DEFAULT_DEST = os.path.join(ROOT, 'data', 'pretrained_model')
 
@@ -194,7 +198,7 @@ def download(name, dest, base_url=DEFAULT_BASE_URL, retries=3, timeout=60, check
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Download Detectron's ImageNet-pretrained weights")
+    p = ArgumentParser(description="Download Detectron's ImageNet-pretrained weights")
     p.add_argument('names', nargs='*', metavar='NAME',
                    help='weights to fetch ({}); default: {}'.format(
                        ', '.join(WEIGHTS), ' '.join(DEFAULT_NAMES)))
@@ -202,17 +206,27 @@ def parse_args(argv=None):
     p.add_argument('--dest', default=DEFAULT_DEST, help='target folder (default: %(default)s)')
     p.add_argument('--base_url', default=DEFAULT_BASE_URL,
                    help='mirror with Detectron\'s layout (default: %(default)s)')
-    p.add_argument('--retries', type=int, default=3, help='resumed retries after a dropped '
-                   'connection (default: %(default)s)')
-    p.add_argument('--timeout', type=float, default=60, help='socket timeout in seconds')
+    p.add_argument('--retries', type=non_negative_int, default=3,
+                   help='resumed retries after a dropped connection (default: %(default)s)')
+    p.add_argument('--timeout', type=positive(float), default=60, help='socket timeout in seconds')
     p.add_argument('--no_checksum', action='store_true', help='skip the MD5 check')
     p.add_argument('--force', action='store_true', help='download again even if present')
     return p.parse_args(argv)
 
 
 def main(argv=None):
+    """Download; a bad name, flag or --dest raises ``CliError`` / ``OutputError`` (exit 2 through
+    ``run_tool``); a failed download is reported and counted (exit 1)."""
     args = parse_args(argv)
     names = list(WEIGHTS) if args.all else (args.names or list(DEFAULT_NAMES))
+    unknown = [n for n in names if n not in WEIGHTS]
+    if unknown:
+        raise CliError('Unknown weights {}; available: {}'.format(
+            ', '.join(repr(n) for n in unknown), ', '.join(sorted(WEIGHTS))))
+    if not re.match(r'^(https?|file)://', args.base_url):
+        raise CliError('--base_url {!r}: expected an http://, https:// or file:// URL'.format(
+            args.base_url))
+    check_output_dir(args.dest, '--dest')
     failed = 0
     for name in names:
         try:
@@ -225,4 +239,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_tool(main, prog='download_imagenet_weights.py'))

@@ -8,7 +8,6 @@ detections (``<output_dir>/detections.json``).
 ``--dataset`` only names the classes: ``coco`` (default) or ``keypoints_coco`` for COCO models,
 or any dataset name ``--dataset`` takes elsewhere (its annotation file gives the names).
 """
-import argparse
 import json
 import os
 import sys
@@ -20,19 +19,29 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from pydetectron.core.config import (  # noqa: E402
     assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
+from pydetectron.core.config_checks import check_config_values  # noqa: E402
 from pydetectron.core.test import im_detect_all  # noqa: E402
 from pydetectron.core.test_engine import (  # noqa: E402
     add_speed_arguments, initialize_model_from_cfg)
+from pydetectron.engine.cli import (  # noqa: E402
+    ArgumentParser, check_input_file, check_output_dir, check_set_pairs, non_negative_int,
+    run_tool)
 from pydetectron.utils import vis as vis_utils  # noqa: E402
+from pydetectron.utils.errors import CliError, ImageError  # noqa: E402
+from pydetectron.utils.image_io import read_image  # noqa: E402
 from pydetectron.utils.logging import setup_logging  # noqa: E402
 
 cv2.ocl.setUseOpenCL(False)
+
+# Drawing a 100-megapixel photo at full size took 12 GB and 100 s (matplotlib canvas + every mask
+# decoded at full size); 3000 pixels keep drawings sharp on any screen.
+DEFAULT_MAX_DRAW_SIZE = 3000
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Detect objects in images and draw them')
+    parser = ArgumentParser(description='Detect objects in images and draw them')
     parser.add_argument('--cfg', dest='cfg_file', required=True, help='config file (YAML)')
     parser.add_argument('--set', dest='set_cfgs', default=[], nargs='+',
                         help='config key/value pairs overriding the config file')
@@ -49,6 +58,10 @@ def parse_args(argv=None):
                         help='draw keypoints whose heatmap logit is above this')
     parser.add_argument('--output_ext', default='png', choices=('png', 'jpg', 'pdf'),
                         help='format of the drawings')
+    parser.add_argument('--max_draw_size', type=non_negative_int, default=DEFAULT_MAX_DRAW_SIZE,
+                        help='draw on a copy shrunk so that its longest side is at most this '
+                        '(0: full resolution); detections.json keeps full-resolution '
+                        'coordinates (default: %(default)s)')
     parser.add_argument('--no_cuda', dest='cuda', action='store_false', help='run on the CPU')
     add_speed_arguments(parser)
     return parser.parse_args(argv)
@@ -70,24 +83,24 @@ def get_class_and_keypoint_names(dataset):
 def list_images(args, logger):
     """Image paths from --images or --image_dir (sorted), with a message for each skipped file."""
     if bool(args.image_dir) == bool(args.images):
-        sys.exit('infer_simple.py: give exactly one of --image_dir and --images')
+        raise CliError('give exactly one of --image_dir and --images')
     if args.images:
         candidates = list(args.images)
     else:
         if not os.path.isdir(args.image_dir):
-            sys.exit("infer_simple.py: --image_dir '{}' is not a directory".format(args.image_dir))
+            raise CliError("--image_dir '{}' is not a directory".format(args.image_dir))
         candidates = [os.path.join(args.image_dir, f) for f in sorted(os.listdir(args.image_dir))]
         candidates = [c for c in candidates if os.path.isfile(c)]
     ims = []
     for path in candidates:
         if not os.path.isfile(path):
-            sys.exit("infer_simple.py: image '{}' not found".format(path))
+            raise CliError("--images: image '{}' not found".format(path))
         if os.path.splitext(path)[1].lower() not in IMAGE_EXTS:
             logger.info('Skipping %s: not an image file', path)
             continue
         ims.append(path)
     if not ims:
-        sys.exit('infer_simple.py: no image files in {}'.format(args.image_dir or args.images))
+        raise CliError('no image files in {}'.format(args.image_dir or ' '.join(args.images)))
     return ims
 
 
@@ -96,8 +109,16 @@ def main(argv=None):
     args = parse_args(argv)
     logger.info('Called with args: %s', args)
     if bool(args.load_ckpt) == bool(args.load_detectron):
-        sys.exit('infer_simple.py: give exactly one of --load_ckpt and --load_detectron')
+        raise CliError('give exactly one of --load_ckpt and --load_detectron')
+    if not 0.0 <= args.thresh <= 1.0:
+        raise CliError('--thresh {}: expected a score in [0, 1]'.format(args.thresh))
+    # Inputs first (seconds), before the model is built.
+    check_input_file(args.cfg_file, '--cfg')
+    check_set_pairs(args.set_cfgs)
+    check_input_file(args.load_ckpt, '--load_ckpt')
+    check_input_file(args.load_detectron, '--load_detectron')
     im_list = list_images(args, logger)
+    check_output_dir(args.output_dir)
 
     classes, keypoint_names = get_class_and_keypoint_names(args.dataset)
     merge_cfg_from_file(args.cfg_file)
@@ -106,30 +127,40 @@ def main(argv=None):
     if cfg.MODEL.NUM_CLASSES == -1:
         merge_cfg_from_list(['MODEL.NUM_CLASSES', len(classes)])
     elif cfg.MODEL.NUM_CLASSES != len(classes):
-        sys.exit('infer_simple.py: the model has MODEL.NUM_CLASSES = {} but --dataset {} names {} '
-                 'classes'.format(cfg.MODEL.NUM_CLASSES, args.dataset, len(classes)))
+        raise CliError('the model has MODEL.NUM_CLASSES = {} but --dataset {} names {} '
+                       'classes'.format(cfg.MODEL.NUM_CLASSES, args.dataset, len(classes)))
     # Weights come from the checkpoint: do not load ImageNet weights first.
     merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False])
     cfg.CUDA = bool(args.cuda)
     assert_and_infer_cfg()
+    check_config_values(cfg)
 
     model = initialize_model_from_cfg(args)
     os.makedirs(args.output_dir, exist_ok=True)
     records = []
+    skipped = []
     for i, im_path in enumerate(im_list):
-        im = cv2.imread(im_path)
-        if im is None:
-            logger.info('Skipping %s: OpenCV cannot read it as an image', im_path)
+        try:
+            im = read_image(im_path)
+        except ImageError as e:
+            skipped.append(im_path)
+            logger.warning('Skipping %s (%d skipped so far)', e, len(skipped))
             continue
         t = time.time()
         cls_boxes, cls_segms, cls_keyps = im_detect_all(model, im, keypoint_names=keypoint_names)
         logger.info('%s: inference %.3fs', im_path, time.time() - t)
         im_name = os.path.splitext(os.path.basename(im_path))[0]
+        t = time.time()
+        draw_im, draw_boxes, draw_segms, draw_keyps, scale = vis_utils.detections_for_drawing(
+            im, cls_boxes, cls_segms, cls_keyps, thresh=args.thresh,
+            max_size=args.max_draw_size)
         out_path = vis_utils.vis_one_image(
-            im[:, :, ::-1], im_name, args.output_dir, cls_boxes, cls_segms, cls_keyps,
+            draw_im[:, :, ::-1], im_name, args.output_dir, draw_boxes, draw_segms, draw_keyps,
             dataset=classes, box_alpha=0.3, show_class=True, thresh=args.thresh,
             kp_thresh=args.kp_thresh, ext=args.output_ext, out_when_no_box=True,
             keypoint_names=keypoint_names)
+        logger.info('%s: drawing %.3fs%s', im_path, time.time() - t,
+                    ' (at %.3g of full size)' % scale if scale != 1.0 else '')
         records.append({'image': os.path.abspath(im_path), 'output': os.path.abspath(out_path),
                         'height': int(im.shape[0]), 'width': int(im.shape[1]),
                         'detections': vis_utils.detections_to_dicts(
@@ -138,8 +169,10 @@ def main(argv=None):
     with open(json_path, 'w') as f:
         json.dump({'thresh': args.thresh, 'images': records}, f)
     logger.info('Wrote %d drawings and %s', len(records), json_path)
+    if skipped:
+        logger.warning('Skipped %d of %d images that could not be read: %s', len(skipped),
+                       len(im_list), ', '.join(skipped))
 
 
 if __name__ == '__main__':
-    from pydetectron.engine.cli import run_tool
     sys.exit(run_tool(main, prog='infer_simple.py'))

@@ -9,7 +9,6 @@
 name, or ``coco_json:<annotation_file>[:<image_dir>]``. The children of ``--multi-gpu-testing``
 call this script again with ``--range``.
 """
-import argparse
 import os
 import sys
 
@@ -20,6 +19,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from pydetectron.core.config import (  # noqa: E402
     assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
 from pydetectron.core import test_engine  # noqa: E402
+from pydetectron.core.config_checks import check_config_values  # noqa: E402
+from pydetectron.engine.cli import (  # noqa: E402
+    ArgumentParser, check_input_file, check_output_dir, check_set_pairs, positive, run_tool)
+from pydetectron.utils.errors import CliError  # noqa: E402
 from pydetectron.utils.logging import setup_logging  # noqa: E402
 
 # OpenCL in OpenCV is not thread safe and grabs GPU memory: keep it off.
@@ -27,7 +30,7 @@ cv2.ocl.setUseOpenCL(False)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Test a Detectron-style model on datasets')
+    parser = ArgumentParser(description='Test a Detectron-style model on datasets')
     parser.add_argument('--dataset', help='dataset(s) to test on (shorthand, catalog name, or '
                         'coco_json:<annotation_file>[:<image_dir>]); default: TEST.DATASETS')
     parser.add_argument('--cfg', dest='cfg_file', required=True, help='config file (YAML)')
@@ -40,7 +43,7 @@ def parse_args(argv=None):
                         help='infer only images [START, END) (child processes use it)')
     parser.add_argument('--multi-gpu-testing', dest='multi_gpu_testing', action='store_true',
                         help='split the dataset over the GPUs (or --nproc CPU processes)')
-    parser.add_argument('--nproc', type=int, default=None,
+    parser.add_argument('--nproc', type=positive(int), default=None,
                         help='processes for --multi-gpu-testing without CUDA (default NUM_GPUS)')
     parser.add_argument('--vis', action='store_true', help='draw detections into <output_dir>/vis')
     parser.add_argument('--eval_only', nargs='?', const='', default=None, metavar='DET_FILE',
@@ -59,15 +62,24 @@ def main(argv=None):
 
     evaluating_file = args.eval_only is not None
     if not evaluating_file and bool(args.load_ckpt) == bool(args.load_detectron):
-        sys.exit('test_net.py: give exactly one of --load_ckpt and --load_detectron')
+        raise CliError('give exactly one of --load_ckpt and --load_detectron')
+    if args.range is not None and not 0 <= args.range[0] <= args.range[1]:
+        raise CliError('--range {} {}: expected 0 <= START <= END'.format(*args.range))
+    # Inputs first (seconds), before any dataset or model is built (minutes).
+    check_input_file(args.cfg_file, '--cfg')
+    check_set_pairs(args.set_cfgs)
+    check_input_file(args.load_ckpt, '--load_ckpt')
+    check_input_file(args.load_detectron, '--load_detectron')
+    if args.eval_only:
+        check_input_file(args.eval_only, '--eval_only')
     if args.output_dir is None:
         weights = args.load_ckpt or args.load_detectron or args.eval_only
         if not weights:
-            sys.exit('test_net.py: give --output_dir')
+            raise CliError('give --output_dir')
         args.output_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(weights))),
                                        'test')
         logger.info('Automatically set output directory to %s', args.output_dir)
-    os.makedirs(args.output_dir, exist_ok=True)
+    check_output_dir(args.output_dir)
 
     merge_cfg_from_file(args.cfg_file)
     if args.set_cfgs:
@@ -77,11 +89,12 @@ def main(argv=None):
         names, num_classes = dataset_catalog.resolve_dataset_arg(args.dataset, training=False)
         merge_cfg_from_list(['TEST.DATASETS', names, 'MODEL.NUM_CLASSES', num_classes])
     elif not cfg.TEST.DATASETS:
-        sys.exit('test_net.py: give --dataset or set TEST.DATASETS in the config')
+        raise CliError('give --dataset or set TEST.DATASETS in the config')
     if args.vis:
         merge_cfg_from_list(['VIS', True])
     cfg.CUDA = bool(args.cuda)
     assert_and_infer_cfg()
+    check_config_values(cfg)
 
     if evaluating_file:
         det_file = args.eval_only or os.path.join(args.output_dir, 'detections.pkl')
@@ -96,5 +109,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from pydetectron.engine.cli import run_tool
     sys.exit(run_tool(main, prog='test_net.py'))

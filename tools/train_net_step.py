@@ -15,7 +15,6 @@ Ctrl-C / SIGTERM save the last finished step and exit with 130 / 143; a NaN loss
 good step and exits with 3; a missing file, a bad config key or an unusable checkpoint exits
 with 2 and a message. The work is done by ``pydetectron.engine.launch``.
 """
-import argparse
 import os
 import sys
 
@@ -23,34 +22,37 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 import cv2  # noqa: E402
 
+from pydetectron.engine.cli import (  # noqa: E402
+    ArgumentParser, non_negative_int, positive, run_tool)
+
 cv2.setNumThreads(0)  # OpenCV's threads in DataLoader workers can deadlock (pytorch issue 1355)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Train a X-RCNN network')
+    parser = ArgumentParser(description='Train a X-RCNN network')
     parser.add_argument('--dataset', help='training dataset: a shorthand (coco2017, '
                         'keypoints_coco2017, shapes, keypoints_shapes, ...), a catalog name, a '
                         'COCO json or coco_json:<json>[:<image dir>] (default: TRAIN.DATASETS)')
     parser.add_argument('--cfg', dest='cfg_file', required=True, help='config file (YAML)')
     parser.add_argument('--set', dest='set_cfgs', default=[], nargs='+',
                         help='config keys to set: KEY VALUE [KEY VALUE ...]')
-    parser.add_argument('--disp_interval', default=20, type=int,
+    parser.add_argument('--disp_interval', default=20, type=positive(int),
                         help='display training info every N steps')
     parser.add_argument('--no_cuda', dest='cuda', action='store_false',
                         help='train on the CPU even when a GPU is present')
     # Optimization: these override the config file and --set (None: keep the config's)
-    parser.add_argument('--bs', dest='batch_size', type=int,
+    parser.add_argument('--bs', dest='batch_size', type=positive(int),
                         help='images per iteration over all devices (default: the config\'s '
                         'NUM_GPUS x TRAIN.IMS_PER_BATCH); LR and schedule are adapted')
-    parser.add_argument('--nw', dest='num_workers', type=int,
+    parser.add_argument('--nw', dest='num_workers', type=non_negative_int,
                         help='data loading worker processes (DATA_LOADER.NUM_THREADS)')
-    parser.add_argument('--iter_size', default=1, type=int,
+    parser.add_argument('--iter_size', default=1, type=positive(int),
                         help='forward/backward passes per update, gradients summed (as in Caffe)')
     parser.add_argument('--o', dest='optimizer', choices=('SGD', 'Adam'),
                         help='optimizer (SOLVER.TYPE)')
-    parser.add_argument('--lr', type=float, help='base learning rate (SOLVER.BASE_LR)')
-    parser.add_argument('--lr_decay_gamma', type=float, help='LR decay (SOLVER.GAMMA)')
-    parser.add_argument('--start_step', default=0, type=int,
+    parser.add_argument('--lr', type=positive(float), help='base learning rate (SOLVER.BASE_LR)')
+    parser.add_argument('--lr_decay_gamma', type=positive(float), help='LR decay (SOLVER.GAMMA)')
+    parser.add_argument('--start_step', default=0, type=non_negative_int,
                         help='first step (0-indexed) when not resuming')
     parser.add_argument('--resume', action='store_true',
                         help='resume model, optimizer, step, LR and data order from --load_ckpt, '
@@ -88,7 +90,6 @@ def parse_args(argv=None):
 def main(argv=None):
     """Train; a bad file, flag, key or name ends in one line on stderr and returns 2."""
     from pydetectron.engine import launch
-    from pydetectron.engine.cli import run_tool
     return run_tool(lambda a: launch.main(parse_args(a)), argv, prog='train_net_step.py')
 
 

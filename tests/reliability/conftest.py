@@ -30,13 +30,14 @@ def train_argv(output_dir, *extra, seed=3, max_iter=MAX_ITER // 2, steps='[0, 6]
             + TINY_SET + list(sets))
 
 
-def start(argv, driver_sleep=0.0):
-    """The training tool in a subprocess (one torch thread: reproducible and fair to 2 cores)."""
+def start(argv, driver_sleep=0.0, **popen):
+    """The training tool in a subprocess (one torch thread: reproducible and fair to 2 cores);
+    ``popen``: more ``subprocess.Popen`` arguments (e.g. ``start_new_session``)."""
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
     cmd = [sys.executable, DRIVER] + (['--driver_sleep', str(driver_sleep)] if driver_sleep
                                       else []) + [str(a) for a in argv]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, **popen)
 
 
 def losses_of(stdout):

@@ -44,17 +44,23 @@ def _roidb(ds, caplog):
 
 # -- annotations that are skipped with a warning naming them --------------------------------- #
 
-@pytest.mark.parametrize('bad,why', [
-    (dict(bbox=[5, 5, -3, 4]), 'negative width'),
-    (dict(bbox=[5, 5, 4, -3]), 'negative height'),
-    (dict(bbox=[100, 80, 10, 10]), 'box outside the image'),
+@pytest.mark.parametrize('bad,why,expected', [
+    # negative sizes are integrity skips (datasets/coco_integrity.py), named when the JSON loads
+    (dict(bbox=[5, 5, -3, 4]), 'negative width',
+     'annotation 2 (image 1): bbox [5, 5, -3, 4] is not 4 finite numbers >= 0; skipped'),
+    (dict(bbox=[5, 5, 4, -3]), 'negative height',
+     'annotation 2 (image 1): bbox [5, 5, 4, -3] is not 4 finite numbers >= 0; skipped'),
+    # a box that clipping empties is dropped as Detectron drops it
+    (dict(bbox=[100, 80, 10, 10]), 'box outside the image',
+     'dropped 1 annotations with an empty box'),
 ])
-def test_bad_boxes_are_dropped_and_counted(tmp_path, fresh_cfg, caplog, bad, why):
-    ds = _dataset(tmp_path, [_ann(1), _ann(2, **bad)])
+def test_bad_boxes_are_dropped_and_counted(tmp_path, fresh_cfg, caplog, bad, why, expected):
+    with caplog.at_level(logging.INFO):
+        ds = _dataset(tmp_path, [_ann(1), _ann(2, **bad)])
     (entry,) = _roidb(ds, caplog)
     assert len(entry['boxes']) == 1, why            # only the good annotation is left
     np.testing.assert_allclose(entry['boxes'], [[5, 5, 15, 15]])
-    assert 'dropped 1 annotations with an empty box' in caplog.text, why
+    assert expected in caplog.text, why
 
 
 @pytest.mark.parametrize('segm,why', [
@@ -72,11 +78,13 @@ def test_degenerate_polygons_are_dropped_with_the_annotation_id(tmp_path, fresh_
 
 def test_unknown_category_id_is_dropped_with_annotation_image_and_field(tmp_path, fresh_cfg,
                                                                          caplog):
-    ds = _dataset(tmp_path, [_ann(1), _ann(7, category_id=99)])
+    with caplog.at_level(logging.INFO):
+        ds = _dataset(tmp_path, [_ann(1), _ann(7, category_id=99)])
     (entry,) = _roidb(ds, caplog)
     np.testing.assert_array_equal(entry['gt_classes'], [1])
     assert 'annotation 7 (image 1): category_id 99 is not one of' in caplog.text
-    assert "dropped 1 annotations whose category_id is not in 'categories'" in caplog.text
+    assert 'skipped 1 of 2 annotations and 0 of 1 images (1 category_id not in categories)' \
+        in caplog.text
 
 
 def test_keypoints_of_the_wrong_length_name_the_annotation(tmp_path, fresh_cfg, caplog):

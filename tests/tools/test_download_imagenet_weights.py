@@ -152,7 +152,9 @@ def test_truncated_download_without_retries_keeps_part(server, tmp_path, capsys)
 
 
 def test_unknown_name_lists_the_available_ones(tmp_path, capsys):
-    assert dl.main(['R-18.pkl', '--dest', str(tmp_path), '--base_url', 'http://127.0.0.1:9']) == 1
+    from pydetectron.engine.cli import run_tool
+    assert run_tool(dl.main, ['R-18.pkl', '--dest', str(tmp_path), '--base_url',
+                              'http://127.0.0.1:9'], prog='download_imagenet_weights.py') == 2
     err = capsys.readouterr().err
     assert "Unknown weights 'R-18.pkl'" in err and 'X-152-32x8d-IN5k.pkl' in err
 

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from pydetectron.utils.collections import AttrDict
+from pydetectron.utils.errors import ConfigError
 
 __all__ = ['ConfigKeyError', 'ConfigTypeError', 'ConfigValueError',
            'FUNC_NAME_KEYS', 'CANONICAL_FUNC_NAMES', 'canonical_func_name',
@@ -36,7 +37,7 @@ __all__ = ['ConfigKeyError', 'ConfigTypeError', 'ConfigValueError',
 # config.py imports this module; it re-exports them, so code that catches
 # pydetectron.core.config.ConfigKeyError (and the others) is unchanged.
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(ConfigError, KeyError):
     """An unknown or renamed config key."""
 
     def __str__(self):
@@ -44,11 +45,11 @@ class ConfigKeyError(KeyError):
         return str(self.args[0]) if self.args else ''
 
 
-class ConfigTypeError(ValueError, TypeError):
+class ConfigTypeError(ConfigError, ValueError, TypeError):
     """A config value whose type does not fit the key's default."""
 
 
-class ConfigValueError(ValueError):
+class ConfigValueError(ConfigError, ValueError):
     """A config whose values are invalid or contradict each other."""
 
 

@@ -25,7 +25,6 @@ import pickle
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import torch
 import yaml
@@ -34,6 +33,8 @@ from tqdm import tqdm
 from pydetectron.core.config import cfg, dump_cfg
 from pydetectron.core.test import im_detect_all_batch, im_proposals
 from pydetectron.datasets import task_evaluation
+from pydetectron.utils.errors import ImageError
+from pydetectron.utils.image_io import read_image
 from pydetectron.utils.io import load_pickle_safe
 from pydetectron.utils.timer import Timer
 
@@ -188,6 +189,7 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
     timers = defaultdict(Timer)
     batch = _ims_per_batch()
     vis = bool(cfg.VIS or _arg(args, 'vis', False))
+    skipped = []
 
     desc = 'im_detect [{:d}, {:d}) of {:d}'.format(start_ind, end_ind, total_num_images)
     with tqdm(total=num_images, desc=desc, unit='im', file=sys.stderr,
@@ -201,7 +203,9 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
                 keep = [k for k, p in enumerate(proposals) if len(p) > 0]
                 inds = [inds[k] for k in keep]
                 proposals = [proposals[k] for k in keep]
-            ims = [_read_image(roidb[i]['image']) for i in inds]
+            ims = [_read_image(roidb[i], skipped) for i in inds]
+            inds = [i for i, im in zip(inds, ims) if im is not None]
+            ims = [im for im in ims if im is not None]
             results = im_detect_all_batch(model, ims, proposals, timers,
                                           keypoint_names=dataset.keypoints) if ims else []
             for i, im, (cls_boxes_i, cls_segms_i, cls_keyps_i) in zip(inds, ims, results):
@@ -221,6 +225,7 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
                         keypoint_names=dataset.keypoints or vis_utils.COCO_KEYPOINTS)
             bar.update(len(range(first, min(first + batch, num_images))))
     _log_timing(timers, num_images)
+    _log_skipped(skipped, num_images)
 
     if ind_range is not None:
         det_name = 'detection_range_%s_%s.pkl' % tuple(ind_range)
@@ -233,11 +238,25 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
     return all_boxes, all_segms, all_keyps
 
 
-def _read_image(path):
-    im = cv2.imread(path)
-    if im is None:
-        raise IOError('could not read image {}'.format(path))
-    return im
+def _read_image(entry, skipped):
+    """The roidb entry's image (``utils.image_io.read_image``), or None -- with a warning naming
+    the file, and the entry appended to ``skipped`` -- when it is missing, truncated, corrupt or
+    of another size than its annotation: one bad file costs its detections (none are reported
+    for it, as for an image where nothing is found), never the run."""
+    try:
+        return read_image(entry['image'], expected_size=(entry['height'], entry['width']),
+                          what='image id {}'.format(entry.get('id')))
+    except ImageError as e:
+        skipped.append(entry['image'])
+        logger.warning('Skipping %s (no detections for it; %d skipped so far)', e, len(skipped))
+        return None
+
+
+def _log_skipped(skipped, num_images):
+    if skipped:
+        logger.warning('Skipped %d of %d images that could not be read: %s%s', len(skipped),
+                       num_images, ', '.join(skipped[:5]),
+                       ' ...' if len(skipped) > 5 else '')
 
 
 def _log_timing(timers, num_images):
@@ -257,24 +276,15 @@ def initialize_model_from_cfg(args, gpu_id=0):
     model = Generalized_RCNN()
     load_ckpt = _arg(args, 'load_ckpt')
     load_detectron = _arg(args, 'load_detectron')
+    # The one loader of every tool (engine.checkpoint.load_weights): a missing, truncated or
+    # unsafe file, or one of another architecture, is a one-line CheckpointError.
+    from pydetectron.engine.checkpoint import load_weights
     if load_ckpt:
         logger.info('loading checkpoint %s', load_ckpt)
-        if not os.path.isfile(load_ckpt):
-            raise FileNotFoundError('--load_ckpt: checkpoint {} not found'.format(load_ckpt))
-        # weights_only: a checkpoint file cannot run code when it is read
-        checkpoint = torch.load(load_ckpt, map_location='cpu', weights_only=True)
-        if not isinstance(checkpoint, dict) or 'model' not in checkpoint:
-            raise ValueError('checkpoint {} has no \'model\' entry (expected a dict with the '
-                             'state dict under \'model\')'.format(load_ckpt))
-        state_dict = checkpoint['model']
-        if state_dict and all(k.startswith('module.') for k in state_dict):
-            # saved from a (Distributed)DataParallel wrapper
-            state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-        model.load_state_dict(state_dict)
+        load_weights(model, load_ckpt, flag='--load_ckpt', kind='checkpoint')
     elif load_detectron:
-        from pydetectron.utils.detectron_weight_helper import load_detectron_weight
         logger.info('loading detectron weights %s', load_detectron)
-        load_detectron_weight(model, load_detectron)
+        load_weights(model, load_detectron, flag='--load_detectron', kind='detectron')
     if _use_cuda(args):
         model.cuda(gpu_id)
     model.eval()
@@ -396,15 +406,21 @@ def generate_rpn_on_range(args, dataset_name, proposal_file, output_dir, ind_ran
     model.eval()
     boxes, scores, ids = [], [], []
     batch = _ims_per_batch()
+    skipped = []
     desc = 'rpn_generate [{:d}, {:d}) of {:d}'.format(start_ind, end_ind, total)
     for first in tqdm(range(0, len(roidb), batch), desc=desc, file=sys.stderr,
                       disable=_arg(args, 'quiet', False)):
         entries = roidb[first:first + batch]
-        for entry, (b, s) in zip(entries, im_proposals(model, [_read_image(e['image'])
-                                                               for e in entries])):
+        ims = [_read_image(e, skipped) for e in entries]
+        good = [k for k, im in enumerate(ims) if im is not None]
+        found = dict(zip(good, im_proposals(model, [ims[k] for k in good]) if good else []))
+        for k, entry in enumerate(entries):
+            # an unreadable image has no proposals (an empty list keeps the ids aligned)
+            b, s = found.get(k, (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)))
             boxes.append(b)
             scores.append(s)
             ids.append(entry['id'])
+    _log_skipped(skipped, len(roidb))
     name = ('rpn_proposals_range_%s_%s.pkl' % tuple(ind_range)) if ind_range is not None \
         else 'rpn_proposals.pkl'
     rpn_file = os.path.join(output_dir, name)

@@ -68,6 +68,8 @@ import logging
 import os
 import re
 
+from pydetectron.utils.errors import DatasetError
+
 logger = logging.getLogger(__name__)
 
 # Entry keys (Detectron's)
@@ -94,7 +96,7 @@ SPLIT = 'split'
 _ALIASES = {}
 
 
-class UnknownDatasetError(KeyError):
+class UnknownDatasetError(DatasetError, KeyError):
     """A dataset name that is neither in the catalog nor a ``coco_json:`` spec (a user error:
     tools report it without a traceback)."""
 
@@ -421,7 +423,7 @@ def _register_spec(spec):
     if spec.startswith(SPEC_PREFIX):
         m = _SPEC_RE.match(spec)
         if m is None:
-            raise ValueError("dataset %r: expected 'coco_json:<annotation_file.json>' or "
+            raise DatasetError("dataset %r: expected 'coco_json:<annotation_file.json>' or "
                              "'coco_json:<annotation_file.json>:<image_dir>'" % spec)
         ann_fn, im_dir = m.group('ann'), m.group('im')
     else:
@@ -525,10 +527,10 @@ def get_num_classes(name):
             return num
     prepare(name)
     ann_fn = get_ann_fn(name)
-    with open(ann_fn, 'r') as f:
-        data = json.load(f)
-    if 'categories' not in data:
-        raise ValueError("annotation file %s has no 'categories' field" % ann_fn)
+    from pydetectron.datasets.json_dataset import read_coco_json
+    data = read_coco_json(ann_fn)    # a DatasetError naming the file if it is not JSON
+    if not isinstance(data, dict) or not isinstance(data.get('categories'), list):
+        raise DatasetError("annotation file %s has no 'categories' list" % ann_fn)
     return len(data['categories']) + 1
 
 
@@ -547,7 +549,7 @@ def resolve_dataset_arg(dataset, training=True):
     else:
         parts = list(dataset)
     if not parts:
-        raise ValueError('--dataset: empty dataset argument')
+        raise DatasetError('--dataset: empty dataset argument')
     names = []
     for part in parts:
         if part in _SHORTHANDS:
@@ -556,7 +558,7 @@ def resolve_dataset_arg(dataset, training=True):
             names.append(canonical_name(part))
     counts = {n: get_num_classes(n) for n in names}
     if len(set(counts.values())) != 1:
-        raise ValueError('--dataset %r: the datasets have different numbers of classes: %s'
+        raise DatasetError('--dataset %r: the datasets have different numbers of classes: %s'
                          % (dataset, counts))
     return tuple(names), counts[names[0]]
 

@@ -42,20 +42,17 @@ import scipy.sparse
 from pycocotools.coco import COCO
 import pycocotools.mask as mask_util
 
-from pydetectron.datasets import dataset_catalog
+from pydetectron.datasets import coco_integrity, dataset_catalog
 from pydetectron.utils import boxes as box_utils
 from pydetectron.utils.io import load_pickle_safe
 from pydetectron.utils import keypoints as keypoint_utils
 from pydetectron.utils import segms as segm_utils
+from pydetectron.utils.errors import DatasetError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
 # Warnings about individual annotations beyond this many per dataset are only counted.
 _MAX_NAMED_WARNINGS = 20
-
-_REQUIRED_IMAGE_FIELDS = ('id', 'file_name', 'width', 'height')
-_REQUIRED_ANN_FIELDS = ('id', 'image_id', 'category_id', 'bbox')
-_REQUIRED_CATEGORY_FIELDS = ('id', 'name')
 
 
 def _gt_min_area():
@@ -66,46 +63,45 @@ def _gt_min_area():
         return -1
 
 
-def _check_fields(records, required, what, ann_fn):
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise ValueError('%s: %s[%d] is not a JSON object' % (ann_fn, what, i))
-        for field in required:
-            if field not in rec:
-                ident = rec.get('id', 'index %d' % i)
-                raise ValueError("%s: %s entry (id %s) is missing the required field '%s'"
-                                 % (ann_fn, what, ident, field))
-
-
-def load_coco_json(ann_fn):
-    """Read and validate a COCO-format JSON; returns a pycocotools COCO with its index built.
-
-    Required: 'images' (each with id, file_name, width, height) and 'categories' (id, name);
-    'annotations' (each with id, image_id, category_id, bbox) when present. 'iscrowd' defaults to
-    0 and 'area' to the box area, with a note in the log.
-    """
+def read_coco_json(ann_fn):
+    """The parsed JSON of ``ann_fn``; ``DatasetError`` naming the file when it is not there,
+    cannot be read, or is not (complete) JSON."""
     import json
     if not os.path.isfile(ann_fn):
-        raise FileNotFoundError('annotation file %s not found' % ann_fn)
-    with open(ann_fn, 'r') as f:
-        try:
-            data = json.load(f)
-        except ValueError as e:
-            raise ValueError('%s is not valid JSON: %s' % (ann_fn, e))
-    if not isinstance(data, dict):
-        raise ValueError('%s: expected a JSON object with images/annotations/categories' % ann_fn)
-    for field in ('images', 'categories'):
-        if field not in data:
-            raise ValueError("%s: missing the required top-level field '%s'" % (ann_fn, field))
-    _check_fields(data['images'], _REQUIRED_IMAGE_FIELDS, 'images', ann_fn)
-    _check_fields(data['categories'], _REQUIRED_CATEGORY_FIELDS, 'categories', ann_fn)
+        raise MissingFileError('annotation file %s not found' % ann_fn)
+    try:
+        with open(ann_fn, 'rb') as f:
+            raw = f.read()
+    except OSError as e:
+        raise DatasetError('cannot read the annotation file %s: %s' % (ann_fn, e.strerror or e))
+    if not raw.strip():
+        raise DatasetError('%s is empty; expected COCO-format JSON' % ann_fn)
+    try:
+        return json.loads(raw.decode('utf-8'))
+    except UnicodeDecodeError as e:
+        raise DatasetError('%s is not valid JSON (not UTF-8 text): %s' % (ann_fn, e))
+    except ValueError as e:
+        hint = ' (truncated?)' if 'Expecting' in str(e) or 'Unterminated' in str(e) else ''
+        raise DatasetError('%s is not valid JSON%s: %s' % (ann_fn, hint, e))
+
+
+def load_coco_json(ann_fn, image_dir=None, image_prefix='', check_images='sample'):
+    """Read and check a COCO-format JSON; returns a pycocotools COCO with its index built and
+    the ``coco_integrity.IntegrityReport`` as its ``integrity`` attribute.
+
+    The integrity check (``datasets.coco_integrity``) raises ``DatasetError`` for a file that is
+    not COCO or whose ids are ambiguous, and removes (naming them in the log, with one summary
+    line) the annotations and images that cannot be used, before pycocotools indexes the rest.
+    ``check_images`` ('sample', 'all', 'none') compares the image files in ``image_dir`` with the
+    JSON's width / height. 'iscrowd' defaults to 0 and 'area' to the box area, with a note.
+    """
+    data = read_coco_json(ann_fn)
+    report = coco_integrity.check_coco_dataset(data, ann_fn, image_dir, image_prefix,
+                                               check_images)
+    coco_integrity.log_report(report)
     anns = data.get('annotations', [])
-    _check_fields(anns, _REQUIRED_ANN_FIELDS, 'annotations', ann_fn)
     defaulted = 0
     for ann in anns:
-        if len(ann['bbox']) != 4:
-            raise ValueError('%s: annotation %s has a bbox of %d numbers, expected [x, y, w, h]'
-                             % (ann_fn, ann['id'], len(ann['bbox'])))
         if 'iscrowd' not in ann:
             ann['iscrowd'] = 0
         if 'area' not in ann:
@@ -117,26 +113,29 @@ def load_coco_json(ann_fn):
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
+    coco.integrity = report
     return coco
 
 
 class JsonDataset(object):
     """A COCO-format JSON dataset from the catalog (``dataset_catalog``)."""
 
-    def __init__(self, name):
+    def __init__(self, name, check_images='sample'):
         self.name = dataset_catalog.prepare(name)
         self.image_directory = dataset_catalog.get_im_dir(self.name)
         self.image_prefix = dataset_catalog.get_im_prefix(self.name)
         ann_fn = dataset_catalog.get_ann_fn(self.name)
         if not os.path.isdir(self.image_directory):
-            raise FileNotFoundError("dataset %s: image directory '%s' not found"
+            raise MissingFileError("dataset %s: image directory '%s' not found"
                                     % (self.name, self.image_directory))
         if not os.path.isfile(ann_fn):
-            raise FileNotFoundError("dataset %s: annotation file '%s' not found"
+            raise MissingFileError("dataset %s: annotation file '%s' not found"
                                     % (self.name, ann_fn))
         logger.debug('Creating: %s', self.name)
         self.annotation_file = ann_fn
-        self.COCO = load_coco_json(ann_fn)
+        self.COCO = load_coco_json(ann_fn, self.image_directory, self.image_prefix,
+                                   check_images=check_images)
+        self.integrity = self.COCO.integrity
         # Contiguous ids follow the sorted JSON category ids; 0 is the background
         category_ids = sorted(self.COCO.getCatIds())
         categories = [c['name'] for c in self.COCO.loadCats(category_ids)]
@@ -338,7 +337,7 @@ class JsonDataset(object):
         if not kps:
             return np.zeros((3, self.num_keypoints), dtype=np.int32)
         if len(kps) != 3 * self.num_keypoints:
-            raise ValueError("%s: annotation %s (image %s): field 'keypoints' has %d values, "
+            raise DatasetError("%s: annotation %s (image %s): field 'keypoints' has %d values, "
                              'expected 3 x %d (%s)'
                              % (self.annotation_file, obj['id'], image_id, len(kps),
                                 self.num_keypoints, ', '.join(self.keypoints)))
@@ -353,13 +352,13 @@ class JsonDataset(object):
         id_field = 'indexes' if 'indexes' in proposals else 'ids'  # older files say 'indexes'
         for field in ('boxes', id_field):
             if field not in proposals:
-                raise ValueError("%s: missing the field '%s'" % (proposal_file, field))
+                raise DatasetError("%s: missing the field '%s'" % (proposal_file, field))
         _sort_proposals(proposals, id_field)
         by_id = {int(i): k for k, i in enumerate(proposals[id_field])}
         box_list = []
         for entry in roidb:
             if entry['id'] not in by_id:
-                raise ValueError('%s: no proposals for image id %s (%s)'
+                raise DatasetError('%s: no proposals for image id %s (%s)'
                                  % (proposal_file, entry['id'], entry['image']))
             boxes = np.asarray(proposals['boxes'][by_id[entry['id']]], dtype=np.float32)[:, :4]
             boxes = box_utils.clip_boxes_to_image(boxes, entry['height'], entry['width'])

@@ -34,8 +34,8 @@ CKPT_DIRNAME = 'ckpt'
 _CKPT_RE = re.compile(r'^model_step(\d+)\.pth$')
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: unreadable, incomplete, or for another architecture."""
+# A checkpoint that cannot be used: unreadable, incomplete, of another architecture or kind.
+from pydetectron.utils.errors import CheckpointError, OutputError, one_line  # noqa: E402,F401
 
 
 def checkpoint_dir(output_dir):
@@ -176,8 +176,17 @@ def save_checkpoint(output_dir, step, model, optimizer, scheduler=None, data_ord
     for k, v in (extra or {}).items():
         ckpt.setdefault(k, v)
     path = checkpoint_path(output_dir, step)
-    remove_stale_temporaries(os.path.dirname(path))
-    atomic_torch_save(ckpt, path)
+    folder = os.path.dirname(path)
+    try:
+        remove_stale_temporaries(folder)
+        atomic_torch_save(ckpt, path)
+    except OSError as e:
+        # A full disk, a read-only or vanished folder: the write never touched a final name.
+        previous = find_latest_checkpoint(output_dir)
+        raise OutputError('cannot write the checkpoint of step {} to the folder {}: {}; {}'.format(
+            step, folder, e.strerror or one_line(e),
+            'the previous checkpoint {} is kept'.format(previous) if previous
+            else 'no earlier checkpoint exists')) from e
     logger.info('save model: %s', path)
     return path
 
@@ -216,22 +225,67 @@ def find_latest_checkpoint(output_dir):
     return None
 
 
-def load_checkpoint(path):
-    """Read a checkpoint with ``weights_only=True`` onto the CPU, with clear errors."""
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint file, or any checkpoint in a folder, that does not exist."""
+
+
+# Keys a checkpoint needs to continue training exactly (``--resume``), beyond 'model'.
+RESUME_KEYS = ('step', 'optimizer')
+
+_PICKLE_MAGIC = b'\x80'
+_ZIP_MAGIC = b'PK\x03\x04'
+
+
+def _head(path, n=4):
+    with open(path, 'rb') as f:
+        return f.read(n)
+
+
+def load_checkpoint(path, for_resume=False, flag=None):
+    """Read a pydetectron checkpoint with ``weights_only=True`` onto the CPU.
+
+    Every way a file can be unusable is a ``CheckpointError`` naming the file (and ``flag``,
+    the command-line flag that named it): missing, empty, truncated or not a torch archive (a
+    Detectron ``.pkl`` gets a hint to use ``--load_detectron``), holding anything but tensors and
+    plain data, no 'model' state dict, or -- ``for_resume`` -- weights only, without the step and
+    optimizer state that ``--resume`` continues from.
+    """
+    who = '{} {}'.format(flag, path) if flag else 'checkpoint {}'.format(path)
     if not os.path.isfile(path):
-        raise CheckpointError('Checkpoint file not found: {}'.format(path))
+        raise MissingCheckpointError('Checkpoint file not found: {}{}'.format(
+            path, ' ({})'.format(flag) if flag else ''))
+    try:
+        head = _head(path)
+    except OSError as e:
+        raise CheckpointError('{}: cannot read it: {}'.format(who, e.strerror or e)) from e
+    if not head:
+        raise CheckpointError('{}: the file is empty'.format(who))
+    if head[:1] == _PICKLE_MAGIC and head[:4] != _ZIP_MAGIC:
+        raise CheckpointError('{}: this is a pickle, not a torch checkpoint (a Detectron .pkl? '
+                              'load it with --load_detectron)'.format(who))
     if not is_complete_checkpoint(path):
-        raise CheckpointError('Checkpoint {} is incomplete or not a torch checkpoint (a write was '
-                              'interrupted?); use an earlier model_step*.pth'.format(path))
+        raise CheckpointError('{} is incomplete or not a torch checkpoint (truncated, or a write '
+                              'was interrupted?); use an earlier model_step*.pth'.format(who))
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # the unpickler refuses anything but tensors and plain data
-        raise CheckpointError('Cannot load checkpoint {} with weights_only=True (it holds '
-                              'something other than tensors and plain data, or is damaged): {}'
-                              .format(path, e)) from e
+        raise CheckpointError('Cannot load {} with weights_only=True (it holds something other '
+                              'than tensors and plain data, or is damaged): {}'.format(
+                                  who, one_line(e))) from e
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
-        raise CheckpointError("Checkpoint {} has no 'model' entry: not a pydetectron training "
-                              "checkpoint".format(path))
+        raise CheckpointError("{} has no 'model' entry: not a pydetectron training "
+                              "checkpoint".format(who))
+    state = ckpt['model']
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError("{}: its 'model' entry is not a state dict (names -> tensors)"
+                              .format(who))
+    if for_resume:
+        missing = [k for k in RESUME_KEYS if ckpt.get(k) is None]
+        if missing:
+            raise CheckpointError(
+                '--resume: {} holds model weights only (no {}), not a training state to '
+                'continue; to start a new run from these weights, pass --load_ckpt {} without '
+                '--resume'.format(path, ' or '.join(repr(k) for k in missing), path))
     return ckpt
 
 
@@ -250,7 +304,7 @@ def state_dict_mismatches(model_state, ckpt_state):
     return lines
 
 
-def load_model_state(model, state_dict, source='checkpoint', max_listed=10):
+def load_model_state(model, state_dict, source='checkpoint', max_listed=5):
     """Load ``state_dict`` into ``model`` (unwrapped), exactly; a checkpoint of another
     architecture raises ``CheckpointError`` listing the first mismatched keys and shapes."""
     model = unwrap_model(model)
@@ -263,6 +317,89 @@ def load_model_state(model, state_dict, source='checkpoint', max_listed=10):
         more = len(problems) - len(shown)
         raise CheckpointError(
             '{} does not match this model (a different architecture or config?); first '
-            'mismatches:\n  {}{}'.format(source, '\n  '.join(shown),
-                                         '\n  ... and {} more'.format(more) if more else ''))
+            'mismatches: {}{}'.format(source, '; '.join(shown),
+                                      '; ... and {} more'.format(more) if more else ''))
     model.load_state_dict(state_dict, strict=True)
+
+
+def load_optimizer_state(optimizer, state, source='checkpoint'):
+    """``optimizer.load_state_dict`` with a ``CheckpointError`` naming ``source`` when the saved
+    parameter groups do not fit (another optimizer or model)."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError('{}: its optimizer state does not fit this run ({}): {}'.format(
+            source, type(optimizer).__name__, one_line(e))) from e
+
+
+# ---------------------------------------------------------------------------------------------- #
+# The one entry point for weights files
+# ---------------------------------------------------------------------------------------------- #
+
+# Formats of weights files, tried in order: (name, accepts(path) -> bool, load(model, path, flag)).
+# Other modules add theirs with ``register_weights_format`` (e.g. checkpoints of other projects).
+_WEIGHTS_FORMATS = []
+
+
+def register_weights_format(name, accepts, load, first=True):
+    """Add a weights-file format to ``load_weights``: ``accepts(path)`` says whether the file is
+    of this format (cheaply: a magic number, an extension, a key), ``load(model, path, flag)``
+    loads it into ``model`` raising ``CheckpointError`` (one line) when it does not fit.
+    ``first``: try it before the built-in formats."""
+    entry = (name, accepts, load)
+    _WEIGHTS_FORMATS[:] = [f for f in _WEIGHTS_FORMATS if f[0] != name]
+    if first:
+        _WEIGHTS_FORMATS.insert(0, entry)
+    else:
+        _WEIGHTS_FORMATS.append(entry)
+
+
+def _is_torch_archive(path):
+    return _head(path) == _ZIP_MAGIC
+
+
+def _load_pydetectron_checkpoint(model, path, flag):
+    ckpt = load_checkpoint(path, flag=flag)
+    load_model_state(model, ckpt['model'], source='{} {}'.format(flag, path) if flag else path)
+    return ckpt
+
+
+def _is_pickle(path):
+    return _head(path, 1) == _PICKLE_MAGIC or path.endswith('.pkl')
+
+
+def _load_detectron_pkl(model, path, flag):
+    from pydetectron.utils.detectron_weight_helper import load_detectron_weight
+    return load_detectron_weight(model, path)
+
+
+def load_weights(model, path, flag=None, kind=None):
+    """Load the weights file ``path`` into ``model``: the one loader every tool uses.
+
+    ``kind``: 'checkpoint' (a pydetectron ``.pth``, what ``--load_ckpt`` names), 'detectron' (a
+    Detectron ``.pkl``, ``--load_detectron``) or None to recognise the file. A file that cannot
+    be used -- missing, empty, truncated, of another architecture (the first mismatched keys and
+    shapes are named), a Detectron file lacking a blob or with other shapes -- raises a
+    one-line ``CheckpointError`` naming ``flag`` and the file.
+    """
+    who = '{} {}'.format(flag, path) if flag else path
+    if not os.path.isfile(path):
+        raise MissingCheckpointError('{}: file not found'.format(who))
+    if os.path.getsize(path) == 0:
+        raise CheckpointError('{}: the file is empty'.format(who))
+    if kind == 'checkpoint':
+        return _load_pydetectron_checkpoint(model, path, flag)
+    if kind == 'detectron':
+        return _load_detectron_pkl(model, path, flag)
+    if kind is not None:
+        raise ValueError('load_weights: unknown kind {!r}'.format(kind))
+    for name, accepts, load in _WEIGHTS_FORMATS:
+        if accepts(path):
+            return load(model, path, flag)
+    raise CheckpointError('{}: neither a torch checkpoint (.pth) nor a Detectron pickle (.pkl)'
+                          .format(who))
+
+
+register_weights_format('detectron', _is_pickle, _load_detectron_pkl, first=False)
+register_weights_format('pydetectron', _is_torch_archive, _load_pydetectron_checkpoint,
+                        first=False)

@@ -33,12 +33,14 @@ from pydetectron.engine import distributed as dist_utils
 from pydetectron.engine import evaluation
 from pydetectron.engine import run_folder
 from pydetectron.engine import train_setup
+from pydetectron.engine.cli import check_input_file, check_output_dir, check_set_pairs
 from pydetectron.engine.interrupt import TrainingInterrupted
 from pydetectron.engine.optimizer import build_optimizer
 from pydetectron.engine.solver import LRScheduler
 from pydetectron.engine.trainer import Trainer, TrainingDiverged
 from pydetectron.engine.training_stats import TrainingStats
 from pydetectron.nn.data_parallel import DataParallel
+from pydetectron.utils.errors import CliError
 from pydetectron.utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -62,17 +64,16 @@ def configure(args, num_gpus, cuda=False, write=print):
     from pydetectron.core.config import (assert_and_infer_cfg, cfg, merge_cfg_from_file,
                                          merge_cfg_from_list)
     from pydetectron.datasets import dataset_catalog
-    train_setup.check_file(args.cfg_file, 'Config file (--cfg)')
+    from pydetectron.core.config_checks import check_config_values
+    check_input_file(args.cfg_file, '--cfg')
+    check_set_pairs(args.set_cfgs)
     merge_cfg_from_file(args.cfg_file)
     if args.set_cfgs:
-        if len(args.set_cfgs) % 2:
-            raise ValueError('--set takes KEY VALUE pairs; got an odd number of items: {}'
-                             .format(args.set_cfgs))
         merge_cfg_from_list(args.set_cfgs)
     datasets = args.dataset if args.dataset else tuple(cfg.TRAIN.DATASETS)
     if not datasets:
-        raise ValueError('No training dataset: pass --dataset (e.g. coco2017, shapes, a COCO json) '
-                         'or set TRAIN.DATASETS in the config')
+        raise CliError('No training dataset: pass --dataset (e.g. coco2017, shapes, a COCO json) '
+                       'or set TRAIN.DATASETS in the config')
     names, num_classes = dataset_catalog.resolve_dataset_arg(datasets, training=True)
     if cfg.MODEL.NUM_CLASSES not in (-1, num_classes):
         logger.warning('MODEL.NUM_CLASSES %d from the config replaced by %d from the dataset %s',
@@ -86,6 +87,7 @@ def configure(args, num_gpus, cuda=False, write=print):
         cfg.RNG_SEED = args.seed
     cfg.CUDA = bool(cuda)   # an inferred key the tools set
     assert_and_infer_cfg()
+    check_config_values(cfg)
     return batch_size
 
 
@@ -99,14 +101,14 @@ def choose_checkpoint(args, output_dir, auto_resume):
     interrupted command continues it. Else ``--load_ckpt`` gives the initial weights.
     """
     if args.load_ckpt:
-        train_setup.check_file(args.load_ckpt, 'Checkpoint (--load_ckpt)')
+        check_input_file(args.load_ckpt, '--load_ckpt')
         if args.resume:
             return args.load_ckpt, None
     latest = ck.find_latest_checkpoint(output_dir)
     if args.resume and latest is None:
-        raise FileNotFoundError('--resume: no complete checkpoint under {} (give --load_ckpt, or '
-                                'the --output_dir of the run to resume)'.format(
-                                    ck.checkpoint_dir(output_dir)))
+        raise ck.MissingCheckpointError(
+            '--resume: no complete checkpoint under {} (give --load_ckpt, or the --output_dir '
+            'of the run to resume)'.format(ck.checkpoint_dir(output_dir)))
     if latest is not None and (args.resume or auto_resume):
         if not args.resume:
             logger.info('TRAIN.AUTO_RESUME: resuming from %s%s', latest,
@@ -178,9 +180,11 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
 
     # 2. checks, 3. checkpoint choice
     if args.load_detectron:
-        train_setup.check_file(args.load_detectron, 'Detectron weights (--load_detectron)')
+        check_input_file(args.load_detectron, '--load_detectron')
     output_dir = args.output_dir or train_setup.get_output_dir(
         cfg, args.cfg_file, train_setup.get_run_name())
+    if not args.no_save and info.is_main_process:
+        check_output_dir(output_dir, '--output_dir' if args.output_dir else 'OUTPUT_DIR')
     resume_path, weights_path = choose_checkpoint(args, output_dir, cfg.TRAIN.AUTO_RESUME)
     if info.distributed:
         # Every rank must resume from the same file: rank 0 decides.
@@ -197,7 +201,9 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
     start_step = args.start_step
     if resume_path or weights_path:
         logger.info('loading checkpoint %s', resume_path or weights_path)
-        ckpt = ck.load_checkpoint(resume_path or weights_path)
+        ckpt = ck.load_checkpoint(resume_path or weights_path,
+                                  for_resume=bool(resume_path),
+                                  flag='--resume' if resume_path else '--load_ckpt')
         if resume_path:
             start_step = ckpt['step'] + 1
             if start_step >= cfg.SOLVER.MAX_ITER:
@@ -214,13 +220,12 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         logger.info('Loading ImageNet weights %s', imagenet_path)
         load_imagenet_weights(model, imagenet_path)
     if load_detectron:
-        from pydetectron.utils.detectron_weight_helper import load_detectron_weight
         logger.info('Loading Detectron weights %s', load_detectron)
-        load_detectron_weight(model, load_detectron)
+        ck.load_weights(model, load_detectron, flag='--load_detectron', kind='detectron')
     model.to(device)
     compile_mode = getattr(args, 'compile', None)
     if compile_mode and not info.distributed and num_gpus > 1:
-        raise ValueError('--compile with %d GPUs in one process: the DataParallel copies the '
+        raise CliError('--compile with %d GPUs in one process: the DataParallel copies the '
                          'model every step, compiled parts included; launch one process per GPU '
                          'with torchrun instead' % num_gpus)
     if compile_mode:
@@ -235,9 +240,10 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
     data_order = {'seed': int(cfg.RNG_SEED), 'start_iter': 0}
     rng_states = None
     if ckpt is not None:
-        ck.load_model_state(model, ckpt['model'], source=resume_path or weights_path)
+        ck.load_model_state(model, ckpt['model'], source='{} {}'.format(
+            '--resume' if resume_path else '--load_ckpt', resume_path or weights_path))
     if resume_path:
-        optimizer.load_state_dict(ckpt['optimizer'])
+        ck.load_optimizer_state(optimizer, ckpt['optimizer'], source=resume_path)
         if ckpt.get('scheduler'):
             scheduler.load_state_dict(ckpt['scheduler'])
         if ckpt.get('data_order'):

@@ -21,6 +21,8 @@ import logging
 import os
 import socket
 
+from pydetectron.utils.errors import CliError
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,10 +38,10 @@ def adjust_config_for_batch_size(cfg, batch_size=None, iter_size=1, num_gpus=1, 
     if batch_size is None:
         batch_size = original_batch_size
     if batch_size < 1 or iter_size < 1 or num_gpus < 1:
-        raise ValueError('--bs ({}), --iter_size ({}) and the device count ({}) must be >= 1'
+        raise CliError('--bs ({}), --iter_size ({}) and the device count ({}) must be >= 1'
                          .format(batch_size, iter_size, num_gpus))
     if batch_size % num_gpus != 0:
-        raise ValueError('--bs {} is not a multiple of the number of devices {} (each device '
+        raise CliError('--bs {} is not a multiple of the number of devices {} (each device '
                          'gets bs / devices images)'.format(batch_size, num_gpus))
     cfg.NUM_GPUS = num_gpus
     cfg.TRAIN.IMS_PER_BATCH = batch_size // num_gpus

@@ -35,15 +35,29 @@ main process logs and saves.
 import contextlib
 import logging
 import math
+import re
 import signal
 import sys
-import threading
 
 import torch
 
 from pydetectron.engine.checkpoint import (get_rng_states, model_generators, save_checkpoint,
                                            set_rng_states)
 from pydetectron.engine.interrupt import GracefulInterrupt, TrainingInterrupted
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# How DataLoader reports a worker that died of a signal (torch/utils/data/_utils/signal_handling)
+_WORKER_KILLED_RE = re.compile(r'DataLoader worker \(pid[^:]*is killed by signal: (\w+)')
+_SIGNAL_BY_DESCRIPTION = {'Terminated': signal.SIGTERM, 'Interrupt': signal.SIGINT}
+
+
+def worker_killed_by_stop_signal(exc):
+    """SIGTERM / SIGINT if ``exc`` is the DataLoader's error for a worker killed by one, else
+    None (a worker of another loader, started before its signals were ignored, may die with the
+    group)."""
+    m = _WORKER_KILLED_RE.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    return _SIGNAL_BY_DESCRIPTION.get(m.group(1)) if m else None
 from pydetectron.nn.data_parallel import DataParallel, scatter_minibatches
 
 logger = logging.getLogger(__name__)
@@ -167,17 +181,20 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _new_data_iter(self, start_iter):
-        """``iter(loader)`` with SIGINT ignored while it starts its worker processes: they
-        inherit the disposition, so a Ctrl-C (sent to the whole process group) reaches only this
-        process, which stops cleanly, instead of killing the workers under it."""
+        """``iter(loader)`` with SIGINT and SIGTERM blocked while it starts its worker
+        processes. The workers inherit the blocked mask and ignore both signals once started
+        (``roi_data.loader.worker_init_fn``), so a signal sent to the whole process group (Ctrl-C,
+        ``timeout``, Slurm) reaches only this process, which stops cleanly, instead of killing
+        the workers under it; one arriving meanwhile is delivered here when the mask is lifted,
+        not lost."""
         loader = self.make_data_loader(start_iter)
-        if threading.current_thread() is not threading.main_thread():
+        if not hasattr(signal, 'pthread_sigmask'):
             return iter(loader)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             return iter(loader)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _next_batch(self):
         try:
@@ -208,14 +225,9 @@ class Trainer:
         """Train from ``start_step``; returns the last finished step. Raises
         ``TrainingDiverged`` or ``TrainingInterrupted`` after saving when stopped early."""
         self._consumed = int(self.data_order.get('start_iter', 0))
-        # Create the data iterator *before* restoring the RNG states: creating it may draw from
-        # the global torch generator (DataLoader's base seed), which the uninterrupted run did
-        # once, before its first step.
-        self._data_iter = self._new_data_iter(self._consumed)
-        if self.rng_states is not None:
-            set_rng_states(self.rng_states, model_generators(self.model))
-        self._rng_at_step_end = get_rng_states(model_generators(self.model))
-        self._consumed_at_step_end = self._consumed
+        self._updating = False
+        # the last step whose update is done (set in _run_step, right after the update)
+        self._last_updated = start_step - 1
         last_finished = start_step - 1
         bar = None
         if self.progress and self.is_main_process:
@@ -226,23 +238,37 @@ class Trainer:
         distributed = self.reduce_values is not None
         self.model.train()
         try:
+            # The handlers are in place before the loader's workers start, so a signal at any
+            # time from here on is a clean stop.
             with self.interrupt:
-                for step in range(start_step, self.max_iter):
-                    if not distributed and self.interrupt.requested:
-                        break
-                    finished = self._run_step(step)
-                    if not finished:
-                        break
-                    last_finished = step
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss='%.4f' % self.loss_history[-1], refresh=False)
-                    if self.after_step is not None and not self.interrupt.requested:
-                        self.after_step(self.model, step)
-                    if self.snapshot_period and (step + 1) % self.snapshot_period == 0:
-                        self._save(step)
-                    if self._stop_after_step:
-                        break
+                # Create the data iterator *before* restoring the RNG states: creating it may
+                # draw from the global torch generator (DataLoader's base seed), which the
+                # uninterrupted run did once, before its first step.
+                self._data_iter = self._new_data_iter(self._consumed)
+                if self.rng_states is not None:
+                    set_rng_states(self.rng_states, model_generators(self.model))
+                self._rng_at_step_end = get_rng_states(model_generators(self.model))
+                self._consumed_at_step_end = self._consumed
+                try:
+                    for step in range(start_step, self.max_iter):
+                        if not distributed and self.interrupt.requested:
+                            break
+                        finished = self._run_step(step)
+                        if not finished:
+                            break
+                        last_finished = step
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(loss='%.4f' % self.loss_history[-1], refresh=False)
+                        if self.after_step is not None and not self.interrupt.requested:
+                            self.after_step(self.model, step)
+                        if self.snapshot_period and (step + 1) % self.snapshot_period == 0:
+                            self._save(step)
+                        if self._stop_after_step:
+                            break
+                except Exception as e:
+                    self._stop_on_failure_after_signal(e, self._last_updated)
+                    raise
                 if self.interrupt.requested:
                     path = self._save(last_finished)
                     raise TrainingInterrupted(self.interrupt.signum, last_finished, path)
@@ -252,6 +278,23 @@ class Trainer:
                 bar.close()
             self._data_iter = None
         return last_finished
+
+    def _stop_on_failure_after_signal(self, exc, last_finished):
+        """An exception in the loop caused by a stop signal -- raised after the stop was
+        requested, or the DataLoader's "worker killed by signal: Terminated" when a worker died
+        with the process group -- still saves the last finished step and ends as an interrupt
+        (``TrainingInterrupted``). Unless the failure struck inside an optimizer update (the
+        weights would be half-updated), in which case it propagates unchanged."""
+        if isinstance(exc, (TrainingInterrupted, TrainingDiverged)):
+            return
+        signum = self.interrupt.signum if self.interrupt.requested else \
+            worker_killed_by_stop_signal(exc)
+        if signum is None or self._updating:
+            return
+        logger.warning('%s after %s: saving the last finished step %d',
+                       type(exc).__name__, signal.Signals(signum).name, last_finished)
+        path = self._save(last_finished)
+        raise TrainingInterrupted(signum, last_finished, path) from exc
 
     def _run_step(self, step):
         """One optimizer step; False when it was abandoned (stop requested before its update)."""
@@ -307,8 +350,11 @@ class Trainer:
                 self.stats.UpdateIterStats(loss_values, metric_values, inner)
         # The LR is only read by the update, so it is set here: an abandoned step never changes
         # the schedule or the momentum history.
+        self._updating = True
         lr = self.scheduler.set_lr_for_iter(step)
         self.optimizer.step()
+        self._updating = False
+        self._last_updated = step
         self._rng_at_step_end = get_rng_states(model_generators(self.model))
         self._consumed_at_step_end = self._consumed
         self.loss_history.append(total / self.iter_size)

@@ -19,6 +19,8 @@ The call contract of each family (builders read the global ``cfg`` for their opt
 __all__ = ["Registry", "UnknownFunctionError", "CONV_BODY", "ROI_BOX_HEAD", "ROI_MASK_HEAD",
            "ROI_KEYPOINTS_HEAD", "get_func"]
 
+from pydetectron.utils.errors import ConfigError
+
 
 def _canonical(name):
     try:
@@ -28,7 +30,7 @@ def _canonical(name):
     return canonical_func_name(name)
 
 
-class UnknownFunctionError(KeyError):
+class UnknownFunctionError(ConfigError, KeyError):
     """A config key names a body / head function that no registry holds (a user error: tools
     report it without a traceback)."""
 

@@ -59,6 +59,7 @@ ordinary CPU tensors either way; it should simply not keep batches alive longer 
 import functools
 import logging
 import resource
+import signal
 
 import cv2
 import numpy as np
@@ -68,6 +69,7 @@ import torch.utils.data as torch_data
 from pydetectron.roi_data import transport
 from pydetectron.roi_data.minibatch import ImageLoadError, get_minibatch_entry
 from pydetectron.utils import blob as blob_utils
+from pydetectron.utils.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ class AspectGroupedBatchSampler(torch_data.Sampler):
         # per-GPU minibatches per epoch (constant: only the order changes between epochs)
         self.minibatches_per_epoch = sum(len(g) // mb for g in self._groups)
         if self.minibatches_per_epoch == 0:
-            raise ValueError(
+            raise DatasetError(
                 'cannot form a minibatch of %d images: the roidb has %s images%s' % (
                     mb, ' and '.join(str(len(g)) for g in self._groups),
                     ' (horizontal and vertical images are never mixed)'
@@ -224,8 +226,9 @@ class RoiDataset(torch_data.Dataset):
                 # process says which record to look at.
                 raise RuntimeError('loading image %s (image id %s) failed: %s: %s'
                                    % (entry['image'], entry.get('id'), type(e).__name__, e)) from e
-        raise RuntimeError('gave up after %d unreadable images in a row, starting at %s'
-                           % (self.max_retries + 1, self._roidb[index]['image']))
+        raise ImageLoadError('gave up after %d unreadable images in a row, starting at %s; check '
+                             'the dataset with tools/check_dataset.py --all_images'
+                             % (self.max_retries + 1, self._roidb[index]['image']))
 
 
 def _to_tensors(gt):
@@ -270,10 +273,27 @@ def raise_open_file_limit(target=65536):
             logger.warning('could not raise the open-file limit from %d to %d: %s', soft, want, e)
 
 
+# Signals a scheduler sends to the whole process group to stop a job (Ctrl-C, timeout, Slurm).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def worker_init_fn(worker_id):
     # OpenCV's own thread pool would oversubscribe the cores the workers already share
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
+    ignore_stop_signals()
+
+
+def ignore_stop_signals():
+    """In a loader worker: ignore SIGINT / SIGTERM, so that a signal sent to the whole process
+    group (what ``timeout``, Slurm and a terminal's Ctrl-C do) leaves the workers running and the
+    training process decides: it finishes or abandons its step, saves, and ends the workers
+    itself. The training process starts its workers with these signals blocked
+    (``engine.trainer``), so one arriving before this runs waits and is then discarded."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, 'pthread_sigmask'):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def build_train_loader(roidb, ratio_list, ratio_index, batch_size, num_gpus, num_workers,

@@ -20,22 +20,19 @@ import pycocotools.mask as mask_util
 
 from pydetectron.utils import blob as blob_utils
 from pydetectron.utils import segms as segm_utils
+from pydetectron.utils.errors import ImageError
+from pydetectron.utils.image_io import read_image
 
 
-class ImageLoadError(IOError):
-    """An image file is missing or cannot be decoded."""
+class ImageLoadError(ImageError):
+    """An image file is missing, truncated, cannot be decoded or disagrees with its annotation."""
 
 
 def load_image(entry):
-    """The entry's image as BGR uint8 (H, W, 3), mirrored when the entry is flipped."""
-    im = cv2.imread(entry['image'], cv2.IMREAD_COLOR)
-    if im is None:
-        raise ImageLoadError('cannot read image %s (image id %s): missing or not an image'
-                             % (entry['image'], entry.get('id')))
-    if im.shape[0] != entry['height'] or im.shape[1] != entry['width']:
-        raise ImageLoadError('image %s (image id %s) is %dx%d but its annotation says %dx%d'
-                             % (entry['image'], entry.get('id'), im.shape[1], im.shape[0],
-                                entry['width'], entry['height']))
+    """The entry's image as BGR uint8 (H, W, 3) in stored orientation (``utils.image_io``),
+    mirrored when the entry is flipped."""
+    im = read_image(entry['image'], expected_size=(entry['height'], entry['width']),
+                    what='image id %s' % entry.get('id'), error_type=ImageLoadError)
     if entry['flipped']:
         im = cv2.flip(im, 1)  # a contiguous copy: later cv2 calls are much faster on it
     return im

@@ -26,6 +26,7 @@ from collections import namedtuple
 import numpy as np
 import torch
 
+from pydetectron.utils.errors import CheckpointError, WeightsMismatchError
 from pydetectron.utils.io import (  # noqa: F401 (SafeUnpickler, UnsafePickleError re-exported)
     SafeUnpickler, UnsafePickleError, _first_importable)
 
@@ -45,6 +46,14 @@ CLASS_HEAD_BLOBS = ("cls_score", "bbox_pred", "mask_fcn_logits", "mask_fcn_logit
 _IGNORED_SUFFIXES = ("_momentum", "_bn_rm", "_bn_riv")
 
 
+class UnreadableWeightsError(CheckpointError, pickle.UnpicklingError):
+    """A weights file that is truncated or not a pickle."""
+
+
+# Problems named in a mismatch message (the rest are counted): the message stays one line.
+_MAX_LISTED = 5
+
+
 def load_detectron_pkl(path):
     """The {blob name: numpy array} dict of a Detectron ``*.pkl`` (the 'blobs' entry if present).
 
@@ -56,15 +65,17 @@ def load_detectron_pkl(path):
         except UnsafePickleError:
             raise
         except Exception as e:  # truncated or not a pickle at all
-            raise pickle.UnpicklingError("could not read Detectron weights from %s: %s: %s"
+            raise UnreadableWeightsError("could not read Detectron weights from %s (truncated, or "
+                                         "not a pickle?): %s: %s"
                                          % (path, type(e).__name__, e)) from e
     if not isinstance(data, dict):
-        raise ValueError("%s: expected a pickled dict of blobs, got %s" % (path, type(data).__name__))
+        raise WeightsMismatchError("%s: expected a pickled dict of blobs, got %s"
+                                   % (path, type(data).__name__))
     if "blobs" in data:
         data = data["blobs"]
         if not isinstance(data, dict):
-            raise ValueError("%s: the 'blobs' entry is a %s, expected a dict of numpy arrays"
-                             % (path, type(data).__name__))
+            raise WeightsMismatchError("%s: the 'blobs' entry is a %s, expected a dict of numpy "
+                                       "arrays" % (path, type(data).__name__))
     return {k: v for k, v in data.items() if isinstance(v, np.ndarray)}
 
 
@@ -158,8 +169,11 @@ def load_detectron_blobs(model, blobs, source="<blobs>", skip_class_heads=False,
     if problems:
         hint = "" if skip_class_heads else (
             " (to fine-tune on another number of classes, pass skip_class_heads=True)")
-        raise ValueError("cannot load Detectron weights %s into %s:\n  - %s%s"
-                         % (source, type(model).__name__, "\n  - ".join(problems), hint))
+        shown = problems[:_MAX_LISTED]
+        more = len(problems) - len(shown)
+        raise WeightsMismatchError("cannot load Detectron weights %s into %s: %s%s%s"
+                                   % (source, type(model).__name__, "; ".join(shown),
+                                      "; ... and %d more" % more if more else "", hint))
     with torch.no_grad():
         for tensor, array in assignments:
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))

@@ -24,11 +24,17 @@ from collections import OrderedDict
 
 import numpy as np
 
+from pydetectron.utils.errors import UserInputError
+
 __all__ = ['UnsafePickleError', 'SafeUnpickler', 'load_pickle_safe', 'atomic_write',
            'atomic_pickle_dump']
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnreadablePickleError(UserInputError, pickle.UnpicklingError):
+    """A pickle file that is truncated or not a pickle at all (named in the message)."""
+
+
+class UnsafePickleError(UserInputError, pickle.UnpicklingError):
     """A pickle that would run code (or build objects other than arrays) when unpickled."""
 
 
@@ -123,8 +129,8 @@ def load_pickle_safe(path, what='a pickle', encoding='latin1'):
         except UnsafePickleError:
             raise
         except Exception as e:  # truncated, or not a pickle at all
-            raise pickle.UnpicklingError('could not read %s (%s): %s: %s'
-                                         % (path, what, type(e).__name__, e)) from e
+            raise UnreadablePickleError('could not read %s (%s; truncated, or not a pickle?): '
+                                        '%s: %s' % (path, what, type(e).__name__, e)) from e
 
 
 @contextlib.contextmanager

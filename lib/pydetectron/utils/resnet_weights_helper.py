@@ -20,6 +20,7 @@ import re
 import torch
 
 from pydetectron.utils.detectron_weight_helper import load_detectron_blobs, load_detectron_pkl
+from pydetectron.utils.errors import CheckpointError, WeightsMismatchError
 
 __all__ = ["load_pretrained_imagenet_weights", "is_backbone_blob", "convert_caffe_resnet_state_dict",
            "BN_EPS"]
@@ -92,11 +93,17 @@ def load_pretrained_imagenet_weights(model, weights_file=None):
     if os.path.splitext(path)[1] == ".pkl":
         blobs = load_detectron_pkl(path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, not a torch file, or holding code
+            raise CheckpointError("ImageNet weights %s cannot be read with weights_only=True "
+                                  "(truncated or not a torch file?): %s: %s"
+                                  % (path, type(e).__name__, str(e).splitlines()[0] if str(e)
+                                     else "")) from e
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         if not isinstance(state, dict) or "conv1.weight" not in state:
-            raise ValueError("%s: expected a Caffe-converted ResNet state dict (conv1.weight, bn1.*, "
-                             "layer1.0.conv1.weight, ...)" % path)
+            raise WeightsMismatchError("%s: expected a Caffe-converted ResNet state dict "
+                                       "(conv1.weight, bn1.*, layer1.0.conv1.weight, ...)" % path)
         blobs = convert_caffe_resnet_state_dict(state)
     return load_detectron_blobs(model, blobs, path, blob_filter=is_backbone_blob)

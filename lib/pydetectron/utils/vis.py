@@ -92,6 +92,53 @@ def convert_from_cls_format(cls_boxes, cls_segms, cls_keyps):
     return boxes, segms, keyps, classes
 
 
+def detections_for_drawing(im, cls_boxes, cls_segms=None, cls_keyps=None, thresh=0.0,
+                           max_size=None):
+    """(image, cls_boxes, cls_segms, cls_keyps, scale) ready for drawing at a bounded resolution.
+
+    Only detections scoring at least ``thresh`` are kept (nothing else is drawn). When the longest
+    side of ``im`` exceeds ``max_size`` (None or 0: no bound) the image is shrunk by ``scale`` so
+    that it fits (``cv2.INTER_AREA``), boxes and keypoint coordinates are multiplied by ``scale``
+    and each mask is decoded, shrunk and encoded again one at a time -- drawing a 100-megapixel
+    photo then costs what drawing a ``max_size`` one does, instead of a full-size matplotlib
+    canvas and every mask decoded at full size at once. Detections for files (JSON) should be
+    taken from the unscaled results.
+    """
+    height, width = im.shape[:2]
+    scale = 1.0
+    if max_size and max(height, width) > max_size:
+        scale = float(max_size) / max(height, width)
+        size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+        im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
+    out_boxes, out_segms, out_keyps = [], [], []
+    for j, boxes in enumerate(cls_boxes):
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 5)
+        keep = np.where(boxes[:, 4] >= thresh)[0]
+        b = boxes[keep].copy()
+        b[:, :4] *= scale
+        out_boxes.append(b)
+        if cls_segms is not None:
+            segms = [cls_segms[j][i] for i in keep] if len(cls_segms) > j else []
+            if scale != 1.0:
+                segms = [_shrink_rle(s, im.shape[0], im.shape[1]) for s in segms]
+            out_segms.append(segms)
+        if cls_keyps is not None:
+            kps = [np.array(cls_keyps[j][i], dtype=np.float32, copy=True) for i in keep] \
+                if len(cls_keyps) > j else []
+            for k in kps:
+                k[:2] *= scale
+            out_keyps.append(kps)
+    return (im, out_boxes, out_segms if cls_segms is not None else None,
+            out_keyps if cls_keyps is not None else None, scale)
+
+
+def _shrink_rle(rle, height, width):
+    """A COCO RLE mask resized to (height, width)."""
+    mask = mask_util.decode(rle)
+    small = cv2.resize(mask * np.uint8(255), (width, height), interpolation=cv2.INTER_AREA)
+    return mask_util.encode(np.asfortranarray((small >= 128).astype(np.uint8)))
+
+
 def get_class_string(class_index, score, dataset=None):
     """'person 0.97': the class name from ``dataset.classes`` (or 'id<j>') and the score."""
     if dataset is not None:
