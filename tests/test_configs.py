@@ -70,6 +70,11 @@ def _check_quickstart(name):
     assert m.CONV_BODY.startswith('FPN.') and cfg.FPN.FPN_ON
     assert not m.LOAD_IMAGENET_PRETRAINED_WEIGHTS
     assert cfg.RESNETS.TRANS_FUNC == 'bottleneck_gn_transformation' and cfg.FPN.USE_GN
+    if 'retinanet' in name:
+        assert cfg.RETINANET.RETINANET_ON and not m.FASTER_RCNN and m.NUM_CLASSES == 4
+        assert (cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL) == (3, 7)
+        assert cfg.TRAIN.DATASETS == ('shapes_train',)
+        return
     assert cfg.FAST_RCNN.ROI_BOX_HEAD in CANONICAL_FUNC_NAMES['FAST_RCNN.ROI_BOX_HEAD']
     if name.startswith('keypoints_shapes_'):
         assert m.KEYPOINTS_ON and not m.MASK_ON and m.NUM_CLASSES == 2
