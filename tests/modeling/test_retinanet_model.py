@@ -13,9 +13,9 @@ import torch
 from pydetectron.core.config import (assert_and_infer_cfg, cfg, merge_cfg_from_file,
                                      merge_cfg_from_list)
 from pydetectron.modeling.model_builder import Generalized_RCNN
-from pydetectron.utils.detectron_weight_helper import (detectron_blobs_of, load_detectron_pkl,
-                                                       load_detectron_weight,
-                                                       save_detectron_weight)
+from pydetectron.utils.detectron_weight_helper import (
+    detectron_blobs_of, load_detectron_blobs, load_detectron_pkl, load_detectron_weight,
+    save_detectron_weight)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DETECTRON_CONFIGS = sorted(glob.glob(os.path.join(
@@ -36,7 +36,7 @@ def build(path, extra=()):
 
 
 def _roidb():
-    return [{'boxes': np.array([[10, 12, 70, 90], [100, 30, 200, 120]], np.float32),
+    return [{'boxes': np.array([[10, 12, 70, 90], [60, 30, 120, 110]], np.float32),
              'gt_classes': np.array([3, 7]), 'is_crowd': np.array([False, False])}]
 
 
@@ -84,34 +84,36 @@ def test_r50_blob_names_are_detectrons():
 def test_detectron_config_loads_weights_trains_and_infers(path, tmp_path):
     torch.set_num_threads(1)
     model = build(path)
-    # A Detectron-style pkl with a distinct value in every blob, plus momentum blobs it ignores
-    rng = np.random.RandomState(0)
+    # Detectron-named blobs, a distinct value in each (a swap of two same-shaped blobs shows),
+    # plus the momentum blobs of a training snapshot, which loading ignores
     blobs = {}
-    for _, t, b in detectron_blobs_of(model):
-        blobs[b] = rng.standard_normal(tuple(t.shape)).astype(np.float32) * 0.01
+    for i, (_, t, b) in enumerate(detectron_blobs_of(model)):
+        blobs[b] = np.full(tuple(t.shape), 1e-4 * (i + 1), np.float32)
         blobs[b + '_momentum'] = np.zeros(tuple(t.shape), np.float32)
-    src = tmp_path / 'model_final.pkl'
-    with open(src, 'wb') as f:
-        pickle.dump({'blobs': blobs}, f, protocol=2)
-    report = load_detectron_weight(model, str(src))
+    if path.endswith('retinanet_R-50-FPN_1x.yaml'):
+        # once through files: a Detectron pkl in, save_detectron_weight out
+        src = tmp_path / 'model_final.pkl'
+        with open(src, 'wb') as f:
+            pickle.dump({'blobs': blobs}, f, protocol=2)
+        report = load_detectron_weight(model, str(src))
+        out = tmp_path / 'saved.pkl'
+        save_detectron_weight(model, str(out))
+        saved = load_detectron_pkl(str(out))
+        assert set(saved) == {b for _, _, b in detectron_blobs_of(model)}
+        for b, v in saved.items():
+            np.testing.assert_array_equal(v, blobs[b])
+    else:
+        report = load_detectron_blobs(model, blobs)
     assert not report.unused_blobs and not report.skipped
-    names = dict(model.named_parameters())
-    assert set(report.loaded) >= set(names)
+    assert set(report.loaded) >= set(dict(model.named_parameters()))
     for name, t, b in detectron_blobs_of(model):
         np.testing.assert_array_equal(t.detach().numpy(), blobs[b], err_msg=name)
-    # and back: save_detectron_weight writes the same blobs
-    out = tmp_path / 'saved.pkl'
-    save_detectron_weight(model, str(out))
-    saved = load_detectron_pkl(str(out))
-    assert set(saved) == {b for _, _, b in detectron_blobs_of(model)}
-    for b, v in saved.items():
-        np.testing.assert_array_equal(v, blobs[b])
 
-    # two SGD steps on one 128 x 256 image
+    # two SGD steps on one 128 x 128 image
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    data = torch.randn(1, 3, 128, 256) * 20
-    im_info = torch.tensor([[128., 256., 1.]])
+    data = torch.randn(1, 3, 128, 128) * 20
+    im_info = torch.tensor([[128., 128., 1.]])
     before = model.RetinaNet.cls_pred.weight.detach().clone()
     for _ in range(2):
         out = model(data, im_info, _roidb())
@@ -129,7 +131,7 @@ def test_detectron_config_loads_weights_trains_and_infers(path, tmp_path):
     model.eval()
     from pydetectron.core.test import im_detect_all
     im = (np.random.RandomState(1).rand(100, 180, 3) * 255).astype(np.uint8)
-    merge_cfg_from_list_unfrozen(['TEST.SCALE', 96, 'TEST.MAX_SIZE', 200])
+    merge_cfg_from_list_unfrozen(['TEST.SCALE', 64, 'TEST.MAX_SIZE', 128])
     cls_boxes, segms, keyps = im_detect_all(model, im)
     assert segms is None and keyps is None and len(cls_boxes) == 81
     dets = np.vstack([b for b in cls_boxes[1:] if len(b)])

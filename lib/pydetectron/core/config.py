@@ -1349,7 +1349,7 @@ def _find_problems(c):
 
     r = c.RETINANET
     if r.RETINANET_ON:
-        if not c.FPN.FPN_ON:
+        if m.CONV_BODY and not c.FPN.FPN_ON:
             problems.append('RETINANET.RETINANET_ON needs an FPN body (FPN.FPN_ON: True, '
                             'MODEL.CONV_BODY FPN.*)')
         if m.FASTER_RCNN or m.RPN_ONLY or m.MASK_ON or m.KEYPOINTS_ON:
