@@ -161,6 +161,24 @@ def test_retinanet_keys_shape_the_head(opts, cls_ch, box_ch, n_bbox_convs):
         b = head.cls_pred.bias.detach().view(9, 4)
         torch.testing.assert_close(b[:, 0], torch.full((9,), float(np.log(3 * 0.99 / 0.01))))
         assert (b[:, 1:] == 0).all()
+    # the towers as Detectron wires them: NUM_CONVS x (conv, ReLU), the box predictor on the class
+    # tower's output when shared, the same weights on every level
+    import torch.nn.functional as F
+    levels = [torch.randn(1, 64, 2 ** (5 - i), 2 ** (5 - i)) for i in range(5)]
+    with torch.no_grad():
+        cls_out, box_out = head(levels)
+        for x, c, b in zip(levels, cls_out, box_out):
+            f = x
+            for conv in head.cls_convs:
+                f = F.relu(F.conv2d(f, conv.weight, conv.bias, padding=1))
+            torch.testing.assert_close(c, F.conv2d(f, head.cls_pred.weight, head.cls_pred.bias,
+                                                   padding=1))
+            if not cfg.RETINANET.SHARE_CLS_BBOX_TOWER:
+                f = x
+                for conv in head.bbox_convs:
+                    f = F.relu(F.conv2d(f, conv.weight, conv.bias, padding=1))
+            torch.testing.assert_close(b, F.conv2d(f, head.bbox_pred.weight,
+                                                   head.bbox_pred.bias, padding=1))
     # train and infer once with these settings
     model.train()
     out = model(torch.randn(1, 3, 128, 160), torch.tensor([[128., 160., 1.]]), _roidb_small())
