@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pydetectron.modeling.retinanet_heads import RetinaNetHead
-from pydetectron.modeling.retinanet_postprocess import candidate_detections, nms_and_limit
+from pydetectron.modeling.retinanet_postprocess import (
+    batched_nms_and_limit, candidate_detections, level_candidates, nms_and_limit)
 
 CLIP = np.log(1000. / 16.)
 
@@ -93,8 +94,13 @@ def test_matches_detectron_im_detect_bbox(softmax):
     im_sizes = torch.tensor([[150., 190.], [100., 120.]])
     cands = candidate_detections(head, probs, deltas, im_info, im_sizes, inference_th=0.3,
                                  pre_nms_top_n=50)
+    batched = batched_nms_and_limit(
+        level_candidates(head, probs, deltas, im_info, im_sizes, inference_th=0.3,
+                         pre_nms_top_n=50), C, 0.5, 40)
     for n in range(N):
         got = nms_and_limit(cands[n], 0.5, 40)
+        for key in ('boxes', 'scores', 'classes'):  # the batched path gives the same
+            torch.testing.assert_close(batched[n][key], got[key], rtol=0, atol=0)
         ref = _detectron_im_detect_bbox(
             head, [p[n:n + 1].numpy() for p in probs], [d[n:n + 1].numpy() for d in deltas],
             scale, im_sizes[n].tolist(), C, 0.3, 50, 0.5, 40)
@@ -114,3 +120,28 @@ def test_coarsest_level_threshold_is_zero():
     assert c['boxes'].shape[0] == 3  # level 4 only, its top 3 of 2 x 2 x 2
     assert set(c['classes'].tolist()) <= {1, 2}
     assert (c['scores'] == 0.01).all()
+
+
+def test_class_specific_deltas_are_the_candidates_class():
+    """CLASS_SPECIFIC_BBOX: candidate (a, class c, y, x) is decoded by channels
+    a * 4 (C - 1) + 4 (c - 1) + j (the training layout; Detectron's own test path cannot run it)."""
+    C = 4
+    head = RetinaNetHead(8, C, 3, 3, scales_per_octave=1, aspect_ratios=(1.0, 2.0),
+                         num_convs=0, class_specific_bbox=True)
+    g = torch.Generator().manual_seed(1)
+    probs = [torch.rand(1, 2 * 3, 4, 5, generator=g)]
+    deltas = [torch.randn(1, 2 * 3 * 4, 4, 5, generator=g) * 0.3]
+    c = level_candidates(head, probs, deltas, torch.tensor([[32., 40., 1.]]),
+                         torch.tensor([[32., 40.]]), inference_th=0.0, pre_nms_top_n=1000)
+    p = probs[0][0].view(2, 3, 4, 5).numpy()
+    d = deltas[0][0].numpy()
+    cell = head.cell_anchors()[0][0].numpy()
+    assert c['boxes'].shape[1] == 2 * 3 * 20
+    for box, score, cls in zip(c['boxes'][0].numpy(), c['scores'][0].numpy(),
+                               c['classes'][0].numpy()):
+        a, y, x = [int(v[0]) for v in np.where(p[:, cls - 1] == score)]
+        anchor = (cell[a] + np.array([x, y, x, y]) * 8.).astype(np.float32)[None]
+        ch = a * 4 * (C - 1) + 4 * (cls - 1)
+        ref = _np_decode(anchor, d[ch:ch + 4, y, x][None])[0]
+        ref = np.clip(ref, 0, [39, 31, 39, 31])
+        np.testing.assert_allclose(box, ref, rtol=1e-5, atol=1e-3)

@@ -63,20 +63,23 @@ def im_detect_bbox(model, ims, target_scale=None, target_max_size=None):
     target_max_size = cfg.TEST.MAX_SIZE if target_max_size is None else target_max_size
     out, im_info, _ = _forward(model, ims, target_scale, target_max_size)
     im_sizes = torch.tensor([im.shape[:2] for im in ims], dtype=torch.float32)
-    cands = retinanet_postprocess.candidate_detections(
-        getattr(model, 'module', model).RetinaNet, out['retnet_cls_prob'], out['retnet_bbox_pred'], im_info, im_sizes,
+    head = getattr(model, 'module', model).RetinaNet
+    cands = retinanet_postprocess.level_candidates(
+        head, out['retnet_cls_prob'], out['retnet_bbox_pred'], im_info, im_sizes,
         cfg.RETINANET.INFERENCE_TH, cfg.RETINANET.PRE_NMS_TOP_N, cfg.TEST.BBOX_REG,
         cfg.BBOX_XFORM_CLIP)
     num_classes = cfg.MODEL.NUM_CLASSES
-    results = []
-    for dets in cands:
-        if cfg.TEST.SOFT_NMS.ENABLED:
-            boxes, scores, classes = _soft_nms_and_limit(dets, num_classes)
-        else:
-            d = retinanet_postprocess.nms_and_limit(dets, cfg.TEST.NMS,
-                                                    cfg.TEST.DETECTIONS_PER_IM)
-            boxes = d['boxes'].cpu().numpy().astype(np.float32)
-            scores = d['scores'].cpu().numpy().astype(np.float32)
-            classes = d['classes'].cpu().numpy()
-        results.append(cls_boxes_from_detections(boxes, scores, classes, num_classes))
-    return results
+    if cfg.TEST.SOFT_NMS.ENABLED:
+        per_image = []
+        for n in range(len(ims)):
+            v = cands['valid'][n]
+            per_image.append(_soft_nms_and_limit(
+                {k: cands[k][n][v] for k in ('boxes', 'scores', 'classes')}, num_classes))
+    else:
+        per_image = []
+        for d in retinanet_postprocess.batched_nms_and_limit(
+                cands, num_classes, cfg.TEST.NMS, cfg.TEST.DETECTIONS_PER_IM):
+            per_image.append((d['boxes'].cpu().numpy().astype(np.float32),
+                              d['scores'].cpu().numpy().astype(np.float32),
+                              d['classes'].cpu().numpy()))
+    return [cls_boxes_from_detections(b, s, c, num_classes) for b, s, c in per_image]
