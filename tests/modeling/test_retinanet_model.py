@@ -233,3 +233,20 @@ def test_config_errors():
             assert_and_infer_cfg(cache_urls=False, make_immutable=False)
         from pydetectron.core.config import reset_cfg
         reset_cfg()
+
+
+@pytest.mark.cuda
+def test_quick_start_trains_and_detects_on_cuda():
+    model = build(QUICK).cuda()
+    model.train()
+    data = torch.randn(2, 3, 160, 224).cuda() * 30
+    im_info = torch.tensor([[160., 224., 1.]] * 2).cuda()
+    roidb = [_roidb_small()[0]] * 2
+    out = model(data, im_info, roidb)
+    total = sum(out['losses'].values())
+    assert total.is_cuda and torch.isfinite(total)
+    total.backward()
+    model.eval()
+    with torch.no_grad():
+        dets = model.detect(data, im_info)
+    assert len(dets) == 2 and all(d['boxes'].is_cuda for d in dets)

@@ -145,3 +145,30 @@ def test_class_specific_deltas_are_the_candidates_class():
         ref = _np_decode(anchor, d[ch:ch + 4, y, x][None])[0]
         ref = np.clip(ref, 0, [39, 31, 39, 31])
         np.testing.assert_allclose(box, ref, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_equals_cpu():
+    C, N = 5, 2
+    head = RetinaNetHead(8, C, 3, 5, scales_per_octave=2, aspect_ratios=(1.0, 0.5), num_convs=1)
+    g = torch.Generator().manual_seed(0)
+    sizes = [(16, 20), (8, 10), (4, 5)]
+    probs = [torch.rand(N, 2 * 2 * 4, h, w, generator=g) ** 3 for h, w in sizes]
+    deltas = [torch.randn(N, 2 * 2 * 4, h, w, generator=g) * 0.3 for h, w in sizes]
+    im_info = torch.tensor([[128., 160., 0.8]] * N)
+    im_sizes = torch.tensor([[150., 190.], [100., 120.]])
+    cpu = batched_nms_and_limit(level_candidates(head, probs, deltas, im_info, im_sizes, 0.3, 50),
+                                C, 0.5, 40)
+    head = head.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        cands = level_candidates(head, [p.cuda() for p in probs], [d.cuda() for d in deltas],
+                                 im_info.cuda(), im_sizes.cuda(), 0.3, 50)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    gpu = batched_nms_and_limit(cands, C, 0.5, 40)
+    for a, b in zip(cpu, gpu):
+        assert torch.equal(a['classes'], b['classes'].cpu())
+        torch.testing.assert_close(b['scores'].cpu(), a['scores'], rtol=0, atol=0)
+        torch.testing.assert_close(b['boxes'].cpu(), a['boxes'], rtol=1e-5, atol=1e-3)

@@ -142,3 +142,29 @@ def test_crowd_and_images_without_gt():
     t = retinanet_targets(cells, [16.], [(1, 2)], gt, 3, 0.5, 0.4, field_sizes=[2])
     np.testing.assert_array_equal(t['labels'][0][:, 0].numpy(), [[[1, 0]], [[0, 0]]])
     assert float(t['fg_num']) == (1 + 1) + (0 + 1)
+
+
+@pytest.mark.cuda
+def test_cuda_equals_cpu_without_host_sync(coco_mini, fresh_cfg):
+    fresh_cfg.TRAIN.MAX_SIZE, fresh_cfg.FPN.COARSEST_STRIDE = MAX_SIZE, COARSEST
+    entries = pick_entries(load_roidb(coco_mini), 2, min_gt=3)
+    roidb, _ = batch(entries, [MAX_SIZE / max(e['height'], e['width']) for e in entries])
+    sizes = [(384 // 2 ** l, 384 // 2 ** l) for l in LEVELS]
+    cells = [torch.as_tensor(retinanet_cell_anchors(l, 3, RATIOS, 4), dtype=torch.float32)
+             for l in LEVELS]
+    strides = [2. ** l for l in LEVELS]
+    cpu = retinanet_targets(cells, strides, sizes, roidb, 81)
+    from pydetectron.modeling.targets.gt import pack_gt
+    gt = pack_gt(roidb, 'cuda')
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        gpu = retinanet_targets([c.cuda() for c in cells], strides, sizes, gt, 81)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    for a, b, la in zip(cpu['bbox_targets'], gpu['bbox_targets'], cpu['labels']):
+        fg = (la > 0).unsqueeze(2).expand_as(a)
+        torch.testing.assert_close(b.cpu()[fg], a[fg], rtol=1e-5, atol=1e-5)
+    for a, b in zip(cpu['labels'], gpu['labels']):
+        assert torch.equal(a, b.cpu())
+    assert float(cpu['fg_num']) == float(gpu['fg_num'])
