@@ -53,7 +53,8 @@ def _ref_softmax(x, t, fg_num, gamma, alpha):
         z = (1 - alpha) / Np if lbl == 0 else alpha / Np
         p = P[lbl]
         loss += -((1 - p) ** gamma * np.log(max(p, FLT_MIN))) * z
-        buff = (-(1 - p) ** gamma + gamma * (1 - p) ** (gamma - 1) * p * np.log(max(p, FLT_MIN))) * z
+        logp = np.log(max(p, FLT_MIN))
+        buff = (-(1 - p) ** gamma + gamma * (1 - p) ** (gamma - 1) * p * logp) * z
         for c in range(K):
             grad[n, a * K + c, yy, xx] = buff * (float(lbl == c) - P[c])
     return loss, grad
@@ -83,7 +84,10 @@ def _inputs(seed, N=2, A=3, K=4, H=3, W=5, softmax=False):
     return x, t
 
 
-@pytest.mark.parametrize('gamma,alpha,fg_num', [(2.0, 0.25, 7.0), (0.0, 0.5, 0.3), (1.5, 0.75, 3.0)])
+CASES = [(2.0, 0.25, 7.0), (0.0, 0.5, 0.3), (1.5, 0.75, 3.0)]  # gamma, alpha, fg_num
+
+
+@pytest.mark.parametrize('gamma,alpha,fg_num', CASES)
 def test_sigmoid_focal_loss_matches_detectron_kernels(gamma, alpha, fg_num):
     x, t = _inputs(0)
     x.requires_grad_(True)
@@ -94,7 +98,7 @@ def test_sigmoid_focal_loss_matches_detectron_kernels(gamma, alpha, fg_num):
     np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize('gamma,alpha,fg_num', [(2.0, 0.25, 7.0), (0.0, 0.5, 0.3), (1.5, 0.75, 3.0)])
+@pytest.mark.parametrize('gamma,alpha,fg_num', CASES)
 def test_softmax_focal_loss_matches_detectron_kernels(gamma, alpha, fg_num):
     x, t = _inputs(1, softmax=True)
     x.requires_grad_(True)
