@@ -32,13 +32,14 @@ def test_all_seed_configs_are_shipped():
     by_dir = {}
     for rel in IDS:
         by_dir.setdefault(os.path.dirname(rel), []).append(rel)
-    assert len(by_dir.get('baselines', [])) == 30
+    # Detectron's 30 R-CNN baselines and its R-50-FPN RetinaNet
+    assert len(by_dir.get('baselines', [])) == 31
     assert len(by_dir.get('gn_baselines', [])) == 6
     started = by_dir.get('getting_started', [])
     # Detectron's four tutorials, plus the CPU quick-start configs for the shapes datasets
     assert len([p for p in started if 'tutorial_' in p]) == 4
     assert len([p for p in started if 'shapes_' in p]) >= 2
-    assert len(CONFIGS) >= 42
+    assert len(CONFIGS) >= 44
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=IDS)
@@ -70,6 +71,11 @@ def _check_quickstart(name):
     assert m.CONV_BODY.startswith('FPN.') and cfg.FPN.FPN_ON
     assert not m.LOAD_IMAGENET_PRETRAINED_WEIGHTS
     assert cfg.RESNETS.TRANS_FUNC == 'bottleneck_gn_transformation' and cfg.FPN.USE_GN
+    if 'retinanet' in name:
+        assert cfg.RETINANET.RETINANET_ON and not m.FASTER_RCNN and m.NUM_CLASSES == 4
+        assert (cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL) == (3, 7)
+        assert cfg.TRAIN.DATASETS == ('shapes_train',)
+        return
     assert cfg.FAST_RCNN.ROI_BOX_HEAD in CANONICAL_FUNC_NAMES['FAST_RCNN.ROI_BOX_HEAD']
     if name.startswith('keypoints_shapes_'):
         assert m.KEYPOINTS_ON and not m.MASK_ON and m.NUM_CLASSES == 2
@@ -83,6 +89,9 @@ def _check_quickstart(name):
 
 
 def _check_family(name):
+    if name.startswith('retinanet_'):
+        _check_retinanet(name)
+        return
     m = cfg.MODEL
     assert m.TYPE == 'generalized_rcnn'
     assert m.FASTER_RCNN and cfg.RPN.RPN_ON
@@ -174,3 +183,17 @@ def _check_schedule(name):
     sched = re.search(r'_(s1x|1\.44x|\dx)(_gn)?\.yaml$', name).group(1)
     assert s.MAX_ITER * images_per_iter == SCHEDULE_IMAGES[sched]
     assert t.MAX_SIZE == 1333 and cfg.TEST.SCALE == 800
+
+
+def _check_retinanet(name):
+    """Detectron's RetinaNet baselines: P3-P7 from an FPN body, 9 anchors, BASE_LR 0.01 for 16
+    images per iteration."""
+    m, r = cfg.MODEL, cfg.RETINANET
+    assert r.RETINANET_ON and not m.FASTER_RCNN and not m.MASK_ON and m.NUM_CLASSES == 81
+    assert cfg.FPN.FPN_ON and cfg.FPN.EXTRA_CONV_LEVELS and cfg.FPN.COARSEST_STRIDE == 128
+    assert (cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL) == (3, 7)
+    assert (r.SCALES_PER_OCTAVE, len(r.ASPECT_RATIOS), r.ANCHOR_SCALE) == (3, 3, 4)
+    depth = re.search(r'[RX]-(\d+)', name).group(1)
+    assert 'ResNet{}_'.format(depth) in m.CONV_BODY
+    assert cfg.SOLVER.BASE_LR == pytest.approx(
+        0.01 * cfg.TRAIN.IMS_PER_BATCH * cfg.NUM_GPUS / 16)

@@ -7,7 +7,8 @@ torchvision's models on the same images.
     python tools/benchmark.py --device cpu --image_size 96x160 --no-peer ...   (smoke test)
 
 What is measured, for each model of ``--models`` (``mask`` = e2e_mask_rcnn_R-50-FPN_1x,
-``faster`` = e2e_faster_rcnn_R-50-FPN_1x, ``keypoint`` = e2e_keypoint_rcnn_R-50-FPN_1x):
+``faster`` = e2e_faster_rcnn_R-50-FPN_1x, ``keypoint`` = e2e_keypoint_rcnn_R-50-FPN_1x,
+``retinanet`` = retinanet_R-50-FPN_1x against torchvision's ``retinanet_resnet50_fpn``):
 
 * **training** images/s of one optimizer step (forward, Detectron's targets and losses,
   backward, SGD with momentum and weight decay at LR 0 so the weights never drift into NaN), at
@@ -87,6 +88,8 @@ MODELS = {
                81),
     'keypoint': ('configs/baselines/e2e_keypoint_rcnn_R-50-FPN_1x.yaml',
                  'keypointrcnn_resnet50_fpn', 2),
+    # torchvision's RetinaNet takes labels < num_classes (81: channel 0 unused, 729 vs our 720)
+    'retinanet': ('configs/baselines/retinanet_R-50-FPN_1x.yaml', 'retinanet_resnet50_fpn', 81),
 }
 PRECISIONS = ('fp32', 'bf16')
 NUM_IMAGE_FILES = 8   # distinct JPEGs; the json repeats them under new image ids

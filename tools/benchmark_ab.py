@@ -41,7 +41,8 @@ def parse_args(argv=None):
                    "fast=--channels_last,--compile,reduce-overhead (the same folder may be "
                    "given twice under two names, with and without options)")
     p.add_argument('--peer', action='store_true', help="also time torchvision's model")
-    p.add_argument('--model', default='mask', choices=('mask', 'faster', 'keypoint'))
+    p.add_argument('--model', default='mask',
+                   choices=('mask', 'faster', 'keypoint', 'retinanet'))
     p.add_argument('--part', default='train', choices=('train', 'infer'))
     p.add_argument('--batch', type=int, default=2, help='training images per step')
     p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16'))

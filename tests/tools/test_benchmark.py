@@ -139,7 +139,7 @@ def test_time_steps_takes_the_median_after_the_warm_up():
 
 def test_parse_args_errors():
     with pytest.raises(SystemExit):
-        benchmark.parse_args(['--models', 'mask,retinanet'])
+        benchmark.parse_args(['--models', 'mask,cascade'])
     with pytest.raises(SystemExit):
         benchmark.parse_args(['--image_size', '800'])
     with pytest.raises(SystemExit):

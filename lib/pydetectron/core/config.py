@@ -1353,6 +1353,27 @@ def _find_problems(c):
             '(FPN.*) need FPN.FPN_ON: True, other bodies False'.format(
                 m.CONV_BODY, c.FPN.FPN_ON))
 
+    r = c.RETINANET
+    if r.RETINANET_ON:
+        if m.CONV_BODY and not c.FPN.FPN_ON:
+            problems.append('RETINANET.RETINANET_ON needs an FPN body (FPN.FPN_ON: True, '
+                            'MODEL.CONV_BODY FPN.*)')
+        if m.FASTER_RCNN or m.RPN_ONLY or m.MASK_ON or m.KEYPOINTS_ON:
+            problems.append('RETINANET.RETINANET_ON cannot be combined with MODEL.FASTER_RCNN, '
+                            'RPN_ONLY, MASK_ON or KEYPOINTS_ON (RetinaNet detects boxes only)')
+        if c.TEST.BBOX_AUG.ENABLED:
+            problems.append('TEST.BBOX_AUG.ENABLED: Detectron has no test-time augmentation '
+                            'for RetinaNet; turn it off')
+        if r.SCALES_PER_OCTAVE < 1 or len(r.ASPECT_RATIOS) == 0 or r.NUM_CONVS < 0:
+            problems.append('RETINANET.SCALES_PER_OCTAVE must be >= 1, ASPECT_RATIOS non-empty '
+                            'and NUM_CONVS >= 0')
+        if not 0.0 < r.PRIOR_PROB < 1.0:
+            problems.append('RETINANET.PRIOR_PROB must lie in (0, 1)')
+        if r.NEGATIVE_OVERLAP > r.POSITIVE_OVERLAP:
+            problems.append('RETINANET.NEGATIVE_OVERLAP ({}) exceeds POSITIVE_OVERLAP '
+                            '({})'.format(r.NEGATIVE_OVERLAP, r.POSITIVE_OVERLAP))
+        if c.FPN.RPN_MIN_LEVEL > c.FPN.RPN_MAX_LEVEL:
+            problems.append('FPN.RPN_MIN_LEVEL exceeds FPN.RPN_MAX_LEVEL')
     if m.NUM_CLASSES != -1 and m.NUM_CLASSES < 2:
         problems.append('MODEL.NUM_CLASSES is {}; it counts the background, '
                         'so it must be >= 2 (or -1 to take it from the '

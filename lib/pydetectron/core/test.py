@@ -73,6 +73,12 @@ def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_na
         if not isinstance(im, np.ndarray) or im.ndim != 3 or im.shape[2] != 3:
             raise ValueError('im_detect_all: image %d must be an (H, W, 3) BGR array, got %s'
                              % (i, getattr(im, 'shape', type(im).__name__)))
+    if cfg.RETINANET.RETINANET_ON:  # boxes only (core.test_retinanet)
+        from pydetectron.core import test_retinanet
+        timers['im_detect_bbox'].tic()
+        cls_boxes = test_retinanet.im_detect_bbox(model, ims)
+        timers['im_detect_bbox'].toc()
+        return [(b, None, None) for b in cls_boxes]
     if box_proposals is None:
         box_proposals = [None] * len(ims)
     if not cfg.MODEL.FASTER_RCNN and any(p is None for p in box_proposals):

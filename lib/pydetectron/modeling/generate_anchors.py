@@ -13,7 +13,7 @@ are "quantized": e.g. stride 16, size 32, ratio 0.5 gives a 46 x 22 box, not 45.
 """
 import numpy as np
 
-__all__ = ["generate_anchors"]
+__all__ = ["generate_anchors", "retinanet_cell_anchors"]
 
 
 def _mkanchors(ws, hs, x_ctr, y_ctr):
@@ -37,3 +37,22 @@ def generate_anchors(stride=16, sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.
     # ratio major, scale minor: the scaled windows of ratio i are rows i*S .. i*S + S - 1
     anchors = [_mkanchors(w * scales, h * scales, ctr, ctr) for w, h in zip(ws, hs)]
     return np.concatenate(anchors, axis=0)
+
+
+def retinanet_cell_anchors(level, scales_per_octave=3, aspect_ratios=(0.5, 1.0, 2.0),
+                           anchor_scale=4):
+    """(A, 4) float64 anchors of one cell of RetinaNet's pyramid level ``level`` (stride 2^level).
+
+    A = scales_per_octave * len(aspect_ratios), octave major, aspect ratio minor (Detectron's
+    ``_create_cell_anchors`` and the ``foa.octave * num_aspect_ratios + foa.aspect`` index of its
+    training blobs): anchor ``a`` has size ``stride * 2^(octave / scales_per_octave) *
+    anchor_scale`` and aspect ratio ``aspect_ratios[a % len(aspect_ratios)]``, each generated on
+    its own by ``generate_anchors`` (so each is quantized about the stride's reference window).
+    """
+    stride = 2. ** level
+    rows = []
+    for octave in range(scales_per_octave):
+        size = stride * 2 ** (octave / float(scales_per_octave)) * anchor_scale
+        for ratio in aspect_ratios:
+            rows.append(generate_anchors(stride=stride, sizes=(size,), aspect_ratios=(ratio,)))
+    return np.concatenate(rows, axis=0)

@@ -15,7 +15,9 @@ Inference (``model.eval()``, under ``torch.no_grad()``): ``model(data, im_info)`
                  (each image's TEST.RPN_POST_NMS_TOP_N best proposals);
     'cls_score'  (R, NUM_CLASSES) softmax probabilities;
     'bbox_pred'  (R, 4 x NUM_CLASSES) raw deltas ((R, 8) with MODEL.CLS_AGNOSTIC_BBOX_REG);
-or, for MODEL.RPN_ONLY, 'rois' and 'rpn_roi_probs' (R,). Without an RPN (MODEL.FASTER_RCNN False:
+or, for MODEL.RPN_ONLY, 'rois' and 'rpn_roi_probs' (R,); for RetinaNet (RETINANET.RETINANET_ON)
+per-level lists 'retnet_cls_prob' / 'retnet_bbox_pred' (``retinanet_heads``), whose training
+losses are ``fl_fpn<l>`` / ``retnet_loss_bbox_fpn<l>``. Without an RPN (MODEL.FASTER_RCNN False:
 Fast R-CNN on precomputed proposals) pass the proposals as ``rois`` (R, 5).
 ``mask_net(blob_conv, rois)`` -> (R, C, M, M) mask probabilities; ``keypoint_net(blob_conv, rois)``
 -> (R, K, Hk, Wk) heatmap scores; ``conv_body_only(data)`` -> 'blob_conv' alone;
@@ -65,6 +67,10 @@ class Generalized_RCNN(nn.Module):
         self.Conv_Body = CONV_BODY.get(m.CONV_BODY)()
         dim, scale = self.Conv_Body.dim_out, self.Conv_Body.spatial_scale
         self.multilevel = isinstance(scale, (list, tuple))
+        self.RetinaNet = None
+        if cfg.RETINANET.RETINANET_ON:
+            self._init_retinanet(dim, scale)
+            return
         self.num_rpn_levels = self.num_roi_levels = None
         if self.multilevel:
             # Detectron's _narrow_to_fpn_roi_levels: RPN and RoI pyramids start at the same level;
@@ -115,6 +121,34 @@ class Generalized_RCNN(nn.Module):
 
         self.postprocess_params = postprocess.PostprocessParams.from_cfg()
 
+    def _init_retinanet(self, dim, scale):
+        """RetinaNet (``RETINANET.RETINANET_ON``): the body's levels FPN.RPN_MIN_LEVEL ..
+        RPN_MAX_LEVEL feed ``retinanet_heads.RetinaNetHead``; no RPN and no RoI heads."""
+        from pydetectron.core.config import cfg
+        from pydetectron.modeling.retinanet_heads import retinanet_head_from_cfg
+        k_min, k_max = cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL
+        body_min = getattr(self.Conv_Body, "min_level", None)
+        if not self.multilevel or body_min is None or k_min < body_min \
+                or k_max > self.Conv_Body.max_level:
+            raise ValueError("RETINANET.RETINANET_ON needs an FPN body (MODEL.CONV_BODY FPN.*) "
+                             "whose levels include FPN.RPN_MIN_LEVEL..RPN_MAX_LEVEL (%d..%d)"
+                             % (k_min, k_max))
+        self.retinanet_levels = slice(k_min - body_min, k_max - body_min + 1)
+        self.RetinaNet = retinanet_head_from_cfg(dim)
+        self.RPN = self.Box_Head = self.Box_Outs = None
+        self.Mask_Head = self.Mask_Outs = self.Keypoint_Head = self.Keypoint_Outs = None
+        self.mask_on = self.keypoints_on = False
+        self.postprocess_params = None
+
+    def _forward_retinanet(self, data, im_info, roidb):
+        from pydetectron.modeling.retinanet_heads import retinanet_losses
+        blob_conv = self.Conv_Body(data)[self.retinanet_levels]
+        cls_logits, bbox_pred = self.RetinaNet(blob_conv)
+        if self.training:
+            return retinanet_losses(self.RetinaNet, cls_logits, bbox_pred, roidb)
+        return {"blob_conv": blob_conv, "retnet_cls_prob": self.RetinaNet.probabilities(cls_logits),
+                "retnet_bbox_pred": bbox_pred}
+
     # ------------------------------------------------------------------------------------------ #
     # Forward
     # ------------------------------------------------------------------------------------------ #
@@ -134,6 +168,8 @@ class Generalized_RCNN(nn.Module):
         if im_info.shape != (data.shape[0], 3):
             raise ValueError("im_info must be (N, 3) = (height, width, im_scale) for N = %d images, "
                              "got shape %s" % (data.shape[0], tuple(im_info.shape)))
+        if self.RetinaNet is not None:
+            return self._forward_retinanet(data, im_info, roidb)
         if self.training:
             return self._forward_train(data, im_info, roidb, rois)
         return self._forward_test(data, im_info, rois)
@@ -221,6 +257,10 @@ class Generalized_RCNN(nn.Module):
         """The whole test path on the device: see ``postprocess.detect``."""
         if self.training:
             raise RuntimeError("detect() needs model.eval()")
+        if self.RetinaNet is not None:
+            from pydetectron.modeling import retinanet_postprocess
+            im_info = torch.as_tensor(im_info, dtype=torch.float32, device=data.device)
+            return retinanet_postprocess.detect(self, data, im_info, im_sizes)
         return postprocess.detect(self, data, im_info, im_sizes, rois)
 
     # ------------------------------------------------------------------------------------------ #
@@ -232,4 +272,5 @@ class Generalized_RCNN(nn.Module):
         return merge_mappings({
             "Conv_Body": self.Conv_Body, "RPN": self.RPN, "Box_Head": self.Box_Head,
             "Box_Outs": self.Box_Outs, "Mask_Head": self.Mask_Head, "Mask_Outs": self.Mask_Outs,
-            "Keypoint_Head": self.Keypoint_Head, "Keypoint_Outs": self.Keypoint_Outs})
+            "Keypoint_Head": self.Keypoint_Head, "Keypoint_Outs": self.Keypoint_Outs,
+            "RetinaNet": self.RetinaNet})

@@ -116,7 +116,8 @@ def _source_name(blob, blobs):
 
 def _is_class_head(blob):
     base = blob.rsplit("_", 1)[0]
-    return base in CLASS_HEAD_BLOBS
+    # RetinaNet's classifier is named after its finest level (retnet_cls_pred_fpn3)
+    return base in CLASS_HEAD_BLOBS or base.startswith("retnet_cls_pred_fpn")
 
 
 def load_detectron_weight(model, path, skip_class_heads=False, blob_filter=None):

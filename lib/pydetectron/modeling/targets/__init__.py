@@ -9,6 +9,7 @@
     mask_rcnn.py      mask targets: gt polygons rasterized inside the fg RoIs
     rasterize.py      pycocotools-exact polygon scan conversion on the device
     keypoint_rcnn.py  keypoint heatmap labels, weights and loss normaliser
+    retinanet.py      RetinaNet anchor labels, box targets, fg / bg counts (``retinanet_targets``)
 
 ``generate_proposal_labels`` below is the one call the model makes after its RPN in training:
 the blobs Detectron's ``GenerateProposalLabels`` (or ``CollectAndDistributeFpnRpnProposals``)
