@@ -1,58 +1,81 @@
 #!/usr/bin/env bash
-# On a machine with a CUDA GPU: build pydetectron._C with its CUDA kernels, run the ops tests
-# (CUDA tests included), then time the ops against torchvision. Logs go to $OUT (default
-# /tmp/gpu_check). Usage: bash tools/gpu_check.sh
+# The GPU check, one entry point: on the lent GPU machine, in one device call, one shared set-up,
+# then each MODE in the order given.
+#
+#   bash dev/gpu_check.sh MODE [MODE...]
+#   CPU=1 bash dev/gpu_check.sh MODE [MODE...]     rehearsal on a CPU machine (no build)
+#
+# Modes (each one's body and its environment variables are in dev/gpu/MODE.sh):
+#   build   the build's warnings, and a C++ argument check that must raise, not crash
+#   tests   every CUDA-marked test: pytest tests -m cuda
+#   ops     tests/ops one pytest process per file, then dev/benchmark_ops.py --device cuda
+#           --profile (the ops table of BENCHMARK.md; GPU only)
+#   train   Mask R-CNN and Keypoint R-CNN trained on coco_mini with tools/train_net_step.py, in
+#           float32 and bfloat16, their loss curves side by side, then tools/test_net.py
+#   perf    dev/benchmark.py once per entry of VARIANTS
+#   ab      dev/benchmark_ab.py (paired timing) once per entry of AB
+#   multi   2+ GPUs: DataParallel against DistributedDataParallel training, test_net in one
+#           process against --multi-gpu-testing
+#
+# The shared set-up (dev/gpu/setup.sh): pycocotools (and pytest) from the carried .whl/ when the
+# interpreter lacks them; coco_mini from the carried .gpu_data/coco_mini (else
+# ../shared/data/coco_mini); the machine's description; pydetectron._C built in place with its
+# CUDA kernels, once for all the modes (CPU=1: the extension already in lib/ is used).
+# Before a device call, here: echo /.gpu_data/ >> .git/info/exclude; mkdir -p .gpu_data;
+# cp -r ../shared/data/coco_mini .gpu_data/; then run with carry [".gpu_data", ".whl"].
+# Logs go to $OUT (default /tmp/gpu_check), scratch files to $WORK (default /tmp/gpu_check_work,
+# emptied first). The exit status is the first failing mode's.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-PY=${PYTHON:-python3}
-
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv \
-    | tee "$OUT/gpu.txt"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
-
-echo "== build (FORCE_CUDA=1, arch $TORCH_CUDA_ARCH_LIST)"
-rm -f lib/pydetectron/_C*.so
-start=$(date +%s)
-if ! FORCE_CUDA=1 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
-    tail -n 60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
-fi
-echo "built in $(( $(date +%s) - start )) s"
-grep -iE "warning|spill" "$OUT/build.log" | grep -v "c10/\|ATen/\|torch/" | head -n 20
-
-export PYTHONPATH=lib${PYTHONPATH:+:$PYTHONPATH}
-echo "== a C++ argument check must raise, not crash"
-THROW='import torch, pydetectron.ops as o
-try:
-    torch.ops.pydetectron.nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
-except RuntimeError as e:
-    print("raised:", str(e).splitlines()[0])'
-if ! "$PY" -X faulthandler -c "$THROW" > "$OUT/throw.log" 2>&1; then
-    echo "CRASHED: see throw.log / throw_bt.log"; tail -n 5 "$OUT/throw.log"
-    if command -v cuda-gdb > /dev/null; then
-        timeout 120 cuda-gdb -batch -ex run -ex bt --args "$PY" -c "$THROW" > "$OUT/throw_bt.log" 2>&1
-        grep -E "^#" "$OUT/throw_bt.log" | head -n 25
-    fi
-else
-    cat "$OUT/throw.log"
-fi
-
-echo "== tests (one pytest process per file, so that a crash stays in its file)"
-test_rc=0
-: > "$OUT/pytest.log"
-for f in tests/ops/test_*.py; do
-    "$PY" -m pytest "$f" -q -rfEs -p no:randomly -p no:cacheprovider >> "$OUT/pytest.log" 2>&1
-    rc=$?
-    echo "$f: rc=$rc $(tail -n 1 "$OUT/pytest.log")"
-    [ $rc -ne 0 ] && test_rc=$rc
+MODES="build tests ops train perf ab multi"
+usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+if [ $# -eq 0 ]; then usage >&2; echo "gpu_check.sh: give at least one MODE among: $MODES" >&2; exit 2; fi
+for m in "$@"; do
+    case " $MODES -h --help " in
+        *" $m "*) ;;
+        *) echo "gpu_check.sh: unknown mode '$m'; expected one of: $MODES" >&2; exit 2 ;;
+    esac
+    if [ "$m" = -h ] || [ "$m" = --help ]; then usage; exit 0; fi
 done
-grep -E "^(FAILED|ERROR)|Fatal|Error" "$OUT/pytest.log" | head -n 30
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+OUT=${OUT:-/tmp/gpu_check}
+WORK=${WORK:-/tmp/gpu_check_work}
+CPU=${CPU:-0}
+export PYTHONUNBUFFERED=1
+rm -rf "$WORK"
+mkdir -p "$OUT" "$WORK"
+# shellcheck source=dev/gpu/setup.sh
+. dev/gpu/setup.sh
+DEVICE_FLAG=
+[ "$CPU" = 1 ] && DEVICE_FLAG=--no_cuda
 
-echo "== benchmark"
-"$PY" tools/benchmark_ops.py --device cuda --profile --out "$OUT/bench_cuda.json" 2>&1 \
-    | tee "$OUT/bench.log"
-exit "$test_rc"
+ensure_wheels || exit 1
+{
+    [ "$CPU" = 1 ] || nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
+        --format=csv,noheader
+    "$PY" -c "import torch, platform; print('python', platform.python_version(), 'torch', \
+torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
+} 2>&1 | tee "$OUT/machine.txt"
+if [ "$CPU" = 1 ]; then
+    BUILD="skipped (CPU=1: the extension in lib/ as it is)"
+else
+    stamp "build (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0})"
+    start=$(date +%s)
+    build_cuda_extension "$OUT/build.log" || { echo "BUILD FAILED (see $OUT/build.log)"; exit 1; }
+    BUILD="ok in $(( $(date +%s) - start )) s"
+fi
+echo "built: $BUILD"
+_on_pythonpath "$ROOT/lib"
+export ROOT OUT WORK CPU PY DEVICE_FLAG BUILD T0
+
+status=0
+summary=""
+for m in "$@"; do
+    stamp "mode $m"
+    ( . "dev/gpu/$m.sh" )
+    rc=$?
+    summary="$summary $m=$rc"
+    [ $rc -ne 0 ] && [ $status -eq 0 ] && status=$rc
+done
+stamp "done:$summary"
+exit $status
