@@ -17,18 +17,14 @@ if [ -z "${AB:-}" ]; then echo "ab: set AB to the benchmark_ab.py argument lists
 for b in ${BASES:-}; do
     cp lib/pydetectron/_C*.so "$b/pydetectron/" || exit 1
 done
-IFS=';' read -r -a runs <<< "$AB"
-status=0
-i=0
-for a in "${runs[@]}"; do
-    i=$((i + 1))
-    echo "== ab $i: $a"
+ab_one() {   # $1 index, $2 benchmark_ab.py arguments
+    echo "== ab $1: $2"
     # shellcheck disable=SC2086
-    timeout "${AB_TIMEOUT:-240}" "$PY" dev/benchmark_ab.py --steps "${AB_STEPS:-50}" $a \
-        > "$OUT/ab_$i.log" 2>&1
-    rc=$?
+    timeout "${AB_TIMEOUT:-240}" "$PY" dev/benchmark_ab.py --steps "${AB_STEPS:-50}" $2 \
+        > "$OUT/ab_$1.log" 2>&1
+    local rc=$?
     echo "rc=$rc"
-    [ $rc -ne 0 ] && status=$rc
-    grep -E "^== paired|^impl|^[a-z]+ +[0-9]" "$OUT/ab_$i.log" || tail -n 20 "$OUT/ab_$i.log"
-done
-exit $status
+    grep -E "^== paired|^impl|^[a-z]+ +[0-9]" "$OUT/ab_$1.log" || tail -n 20 "$OUT/ab_$1.log"
+    return $rc
+}
+for_each_entry "$AB" ab_one

@@ -14,19 +14,15 @@ if [ "$CPU" = 1 ]; then
 fi
 COMMON=${COMMON---parts train,infer --warmup 3 --iters 20 --max_seconds 6 --infer_batch 8}
 VARIANTS=${VARIANTS:---models mask --batch_sizes 2 --profile;--models mask --batch_sizes 2 --no-peer --channels_last}
-IFS=';' read -r -a variants <<< "$VARIANTS"
-status=0
-i=0
-for v in "${variants[@]}"; do
-    i=$((i + 1))
-    echo "== variant $i: $v"
+perf_one() {   # $1 index, $2 benchmark.py arguments
+    echo "== variant $1: $2"
     # shellcheck disable=SC2086
-    timeout "${BENCH_TIMEOUT:-240}" "$PY" dev/benchmark.py $v $COMMON \
-        --json "$OUT/bench_$i.json" > "$OUT/bench_$i.log" 2>&1
-    rc=$?
+    timeout "${BENCH_TIMEOUT:-240}" "$PY" dev/benchmark.py $2 $COMMON \
+        --json "$OUT/bench_$1.json" > "$OUT/bench_$1.log" 2>&1
+    local rc=$?
     echo "rc=$rc"
-    [ $rc -ne 0 ] && status=$rc
-    grep -E "host-device synchronisations|device time per step|^\s+[0-9]+\s+lib/" "$OUT/bench_$i.log"
-    sed -n '/^== training/,$p' "$OUT/bench_$i.log"
-done
-exit $status
+    grep -E "host-device synchronisations|device time per step|^\s+[0-9]+\s+lib/" "$OUT/bench_$1.log"
+    sed -n '/^== training/,$p' "$OUT/bench_$1.log"
+    return $rc
+}
+for_each_entry "$VARIANTS" perf_one

@@ -8,6 +8,7 @@
 #   build_cuda_extension LOG  pydetectron._C with its CUDA kernels, in place (log to LOG); prints
 #                             the log's tail and returns 1 when the build fails
 #   val_subset JSON OUT N     the first N images of a COCO json (and their annotations) into OUT
+#   for_each_entry LIST FN    FN I ENTRY for each ';'-separated entry of LIST
 #   stamp TEXT                "== [seconds since the start] TEXT"
 # PY (default python3) is the interpreter; TORCH_CUDA_ARCH_LIST defaults to 9.0 (H100, H200).
 
@@ -63,4 +64,17 @@ build_cuda_extension() {
 
 val_subset() {
     "$PY" dev/gpu/val_subset.py "$@"
+}
+
+for_each_entry() {   # LIST FUNCTION: FUNCTION I ENTRY for each ';'-separated entry of LIST (I from
+                     # 1); returns the last non-zero status of FUNCTION, else 0
+    local entries entry i=0 rc status=0
+    IFS=';' read -r -a entries <<< "$1"
+    for entry in "${entries[@]}"; do
+        i=$((i + 1))
+        "$2" "$i" "$entry"
+        rc=$?
+        [ $rc -ne 0 ] && status=$rc
+    done
+    return $status
 }
