@@ -13,7 +13,7 @@ SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 COCO_MINI = os.path.join(SHARED, "data", "coco_mini")
 if not os.path.isdir(COCO_MINI):
     # the GPU machine gets no ../shared: the GPU check scripts carry a copy in .gpu_data/
-    # (an ignored folder, see tools/gpu_train_check.sh)
+    # (an ignored folder, see dev/gpu_check.sh)
     _CARRIED = os.path.join(ROOT, ".gpu_data", "coco_mini")
     if os.path.isdir(_CARRIED):
         COCO_MINI = _CARRIED
@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
         has_cuda = False
     if has_cuda:
         return
-    skip = pytest.mark.skip(reason="needs CUDA (run tools/gpu_check.sh on the GPU machine)")
+    skip = pytest.mark.skip(reason="needs CUDA (bash dev/gpu_check.sh tests on a GPU machine)")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)

@@ -4,8 +4,8 @@ Runs ``tools/train_net_step.py`` (unchanged, in this process) on the shapes data
 start's thin GN R-FPN Mask R-CNN, records the resident set size (RSS, from /proc, this process
 plus its DataLoader workers) after every step, and reports the growth after warm-up:
 
-    python tools/soak_train.py --steps 300 --warmup 50 --json soak.json
-    python tools/soak_train.py --steps 40 --warmup 15 --nw 1 -- --set TRAIN.SCALES '(96,)'
+    python dev/soak_train.py --steps 300 --warmup 50 --json soak.json
+    python dev/soak_train.py --steps 40 --warmup 15 --nw 1 -- --set TRAIN.SCALES '(96,)'
 
 Arguments after ``--`` go to ``train_net_step.py``. The figure for BENCHMARK.md is
 ``growth_after_warmup_mib``: RSS at the last step minus the median RSS of the ten steps after

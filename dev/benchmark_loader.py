@@ -1,8 +1,8 @@
 """Measure the training data loader's throughput (images per second).
 
-    python tools/benchmark_loader.py                        # coco_mini, 800/1333, FPN padding
-    python tools/benchmark_loader.py --dataset coco2017 --workers 0,4,8 --iters 200
-    python tools/benchmark_loader.py --cfg configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml
+    python dev/benchmark_loader.py                        # coco_mini, 800/1333, FPN padding
+    python dev/benchmark_loader.py --dataset coco2017 --workers 0,4,8 --iters 200
+    python dev/benchmark_loader.py --cfg configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml
 
 Builds the training roidb (flipped copies, filtering, targets) and the loader exactly as training
 does, then times ``--iters`` batches after ``--warmup`` ones, for each worker count of
@@ -17,15 +17,14 @@ import logging
 import os
 import platform
 import sys
-import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-sys.path.insert(0, os.path.join(ROOT, 'lib'))
+sys.path.insert(0, os.path.join(ROOT, 'dev'))
 
+from bench.loader import time_loader  # noqa: E402  (puts pydetectron on sys.path)
 from pydetectron.core.config import cfg, merge_cfg_from_file, merge_cfg_from_list  # noqa: E402
 from pydetectron.datasets import dataset_catalog  # noqa: E402
 from pydetectron.datasets.roidb import combined_roidb_for_training  # noqa: E402
-from pydetectron.roi_data.loader import build_train_loader  # noqa: E402
 
 DEFAULT_DATASET = os.path.normpath(os.path.join(
     ROOT, '..', 'shared', 'data', 'coco_mini', 'annotations', 'instances_train2017.json'))
@@ -50,41 +49,6 @@ def parse_args():
     p.add_argument('--iters', type=int, default=60, help='timed batches per worker count')
     p.add_argument('--warmup', type=int, default=4, help='untimed batches first')
     return p.parse_args()
-
-
-def _cpu_seconds(pids):
-    """User + system CPU time of processes (Linux /proc), or None where unavailable."""
-    total = 0.
-    try:
-        for pid in pids:
-            with open('/proc/%d/stat' % pid) as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / float(os.sysconf('SC_CLK_TCK'))
-    except (OSError, ValueError, IndexError):
-        return None
-    return total
-
-
-def time_loader(roidb, ratio_list, ratio_index, args, num_workers):
-    """(images/s of wall time, images per CPU-second of the processes making batches, shape)."""
-    loader = build_train_loader(roidb, ratio_list, ratio_index, args.batch_size, args.num_gpus,
-                                num_workers, start_iter=0)
-    it = iter(loader)
-    for _ in range(args.warmup):
-        next(it)
-    # the processes that make batches: the workers, or this one with num_workers=0
-    pids = [w.pid for w in getattr(it, '_workers', [])] or [os.getpid()]
-    cpu0, start = _cpu_seconds(pids), time.perf_counter()
-    for _ in range(args.iters):
-        batch = next(it)
-    elapsed = time.perf_counter() - start
-    cpu1 = _cpu_seconds(pids)
-    shape = tuple(batch['data'][0].shape)
-    del batch, it
-    images = args.iters * args.batch_size
-    per_cpu = images / (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None and cpu1 > cpu0 \
-        else float('nan')
-    return images / elapsed, per_cpu, shape
 
 
 def main():

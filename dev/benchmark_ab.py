@@ -1,10 +1,10 @@
 """Paired timing of two or more versions of pydetectron (and torchvision), step by step.
 
-    python tools/benchmark_ab.py --impl base=.bench_base/lib --impl head=lib --peer \\
+    python dev/benchmark_ab.py --impl base=.bench_base/lib --impl head=lib --peer \\
         --model mask --part train --batch 2 --steps 60
 
 On a shared machine the speed of the host drifts by 10-20% within minutes, more than most single
-changes gain, so timing one version after the other (``tools/benchmark.py`` twice) cannot tell
+changes gain, so timing one version after the other (``dev/benchmark.py`` twice) cannot tell
 them apart. Here each implementation lives in its own worker process (its own copy of the package
 on ``sys.path``: ``PYDETECTRON_LIB``), all of them built and warmed up on the same synthetic
 images, and the workers take turns: one timed step of each per round, the order rotating from
@@ -13,7 +13,7 @@ same conditions; the report has each one's median and p10-p90, and the median ov
 per-round ratio to the first implementation (the paired speed-up, which the drift cancels out
 of) with its quartiles.
 
-A step is what ``tools/benchmark.py`` times: ``--part train``, one optimizer step at ``--batch``
+A step is what ``dev/benchmark.py`` times: ``--part train``, one optimizer step at ``--batch``
 images ending with the host reading the loss (cuDNN autotuning off); ``--part infer``,
 ``model.detect`` on one image (the images rotating; autotuning on). Times are device-side
 (``torch.cuda.Event``) on CUDA, host clock on the CPU. ``--peer`` adds torchvision's model as an
@@ -84,7 +84,7 @@ def parse_args(argv=None):
 
 
 def bench_argv(args):
-    """The tools/benchmark.py arguments that configure the models as ours are configured."""
+    """The dev/benchmark.py arguments that configure the models as ours are configured."""
     argv = ['--image_size', args.image_size, '--objects', str(args.objects), '--no-peer']
     if args.device:
         argv += ['--device', args.device]
@@ -103,9 +103,9 @@ def bench_argv(args):
 
 def worker(args):
     import torch
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import benchmark as B   # imports pydetectron from PYDETECTRON_LIB
-    bargs = B.parse_args(bench_argv(args))
+    sys.path.insert(0, os.path.join(ROOT, 'dev'))
+    from bench import models, options, timing   # import pydetectron from PYDETECTRON_LIB
+    bargs = options.parse_args(bench_argv(args))
     bargs.device = torch.device(bargs.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     device = bargs.device
     if device.type == 'cuda':
@@ -115,19 +115,19 @@ def worker(args):
     impl = 'torchvision' if peer else 'ours'
     train = args.part == 'train'
     batch = args.batch if train else 2
-    names = B.configure(args.model, args.data, batch, bargs)
-    data, im_info, gt = B.load_batch(names, batch, device)
+    names = models.configure(args.model, args.data, batch, bargs)
+    data, im_info, gt = models.load_batch(names, batch, device)
     torch.backends.cudnn.benchmark = not train
     if train:
         if peer:
-            model = B.build_peer(args.model, device)
-            inputs = B.peer_inputs(data, im_info, gt, args.model)
+            model = models.build_peer(args.model, device)
+            inputs = models.peer_inputs(data, im_info, gt, args.model)
         else:
-            model = B.build_ours(device, bargs.channels_last, bargs.compile)
+            model = models.build_ours(device, bargs.channels_last, bargs.compile)
             inputs = (data, im_info, gt)
-        step = B.train_step_fn(model, impl, inputs, device, args.precision)
+        step = timing.train_step_fn(model, impl, inputs, device, args.precision)
     else:
-        _, run = B.inference_runner(args.model, impl, data, im_info, gt, bargs)
+        _, run = timing.inference_runner(args.model, impl, data, im_info, gt, bargs)
         counter = [0]
 
         def step():   # one image, the two images in turn
@@ -145,7 +145,7 @@ def worker(args):
     for line in sys.stdin:
         if line.strip() != 'step':
             break
-        print('%.4f' % B.timed_ms(step, device), flush=True)
+        print('%.4f' % timing.timed_ms(step, device), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -169,14 +169,14 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    sys.path.insert(0, os.path.join(ROOT, 'dev'))
     os.environ.setdefault('PYDETECTRON_LIB', args.impls[0][1] if args.impls else '')
-    import benchmark as B
+    from bench.data import make_synthetic_coco
     h, w = (int(x) for x in args.image_size.lower().split('x'))
     tmp = tempfile.mkdtemp(prefix='pydetectron_ab_')
     procs = []
     try:
-        spec = B.make_synthetic_coco(tmp, 16, h, w, args.objects, args.model == 'keypoint')
+        spec = make_synthetic_coco(tmp, 16, h, w, args.objects, args.model == 'keypoint')
         runs = list(args.impls) + ([('torchvision', args.impls[0][1] if args.impls
                                      else os.path.join(ROOT, 'lib'))] if args.peer else [])
         # the workers get the parent's arguments without --options, plus their own options

@@ -1,4 +1,4 @@
-"""tools/benchmark_ab.py on the CPU: argument checks, and a tiny paired run of two copies of the
+"""dev/benchmark_ab.py on the CPU: argument checks, and a tiny paired run of two copies of the
 package, each worker importing the copy it was given."""
 import os
 import shutil
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
+sys.path.insert(0, os.path.join(ROOT, 'dev'))
 
 import benchmark_ab  # noqa: E402
 
@@ -30,6 +30,7 @@ def test_parse_args_errors(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_paired_run_times_each_copy_in_turn(tmp_path, capsys):
     # a second copy of the package: the worker of "copy" must import it, not this checkout
     copy = tmp_path / 'lib'

@@ -1,5 +1,6 @@
-"""tools/benchmark.py on the CPU: the synthetic COCO data, torchvision's inputs made from our blob,
-the batch-size search, the step timer, and one tiny end-to-end run (--no-peer) with its JSON."""
+"""dev/benchmark.py and its modules (dev/bench/) on the CPU: the synthetic COCO data, torchvision's
+inputs made from our blob, the batch-size search, the step timer, and one tiny end-to-end run
+(--no-peer) with its JSON."""
 import json
 import os
 import sys
@@ -13,9 +14,11 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
+sys.path.insert(0, os.path.join(ROOT, 'dev'))
 
 import benchmark  # noqa: E402
+from bench import models, options, timing  # noqa: E402
+from bench.data import NUM_IMAGE_FILES, make_synthetic_coco  # noqa: E402
 
 # A tiny problem: 64x96 images, few proposals and RoIs, few detections (the mask head's work).
 SMALL = ['--device', 'cpu', '--image_size', '64x96', '--objects', '2', '--no-peer',
@@ -33,19 +36,19 @@ def registry_env(monkeypatch):
 
 
 def _args(*extra):
-    args = benchmark.parse_args(SMALL + list(extra))
+    args = options.parse_args(SMALL + list(extra))
     args.device = torch.device('cpu')
     return args
 
 
 def test_synthetic_coco_is_valid_coco(tmp_path):
-    spec = benchmark.make_synthetic_coco(str(tmp_path), num_images=10, height=64, width=96,
+    spec = make_synthetic_coco(str(tmp_path), num_images=10, height=64, width=96,
                                          objects=3, keypoints=True)
     assert spec.startswith('coco_json:')
     with open(tmp_path / 'synthetic.json') as f:
         data = json.load(f)
     assert len(data['images']) == 10 and len(data['annotations']) == 30
-    assert len(os.listdir(tmp_path / 'images')) == benchmark.NUM_IMAGE_FILES
+    assert len(os.listdir(tmp_path / 'images')) == NUM_IMAGE_FILES
     (cat,) = data['categories']
     assert cat['name'] == 'person' and len(cat['keypoints']) == 17
     for ann in data['annotations']:
@@ -65,19 +68,19 @@ def test_synthetic_coco_is_valid_coco(tmp_path):
     by_image = {}
     for ann in data['annotations']:
         by_image.setdefault(ann['image_id'], []).append(ann['segmentation'])
-    assert by_image[1] == by_image[1 + benchmark.NUM_IMAGE_FILES]
+    assert by_image[1] == by_image[1 + NUM_IMAGE_FILES]
 
 
 @pytest.mark.parametrize('model_name', ['mask', 'keypoint'])
 def test_peer_inputs_are_the_same_images_and_ground_truth(model_name, tmp_path, fresh_cfg,
                                                           registry_env):
     args = _args()
-    spec = benchmark.make_synthetic_coco(str(tmp_path), 8, 64, 96, 3, model_name == 'keypoint')
-    names = benchmark.configure(model_name, spec, 2, args)
+    spec = make_synthetic_coco(str(tmp_path), 8, 64, 96, 3, model_name == 'keypoint')
+    names = models.configure(model_name, spec, 2, args)
     assert fresh_cfg.TRAIN.IMS_PER_BATCH == 2 and fresh_cfg.TRAIN.SCALES == (64,)
-    data, im_info, gt = benchmark.load_batch(names, 2, torch.device('cpu'))
+    data, im_info, gt = models.load_batch(names, 2, torch.device('cpu'))
     assert data.shape == (2, 3, 64, 96) and (im_info[:, 2] == 1).all()   # no resize
-    images, targets = benchmark.peer_inputs(data, im_info, gt, model_name)
+    images, targets = models.peer_inputs(data, im_info, gt, model_name)
     for im, t, entry in zip(images, targets, gt):
         # RGB in [0, 1] equal to the JPEG as decoded
         bgr = cv2.imread(entry['image'])
@@ -109,16 +112,16 @@ def test_batch_search_stops_at_the_first_batch_that_does_not_fit(monkeypatch):
     def fake(model_name, impl, spec, bs, precision, args):
         tried.append((bs, args.warmup, args.iters))
         return {'status': 'ok' if bs <= 8 else 'oom'}
-    monkeypatch.setattr(benchmark, 'measure_training', fake)
+    monkeypatch.setattr(timing, 'measure_training', fake)
     args = _args()
-    assert benchmark.batch_sizes_to_time('mask', 'spec', 'fp32', args) == [2, 8]
+    assert timing.batch_sizes_to_time('mask', 'spec', 'fp32', args) == [2, 8]
     assert tried == [(4, 0, 1), (8, 0, 1), (16, 0, 1)]   # one step per probe
     args.max_batch = 4
-    assert benchmark.batch_sizes_to_time('mask', 'spec', 'fp32', args) == [2, 4]
+    assert timing.batch_sizes_to_time('mask', 'spec', 'fp32', args) == [2, 4]
     args.max_batch = 3
-    assert benchmark.batch_sizes_to_time('mask', 'spec', 'fp32', args) == [2]
+    assert timing.batch_sizes_to_time('mask', 'spec', 'fp32', args) == [2]
     args.batch_sizes = [2, 6]
-    assert benchmark.batch_sizes_to_time('mask', 'spec', 'fp32', args) == [2, 6]
+    assert timing.batch_sizes_to_time('mask', 'spec', 'fp32', args) == [2, 6]
 
 
 def test_time_steps_takes_the_median_after_the_warm_up():
@@ -128,27 +131,28 @@ def test_time_steps_takes_the_median_after_the_warm_up():
         calls.append(1)
         time.sleep(0.3 if len(calls) == 1 else 0.01)   # a slow first (warm-up) step
     args = types.SimpleNamespace(warmup=1, iters=5, max_seconds=10.)
-    med, p10, p90, n = benchmark.time_steps(step, torch.device('cpu'), args)
+    med, p10, p90, n = timing.time_steps(step, torch.device('cpu'), args)
     assert n == 5 and len(calls) == 6
     assert 0.009 < med < 0.1 and p10 <= med <= p90
     # out of time: still at least 3 timed steps
     calls.clear()
     args = types.SimpleNamespace(warmup=0, iters=50, max_seconds=0.)
-    assert benchmark.time_steps(step, torch.device('cpu'), args)[3] == 3
+    assert timing.time_steps(step, torch.device('cpu'), args)[3] == 3
 
 
 def test_parse_args_errors():
     with pytest.raises(SystemExit):
-        benchmark.parse_args(['--models', 'mask,cascade'])
+        options.parse_args(['--models', 'mask,cascade'])
     with pytest.raises(SystemExit):
-        benchmark.parse_args(['--image_size', '800'])
+        options.parse_args(['--image_size', '800'])
     with pytest.raises(SystemExit):
-        benchmark.parse_args(['--amp', '--fp32'])
-    args = benchmark.parse_args(['--amp', '--batch_sizes', '2,16', '--parts', 'train'])
+        options.parse_args(['--amp', '--fp32'])
+    args = options.parse_args(['--amp', '--batch_sizes', '2,16', '--parts', 'train'])
     assert args.precisions == ('bf16',) and args.batch_sizes == [2, 16]
-    assert benchmark.parse_args([]).precisions == ('fp32', 'bf16')
+    assert options.parse_args([]).precisions == ('fp32', 'bf16')
 
 
+@pytest.mark.slow
 def test_cpu_run_end_to_end(tmp_path, fresh_cfg, registry_env, capsys):
     out = tmp_path / 'bench.json'
     benchmark.main(SMALL + ['--fp32', '--batch_sizes', '2', '--loader_workers', '0',
@@ -173,31 +177,10 @@ def test_cpu_run_end_to_end(tmp_path, fresh_cfg, registry_env, capsys):
     assert '== training' in printed and '== inference' in printed and '== data loader' in printed
 
 
+@pytest.mark.slow
 def test_cpu_bf16_training_step(tmp_path, fresh_cfg, registry_env):
     results = benchmark.main(SMALL + ['--amp', '--batch_sizes', '2', '--parts', 'train'])
     (train,) = results
     assert train['precision'] == 'bf16'
     assert train['status'] == 'ok', train.get('error')
     assert train['images_per_s'] > 0
-
-
-def test_count_ops_attributes_a_steps_operators_to_source_files(registry_env, capsys):
-    import count_ops
-    count_ops.main(['--image_size', '64x96', '--lines', '3'])
-    out = capsys.readouterr().out.splitlines()
-    total = int(out[0].split(': ')[1].split()[0])
-    rows = [line.split(None, 1) for line in out[1:out.index('-- the 3 busiest lines')]]
-    per_file = {name: int(n) for n, name in rows}
-    assert sum(per_file.values()) == total > 1000
-    # the proposals and the targets issue operators; backward and the optimizer do too
-    assert per_file['lib/pydetectron/modeling/generate_proposals.py'] > 0
-    assert per_file['lib/pydetectron/modeling/targets/mask_rcnn.py'] > 0
-    # the mask targets' polygon rasterization: one operator (ops.polygon_masks_in_boxes) with the
-    # compiled extension, else the pure-torch path of targets/rasterize.py
-    from pydetectron.ops import extension_available
-    if extension_available():
-        assert per_file['lib/pydetectron/ops/polygon_mask.py'] == 1
-        assert 'lib/pydetectron/modeling/targets/rasterize.py' not in per_file
-    else:
-        assert per_file['lib/pydetectron/modeling/targets/rasterize.py'] > 0
-    assert per_file['backward / optimizer'] > 0

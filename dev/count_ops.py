@@ -3,8 +3,8 @@ pydetectron source file (and line) that issued them -- the host-side work of a s
 what limits small-batch training on a fast GPU. Runs on the CPU; operator counts do not depend
 on the device.
 
-    python tools/count_ops.py                        # Mask R-CNN training step, by file
-    python tools/count_ops.py --infer --lines 30     # one inference, the 30 busiest lines
+    python dev/count_ops.py                        # Mask R-CNN training step, by file
+    python dev/count_ops.py --infer --lines 30     # one inference, the 30 busiest lines
 
 Operators issued outside pydetectron's code (autograd's backward, the optimizer) are counted
 under "backward / optimizer".
@@ -20,8 +20,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import benchmark  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, 'dev'))
+from bench import models, options, timing  # noqa: E402
+from bench.data import make_synthetic_coco  # noqa: E402
 
 
 class CountOps(TorchDispatchMode):
@@ -43,20 +44,20 @@ class CountOps(TorchDispatchMode):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--model', default='mask', choices=sorted(benchmark.MODELS))
+    p.add_argument('--model', default='mask', choices=sorted(models.MODELS))
     p.add_argument('--image_size', default='256x416', help='HEIGHTxWIDTH of the images')
     p.add_argument('--batch', type=int, default=2, help='images per step')
     p.add_argument('--infer', action='store_true', help='count one model.detect of one image')
     p.add_argument('--lines', type=int, default=0, help='also list the N busiest source lines')
     a = p.parse_args(argv)
-    args = benchmark.parse_args(['--device', 'cpu', '--no-peer', '--image_size', a.image_size])
+    args = options.parse_args(['--device', 'cpu', '--no-peer', '--image_size', a.image_size])
     args.device = torch.device('cpu')
     with tempfile.TemporaryDirectory() as tmp:
-        spec = benchmark.make_synthetic_coco(tmp, 2 * a.batch, args.height, args.width,
-                                             args.objects, a.model == 'keypoint')
-        names = benchmark.configure(a.model, spec, a.batch, args)
-        data, im_info, gt = benchmark.load_batch(names, a.batch, args.device)
-        model = benchmark.build_ours(args.device)
+        spec = make_synthetic_coco(tmp, 2 * a.batch, args.height, args.width, args.objects,
+                                   a.model == 'keypoint')
+        names = models.configure(a.model, spec, a.batch, args)
+        data, im_info, gt = models.load_batch(names, a.batch, args.device)
+        model = models.build_ours(args.device)
         if a.infer:
             model.eval()
 
@@ -64,7 +65,7 @@ def main(argv=None):
                 with torch.no_grad():
                     model.detect(data[:1], im_info[:1])
         else:
-            run = benchmark.train_step_fn(model, 'ours', (data, im_info, gt), args.device, 'fp32')
+            run = timing.train_step_fn(model, 'ours', (data, im_info, gt), args.device, 'fp32')
         run()  # warm-up: caches and lazy initialisation are not part of a step
         counter = CountOps()
         with counter:
