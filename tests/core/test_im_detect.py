@@ -480,6 +480,25 @@ def test_device_postprocess_matches_numpy_path():
     np.testing.assert_allclose(dev[1], ref[1], rtol=1e-5, atol=1e-4)
 
 
+def test_input_blob_bit_identical_to_detectron_on_photos(coco_mini):
+    import glob
+    import os
+    paths = sorted(glob.glob(os.path.join(coco_mini, 'images', 'val2017', '*.jpg')))[:2]
+    ims = [cv2.imread(p) for p in paths]
+    cfg.FPN.FPN_ON = True
+    data, im_info, im_scales = test_mod.get_image_blob(ims, 800, 1333)
+    for i, im in enumerate(ims):
+        # Detectron: float32 image minus the means rounded to float32 (its cv2.subtract works in
+        # float32), resized by cv2 with fx = fy = the scale
+        diff = im.astype(np.float32) - np.float32([102.9801, 115.9465, 122.7717])
+        expected = cv2.resize(diff, None, None, fx=im_scales[i], fy=im_scales[i],
+                              interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+        h, w = expected.shape[1:]
+        np.testing.assert_array_equal(data[i, :, :h, :w], expected)
+        assert not data[i, :, h:].any() and not data[i, :, :, w:].any()
+        assert im_info[i, 0] % 32 == 0 and im_info[i, 1] % 32 == 0
+
+
 # ---------------------------------------------------------------------------------------------- #
 # Detectron's row order: each class's survivors in RoI order, not in score order
 # ---------------------------------------------------------------------------------------------- #
