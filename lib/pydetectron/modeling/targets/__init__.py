@@ -49,7 +49,8 @@ def generate_proposal_labels(rois, roidb, im_info, generator=None, gt=None, poly
     if cfg.MODEL.MASK_ON:
         if polys is None:
             polys = pack_polygons(roidb, gt.valid.shape[1], device)
-        blobs.update(mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], polys, gt, im_info))
+        blobs.update(mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], polys, gt, im_info,
+                                       rois_orig=blobs['sampled_boxes']))
     if cfg.MODEL.KEYPOINTS_ON:
         blobs.update(keypoint_rcnn_targets(labels, gt, N, generator=generator))
     return blobs
