@@ -134,6 +134,36 @@ def test_minibatch_entry_scales_everything(kp_roidb):
     np.testing.assert_array_equal(im, expected)
 
 
+def test_minibatch_entry_carries_the_original_scale_ground_truth(kp_roidb):
+    """Detectron computes box, mask and keypoint targets from the roidb's own values: the loader
+    passes them beside the blob-scale ones, untouched (float32), also after an aspect crop."""
+    entry = next(e for e in kp_roidb if e['has_visible_keypoints']
+                 and any(segm_utils.is_poly(s) for s in e['segms']))
+    for crop in (False, True):
+        e = dict(entry, need_crop=crop)
+        ratio = 0.5 if e['width'] >= e['height'] else 2.0
+        im, scale, gt = minibatch.get_minibatch_entry(e, 300, 500, MEANS, crop_ratio=ratio,
+                                                      rng=np.random.RandomState(3))
+        if crop:
+            window = minibatch.choose_crop_window(e, ratio, np.random.RandomState(3))
+            e = minibatch.crop_entry(e, *window)
+            assert gt['crop_box'] is not None
+        s = np.float32(scale)
+        np.testing.assert_array_equal(gt['boxes_orig'], e['boxes'].astype(np.float32))
+        np.testing.assert_array_equal(gt['boxes'], gt['boxes_orig'] * s)
+        np.testing.assert_array_equal(gt['gt_keypoints_orig'],
+                                      e['gt_keypoints'].astype(np.float32))
+        assert len(gt['segms_orig']) == len(e['segms'])
+        for seg, orig in zip(gt['segms_orig'], e['segms']):
+            if segm_utils.is_poly(orig):
+                assert len(seg) == len(orig)
+                for p, q in zip(seg, orig):
+                    assert p.dtype == np.float32
+                    np.testing.assert_array_equal(p, np.array(q, dtype=np.float32))
+            else:
+                assert seg == orig
+
+
 def test_unreadable_image_names_the_file(kp_roidb, tmp_path):
     bad = tmp_path / 'bad.jpg'
     bad.write_bytes(b'not a jpeg')

@@ -87,13 +87,14 @@ def test_mask_targets_match_pycocotools_on_coco(sampled, M):
         np.testing.assert_array_equal(masks[r].astype(bool), ref)
 
 
-@pytest.mark.parametrize('path', ['op', 'torch'])
+@pytest.mark.parametrize('path', ['op', 'torch', pytest.param('cuda', marks=pytest.mark.cuda)])
 def test_thin_rois_clamped_at_the_original_scale(path, monkeypatch):
     """RoIs thinner than one original pixel: Detectron's polys_to_mask_wrt_box clamps the box
     width / height to 1 in original pixels. At blob scale 2 a RoI 0.6 px wide is 1.2 px wide,
     so a clamp in the blob frame would stretch the polygon 1 / 0.6 times more."""
-    if path == 'op' and not ops.extension_available():
+    if path != 'torch' and not ops.extension_available():
         pytest.skip("pydetectron._C not built")
+    dev = 'cuda' if path == 'cuda' else 'cpu'
     if path == 'torch':
         monkeypatch.setattr(ops, 'extension_available', lambda: False)
     s, M = 2.0, 14
@@ -110,13 +111,15 @@ def test_thin_rois_clamped_at_the_original_scale(path, monkeypatch):
     # one 2 px wide
     rois = torch.tensor([[0., 20.2, 20., 21.4, 60.], [0., 19.6, 21., 21.4, 59.],
                          [0., 19.0, 20., 23.0, 60.]])
-    gt = pack_gt(roidb, 'cpu')
-    packed = pack_polygons(roidb, gt.valid.shape[1], 'cpu')
-    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0.)
+    gt = pack_gt(roidb, dev)
+    packed = pack_polygons(roidb, gt.valid.shape[1], dev)
+    lab = label_proposals(rois.to(dev), gt, im_info.to(dev), crowd_filter_thresh=0.)
     blobs = sample_rois(lab, 1, batch_size_per_im=64, num_classes=3,
-                        generator=torch.Generator().manual_seed(0))
-    out = mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], packed, gt, im_info,
+                        generator=torch.Generator(device=dev).manual_seed(0))
+    out = mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], packed, gt, im_info.to(dev),
                             resolution=M, rois_orig=blobs['sampled_boxes'])
+    blobs = {k: v.cpu() for k, v in blobs.items()}
+    out = {k: v.cpu() for k, v in out.items()}
     fg = (blobs['labels_int32'] > 0).numpy()
     assert fg.sum() == 5                      # both gt rows and the three proposals
     inv = f(1. / np.float64(f(s)))
