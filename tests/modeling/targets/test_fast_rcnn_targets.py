@@ -131,18 +131,33 @@ def _bbox_transform_inv_float32(ex, gt, weights):
                      ww * np.log(gt_w / ex_w), wh * np.log(gt_h / ex_h)], axis=1)
 
 
-def test_box_targets_at_the_original_scale_as_detectron(coco_case):
+@pytest.mark.parametrize('precomputed', [False, True])
+def test_box_targets_at_the_original_scale_as_detectron(coco_case, precomputed):
     """Detectron regresses the proposals (rois / im_scale) against the roidb's own gt boxes, all in
     float32 (json_dataset.add_proposals, roidb._compute_targets), and its rois blob is those
     original-scale boxes times im_scale. The loader's boxes_orig make that exact; the blob
-    round trip (boxes * s) * (1 / s) moved targets by up to ~1e-4."""
+    round trip (boxes * s) * (1 / s) moved targets by up to ~1e-4. ``precomputed``: Fast R-CNN's
+    proposals from the roidb (original pixels, here rounded to 0.01 as a proposal file has them)
+    are labelled as they are, not as their blob-scale copy scaled back."""
     entries, scales, roidb, im_info, rois = coco_case
     gt = pack_gt(roidb, 'cpu')
     assert gt.boxes_orig is not None
-    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0., bbox_thresh=0.5,
-                          bbox_reg_weights=WEIGHTS, cls_agnostic_bbox_reg=False)
     N, G = gt.valid.shape
+    rois_orig = None
+    if precomputed:
+        s32 = np.array([np.float32(s) for s in scales], np.float32)[rois[:, 0].long().numpy()]
+        rois_orig = np.round(detectron_candidate_boxes(entries, scales, rois, G)[N * G:], 2)
+        rois_orig = rois_orig.astype(np.float32)
+        rois = torch.cat([rois[:, :1], torch.from_numpy(rois_orig * s32[:, None])], dim=1)
+        inv = np.float32(1.) / s32[:, None]
+        assert ((rois[:, 1:].numpy() * inv) != rois_orig).any()   # the round trip would move some
+        rois_orig = torch.from_numpy(rois_orig)
+    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0., bbox_thresh=0.5,
+                          bbox_reg_weights=WEIGHTS, cls_agnostic_bbox_reg=False,
+                          rois_orig=rois_orig)
     cand = detectron_candidate_boxes(entries, scales, rois, G)
+    if precomputed:
+        cand[N * G:] = rois_orig.numpy()
     np.testing.assert_array_equal(lab.boxes_orig.numpy(), cand)
     batch_of = lab.rois[:, 0].long().numpy()
     s32 = np.array([np.float32(s) for s in scales], np.float32)

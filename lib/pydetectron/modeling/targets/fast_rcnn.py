@@ -69,11 +69,14 @@ def _check_rois(rois):
 
 
 def label_proposals(rois, gt, im_info, crowd_filter_thresh=None, bbox_thresh=None,
-                    bbox_reg_weights=None, cls_agnostic_bbox_reg=None):
+                    bbox_reg_weights=None, cls_agnostic_bbox_reg=None, rois_orig=None):
     """Detectron's roidb fields for the proposals ``rois`` plus the ground truth.
 
     rois: (R, 5) float (batch index, x1, y1, x2, y2) in blob scale, on the model's device.
     gt: a ``GtBatch`` or the loader's per-image ground-truth dicts; im_info: (N, 3).
+    rois_orig: (R, 4) the same proposals at the original scale when they come from the roidb
+    (Fast R-CNN's precomputed proposals: the loader's ``boxes_orig`` rows); default: rois times
+    ``1 / im_scale`` (the RPN's proposals, as ``add_proposals``).
     Returns ``ProposalLabels`` (see the module docstring).
     """
     if crowd_filter_thresh is None:
@@ -103,14 +106,21 @@ def label_proposals(rois, gt, im_info, crowd_filter_thresh=None, bbox_thresh=Non
     # (1. / the float32 scale in double, then rounded: numpy's float32 array * float64 scalar).
     # Ground truth: the roidb's own boxes when the loader passed them.
     inv_scale = (1. / im_info[:, 2].double()).float()                          # (N,)
-    cand_orig = cand[:, 1:5] * inv_scale[batch].unsqueeze(1)                   # (C, 4)
+    if rois_orig is None:
+        prop_orig = rois[:, 1:5] * inv_scale[rois[:, 0].long()].unsqueeze(1)   # (R, 4)
+    else:
+        if tuple(rois_orig.shape) != (rois.shape[0], 4):
+            raise ValueError('rois_orig must be (R, 4) with R = %d rois, got shape %s'
+                             % (rois.shape[0], tuple(rois_orig.shape)))
+        prop_orig = rois_orig.detach().float()
     if gt.boxes_orig is not None:
         gt_orig = gt.boxes_orig                                                # (N, G, 4)
-        cand_orig = torch.cat([gt_orig.reshape(N * G, 4), cand_orig[N * G:]], dim=0)
+    else:
+        gt_orig = gt.boxes * inv_scale.view(N, 1, 1)
+    cand_orig = torch.cat([gt_orig.reshape(N * G, 4), prop_orig], dim=0)      # (C, 4)
+    if gt.boxes_orig is not None:
         # Detectron's rois blob: sampled_boxes (original scale) * im_scale (float32)
         cand = torch.cat([cand[:, :1], cand_orig * im_info[batch, 2].unsqueeze(1)], dim=1)
-    else:
-        gt_orig = gt.boxes * inv_scale.view(N, 1, 1)                           # (N, G, 4)
 
     iou = box_iou(cand_orig.unsqueeze(1), gt_orig[batch]).squeeze(1)           # (C, G)
     gt_valid = gt.valid[batch]                                                 # (C, G)
@@ -233,7 +243,7 @@ def fast_rcnn_targets(rois, gt, im_info, generator=None, **kwargs):
 
     Keyword arguments go to whichever of the two takes them (hyper-parameters default to cfg).
     """
-    label_keys = ('crowd_filter_thresh', 'bbox_thresh', 'bbox_reg_weights')
+    label_keys = ('crowd_filter_thresh', 'bbox_thresh', 'bbox_reg_weights', 'rois_orig')
     label_kw = {k: kwargs.pop(k) for k in label_keys if k in kwargs}
     if 'cls_agnostic_bbox_reg' in kwargs:
         label_kw['cls_agnostic_bbox_reg'] = kwargs['cls_agnostic_bbox_reg']

@@ -89,12 +89,16 @@ def pack_gt(roidb, device, with_keypoints=False):
                                  "ground-truth rows, got shape %s"
                                  % (i, keep.numel(), tuple(kps.shape)))
         per_image.append((boxes[keep], classes[keep], crowd[keep], kps))
-    boxes_orig = _pack_orig(roidb, 'boxes_orig', per_image, lambda e, i: _as_tensor(
-        e['boxes_orig'], 'boxes_orig', i, torch.float32, 'cpu')[gt_rows(e, i)], 4)
+    boxes_orig = _pack_orig(
+        roidb, 'boxes_orig', [b.shape for b, _, _, _ in per_image],
+        lambda e, i: _as_tensor(e['boxes_orig'], 'boxes_orig', i, torch.float32, 'cpu')[
+            gt_rows(e, i)])
     kps_orig = None
     if with_keypoints:
-        kps_orig = _pack_orig(roidb, 'gt_keypoints_orig', per_image, lambda e, i: _as_tensor(
-            e['gt_keypoints_orig'], 'gt_keypoints_orig', i, torch.float32, 'cpu'), 3)
+        kps_orig = _pack_orig(
+            roidb, 'gt_keypoints_orig', [k.shape for _, _, _, k in per_image],
+            lambda e, i: _as_tensor(e['gt_keypoints_orig'], 'gt_keypoints_orig', i,
+                                    torch.float32, 'cpu'))
 
     N = len(per_image)
     # At least one (padding) column, so that reductions over the ground truth are never empty.
@@ -126,19 +130,18 @@ def pack_gt(roidb, device, with_keypoints=False):
                    None if kps_orig is None else to_device_async(kps_orig, device))
 
 
-def _pack_orig(roidb, key, per_image, rows_of, dim1):
+def _pack_orig(roidb, key, shapes, rows_of):
     """(N, G, ...) padded original-scale field ``key`` of every image's gt rows, or None when some
-    dict lacks it. ``rows_of(entry, i)`` gives image i's (G_i, ...) rows; they must match the
-    blob-scale rows' shape (``per_image``)."""
-    if not all(key in e and e[key] is not None for e in roidb):
+    dict lacks it. ``rows_of(entry, i)`` gives image i's (G_i, ...) rows, which must have the
+    shape of its blob-scale rows, ``shapes[i]``."""
+    if not all(e.get(key) is not None for e in roidb):
         return None
     rows = []
     for i, entry in enumerate(roidb):
         r = rows_of(entry, i)
-        like = per_image[i][0] if dim1 == 4 else per_image[i][3]
-        if tuple(r.shape) != tuple(like.shape):
+        if tuple(r.shape) != tuple(shapes[i]):
             raise ValueError("roidb[%d]['%s'] has shape %s, its blob-scale rows have %s"
-                             % (i, key, tuple(r.shape), tuple(like.shape)))
+                             % (i, key, tuple(r.shape), tuple(shapes[i])))
         rows.append(r)
     G = max(1, max(r.shape[0] for r in rows))
     out = torch.zeros((len(rows), G) + tuple(rows[0].shape[1:]), dtype=torch.float32)
