@@ -46,7 +46,8 @@ def _synthetic_batch(seed=0, n_img=2, K=17, orig=False):
             kps_orig = kps.copy()
             kps_orig[:, :2] *= inv
             roidb[-1].update(
-                boxes_orig=torch.from_numpy(boxes * inv), gt_keypoints_orig=torch.from_numpy(kps_orig),
+                boxes_orig=torch.from_numpy(boxes * inv),
+                gt_keypoints_orig=torch.from_numpy(kps_orig),
                 segms_orig=[sg if isinstance(sg, dict) else [p * inv for p in sg] for sg in segms])
         info.append([h, w, 0.8])
         j = np.repeat(boxes, 30, 0) + rng.uniform(-15, 15, (30 * G, 4))
