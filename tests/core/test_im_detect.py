@@ -480,6 +480,103 @@ def test_device_postprocess_matches_numpy_path():
     np.testing.assert_allclose(dev[1], ref[1], rtol=1e-5, atol=1e-4)
 
 
+def test_input_blob_bit_identical_to_detectron_on_photos(coco_mini):
+    import glob
+    import os
+    paths = sorted(glob.glob(os.path.join(coco_mini, 'images', 'val2017', '*.jpg')))[:2]
+    ims = [cv2.imread(p) for p in paths]
+    cfg.FPN.FPN_ON = True
+    data, im_info, im_scales = test_mod.get_image_blob(ims, 800, 1333)
+    for i, im in enumerate(ims):
+        # Detectron: float32 image minus the means rounded to float32 (its cv2.subtract works in
+        # float32), resized by cv2 with fx = fy = the scale
+        diff = im.astype(np.float32) - np.float32([102.9801, 115.9465, 122.7717])
+        expected = cv2.resize(diff, None, None, fx=im_scales[i], fy=im_scales[i],
+                              interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+        h, w = expected.shape[1:]
+        np.testing.assert_array_equal(data[i, :, :h, :w], expected)
+        assert not data[i, :, h:].any() and not data[i, :, :, w:].any()
+        assert im_info[i, 0] % 32 == 0 and im_info[i, 1] % 32 == 0
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Detectron's row order: each class's survivors in RoI order, not in score order
+# ---------------------------------------------------------------------------------------------- #
+
+# RoIs (original pixels) and their class-1 / class-2 probabilities. Class 1's NMS at 0.5 keeps
+# RoIs 1, 2 and 4 (4 suppresses 0, 1 suppresses 3): RoI order gives scores 0.9, 0.6, 0.95
+# where score order would give 0.95, 0.9, 0.6.
+ORDER_ROIS = np.array([[0, 0, 9, 9], [20, 20, 29, 29], [40, 40, 49, 49], [21, 21, 30, 30],
+                       [1, 1, 10, 10]], np.float32)
+ORDER_SCORES = np.array([[0.3, 0.65], [0.9, 0.01], [0.6, 0.01], [0.7, 0.01], [0.95, 0.01]],
+                        np.float32)
+
+
+class FixedRoIModel(torch.nn.Module):
+    """Returns ORDER_ROIS (scaled to the blob) with ORDER_SCORES and zero deltas for every image;
+    at a blob scale other than 1 the scores are halved (to tell test-time transforms apart)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, data, im_info, roidb=None, rois=None):
+        n, r = data.shape[0], ORDER_ROIS.shape[0]
+        out_rois, probs = [], []
+        for i in range(n):
+            scale = float(im_info[i, 2])
+            out_rois.append(np.hstack((np.full((r, 1), i, np.float32), ORDER_ROIS * scale)))
+            p = ORDER_SCORES * (1.0 if scale == 1.0 else 0.5)
+            probs.append(np.hstack((1 - p.sum(1, keepdims=True), p)))
+        return {'blob_conv': data, 'rois': torch.from_numpy(np.vstack(out_rois)),
+                'cls_score': torch.from_numpy(np.vstack(probs).astype(np.float32)),
+                'bbox_pred': torch.zeros((n * r, 12))}
+
+
+def _rows(*inds, cls=1, factor=1.0):
+    return np.hstack((ORDER_ROIS[list(inds)],
+                      ORDER_SCORES[list(inds), cls - 1:cls] * np.float32(factor)))
+
+
+@pytest.mark.parametrize('limit', [100, 3])
+def test_class_rows_come_in_roi_order(limit):
+    cfg.MODEL.NUM_CLASSES = 3
+    cfg.TEST.NMS = 0.5
+    cfg.TEST.DETECTIONS_PER_IM = limit
+    im = np.zeros((120, 160, 3), np.uint8)  # TEST.SCALE 120: blob scale 1
+    # limit 3 (scores 0.95, 0.9, 0.65 over classes): Detectron's np.where drops 0.6, rows keep
+    # their RoI order
+    expected1 = _rows(1, 2, 4) if limit == 100 else _rows(1, 4)
+    for cls_boxes, _, _ in [test_mod.im_detect_all(FixedRoIModel(), im)] + \
+            test_mod.im_detect_all(FixedRoIModel(), [im, im]):
+        np.testing.assert_array_equal(cls_boxes[1], expected1)
+        np.testing.assert_array_equal(cls_boxes[2], _rows(0, cls=2))
+    # the numpy path (box voting with the ID score keeps the rows and their scores)
+    cfg.TEST.BBOX_VOTE.ENABLED = True
+    cls_boxes, _, _ = test_mod.im_detect_all(FixedRoIModel(), im)
+    np.testing.assert_array_equal(cls_boxes[1][:, 4], expected1[:, 4])
+    np.testing.assert_array_equal(cls_boxes[2], _rows(0, cls=2))
+
+
+def test_union_tta_rows_in_the_order_of_the_stacked_transforms():
+    cfg.MODEL.NUM_CLASSES = 3
+    cfg.TEST.NMS = 0.5
+    cfg.TEST.BBOX_AUG.ENABLED = True
+    cfg.TEST.BBOX_AUG.SCORE_HEUR = 'UNION'
+    cfg.TEST.BBOX_AUG.COORD_HEUR = 'UNION'
+    cfg.TEST.BBOX_AUG.SCALES = (240,)  # first (scores halved), then the identity
+    im = np.zeros((120, 160, 3), np.uint8)
+    # identity rows 5..9 suppress all the scale transform's rows 0..4: RoIs 6, 7, 9 survive
+    cls_boxes, _, _ = test_mod.im_detect_all(FixedRoIModel(), im)
+    np.testing.assert_array_equal(cls_boxes[1], _rows(1, 2, 4))
+    # class 2: the identity's 0.65 and the transform's 0.325 at the same box; 0.325 is suppressed
+    np.testing.assert_array_equal(cls_boxes[2], _rows(0, cls=2))
+    cfg.TEST.NMS = 1.01  # nothing suppressed: all rows, transform first, each in RoI order
+    cls_boxes, _, _ = test_mod.im_detect_all(FixedRoIModel(), im)
+    np.testing.assert_array_equal(cls_boxes[1], np.vstack((_rows(0, 1, 2, 3, 4, factor=0.5),
+                                                           _rows(0, 1, 2, 3, 4))))
+
+
 # ---------------------------------------------------------------------------------------------- #
 # Mask pasting and keypoint decoding
 # ---------------------------------------------------------------------------------------------- #

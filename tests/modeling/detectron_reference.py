@@ -64,10 +64,36 @@ def proposals_one_image(scores, deltas, im_info, cell_anchors, stride, pre_nms_t
     return boxes, scores
 
 
+def cython_nms(dets, thresh):
+    """detectron/utils/cython_nms.pyx ``nms`` in numpy: float32 IoU with +1 widths, visits by
+    decreasing score, ``>=`` suppresses; the kept indices come back in increasing (input) order.
+    Score ties are visited in increasing index order (the callers here have none)."""
+    dets = dets.astype(np.float32, copy=False)
+    x1, y1, x2, y2, scores = (dets[:, i] for i in range(5))
+    one = np.float32(1)
+    areas = (x2 - x1 + one) * (y2 - y1 + one)
+    order = np.argsort(-scores, kind="stable")
+    suppressed = np.zeros(len(dets), dtype=bool)
+    thresh = np.float32(thresh)
+    for a, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        for j in order[a + 1:]:
+            if suppressed[j]:
+                continue
+            w = max(np.float32(0), min(x2[i], x2[j]) - max(x1[i], x1[j]) + one)
+            h = max(np.float32(0), min(y2[i], y2[j]) - max(y1[i], y1[j]) + one)
+            inter = w * h
+            if inter / (areas[i] + areas[j] - inter) >= thresh:
+                suppressed[j] = True
+    return np.where(~suppressed)[0]
+
+
 def box_results_with_nms_and_limit(scores, boxes, score_thresh, nms_thresh, detections_per_im):
     """core/test.py box_results_with_nms_and_limit (hard NMS) for one image.
 
-    Returns boxes (D, 4), scores (D,), classes (D,), class by class.
+    Returns boxes (D, 4), scores (D,), classes (D,), class by class, each class in RoI order
+    (the order ``cython_nms`` and ``np.where`` leave the rows in).
     """
     num_classes = scores.shape[1]
     cls_boxes = [np.zeros((0, 5), np.float32) for _ in range(num_classes)]
@@ -75,9 +101,7 @@ def box_results_with_nms_and_limit(scores, boxes, score_thresh, nms_thresh, dete
         inds = np.where(scores[:, j] > score_thresh)[0]
         dets_j = np.hstack((boxes[inds, j * 4:(j + 1) * 4], scores[inds, j][:, None])).astype(
             np.float32)
-        keep = nms(torch.from_numpy(dets_j[:, :4]), torch.from_numpy(dets_j[:, 4]),
-                   nms_thresh).numpy()
-        cls_boxes[j] = dets_j[keep]
+        cls_boxes[j] = dets_j[cython_nms(dets_j, nms_thresh)]
     if detections_per_im > 0:
         image_scores = np.hstack([cls_boxes[j][:, -1] for j in range(1, num_classes)])
         if len(image_scores) > detections_per_im:

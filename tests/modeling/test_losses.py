@@ -264,3 +264,21 @@ def test_generalized_rcnn_training_step(config, ann, coco_mini, fresh_cfg):
             grads = [p.grad for p in head.parameters() if p.requires_grad]
             assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
             assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_precomputed_proposals_keep_their_original_boxes():
+    """Fast R-CNN's proposals are roidb rows (gt_classes 0): their original-scale boxes go to the
+    targets as they are (Detectron labels the roidb's own boxes)."""
+    from pydetectron.modeling.losses import _precomputed_proposals
+    orig = [torch.tensor([[1., 2., 30., 40.], [3.3, 4.1, 50.7, 60.2], [5., 6., 7., 8.]]),
+            torch.tensor([[0.5, 0.5, 9.25, 9.75]])]
+    s = torch.tensor([0.6, 1.7])
+    roidb = [{'boxes': o * si, 'boxes_orig': o, 'gt_classes': torch.tensor(c)}
+             for o, si, c in zip(orig, s, ([2, 0, 0], [0]))]
+    rois, rois_orig = _precomputed_proposals(roidb, 'cpu')
+    assert torch.equal(rois, torch.tensor([[0.] + (orig[0][1] * s[0]).tolist(),
+                                           [0.] + (orig[0][2] * s[0]).tolist(),
+                                           [1.] + (orig[1][0] * s[1]).tolist()]))
+    assert torch.equal(rois_orig, torch.cat([orig[0][1:], orig[1]]))
+    del roidb[1]['boxes_orig']
+    assert _precomputed_proposals(roidb, 'cpu')[1] is None

@@ -126,10 +126,42 @@ def test_minibatch_entry_scales_everything(kp_roidb):
             np.testing.assert_allclose(seg[0], np.asarray(orig[0]) * scale, rtol=1e-5)
         else:
             assert seg['size'] == list(im.shape[:2])
-    # the flipped entry reads the mirrored image
-    raw = cv2.imread(entry['image'])
-    expected, _ = minibatch.blob_utils.prep_im_for_blob(raw[:, ::-1].copy(), MEANS, 300, 500)
-    np.testing.assert_allclose(im, expected, atol=1e-4)
+    # the flipped entry reads the mirrored image; Detectron's blob bit for bit: float32 image
+    # minus the float32-rounded means (its cv2.subtract works in float32), then cv2.resize
+    raw = cv2.imread(entry['image'])[:, ::-1]
+    diff = raw.astype(np.float32) - MEANS.reshape(3).astype(np.float32)
+    expected = cv2.resize(diff, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(im, expected)
+
+
+def test_minibatch_entry_carries_the_original_scale_ground_truth(kp_roidb):
+    """Detectron computes box, mask and keypoint targets from the roidb's own values: the loader
+    passes them beside the blob-scale ones, untouched (float32), also after an aspect crop."""
+    entry = next(e for e in kp_roidb if e['has_visible_keypoints']
+                 and any(segm_utils.is_poly(s) for s in e['segms']))
+    for crop in (False, True):
+        e = dict(entry, need_crop=crop)
+        ratio = 0.5 if e['width'] >= e['height'] else 2.0
+        im, scale, gt = minibatch.get_minibatch_entry(e, 300, 500, MEANS, crop_ratio=ratio,
+                                                      rng=np.random.RandomState(3))
+        if crop:
+            window = minibatch.choose_crop_window(e, ratio, np.random.RandomState(3))
+            e = minibatch.crop_entry(e, *window)
+            assert gt['crop_box'] is not None
+        s = np.float32(scale)
+        np.testing.assert_array_equal(gt['boxes_orig'], e['boxes'].astype(np.float32))
+        np.testing.assert_array_equal(gt['boxes'], gt['boxes_orig'] * s)
+        np.testing.assert_array_equal(gt['gt_keypoints_orig'],
+                                      e['gt_keypoints'].astype(np.float32))
+        assert len(gt['segms_orig']) == len(e['segms'])
+        for seg, orig in zip(gt['segms_orig'], e['segms']):
+            if segm_utils.is_poly(orig):
+                assert len(seg) == len(orig)
+                for p, q in zip(seg, orig):
+                    assert p.dtype == np.float32
+                    np.testing.assert_array_equal(p, np.array(q, dtype=np.float32))
+            else:
+                assert seg == orig
 
 
 def test_unreadable_image_names_the_file(kp_roidb, tmp_path):

@@ -1,4 +1,8 @@
 """utils.blob: Detectron's scale rule, mean subtraction without std, padding to the FPN stride."""
+import glob
+import os
+
+import cv2
 import numpy as np
 import pytest
 
@@ -26,9 +30,10 @@ def test_prep_im_for_blob_subtracts_means_and_resizes():
     out, scale = blob_utils.prep_im_for_blob(im, MEANS, 96, 1000)
     assert scale == 2.0
     assert out.shape == (96, 128, 3) and out.dtype == np.float32
-    # a constant image stays constant under bilinear resizing: exactly pixel - mean, no std
-    np.testing.assert_allclose(out[5, 7], [100 - 102.9801, 150 - 115.9465, 100 - 122.7717],
-                               rtol=0, atol=1e-4)
+    # a constant image stays constant under bilinear resizing: pixel - mean, no std, in float32
+    # (Detectron's cv2.subtract rounds the float64 means to float32 first, see below)
+    np.testing.assert_array_equal(
+        out[5, 7], np.float32([100, 150, 100]) - np.float32([102.9801, 115.9465, 122.7717]))
     outs, scales = blob_utils.prep_im_for_blob(im, MEANS, [24, 96], 1000)
     assert [o.shape for o in outs] == [(24, 32, 3), (96, 128, 3)] and scales == [0.5, 2.0]
 
@@ -76,3 +81,49 @@ def test_get_image_blob_reports_the_padded_size(fresh_cfg):
     assert blob.shape == (1, 3, 800, 1216)  # 1199 -> 1216, a multiple of 32
     np.testing.assert_allclose(im_info, [[800, 1216, 800 / 427.]], rtol=1e-6)
     assert im_info.dtype == np.float32
+
+
+def _coco_mini_photos(coco_mini, n=3):
+    paths = sorted(glob.glob(os.path.join(coco_mini, 'images', 'train2017', '*.jpg')))[:n]
+    assert len(paths) == n
+    return [cv2.imread(p) for p in paths]
+
+
+def _detectron_blob_rule(im, target_size, max_size):
+    """Detectron's prep_im_for_blob rule written out: the image cast to float32 minus the means
+    rounded to float32, subtracted in float32 (what its ``cv2.subtract(float32 image, float64
+    (1, 3) means)`` computes: OpenCV turns a float64 scalar operand of a float32 array into
+    float32 and works in float32), then cv2.resize with fx = fy = the scale."""
+    diff = im.astype(np.float32) - MEANS.reshape(3).astype(np.float32)
+    h, w = im.shape[:2]
+    scale = float(target_size) / min(h, w)
+    if np.round(scale * max(h, w)) > max_size:
+        scale = float(max_size) / max(h, w)
+    return cv2.resize(diff, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR), scale
+
+
+def test_detectron_subtraction_is_float32(coco_mini):
+    """The rule above is what Detectron's own call gives, bit for bit; subtracting in float64
+    and rounding once (a different rule) changes about half of the values."""
+    im = _coco_mini_photos(coco_mini, 1)[0]
+    detectron = cv2.subtract(im.astype(np.float32, copy=False), MEANS.reshape((1, 3)))
+    assert detectron.dtype == np.float32
+    rule = im.astype(np.float32) - MEANS.reshape(3).astype(np.float32)
+    np.testing.assert_array_equal(detectron, rule)
+    float64_once = (im.astype(np.float64) - MEANS.reshape(3)).astype(np.float32)
+    assert (float64_once != detectron).mean() > 0.3
+
+
+@pytest.mark.parametrize('target_size, max_size', [(800, 1333), (600, 1000), (300, 500)])
+def test_blob_bit_identical_to_detectron_on_photos(coco_mini, fresh_cfg, target_size, max_size):
+    for im in _coco_mini_photos(coco_mini):
+        expected, expected_scale = _detectron_blob_rule(im, target_size, max_size)
+        out, scale = blob_utils.prep_im_for_blob(im, MEANS, target_size, max_size)
+        assert scale == expected_scale
+        assert out.dtype == np.float32 and out.shape == expected.shape
+        np.testing.assert_array_equal(out, expected)
+        # the test-time blob (N, 3, H, W): the same values, zero padding
+        blob, _, im_info = blob_utils.get_image_blob(im, target_size, max_size, MEANS, stride=32)
+        h, w = expected.shape[:2]
+        np.testing.assert_array_equal(blob[0, :, :h, :w], expected.transpose(2, 0, 1))
+        assert not blob[0, :, h:, :].any() and not blob[0, :, :, w:].any()

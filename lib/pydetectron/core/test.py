@@ -404,7 +404,7 @@ def box_results_for_images(scores_list, boxes_list):
 
 def _box_results_on_device(scores_list, boxes_list):
     """The plain path, all images in one call of the model's batched ``postprocess``; the same
-    detections as ``box_results_with_nms_and_limit``, class by class, best first."""
+    detections as ``box_results_with_nms_and_limit``, class by class, each class in RoI order."""
     num_classes = cfg.MODEL.NUM_CLASSES
     im_inds = torch.cat([torch.full((s.shape[0],), i, dtype=torch.int64, device=s.device)
                          for i, s in enumerate(scores_list)])
@@ -432,7 +432,9 @@ def box_results_with_nms_and_limit(scores, boxes):
     (``TEST.SOFT_NMS``), then optional box voting (``TEST.BBOX_VOTE``) with the thresholded boxes
     of that class; finally keep the ``TEST.DETECTIONS_PER_IM`` best over all classes (every
     detection scoring at least the limit's score). Returns (scores (n,), boxes (n, 4), cls_boxes)
-    with the flat arrays in class order.
+    with the flat arrays in class order. Rows of a class come in Detectron's order: RoI order
+    after NMS (and box voting, which keeps the rows of its input), Soft-NMS's selection order
+    after Soft-NMS.
     """
     num_classes = cfg.MODEL.NUM_CLASSES
     cls_boxes = [[] for _ in range(num_classes)]
@@ -465,13 +467,14 @@ def box_results_with_nms_and_limit(scores, boxes):
 
 def nms(dets, thresh):
     """Greedy NMS of (n, 5) numpy dets (IoU >= ``thresh`` suppresses, as in Detectron) -> kept
-    indices, best first."""
+    indices in increasing order, as ``cython_nms.nms`` returns them (``np.where(suppressed ==
+    0)[0]``): the survivors stay in the order of ``dets``' rows."""
     from pydetectron import ops
     if dets.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     keep = ops.nms(torch.from_numpy(np.ascontiguousarray(dets[:, :4])),
                    torch.from_numpy(np.ascontiguousarray(dets[:, 4])), float(thresh))
-    return keep.numpy()
+    return np.sort(keep.numpy())
 
 
 def soft_nms(dets, sigma=0.5, overlap_thresh=0.3, score_thresh=0.001, method='linear'):

@@ -265,13 +265,18 @@ def _rpn_anchors(rpn, logits):
 
 
 def _precomputed_proposals(roidb, device):
-    """Fast R-CNN on precomputed proposals: the roidb rows with gt_classes == 0, as (R, 5) rois."""
-    rows = []
+    """Fast R-CNN on precomputed proposals: the roidb rows with gt_classes == 0, as (R, 5) rois,
+    and (R, 4) the same rows at the original scale (the loader's ``boxes_orig``, where Detectron
+    labels them) or None when the roidb lacks them."""
+    rows, orig = [], []
     for n, entry in enumerate(roidb):
-        boxes = torch.as_tensor(entry['boxes'], dtype=torch.float32)
-        props = boxes[torch.as_tensor(entry['gt_classes']) == 0]
+        is_prop = torch.as_tensor(entry['gt_classes']) == 0
+        props = torch.as_tensor(entry['boxes'], dtype=torch.float32)[is_prop]
         rows.append(torch.cat([props.new_full((props.shape[0], 1), float(n)), props], dim=1))
-    return torch.cat(rows).to(device)
+        if entry.get('boxes_orig') is not None:
+            orig.append(torch.as_tensor(entry['boxes_orig'], dtype=torch.float32)[is_prop])
+    orig = torch.cat(orig).to(device) if len(orig) == len(roidb) else None
+    return torch.cat(rows).to(device), orig
 
 
 def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None,
@@ -305,6 +310,7 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None
     if model.rpn_only:
         return {'losses': out_losses, 'metrics': metrics}
 
+    proposals_orig = None
     if model.faster_rcnn:
         if 'rpn_rois' not in rpn_ret:
             model.RPN.add_proposals(rpn_ret, im_info)
@@ -312,9 +318,9 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None
     elif rois is not None:
         proposals = torch.as_tensor(rois, dtype=torch.float32, device=device)
     else:
-        proposals = _precomputed_proposals(roidb, device)
+        proposals, proposals_orig = _precomputed_proposals(roidb, device)
     blobs = T.generate_proposal_labels(proposals.detach(), roidb, im_info, generator, gt=gt,
-                                       polys=polys)
+                                       polys=polys, rois_orig=proposals_orig)
 
     share_res5 = cfg.MODEL.SHARE_RES5 and model.Mask_Head is not None
     if share_res5:

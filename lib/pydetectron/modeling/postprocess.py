@@ -9,7 +9,9 @@ Shapes: R RoIs of N images, C = NUM_CLASSES (class 0 is background), D detection
 2. ``box_results_with_nms_and_limit``: per image and class j >= 1, the scores > TEST.SCORE_THRESH,
    NMS at TEST.NMS, then at most TEST.DETECTIONS_PER_IM over all classes (Detectron keeps every
    detection scoring >= the N-th best, so ties may keep a few more). Detections come class by
-   class, each class in NMS order (decreasing score).
+   class, each class's survivors in RoI order: Detectron's ``cython_nms.nms`` returns the kept
+   indices in input order (``np.where(suppressed == 0)``) and the limit filters with ``np.where``,
+   so ``cls_boxes[j]`` rows follow the rows of ``rois``, not the scores.
 Soft-NMS and box voting stay with ``core.test`` (they are rarely used and not batched here).
 """
 from collections import namedtuple
@@ -104,9 +106,10 @@ def box_results_with_nms_and_limit(scores, boxes, im_inds, num_images, score_thr
         keep = keep & (cand_scores >= thresh[cand_img])
     counts = torch.zeros(num_images, dtype=torch.int64, device=keep.device).scatter_add_(
         0, cand_img, keep.to(torch.int64)).tolist()  # host sync 2: detections per image
-    # The kept candidates in Detectron's order: image, then class, then decreasing score.
-    order = torch.argsort(cand_scores, descending=True, stable=True)
-    order = order[torch.argsort(cls[order], stable=True)]
+    # The kept candidates in Detectron's order: image, then class, then RoI order. The
+    # candidates come from nonzero() in (RoI, class) order, so stable sorts by class and then by
+    # image leave each (image, class) group in RoI order.
+    order = torch.argsort(cls, stable=True)
     order = order[torch.argsort(cand_img[order], stable=True)]
     order = order[torch.argsort(~keep[order], stable=True)[:sum(counts)]]
     results = []

@@ -39,6 +39,11 @@ item i to GPU i); ``n = batch_size // num_gpus`` images per GPU::
                            coordinates, v the COCO visibility (keypoint datasets only)
         'has_visible_keypoints' bool, 'id' image id, 'image' path, 'flipped' bool,
         'crop_box'         (x1, y1, x2, y2) of the aspect crop in original pixels, or None
+      and the roidb's own values at the original (cropped) image scale, where Detectron computes
+      the Fast R-CNN box targets, the mask targets and the keypoint targets:
+        'boxes_orig'       (R, 4) float32 tensor ('boxes' is boxes_orig * float32(im_scale))
+        'segms_orig'       list of G items: (2P,) float32 polygon arrays, or the RLE dict
+        'gt_keypoints_orig'(G, 3, K) float32 tensor (keypoint datasets only)
 
 Sampling (Detectron's ``_shuffle_roidb_inds`` with TRAIN.ASPECT_GROUPING): each epoch the
 horizontal (width >= height) and vertical images are shuffled separately, cut into per-GPU
@@ -75,7 +80,8 @@ logger = logging.getLogger(__name__)
 
 # Keys of the per-image ground-truth dict that become tensors (the rest stay Python/numpy).
 _TENSOR_KEYS = ('boxes', 'gt_boxes', 'gt_classes', 'is_crowd', 'box_to_gt_ind_map',
-                'max_classes', 'max_overlaps', 'bbox_targets', 'seg_areas', 'gt_keypoints')
+                'max_classes', 'max_overlaps', 'bbox_targets', 'seg_areas', 'gt_keypoints',
+                'boxes_orig', 'gt_keypoints_orig')
 
 
 def _seeded_rng(*key):

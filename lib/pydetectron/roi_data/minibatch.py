@@ -10,7 +10,9 @@ flipped copy (its boxes/segms/keypoints were flipped when the roidb was built); 
 ``need_crop`` (TRAIN.ASPECT_CROPPING) is cropped to the aspect ratio ``crop_ratio`` in original
 pixels — image, boxes, polygons, RLE masks and keypoints with the same window — and then the
 scale is chosen for the cropped image, so its short side still reaches ``target_size``. Finally
-every coordinate is multiplied by ``im_scale``.
+every coordinate is multiplied by ``im_scale``; the ground truth also travels at the original
+scale (``boxes_orig``, ``segms_orig``, ``gt_keypoints_orig``: the roidb's own values), because
+Detectron computes the Fast R-CNN box targets, the mask targets and the keypoint targets there.
 """
 import math
 
@@ -151,13 +153,19 @@ def scale_entry(entry, im_scale):
         bbox_targets (R, 5) float32, seg_areas (R,) float32,
         segms: G items, a list of (2P,) float32 polygon arrays or a compressed RLE dict at the
         scaled image size, gt_keypoints (G, 3, K) float32 (keypoint datasets),
-        plus id, image, flipped, has_visible_keypoints, crop_box (original pixels or None).
+        plus id, image, flipped, has_visible_keypoints, crop_box (original pixels or None);
+    and the same ground truth at the original (cropped) image scale, as Detectron's roidb holds
+    it, for the targets Detectron computes there:
+        boxes_orig (R, 4) float32, segms_orig (G items: (2P,) float32 polygon arrays, or the
+        roidb's RLE dict), gt_keypoints_orig (G, 3, K) float32 (keypoint datasets).
     """
     num_gt = _num_gt(entry)
     s = np.float32(im_scale)
-    boxes = entry['boxes'].astype(np.float32) * s
+    boxes_orig = entry['boxes'].astype(np.float32)
+    boxes = boxes_orig * s
     gt = {
         'boxes': boxes,
+        'boxes_orig': boxes_orig,
         'gt_boxes': boxes[:num_gt],
         'gt_classes': entry['gt_classes'].astype(np.int64),
         'is_crowd': entry['is_crowd'].astype(bool),
@@ -166,6 +174,10 @@ def scale_entry(entry, im_scale):
         'max_overlaps': np.asarray(entry['max_overlaps']).astype(np.float32),
         'seg_areas': entry['seg_areas'].astype(np.float32) * s * s,
         'segms': segm_utils.scale_segms(entry['segms'], im_scale, entry['height'], entry['width']),
+        # Detectron's polys_to_mask_wrt_box takes np.array(poly, dtype=np.float32)
+        'segms_orig': [segm if isinstance(segm, dict) else
+                       [np.asarray(p, dtype=np.float32).reshape(-1) for p in segm]
+                       for segm in entry['segms']],
         'id': entry['id'],
         'image': entry['image'],
         'flipped': bool(entry['flipped']),
@@ -175,9 +187,11 @@ def scale_entry(entry, im_scale):
     if 'bbox_targets' in entry:
         gt['bbox_targets'] = entry['bbox_targets'].astype(np.float32)
     if 'gt_keypoints' in entry:
-        kps = entry['gt_keypoints'].astype(np.float32)
+        kps_orig = entry['gt_keypoints'].astype(np.float32)
+        kps = kps_orig.copy()
         kps[:, 0:2, :] *= s
         gt['gt_keypoints'] = kps
+        gt['gt_keypoints_orig'] = kps_orig
     return gt
 
 

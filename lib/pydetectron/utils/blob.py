@@ -29,12 +29,13 @@ def get_scaled_size(im_height, im_width, im_scale):
     return int(np.round(im_height * im_scale)), int(np.round(im_width * im_scale))
 
 
-def _pixel_means_tuple(pixel_means):
-    means = np.asarray(pixel_means, dtype=np.float64).reshape(-1)
+def _pixel_means_row(pixel_means):
+    """The means as Detectron hands them to cv2.subtract: a float64 (1, 3) array."""
+    means = np.asarray(pixel_means, dtype=np.float64)
     if means.size != 3:
         raise ValueError('pixel_means must hold 3 values (B, G, R), got shape %s'
                          % (np.shape(pixel_means),))
-    return (float(means[0]), float(means[1]), float(means[2]), 0.)
+    return means.reshape((1, 3))
 
 
 def prep_im_for_blob(im, pixel_means, target_sizes, max_size):
@@ -48,8 +49,11 @@ def prep_im_for_blob(im, pixel_means, target_sizes, max_size):
     if im is None or im.ndim != 3 or im.shape[2] != 3:
         raise ValueError('prep_im_for_blob: expected an (H, W, 3) BGR image, got %s'
                          % (None if im is None else im.shape,))
-    # uint8 -> float32 and mean subtraction in one pass
-    im = cv2.subtract(im, _pixel_means_tuple(pixel_means), dtype=cv2.CV_32F)
+    # Detectron's expression: OpenCV takes the (1, 3) float64 means as a per-channel scalar,
+    # rounds it to float32 (the array's depth) and subtracts in float32 -- not in float64.
+    # (Also faster than cv2.subtract on the uint8 image with dtype=CV_32F, which gives the
+    # same bits.)
+    im = cv2.subtract(im.astype(np.float32), _pixel_means_row(pixel_means))
     single = np.isscalar(target_sizes)
     sizes = [target_sizes] if single else list(target_sizes)
     ims, im_scales = [], []

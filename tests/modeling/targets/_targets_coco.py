@@ -2,7 +2,8 @@
 
 ``blob_entry`` scales one roidb entry (Detectron's ``JsonDataset`` roidb, original image scale) to
 a blob of scale ``im_scale`` exactly as the loader documents it (``roi_data/loader.py``): boxes,
-polygons and keypoint coordinates times ``im_scale`` as float32.
+polygons and keypoint coordinates times ``im_scale`` as float32, and (``orig=True``) the roidb's
+own values beside them (``boxes_orig``, ``segms_orig``, ``gt_keypoints_orig``).
 """
 import os
 
@@ -22,7 +23,7 @@ def load_roidb(coco_mini, ann='instances_train2017.json'):
     return _ROIDB_CACHE[key]
 
 
-def blob_entry(entry, im_scale):
+def blob_entry(entry, im_scale, orig=True):
     """(loader-style gt dict in blob scale, im_info row (height, width, im_scale))."""
     s = np.float32(im_scale)
     gt = np.where(entry['gt_classes'] > 0)[0]
@@ -38,6 +39,14 @@ def blob_entry(entry, im_scale):
         kp = entry['gt_keypoints'][gt].astype(np.float32)
         kp[:, :2, :] *= s
         out['gt_keypoints'] = torch.from_numpy(kp)
+    if orig:
+        out['boxes_orig'] = torch.from_numpy(entry['boxes'][gt].astype(np.float32))
+        out['segms_orig'] = [segm if isinstance(segm, dict) else
+                             [np.asarray(p, dtype=np.float32) for p in segm]
+                             for segm in (entry['segms'][i] for i in gt)]
+        if 'gt_keypoints' in entry:
+            out['gt_keypoints_orig'] = torch.from_numpy(
+                entry['gt_keypoints'][gt].astype(np.float32))
     im_info = [np.round(entry['height'] * im_scale), np.round(entry['width'] * im_scale), im_scale]
     return out, im_info
 
@@ -57,11 +66,11 @@ def pick_entries(roidb, n, min_gt=2, need_crowd=False, need_keypoints=False):
     return out
 
 
-def batch(entries, scales):
+def batch(entries, scales, orig=True):
     """Loader-style (roidb list, im_info (N, 3) float32 tensor) for entries at the given scales."""
     roidb, info = [], []
     for e, s in zip(entries, scales):
-        d, i = blob_entry(e, s)
+        d, i = blob_entry(e, s, orig)
         roidb.append(d)
         info.append(i)
     return roidb, torch.tensor(info, dtype=torch.float32)
@@ -88,3 +97,23 @@ def jittered_proposals(roidb, im_info, per_gt=12, n_random=60, seed=0):
     r[:, 3] = np.maximum(r[:, 3], r[:, 1])
     r[:, 4] = np.maximum(r[:, 4], r[:, 2])
     return torch.from_numpy(r)
+
+
+def detectron_inv_scale(im_scale):
+    """Detectron's ``inv_im_scale = 1. / scales[i]`` for the float32 im_info scale, as the float32
+    factor numpy (1.x) multiplies its float32 rois by."""
+    return np.float32(1. / np.float64(np.float32(im_scale)))
+
+
+def detectron_candidate_boxes(entries, scales, rois, G):
+    """(N * G + R, 4) float32: the candidates of ``label_proposals`` at the original scale as
+    Detectron's roidb has them -- image n's gt boxes (the roidb's own, zero padding to G rows),
+    then the proposals ``rois`` (R, 5) times ``1 / im_scale`` (``add_proposals``)."""
+    rows = []
+    for e, s in zip(entries, scales):
+        g = e['boxes'][e['gt_classes'] > 0].astype(np.float32)
+        rows.append(np.vstack([g, np.zeros((G - len(g), 4), np.float32)]))
+    r = rois.numpy()
+    inv = np.array([detectron_inv_scale(scales[int(b)]) for b in r[:, 0]], np.float32)
+    rows.append(r[:, 1:5] * inv[:, None])
+    return np.vstack(rows).astype(np.float32)

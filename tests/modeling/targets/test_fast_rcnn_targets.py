@@ -6,7 +6,8 @@ import pycocotools.mask as COCOmask
 import pytest
 import torch
 
-from _targets_coco import batch, jittered_proposals, load_roidb, pick_entries
+from _targets_coco import (
+    batch, detectron_candidate_boxes, jittered_proposals, load_roidb, pick_entries)
 from pydetectron.modeling.targets import (
     expand_bbox_targets, label_proposals, pack_gt, sample_rois)
 from pydetectron.modeling.targets.fast_rcnn import fast_rcnn_targets
@@ -100,6 +101,89 @@ def test_labels_match_detectron_roidb(coco_case, crowd_thresh, agnostic):
         assert (lab.max_overlaps[~lab.is_gt] == -1).any()
     # padding rows are never sampled
     assert torch.isinf(lab.max_overlaps[:N * G][~gt.valid.view(-1)]).all()
+
+
+def _iou_float32(a, b):
+    """cython_bbox.bbox_overlaps: float32 arithmetic, +1 widths, (A, B)."""
+    one = np.float32(1)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + one
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + one
+    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
+    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
+    inter = iw * ih
+    ua = area_a[:, None] + area_b[None, :] - inter
+    return np.where((iw > 0) & (ih > 0), inter / ua, np.float32(0)).astype(np.float32)
+
+
+def _bbox_transform_inv_float32(ex, gt, weights):
+    """Detectron's box_utils.bbox_transform_inv on float32 arrays (numpy keeps float32)."""
+    f = np.float32
+    ex_w = ex[:, 2] - ex[:, 0] + f(1)
+    ex_h = ex[:, 3] - ex[:, 1] + f(1)
+    ex_x = ex[:, 0] + f(0.5) * ex_w
+    ex_y = ex[:, 1] + f(0.5) * ex_h
+    gt_w = gt[:, 2] - gt[:, 0] + f(1)
+    gt_h = gt[:, 3] - gt[:, 1] + f(1)
+    gt_x = gt[:, 0] + f(0.5) * gt_w
+    gt_y = gt[:, 1] + f(0.5) * gt_h
+    wx, wy, ww, wh = (f(w) for w in weights)
+    return np.stack([wx * (gt_x - ex_x) / ex_w, wy * (gt_y - ex_y) / ex_h,
+                     ww * np.log(gt_w / ex_w), wh * np.log(gt_h / ex_h)], axis=1)
+
+
+@pytest.mark.parametrize('precomputed', [False, True])
+def test_box_targets_at_the_original_scale_as_detectron(coco_case, precomputed):
+    """Detectron regresses the proposals (rois / im_scale) against the roidb's own gt boxes, all in
+    float32 (json_dataset.add_proposals, roidb._compute_targets), and its rois blob is those
+    original-scale boxes times im_scale. The loader's boxes_orig make that exact; the blob
+    round trip (boxes * s) * (1 / s) moved targets by up to ~1e-4. ``precomputed``: Fast R-CNN's
+    proposals from the roidb (original pixels, here rounded to 0.01 as a proposal file has them)
+    are labelled as they are, not as their blob-scale copy scaled back."""
+    entries, scales, roidb, im_info, rois = coco_case
+    gt = pack_gt(roidb, 'cpu')
+    assert gt.boxes_orig is not None
+    N, G = gt.valid.shape
+    rois_orig = None
+    if precomputed:
+        s32 = np.array([np.float32(s) for s in scales], np.float32)[rois[:, 0].long().numpy()]
+        rois_orig = np.round(detectron_candidate_boxes(entries, scales, rois, G)[N * G:], 2)
+        rois_orig = rois_orig.astype(np.float32)
+        rois = torch.cat([rois[:, :1], torch.from_numpy(rois_orig * s32[:, None])], dim=1)
+        inv = np.float32(1.) / s32[:, None]
+        assert ((rois[:, 1:].numpy() * inv) != rois_orig).any()   # the round trip would move some
+        rois_orig = torch.from_numpy(rois_orig)
+    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0., bbox_thresh=0.5,
+                          bbox_reg_weights=WEIGHTS, cls_agnostic_bbox_reg=False,
+                          rois_orig=rois_orig)
+    cand = detectron_candidate_boxes(entries, scales, rois, G)
+    if precomputed:
+        cand[N * G:] = rois_orig.numpy()
+    np.testing.assert_array_equal(lab.boxes_orig.numpy(), cand)
+    batch_of = lab.rois[:, 0].long().numpy()
+    s32 = np.array([np.float32(s) for s in scales], np.float32)
+    np.testing.assert_array_equal(lab.rois[:, 1:].numpy(), cand * s32[batch_of][:, None])
+    checked = 0
+    for n, entry in enumerate(entries):
+        rows = _split(lab, gt, rois, n).numpy()
+        gt_inds = np.where(entry['gt_classes'] > 0)[0]
+        boxes = cand[rows]
+        gt_boxes = entry['boxes'][gt_inds].astype(np.float32)
+        crowd = entry['is_crowd'][gt_inds].astype(bool)
+        n_gt = len(gt_inds)
+        ov = _iou_float32(boxes[n_gt:], gt_boxes)
+        max_ov = np.concatenate([np.where(crowd, -1., 1.), np.where(ov.max(1) > 0, ov.max(1), 0)])
+        np.testing.assert_allclose(lab.max_overlaps[rows].numpy(), max_ov, rtol=0, atol=1.2e-7)
+        ex = np.where(lab.max_overlaps[rows].numpy() >= 0.5)[0]
+        nc = np.where(~crowd)[0]
+        assign = _iou_float32(boxes[ex], gt_boxes[nc]).argmax(axis=1)
+        ref = _bbox_transform_inv_float32(boxes[ex], gt_boxes[nc[assign]], WEIGHTS)
+        got = lab.bbox_targets[rows].numpy()[ex]
+        # the same float32 formula: dx, dy bit for bit; dw, dh up to the last bits of the two
+        # libraries' float32 log (numpy's and torch's)
+        np.testing.assert_array_equal(got[:, :2], ref[:, :2])
+        np.testing.assert_allclose(got[:, 2:], ref[:, 2:], rtol=0, atol=1e-6)
+        checked += len(ex)
+    assert checked > 50
 
 
 @pytest.mark.parametrize('batch_size,agnostic', [(64, False), (16, True)])

@@ -16,7 +16,7 @@ from pydetectron.modeling.targets import (
 pytestmark = pytest.mark.cuda
 
 
-def _synthetic_batch(seed=0, n_img=2, K=17):
+def _synthetic_batch(seed=0, n_img=2, K=17, orig=False):
     rng = np.random.RandomState(seed)
     roidb, info, rois = [], [], []
     for n in range(n_img):
@@ -41,6 +41,14 @@ def _synthetic_batch(seed=0, n_img=2, K=17):
         roidb.append({'boxes': torch.from_numpy(boxes), 'gt_classes': torch.arange(1, G + 1),
                       'is_crowd': torch.from_numpy(crowd), 'segms': segms,
                       'gt_keypoints': torch.from_numpy(kps)})
+        if orig:  # the original-scale fields of the loader (scale 0.8)
+            inv = np.float32(1.25)
+            kps_orig = kps.copy()
+            kps_orig[:, :2] *= inv
+            roidb[-1].update(
+                boxes_orig=torch.from_numpy(boxes * inv),
+                gt_keypoints_orig=torch.from_numpy(kps_orig),
+                segms_orig=[sg if isinstance(sg, dict) else [p * inv for p in sg] for sg in segms])
         info.append([h, w, 0.8])
         j = np.repeat(boxes, 30, 0) + rng.uniform(-15, 15, (30 * G, 4))
         rois.append(np.hstack([np.full((len(j), 1), n), j]))
@@ -62,8 +70,9 @@ def _fpn_anchors(im_info, device):
     return anchors, sizes
 
 
-def test_cuda_matches_cpu():
-    roidb, im_info, rois = _synthetic_batch()
+@pytest.mark.parametrize('orig', [False, True])
+def test_cuda_matches_cpu(orig):
+    roidb, im_info, rois = _synthetic_batch(orig=orig)
     out = {}
     for dev in ('cpu', 'cuda'):
         anchors, sizes = _fpn_anchors(im_info, dev)
@@ -89,11 +98,12 @@ def test_cuda_matches_cpu():
         assert torch.equal(kps_c[k], kps_g[k].cpu()), k
     # masks for the same sampled RoIs
     rois_s, labels_s = blobs_c['rois'], blobs_c['labels_int32']
+    boxes_s = blobs_c['sampled_boxes']
     m_c = mask_rcnn_targets(rois_s, labels_s, pack_polygons(roidb, gt_c.valid.shape[1], 'cpu'),
-                            gt_c, im_info, resolution=28)
+                            gt_c, im_info, resolution=28, rois_orig=boxes_s)
     m_g = mask_rcnn_targets(rois_s.cuda(), labels_s.cuda(),
                             pack_polygons(roidb, gt_g.valid.shape[1], 'cuda'), gt_g,
-                            im_info.cuda(), resolution=28)
+                            im_info.cuda(), resolution=28, rois_orig=boxes_s.cuda())
     for k in m_c:
         assert torch.equal(m_c[k], m_g[k].cpu()), k
     assert (m_c['masks_int32'] == 1).any()

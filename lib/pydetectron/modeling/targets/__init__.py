@@ -28,13 +28,15 @@ from pydetectron.modeling.targets.rpn import (  # noqa: F401
     rpn_anchor_targets, rpn_anchor_targets_flat)
 
 
-def generate_proposal_labels(rois, roidb, im_info, generator=None, gt=None, polys=None):
+def generate_proposal_labels(rois, roidb, im_info, generator=None, gt=None, polys=None,
+                             rois_orig=None):
     """Training blobs for the RoI heads from the RPN proposals ``rois`` (R, 5) (blob scale).
 
     roidb: the loader's per-image ground-truth dicts of this blob; im_info: (N, 3). ``gt`` may
     pass an already packed ``GtBatch`` (e.g. the one used for the RPN targets; it must hold the
     keypoints when ``MODEL.KEYPOINTS_ON``), ``polys`` the roidb's already packed polygons
-    (``pack_polygons``; packed here when None).
+    (``pack_polygons``; packed here when None), ``rois_orig`` (R, 4) precomputed proposals at the
+    original scale (``label_proposals``).
     Returns a dict of Detectron's blob names: rois, labels_int32, bbox_targets,
     bbox_inside_weights, bbox_outside_weights; with ``MODEL.MASK_ON`` mask_rois,
     roi_has_mask_int32, masks_int32 (R_m, M, M), mask_labels_int32; with
@@ -45,12 +47,13 @@ def generate_proposal_labels(rois, roidb, im_info, generator=None, gt=None, poly
     if gt is None:
         gt = pack_gt(roidb, device, with_keypoints=cfg.MODEL.KEYPOINTS_ON)
     N = gt.valid.shape[0]
-    labels = label_proposals(rois, gt, im_info)
+    labels = label_proposals(rois, gt, im_info, rois_orig=rois_orig)
     blobs = sample_rois(labels, N, generator=generator)
     if cfg.MODEL.MASK_ON:
         if polys is None:
             polys = pack_polygons(roidb, gt.valid.shape[1], device)
-        blobs.update(mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], polys, gt, im_info))
+        blobs.update(mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], polys, gt, im_info,
+                                       rois_orig=blobs['sampled_boxes']))
     if cfg.MODEL.KEYPOINTS_ON:
         blobs.update(keypoint_rcnn_targets(labels, gt, N, generator=generator))
     return blobs

@@ -7,9 +7,15 @@ see ``targets.gt``), R input proposals, C = N * G + R candidate RoIs, S sampled 
 (``MODEL.NUM_CLASSES``, background included).
 
 1. ``label_proposals``: every image's ground-truth boxes -- crowd boxes included -- are added to
-   its proposals (Detectron's roidb holds gt rows first). Overlaps are computed in the
-   **original image scale** (blob coordinates times ``1 / im_scale``, as ``add_proposals`` does:
-   with ``+1`` widths IoU is not scale-invariant). A proposal's ``max_overlaps`` is its best IoU
+   its proposals (Detectron's roidb holds gt rows first). Overlaps and box targets are computed
+   in the **original image scale**, as Detectron's training roidb holds it (with ``+1`` widths
+   IoU is not scale-invariant): the proposals are the RPN's rois times ``1 / im_scale`` in
+   float32 (``add_proposals``), the ground truth is the roidb's own boxes (``GtBatch.
+   boxes_orig``, not the blob-scale boxes scaled back, which would move most of them by a
+   rounding step). The output ``rois`` are then those original-scale boxes times ``im_scale``
+   in float32, as ``_sample_rois`` builds its rois blob (``sampled_boxes * im_scale``). Without
+   ``boxes_orig`` the ground truth is the blob-scale boxes times ``1 / im_scale`` and the rois
+   stay as given. A proposal's ``max_overlaps`` is its best IoU
    over all the image's gt boxes (crowd included), ``max_classes`` that box's class and
    ``box_to_gt_ind_map`` its index (both only when the IoU is > 0; else 0 and -1). A gt row has
    overlap 1 with its own class, or -1 and class 0 if it is a crowd region (never sampled).
@@ -47,6 +53,8 @@ ProposalLabels = namedtuple('ProposalLabels', [
     'box_to_gt_ind_map',  # (C,) int64 batch-wide gt index n * G + j, -1 for none
     'bbox_target_classes',  # (C,) int64, the class whose 4 box-target columns are active (0: none)
     'bbox_targets',       # (C, 4) float32, encoded with MODEL.BBOX_REG_WEIGHTS
+    'boxes_orig',         # (C, 4) float32 the candidates at the original image scale (Detectron's
+                          # roidb 'boxes'): the mask and keypoint targets are computed from these
 ])
 
 
@@ -61,11 +69,14 @@ def _check_rois(rois):
 
 
 def label_proposals(rois, gt, im_info, crowd_filter_thresh=None, bbox_thresh=None,
-                    bbox_reg_weights=None, cls_agnostic_bbox_reg=None):
+                    bbox_reg_weights=None, cls_agnostic_bbox_reg=None, rois_orig=None):
     """Detectron's roidb fields for the proposals ``rois`` plus the ground truth.
 
     rois: (R, 5) float (batch index, x1, y1, x2, y2) in blob scale, on the model's device.
     gt: a ``GtBatch`` or the loader's per-image ground-truth dicts; im_info: (N, 3).
+    rois_orig: (R, 4) the same proposals at the original scale when they come from the roidb
+    (Fast R-CNN's precomputed proposals: the loader's ``boxes_orig`` rows); default: rois times
+    ``1 / im_scale`` (the RPN's proposals, as ``add_proposals``).
     Returns ``ProposalLabels`` (see the module docstring).
     """
     if crowd_filter_thresh is None:
@@ -91,10 +102,25 @@ def label_proposals(rois, gt, im_info, crowd_filter_thresh=None, bbox_thresh=Non
     is_gt = torch.zeros(C, dtype=torch.bool, device=device)
     is_gt[:N * G] = True
 
-    # Original image scale: multiply by 1 / im_scale in float32, as add_proposals does.
+    # Original image scale. Proposals: times 1 / im_scale in float32, as add_proposals does
+    # (1. / the float32 scale in double, then rounded: numpy's float32 array * float64 scalar).
+    # Ground truth: the roidb's own boxes when the loader passed them.
     inv_scale = (1. / im_info[:, 2].double()).float()                          # (N,)
-    cand_orig = cand[:, 1:5] * inv_scale[batch].unsqueeze(1)                   # (C, 4)
-    gt_orig = gt.boxes * inv_scale.view(N, 1, 1)                               # (N, G, 4)
+    if rois_orig is None:
+        prop_orig = rois[:, 1:5] * inv_scale[rois[:, 0].long()].unsqueeze(1)   # (R, 4)
+    else:
+        if tuple(rois_orig.shape) != (rois.shape[0], 4):
+            raise ValueError('rois_orig must be (R, 4) with R = %d rois, got shape %s'
+                             % (rois.shape[0], tuple(rois_orig.shape)))
+        prop_orig = rois_orig.detach().float()
+    if gt.boxes_orig is not None:
+        gt_orig = gt.boxes_orig                                                # (N, G, 4)
+    else:
+        gt_orig = gt.boxes * inv_scale.view(N, 1, 1)
+    cand_orig = torch.cat([gt_orig.reshape(N * G, 4), prop_orig], dim=0)      # (C, 4)
+    if gt.boxes_orig is not None:
+        # Detectron's rois blob: sampled_boxes (original scale) * im_scale (float32)
+        cand = torch.cat([cand[:, :1], cand_orig * im_info[batch, 2].unsqueeze(1)], dim=1)
 
     iou = box_iou(cand_orig.unsqueeze(1), gt_orig[batch]).squeeze(1)           # (C, G)
     gt_valid = gt.valid[batch]                                                 # (C, G)
@@ -139,7 +165,7 @@ def label_proposals(rois, gt, im_info, crowd_filter_thresh=None, bbox_thresh=Non
     target_cls = torch.where(ex, 1 if cls_agnostic_bbox_reg else max_classes, 0)
 
     return ProposalLabels(cand, is_gt, max_overlaps, max_classes, box_to_gt,
-                          target_cls.long(), targets)
+                          target_cls.long(), targets, cand_orig)
 
 
 def sample_rois(labels, num_images, fg_thresh=None, bg_thresh_hi=None, bg_thresh_lo=None,
@@ -151,7 +177,8 @@ def sample_rois(labels, num_images, fg_thresh=None, bg_thresh_hi=None, bg_thresh
       rois (S, 5) float32 blob scale; labels_int32 (S,) int32;
       bbox_targets, bbox_inside_weights, bbox_outside_weights (S, 4 * K) float32 (K = 2 when
       class-agnostic); and, for the mask and keypoint targets, ``sampled_inds`` (S,) int64 (rows
-      of ``labels``) and ``box_to_gt_ind_map`` (S,) int64.
+      of ``labels``), ``box_to_gt_ind_map`` (S,) int64 and ``sampled_boxes`` (S, 4) float32, the
+      RoIs at the original image scale (Detectron's ``sampled_boxes``).
     """
     fg_thresh = _default(fg_thresh, cfg.TRAIN.FG_THRESH)
     bg_thresh_hi = _default(bg_thresh_hi, cfg.TRAIN.BG_THRESH_HI)
@@ -193,6 +220,7 @@ def sample_rois(labels, num_images, fg_thresh=None, bg_thresh_hi=None, bg_thresh
         'bbox_outside_weights': (inside_w > 0).to(inside_w.dtype),
         'sampled_inds': keep,
         'box_to_gt_ind_map': labels.box_to_gt_ind_map[keep],
+        'sampled_boxes': labels.boxes_orig[keep],
     }
 
 
@@ -215,7 +243,7 @@ def fast_rcnn_targets(rois, gt, im_info, generator=None, **kwargs):
 
     Keyword arguments go to whichever of the two takes them (hyper-parameters default to cfg).
     """
-    label_keys = ('crowd_filter_thresh', 'bbox_thresh', 'bbox_reg_weights')
+    label_keys = ('crowd_filter_thresh', 'bbox_thresh', 'bbox_reg_weights', 'rois_orig')
     label_kw = {k: kwargs.pop(k) for k in label_keys if k in kwargs}
     if 'cls_agnostic_bbox_reg' in kwargs:
         label_kw['cls_agnostic_bbox_reg'] = kwargs['cls_agnostic_bbox_reg']

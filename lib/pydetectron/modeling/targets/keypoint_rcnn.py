@@ -7,10 +7,15 @@ whose matched gt object has at least one visible keypoint (v > 0) inside the RoI
 bounds), at most ``round(FG_FRACTION * BATCH_SIZE_PER_IM)`` of them per image, chosen at random.
 
 Each keypoint becomes one "class" among the HEATMAP_SIZE^2 heatmap cells (a softmax over space):
-x maps to ``floor((x - x1) * HEATMAP_SIZE / (x2 - x1))`` (no ``+1``; Heckbert's d = floor(c)),
-a keypoint exactly on the right (bottom) edge goes to the last column (row), and it counts
-(weight 1) only if visible and inside the grid. Computed in blob coordinates, where the
-ground-truth keypoints and boxes come from the loader (the map is scale-invariant).
+x maps to ``floor((x - x1) * scale_x)`` with ``scale_x = HEATMAP_SIZE / (x2 - x1)`` (no ``+1``;
+Heckbert's d = floor(c); both in float32, that order, as Detectron's numpy), a keypoint exactly
+on the right (bottom) edge goes to the last column (row), and it counts (weight 1) only if
+visible and inside the grid. Computed at the original image scale, as Detectron: the roidb's
+keypoints (the loader's ``gt_keypoints_orig``) in the RoIs' original-scale boxes (``labels.
+boxes_orig``: the RPN's rois times 1 / im_scale, the gt boxes as the roidb holds them). In
+exact arithmetic the map is scale-invariant; in float32 a keypoint on a cell boundary lands on
+one side or the other depending on the scale, so the scale must be Detectron's. Without
+``gt_keypoints_orig`` (a hand-built roidb) the blob-scale keypoints and RoIs are used.
 
 Shapes: C candidate RoIs, G gt rows per image (padded), K keypoints, R_k keypoint RoIs,
 HS = ``KRCNN.HEATMAP_SIZE``.
@@ -82,8 +87,13 @@ def keypoint_rcnn_targets(labels, gt, num_images, fg_thresh=None, fg_fraction=No
     device = labels.rois.device
 
     gt_ind = labels.box_to_gt_ind_map.clamp(min=0)                           # (C,)
-    kps = gt.keypoints.view(N * G, 3, K)[gt_ind]                             # (C, 3, K)
-    boxes = labels.rois[:, 1:5]
+    if gt.keypoints_orig is not None and gt.boxes_orig is not None:
+        # Detectron's scale: the roidb's keypoints in the original-scale candidate boxes
+        kps = gt.keypoints_orig.view(N * G, 3, K)[gt_ind]                    # (C, 3, K)
+        boxes = labels.boxes_orig
+    else:
+        kps = gt.keypoints.view(N * G, 3, K)[gt_ind]
+        boxes = labels.rois[:, 1:5]
     inside = (kps[:, 0] >= boxes[:, 0:1]) & (kps[:, 0] <= boxes[:, 2:3]) \
         & (kps[:, 1] >= boxes[:, 1:2]) & (kps[:, 1] <= boxes[:, 3:4])
     has_visible = ((kps[:, 2] > 0) & inside).any(dim=1)
@@ -95,7 +105,7 @@ def keypoint_rcnn_targets(labels, gt, num_images, fg_thresh=None, fg_fraction=No
     inds = torch.nonzero(chosen, as_tuple=False).flatten()                   # host sync: R_k
 
     rois = labels.rois[inds]
-    heats, weights = keypoints_to_heatmap_labels(kps[inds], rois[:, 1:5], heatmap_size)
+    heats, weights = keypoints_to_heatmap_labels(kps[inds], boxes[inds], heatmap_size)
     num_visible = weights.sum()
     normalizer = num_visible / (ims_per_batch * batch_size_per_im * fg_fraction * K)
     valid = (num_visible > min_keypoint_count) & (inds.numel() > 0)

@@ -6,6 +6,11 @@ with ``+1`` widths, in the original image scale, ties to the first object), rast
 RoI onto an M x M grid (M = ``MRCNN.RESOLUTION``) in Detectron's frame
 (``polys_to_mask_wrt_box``): x -> (x - x1) * M / max(x2 - x1, 1) -- no ``+1`` here -- likewise
 for y, each polygon by pycocotools' scan conversion (pixel-exact), the object's polygons OR-ed.
+All of it at the original image scale, as Detectron: the roidb's polygons (the loader's
+``segms_orig``, as float32) and the RoIs' original-scale boxes (``sampled_boxes``), so the
+clamp max(x2 - x1, 1) holds RoIs thinner than one *original* pixel (a RoI 0.6 px wide in the
+image is 1.2 px wide in a blob of scale 2: clamping there would stretch the polygons by 1 / 0.6
+instead of 1). Without ``segms_orig`` (a hand-built roidb) the frame is the blob's.
 With the compiled extension that is one op, ``ops.polygon_masks_in_boxes`` (one kernel, no host
 synchronisation); without it, the pure-torch ``targets.rasterize`` path, which is also the
 reference the op is tested against bit for bit. An image without foreground RoIs contributes its
@@ -45,27 +50,32 @@ PolygonBatch = namedtuple('PolygonBatch', [
     'gt_index',    # (P,) int64 batch-wide gt index n * G + j of the polygon's object
     'obj_first',   # (N * G,) int64 first polygon of each batch-wide gt object
     'obj_count',   # (N * G,) int64 its polygon count (0 for crowd regions and padding)
+    'original_scale',  # bool: xy at the original image scale (``segms_orig``), else blob scale
 ])
+PolygonBatch.__new__.__defaults__ = (False,)
 
 
 def pack_polygons(roidb, G, device):
     """Pack the polygons of every image's gt objects into a ``PolygonBatch`` on ``device``.
 
-    ``roidb[n]['segms']`` lists the segms of image n's gt rows: polygons (flat [x0, y0, ...]
-    lists or arrays, blob scale) or an RLE dict for crowd regions (skipped: Detectron's mask
+    ``roidb[n]['segms_orig']`` (original scale; used when every image has it) or
+    ``roidb[n]['segms']`` (blob scale) lists the segms of image n's gt rows: polygons (flat
+    [x0, y0, ...] lists or arrays) or an RLE dict for crowd regions (skipped: Detectron's mask
     targets use non-crowd polygons only). ``G`` is the padded gt count (``GtBatch``).
     Objects are packed in increasing batch-wide gt index n * G + j, each object's polygons
     contiguous, so an object's polygons are ``obj_first[i] .. obj_first[i] + obj_count[i] - 1``.
     """
     coords, lengths, owners = [], [], []
+    original_scale = all(entry.get('segms_orig') is not None for entry in roidb)
+    key = 'segms_orig' if original_scale else 'segms'
     for n, entry in enumerate(roidb):
-        segms = entry.get('segms')
+        segms = entry.get(key)
         if segms is None:
             raise KeyError("roidb[%d] has no 'segms' field (needed for the mask targets)" % n)
         G_n = gt_rows(entry, n).numel()
         if len(segms) != G_n:
-            raise ValueError("roidb[%d]['segms'] has %d items but the image has %d ground-truth "
-                             "rows" % (n, len(segms), G_n))
+            raise ValueError("roidb[%d]['%s'] has %d items but the image has %d ground-truth "
+                             "rows" % (n, key, len(segms), G_n))
         if G_n > G:
             raise ValueError("roidb[%d] has %d ground-truth rows but the padded gt count G is %d"
                              % (n, G_n, G))
@@ -92,7 +102,8 @@ def pack_polygons(roidb, G, device):
     # Two asynchronous host -> device copies in all: the vertices, and the index tables together.
     meta = to_device_async(torch.from_numpy(meta), device)
     starts, lengths, owners, obj_first, obj_count = torch.split(meta, [P, P, P, NG, NG])
-    return PolygonBatch(to_device_async(xy, device), starts, lengths, owners, obj_first, obj_count)
+    return PolygonBatch(to_device_async(xy, device), starts, lengths, owners, obj_first, obj_count,
+                        original_scale)
 
 
 def polygon_boxes(polys, num_gt):
@@ -110,12 +121,14 @@ def polygon_boxes(polys, num_gt):
     return torch.where(has.unsqueeze(1), boxes, torch.zeros_like(boxes)), has
 
 
-def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution=None):
+def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution=None, rois_orig=None):
     """Detectron's mask blobs for the sampled RoIs.
 
     rois: (S, 5) sampled RoIs (blob scale), labels_int32: (S,) their classes (the output of
     ``fast_rcnn.sample_rois``); polys: a ``PolygonBatch`` (or the loader's roidb list, packed
-    here); gt: the ``GtBatch`` the RoIs were labelled with; im_info: (N, 3).
+    here); gt: the ``GtBatch`` the RoIs were labelled with; im_info: (N, 3); rois_orig: (S, 4)
+    the RoIs at the original image scale (``sample_rois``' ``sampled_boxes``; default: rois
+    times 1 / im_scale).
     """
     M = int(resolution if resolution is not None else cfg.MRCNN.RESOLUTION)
     device = rois.device
@@ -148,19 +161,28 @@ def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution=None):
     is_fg = fg[mask_inds]
     R_m = mask_inds.numel()
 
-    # Match each mask RoI to the non-crowd object whose polygon box overlaps it most.
+    # Match each mask RoI to the non-crowd object whose polygon box overlaps it most, at the
+    # original scale.
     poly_box, has_poly = polygon_boxes(polys, N * G)                 # (N*G, 4), (N*G,)
     mb = mask_rois[:, 0].long()
     inv_scale = (1. / im_info[:, 2].double()).float()
-    roi_orig = mask_rois[:, 1:5] * inv_scale[mb].unsqueeze(1)        # (R_m, 4)
-    cand = poly_box.view(N, G, 4)[mb] * inv_scale[mb].view(-1, 1, 1) # (R_m, G, 4)
+    if rois_orig is None:
+        roi_orig = mask_rois[:, 1:5] * inv_scale[mb].unsqueeze(1)    # (R_m, 4)
+    else:
+        roi_orig = rois_orig.float()[mask_inds]
+    cand = poly_box.view(N, G, 4)[mb]                                # (R_m, G, 4)
+    if not polys.original_scale:
+        cand = cand * inv_scale[mb].view(-1, 1, 1)
     ok = (gt.valid & ~gt.is_crowd).view(-1)[mb.unsqueeze(1) * G + torch.arange(G, device=device)]
     ok &= has_poly.view(N, G)[mb]
     iou = box_iou(roi_orig.unsqueeze(1), cand).squeeze(1).masked_fill(~ok, -1.)   # (R_m, G)
     match = mb * G + iou.argmax(dim=1)                               # batch-wide gt index
     matched = is_fg & ok.any(dim=1)
 
-    masks = _rasterize_for_rois(mask_rois[:, 1:5], match, matched, polys, N * G, M)  # (R_m, M, M)
+    # The frame of polys_to_mask_wrt_box in the polygons' scale (the original one, as Detectron,
+    # when the loader passed segms_orig): its clamp max(x2 - x1, 1) is in those pixels.
+    frame = roi_orig if polys.original_scale else mask_rois[:, 1:5]
+    masks = _rasterize_for_rois(frame, match, matched, polys, N * G, M)  # (R_m, M, M)
     masks = torch.where(matched.view(-1, 1, 1), masks.to(torch.int32),
                         torch.full_like(masks, -1, dtype=torch.int32))
     return {
