@@ -63,6 +63,11 @@ class Generalized_RCNN(nn.Module):
         self.cls_agnostic_bbox_reg = m.CLS_AGNOSTIC_BBOX_REG
 
         self.Conv_Body = CONV_BODY.get(m.CONV_BODY)()
+        if cfg.TRAIN.FREEZE_CONV_BODY:
+            # Detectron stops the gradient at the body's output blobs: nothing below them (FPN
+            # included) trains
+            for p in self.Conv_Body.parameters():
+                p.requires_grad_(False)
         dim, scale = self.Conv_Body.dim_out, self.Conv_Body.spatial_scale
         self.multilevel = isinstance(scale, (list, tuple))
         self.num_rpn_levels = self.num_roi_levels = None
@@ -83,6 +88,11 @@ class Generalized_RCNN(nn.Module):
 
         self.RPN = None
         if cfg.RPN.RPN_ON or m.FASTER_RCNN or m.RPN_ONLY:
+            if not self.multilevel and abs(cfg.RPN.STRIDE * scale - 1.0) > 1e-6:
+                # Detectron places the single-level anchors RPN.STRIDE apart; here they follow
+                # the body's feature map, so the two must agree
+                raise ValueError("RPN.STRIDE is %s but %s outputs features at stride %s"
+                                 % (cfg.RPN.STRIDE, m.CONV_BODY, 1.0 / scale))
             self.RPN = generic_rpn_outputs(dim, scale)
 
         self.Box_Head = self.Box_Outs = None
