@@ -270,7 +270,14 @@ def initialize_model_from_cfg(args, gpu_id=0):
         if state_dict and all(k.startswith('module.') for k in state_dict):
             # saved from a (Distributed)DataParallel wrapper
             state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-        model.load_state_dict(state_dict)
+        from pydetectron.utils import detectron_pytorch_checkpoint as dpt
+        if dpt.is_detectron_pytorch_state_dict(state_dict):
+            # Detectron.pytorch's module names: read through Detectron's blob names
+            from pydetectron.utils.detectron_weight_helper import load_detectron_blobs
+            load_detectron_blobs(model, dpt.detectron_pytorch_to_blobs(
+                state_dict, cfg.FPN.RPN_MIN_LEVEL), load_ckpt)
+        else:
+            model.load_state_dict(state_dict)
     elif load_detectron:
         from pydetectron.utils.detectron_weight_helper import load_detectron_weight
         logger.info('loading detectron weights %s', load_detectron)
