@@ -20,6 +20,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from pydetectron.core.config import (  # noqa: E402
     assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
 from pydetectron.core import test_engine  # noqa: E402
+from pydetectron.engine import checkpoint_meta  # noqa: E402
+from pydetectron.engine.initial_weights import resolve_weights_url  # noqa: E402
 from pydetectron.utils.logging import setup_logging  # noqa: E402
 
 # OpenCL in OpenCV is not thread safe and grabs GPU memory: keep it off.
@@ -30,8 +32,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test a Detectron-style model on datasets')
     parser.add_argument('--dataset', help='dataset(s) to test on (shorthand, catalog name, or '
                         'coco_json:<annotation_file>[:<image_dir>]); default: TEST.DATASETS')
-    parser.add_argument('--cfg', dest='cfg_file', required=True, help='config file (YAML)')
-    parser.add_argument('--load_ckpt', help='checkpoint (.pth) to test')
+    parser.add_argument('--cfg', dest='cfg_file',
+                        help='config file (YAML); default: the config saved in --load_ckpt')
+    parser.add_argument('--load_ckpt', help='checkpoint (.pth, pydetectron or Detectron.pytorch) '
+                        'to test; default: TEST.WEIGHTS of the config')
     parser.add_argument('--load_detectron', help='Detectron weights (.pkl) to test')
     parser.add_argument('--output_dir', help='where results go (default: <checkpoint dir>/../test)')
     parser.add_argument('--set', dest='set_cfgs', default=[], nargs='*',
@@ -58,8 +62,27 @@ def main(argv=None):
     logger.info('Called with args: %s', args)
 
     evaluating_file = args.eval_only is not None
-    if not evaluating_file and bool(args.load_ckpt) == bool(args.load_detectron):
-        sys.exit('test_net.py: give exactly one of --load_ckpt and --load_detectron')
+    if args.load_ckpt and args.load_detectron:
+        sys.exit('test_net.py: give at most one of --load_ckpt and --load_detectron')
+
+    meta = checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}
+    if args.cfg_file:
+        merge_cfg_from_file(args.cfg_file)
+    elif not checkpoint_meta.apply_checkpoint_config(meta, args.load_ckpt):
+        sys.exit('test_net.py: give --cfg (no checkpoint with a saved config was given)')
+    if args.set_cfgs:
+        merge_cfg_from_list(args.set_cfgs)
+    if not evaluating_file and not (args.load_ckpt or args.load_detectron):
+        # TEST.WEIGHTS is the default weights, as in Detectron's test_net.py
+        if not cfg.TEST.WEIGHTS:
+            sys.exit('test_net.py: give --load_ckpt or --load_detectron (or set TEST.WEIGHTS '
+                     'in the config)')
+        weights = resolve_weights_url(cfg.TEST.WEIGHTS, 'TEST.WEIGHTS')
+        if weights.endswith('.pkl'):
+            args.load_detectron = weights
+        else:
+            args.load_ckpt = weights
+            meta = checkpoint_meta.read_metadata(weights)
     if args.output_dir is None:
         weights = args.load_ckpt or args.load_detectron or args.eval_only
         if not weights:
@@ -69,15 +92,19 @@ def main(argv=None):
         logger.info('Automatically set output directory to %s', args.output_dir)
     os.makedirs(args.output_dir, exist_ok=True)
 
-    merge_cfg_from_file(args.cfg_file)
-    if args.set_cfgs:
-        merge_cfg_from_list(args.set_cfgs)
     if args.dataset:
         from pydetectron.datasets import dataset_catalog
         names, num_classes = dataset_catalog.resolve_dataset_arg(args.dataset, training=False)
         merge_cfg_from_list(['TEST.DATASETS', names, 'MODEL.NUM_CLASSES', num_classes])
     elif not cfg.TEST.DATASETS:
         sys.exit('test_net.py: give --dataset or set TEST.DATASETS in the config')
+    if meta.get('classes'):
+        # never evaluate a model on a dataset of other classes
+        from pydetectron.datasets import dataset_catalog
+        for name in cfg.TEST.DATASETS:
+            classes, _ = dataset_catalog.get_class_and_keypoint_names(name)
+            checkpoint_meta.check_dataset_classes(meta['classes'], classes, args.load_ckpt,
+                                                  args.dataset or name)
     if args.vis:
         merge_cfg_from_list(['VIS', True])
     cfg.CUDA = bool(args.cuda)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pydetectron.engine import checkpoint as ck
+from pydetectron.engine import checkpoint_meta
 from pydetectron.engine import distributed as dist_utils
 from pydetectron.engine import initial_weights
 from pydetectron.engine import train_setup
@@ -305,8 +306,10 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         max_iter=cfg.SOLVER.MAX_ITER, iter_size=args.iter_size,
         output_dir=output_dir if save else None, snapshot_period=train_setup.snapshot_period(cfg),
         device=device, amp=args.amp, stats=stats, data_order=data_order, rng_states=rng_states,
-        checkpoint_extra={'train_size': train_size, 'batch_size': batch_size,
-                          'cfg': dump_cfg(), 'args': _plain_args(args)},
+        checkpoint_extra=dict({'train_size': train_size, 'batch_size': batch_size,
+                               'cfg': dump_cfg(), 'args': _plain_args(args)},
+                              **checkpoint_meta.training_metadata(cfg.TRAIN.DATASETS,
+                                                                  args.dataset)),
         reduce_values=dist_utils.all_reduce_mean if info.distributed else None,
         is_main_process=info.is_main_process, cpu_keywords=('roidb',))
     code = 0
