@@ -90,9 +90,9 @@ def _infer():
     limit = cfg.TEST.DETECTIONS_PER_IM
     # Detectron's limit keeps every score >= the limit-th: only ties there may exceed it
     assert n <= limit or scores[limit - 1] == scores[limit]
-    if cfg.MODEL.MASK_ON:
+    if cfg.MODEL.MASK_ON and n:
         assert [len(s) for s in cls_segms[1:]] == [len(b) for b in cls_boxes[1:]]
-    if cfg.MODEL.KEYPOINTS_ON:
+    if cfg.MODEL.KEYPOINTS_ON and n:
         assert [len(k) for k in cls_keyps[1:]] == [len(b) for b in cls_boxes[1:]]
     return {'detections': n}
 
