@@ -20,7 +20,7 @@ import yaml
 
 from conftest import DEMO_IMAGES, SHARED
 from pydetectron.core.config import (assert_and_infer_cfg, cfg, dump_cfg, merge_cfg_from_file,
-                                     merge_cfg_from_list)
+                                     merge_cfg_from_list, repair_unindented_keys)
 
 DETECTRON = os.path.join(SHARED, 'data', 'detectron_configs')
 DETECTRON_PYTORCH = os.path.join(SHARED, 'data', 'detectron_pytorch_configs')
@@ -105,7 +105,12 @@ def test_config_loads_builds_and_infers(path, fresh_cfg):
         pytest.skip('RetinaNet is being built in its own branch (issue 20), which owns its keys '
                     'and model')
     with open(path) as f:
-        raw = yaml.safe_load(f)
+        text = f.read()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        # two of Detectron.pytorch's files have a key at column 0 inside RESNETS (not YAML)
+        raw = yaml.safe_load(repair_unindented_keys(text, set(cfg.keys()))[0])
     merge_cfg_from_file(path)
 
     # each family's defaults
@@ -141,3 +146,29 @@ def test_arch_key_separates_models(fresh_cfg):
     a = _arch_key()
     merge_cfg_from_list(['MRCNN.RESOLUTION', cfg.MRCNN.RESOLUTION + 2])
     assert _arch_key() != a
+
+
+def test_unindented_key_of_detectron_pytorch_files_is_repaired(fresh_cfg, caplog):
+    """e2e_faster_rcnn_X-101-64x4d-FPN_1x.yaml and e2e_mask_rcnn_R-101-FPN_2x_gn.yaml of
+    Detectron.pytorch write IMAGENET_PRETRAINED_WEIGHTS at column 0 under RESNETS."""
+    import logging
+    path = os.path.join(DETECTRON_PYTORCH, 'baselines', 'e2e_faster_rcnn_X-101-64x4d-FPN_1x.yaml')
+    if not os.path.isfile(path):
+        pytest.skip('../shared/data/detectron_pytorch_configs not present')
+    with open(path) as f:
+        with pytest.raises(yaml.YAMLError):
+            yaml.safe_load(f)
+    with caplog.at_level(logging.WARNING, logger='pydetectron.core.config'):
+        merge_cfg_from_file(path)
+    assert cfg.RESNETS.IMAGENET_PRETRAINED_WEIGHTS == 'data/pretrained_model/X-101-64x4d.pkl'
+    assert cfg.RESNETS.NUM_GROUPS == 64 and cfg.RESNETS.STRIDE_1X1 is False
+    assert 'line 19: key IMAGENET_PRETRAINED_WEIGHTS is not indented' in caplog.text
+
+
+def test_yaml_that_cannot_be_repaired_is_one_line(fresh_cfg, tmp_path):
+    from pydetectron.core.config import ConfigValueError
+    p = tmp_path / 'bad.yaml'
+    p.write_text('MODEL:\n  TYPE: x\n   bad: [1, 2\n')
+    with pytest.raises(ConfigValueError) as e:
+        merge_cfg_from_file(str(p))
+    assert '\n' not in str(e.value) and 'bad.yaml is not valid YAML (line' in str(e.value)

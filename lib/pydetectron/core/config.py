@@ -82,7 +82,7 @@ from pydetectron.core.config_compat import (  # noqa: F401
     FUNC_NAME_KEYS,
     IGNORED_KEYS, ConfigKeyError, ConfigTypeError, ConfigValueError,
     _DEPRECATED_KEYS, _RENAMED_KEYS, canonical_func_name,
-    is_detectron_pytorch_config, load_cfg)
+    is_detectron_pytorch_config, load_cfg, repair_unindented_keys)
 
 logger = logging.getLogger(__name__)
 
@@ -1083,12 +1083,11 @@ def merge_cfg_from_file(cfg_filename):
         raise FileNotFoundError(
             'config file not found: {}'.format(cfg_filename))
     with open(cfg_filename, 'r') as f:
-        try:
-            loaded = load_cfg(f.read())
-        except yaml.YAMLError as e:
-            raise ConfigValueError(
-                'config file {} is not valid YAML: {}'.format(cfg_filename, e)
-            ) from e
+        text = f.read()
+    try:
+        loaded = load_cfg(text)
+    except yaml.YAMLError as e:
+        loaded = _load_repaired(text, cfg_filename, e)
     if loaded is None:  # an empty file changes nothing
         return
     if not isinstance(loaded, dict):
@@ -1120,6 +1119,28 @@ def _apply_detectron_pytorch_defaults(loaded, source):
 
 # Detectron's second name for it
 cfg_from_file = merge_cfg_from_file
+
+
+def _load_repaired(text, cfg_filename, error):
+    """The YAML `text` that failed to parse with `error`, read after re-indenting the keys
+    written at column 0 inside a section (config_compat.repair_unindented_keys), with a warning
+    naming them; otherwise ConfigValueError with the parser's first line."""
+    repaired = repair_unindented_keys(text, set(__C.keys()))
+    if repaired is not None:
+        try:
+            loaded = load_cfg(repaired[0])
+        except yaml.YAMLError:
+            loaded = None
+        if loaded is not None:
+            for line, key in repaired[1]:
+                logger.warning('%s line %d: key %s is not indented under its section; read as '
+                               'if it were (fix the file)', cfg_filename, line, key)
+            return loaded
+    mark = getattr(error, 'problem_mark', None)
+    where = ' (line {})'.format(mark.line + 1) if mark is not None else ''
+    problem = getattr(error, 'problem', None) or str(error).splitlines()[0]
+    raise ConfigValueError('config file {} is not valid YAML{}: {}'.format(
+        cfg_filename, where, problem)) from error
 
 
 def merge_cfg_from_cfg(cfg_other):

@@ -18,6 +18,8 @@ What lets older YAML files and Detectron's own configs load unchanged:
 the merging code there consults the tables.
 """
 
+import re
+
 import numpy as np
 import yaml
 
@@ -26,7 +28,8 @@ from pydetectron.utils.collections import AttrDict
 __all__ = ['ConfigKeyError', 'ConfigTypeError', 'ConfigValueError',
            'FUNC_NAME_KEYS', 'CANONICAL_FUNC_NAMES', 'canonical_func_name',
            'load_cfg', 'IGNORED_KEYS', 'DETECTRON_PYTORCH_KEYS',
-           'DETECTRON_PYTORCH_DEFAULTS', 'is_detectron_pytorch_config']
+           'DETECTRON_PYTORCH_DEFAULTS', 'is_detectron_pytorch_config',
+           'repair_unindented_keys']
 
 
 # ============================================================================ #
@@ -280,6 +283,55 @@ def is_detectron_pytorch_config(loaded):
         if isinstance(d, dict) and leaf in d:
             return True
     return False
+
+
+def repair_unindented_keys(text, top_level_keys):
+    """Re-indent a key written at column 0 inside a section, or return None.
+
+    Two of Detectron.pytorch's own YAML files have such a line::
+
+        RESNETS:
+        IMAGENET_PRETRAINED_WEIGHTS: 'data/pretrained_model/X-101-64x4d.pkl'
+          STRIDE_1X1: False
+
+    which no YAML parser reads. A column-0 line `KEY: value` whose KEY is not a top-level key of
+    the config (`top_level_keys`), placed between a section header and that section's indented
+    keys, is indented like the key after it. Returns (repaired text, [(line number, key)]) or
+    None when there is nothing of the kind.
+    """
+    lines = text.split('\n')
+    fixed = []
+
+    def indent_of(line):
+        return len(line) - len(line.lstrip(' '))
+
+    def next_content(i):
+        for j in range(i + 1, len(lines)):
+            stripped = lines[j].strip()
+            if stripped and not stripped.startswith('#'):
+                return lines[j]
+        return ''
+
+    section_open = False
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith('#'):
+            continue
+        if indent_of(line) > 0:
+            continue
+        key = stripped.split(':', 1)[0].strip()
+        nxt = next_content(i)
+        if (section_open and ':' in stripped and key not in top_level_keys and
+                indent_of(nxt) > 0):
+            lines[i] = ' ' * indent_of(nxt) + stripped
+            fixed.append((i + 1, key))
+            continue
+        # a header such as 'RESNETS:' (nothing after the colon) opens a section
+        section_open = stripped.endswith(':') or bool(
+            re.match(r'^[A-Z0-9_]+:\s*(#.*)?$', stripped))
+    if not fixed:
+        return None
+    return '\n'.join(lines), fixed
 
 
 # ============================================================================ #
