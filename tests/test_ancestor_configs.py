@@ -18,10 +18,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import DEMO_IMAGES, SHARED
 from pydetectron.core.config import (assert_and_infer_cfg, cfg, dump_cfg, merge_cfg_from_file,
                                      merge_cfg_from_list, repair_unindented_keys)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.normpath(os.path.join(ROOT, '..', 'shared'))
+DEMO_IMAGES = os.path.join(SHARED, 'demo_images')
 DETECTRON = os.path.join(SHARED, 'data', 'detectron_configs')
 DETECTRON_PYTORCH = os.path.join(SHARED, 'data', 'detectron_pytorch_configs')
 PATHS = (sorted(glob.glob(os.path.join(DETECTRON, '**', '*.yaml'), recursive=True)) +

@@ -11,11 +11,12 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SHARED
 from pydetectron.core import config as config_module
 from pydetectron.core.config import (assert_and_infer_cfg, merge_cfg_from_file,
                                      merge_cfg_from_list)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED = os.path.normpath(os.path.join(ROOT, '..', 'shared'))
 KEYS_JSON = os.path.join(SHARED, 'data', 'detectron_config_keys.json')
 
 # Keys whose default differs on purpose, with the reason.

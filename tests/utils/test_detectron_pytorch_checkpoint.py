@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
 from pydetectron.core.config import (assert_and_infer_cfg, cfg, merge_cfg_from_file,
                                      merge_cfg_from_list)
 from pydetectron.utils import detectron_pytorch_checkpoint as dpt
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED = os.path.normpath(os.path.join(ROOT, '..', 'shared'))
 LAYOUT = os.path.join(SHARED, 'data', 'detectron_pytorch_checkpoints.json')
 DP_CONFIGS = os.path.join(SHARED, 'data', 'detectron_pytorch_configs')
 
