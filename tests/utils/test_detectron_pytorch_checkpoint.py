@@ -113,8 +113,9 @@ def _outputs(model, im):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', [MODELS[0], MODELS[3], MODELS[4]],
-                         ids=['mask_C4', 'keypoint_FPN', 'mask_FPN_gn'])
+# the C4 mask model (its mask head's shared res5 keys map to null) and the FPN keypoint model
+# (its fixed upsampling maps to null); every layout's names are checked above
+@pytest.mark.parametrize('name', [MODELS[0], MODELS[3]], ids=['mask_C4', 'keypoint_FPN'])
 def test_checkpoint_gives_the_pkl_outputs(layout, name, tmp_path, fresh_cfg):
     from pydetectron.core.test_engine import initialize_model_from_cfg
     from pydetectron.engine.initial_weights import load_weights
