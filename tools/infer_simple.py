@@ -21,6 +21,8 @@ from pydetectron.core.config import (  # noqa: E402
     assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
 from pydetectron.core.config_checks import check_config_values  # noqa: E402
 from pydetectron.core.test import im_detect_all  # noqa: E402
+from pydetectron.engine import checkpoint_meta  # noqa: E402
+from pydetectron.engine.initial_weights import resolve_weights_url  # noqa: E402
 from pydetectron.core.test_engine import (  # noqa: E402
     add_speed_arguments, initialize_model_from_cfg)
 from pydetectron.engine.cli import (  # noqa: E402
@@ -42,16 +44,19 @@ IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm',
 
 def parse_args(argv=None):
     parser = ArgumentParser(description='Detect objects in images and draw them')
-    parser.add_argument('--cfg', dest='cfg_file', required=True, help='config file (YAML)')
+    parser.add_argument('--cfg', dest='cfg_file',
+                        help='config file (YAML); default: the config saved in --load_ckpt')
     parser.add_argument('--set', dest='set_cfgs', default=[], nargs='+',
                         help='config key/value pairs overriding the config file')
-    parser.add_argument('--load_ckpt', help='checkpoint (.pth) to load')
+    parser.add_argument('--load_ckpt', help='checkpoint (.pth) to load (pydetectron or '
+                        'Detectron.pytorch); default: TEST.WEIGHTS of the config')
     parser.add_argument('--load_detectron', help='Detectron weights (.pkl) to load')
     parser.add_argument('--image_dir', help='folder of images (other files are skipped)')
     parser.add_argument('--images', nargs='+', help='image files (instead of --image_dir)')
     parser.add_argument('--output_dir', default='infer_outputs', help='where the drawings go')
-    parser.add_argument('--dataset', default='coco',
-                        help="class names: 'coco' (default), 'keypoints_coco', or a dataset name")
+    parser.add_argument('--dataset', default=None,
+                        help="class names: 'coco', 'keypoints_coco', or a dataset name; default: "
+                        "the class names saved in --load_ckpt, else 'coco'")
     parser.add_argument('--thresh', type=float, default=0.7,
                         help='draw (and list) detections scoring at least this')
     parser.add_argument('--kp_thresh', type=float, default=2.0,
@@ -108,8 +113,8 @@ def main(argv=None):
     logger = setup_logging(__name__)
     args = parse_args(argv)
     logger.info('Called with args: %s', args)
-    if bool(args.load_ckpt) == bool(args.load_detectron):
-        raise CliError('give exactly one of --load_ckpt and --load_detectron')
+    if args.load_ckpt and args.load_detectron:
+        raise CliError('give at most one of --load_ckpt and --load_detectron')
     if not 0.0 <= args.thresh <= 1.0:
         raise CliError('--thresh {}: expected a score in [0, 1]'.format(args.thresh))
     # Inputs first (seconds), before the model is built.
@@ -117,13 +122,37 @@ def main(argv=None):
     check_set_pairs(args.set_cfgs)
     check_input_file(args.load_ckpt, '--load_ckpt')
     check_input_file(args.load_detectron, '--load_detectron')
-    im_list = list_images(args, logger)
     check_output_dir(args.output_dir)
 
-    classes, keypoint_names = get_class_and_keypoint_names(args.dataset)
-    merge_cfg_from_file(args.cfg_file)
+    meta = checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}
+    if args.cfg_file:
+        merge_cfg_from_file(args.cfg_file)
+    elif not checkpoint_meta.apply_checkpoint_config(meta, args.load_ckpt):
+        raise CliError('give --cfg (no checkpoint with a saved config was given)')
     if args.set_cfgs:
         merge_cfg_from_list(args.set_cfgs)
+    if not (args.load_ckpt or args.load_detectron):
+        # TEST.WEIGHTS is the default weights (Detectron's test tool)
+        if not cfg.TEST.WEIGHTS:
+            raise CliError('give --load_ckpt or --load_detectron (or set TEST.WEIGHTS in the '
+                           'config)')
+        weights = resolve_weights_url(cfg.TEST.WEIGHTS, 'TEST.WEIGHTS')
+        if weights.endswith('.pkl'):
+            args.load_detectron = weights
+        else:
+            args.load_ckpt = weights
+            meta = checkpoint_meta.read_metadata(weights)
+    im_list = list_images(args, logger)
+
+    if args.dataset:
+        classes, keypoint_names = get_class_and_keypoint_names(args.dataset)
+        checkpoint_meta.check_dataset_classes(meta.get('classes'), classes, args.load_ckpt,
+                                              args.dataset)
+    elif meta.get('classes'):
+        classes = list(meta['classes'])
+        keypoint_names = list(meta.get('keypoint_names') or vis_utils.COCO_KEYPOINTS)
+    else:
+        classes, keypoint_names = get_class_and_keypoint_names('coco')
     if cfg.MODEL.NUM_CLASSES == -1:
         merge_cfg_from_list(['MODEL.NUM_CLASSES', len(classes)])
     elif cfg.MODEL.NUM_CLASSES != len(classes):

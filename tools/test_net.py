@@ -23,6 +23,8 @@ from pydetectron.core.config_checks import check_config_values  # noqa: E402
 from pydetectron.engine.cli import (  # noqa: E402
     ArgumentParser, check_input_file, check_output_dir, check_set_pairs, positive, run_tool)
 from pydetectron.utils.errors import CliError  # noqa: E402
+from pydetectron.engine import checkpoint_meta  # noqa: E402
+from pydetectron.engine.initial_weights import resolve_weights_url  # noqa: E402
 from pydetectron.utils.logging import setup_logging  # noqa: E402
 
 # OpenCL in OpenCV is not thread safe and grabs GPU memory: keep it off.
@@ -33,8 +35,10 @@ def parse_args(argv=None):
     parser = ArgumentParser(description='Test a Detectron-style model on datasets')
     parser.add_argument('--dataset', help='dataset(s) to test on (shorthand, catalog name, or '
                         'coco_json:<annotation_file>[:<image_dir>]); default: TEST.DATASETS')
-    parser.add_argument('--cfg', dest='cfg_file', required=True, help='config file (YAML)')
-    parser.add_argument('--load_ckpt', help='checkpoint (.pth) to test')
+    parser.add_argument('--cfg', dest='cfg_file',
+                        help='config file (YAML); default: the config saved in --load_ckpt')
+    parser.add_argument('--load_ckpt', help='checkpoint (.pth, pydetectron or Detectron.pytorch) '
+                        'to test; default: TEST.WEIGHTS of the config')
     parser.add_argument('--load_detectron', help='Detectron weights (.pkl) to test')
     parser.add_argument('--output_dir', help='where results go (default: <checkpoint dir>/../test)')
     parser.add_argument('--set', dest='set_cfgs', default=[], nargs='*',
@@ -61,8 +65,8 @@ def main(argv=None):
     logger.info('Called with args: %s', args)
 
     evaluating_file = args.eval_only is not None
-    if not evaluating_file and bool(args.load_ckpt) == bool(args.load_detectron):
-        raise CliError('give exactly one of --load_ckpt and --load_detectron')
+    if args.load_ckpt and args.load_detectron:
+        raise CliError('give at most one of --load_ckpt and --load_detectron')
     if args.range is not None and not 0 <= args.range[0] <= args.range[1]:
         raise CliError('--range {} {}: expected 0 <= START <= END'.format(*args.range))
     # Inputs first (seconds), before any dataset or model is built (minutes).
@@ -72,6 +76,25 @@ def main(argv=None):
     check_input_file(args.load_detectron, '--load_detectron')
     if args.eval_only:
         check_input_file(args.eval_only, '--eval_only')
+
+    meta = checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}
+    if args.cfg_file:
+        merge_cfg_from_file(args.cfg_file)
+    elif not checkpoint_meta.apply_checkpoint_config(meta, args.load_ckpt):
+        raise CliError('give --cfg (no checkpoint with a saved config was given)')
+    if args.set_cfgs:
+        merge_cfg_from_list(args.set_cfgs)
+    if not evaluating_file and not (args.load_ckpt or args.load_detectron):
+        # TEST.WEIGHTS is the default weights, as in Detectron's test_net.py
+        if not cfg.TEST.WEIGHTS:
+            raise CliError('give --load_ckpt or --load_detectron (or set TEST.WEIGHTS in the '
+                           'config)')
+        weights = resolve_weights_url(cfg.TEST.WEIGHTS, 'TEST.WEIGHTS')
+        if weights.endswith('.pkl'):
+            args.load_detectron = weights
+        else:
+            args.load_ckpt = weights
+            meta = checkpoint_meta.read_metadata(weights)
     if args.output_dir is None:
         weights = args.load_ckpt or args.load_detectron or args.eval_only
         if not weights:
@@ -81,15 +104,19 @@ def main(argv=None):
         logger.info('Automatically set output directory to %s', args.output_dir)
     check_output_dir(args.output_dir)
 
-    merge_cfg_from_file(args.cfg_file)
-    if args.set_cfgs:
-        merge_cfg_from_list(args.set_cfgs)
     if args.dataset:
         from pydetectron.datasets import dataset_catalog
         names, num_classes = dataset_catalog.resolve_dataset_arg(args.dataset, training=False)
         merge_cfg_from_list(['TEST.DATASETS', names, 'MODEL.NUM_CLASSES', num_classes])
     elif not cfg.TEST.DATASETS:
         raise CliError('give --dataset or set TEST.DATASETS in the config')
+    if meta.get('classes'):
+        # never evaluate a model on a dataset of other classes
+        from pydetectron.datasets import dataset_catalog
+        for name in cfg.TEST.DATASETS:
+            classes, _ = dataset_catalog.get_class_and_keypoint_names(name)
+            checkpoint_meta.check_dataset_classes(meta['classes'], classes, args.load_ckpt,
+                                                  args.dataset or name)
     if args.vis:
         merge_cfg_from_list(['VIS', True])
     cfg.CUDA = bool(args.cuda)

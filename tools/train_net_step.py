@@ -58,8 +58,17 @@ def parse_args(argv=None):
                         help='resume model, optimizer, step, LR and data order from --load_ckpt, '
                         'or from the newest checkpoint of --output_dir')
     parser.add_argument('--no_save', action='store_true', help='save nothing')
-    parser.add_argument('--load_ckpt', help='checkpoint (.pth) to load')
+    parser.add_argument('--load_ckpt', help='checkpoint (.pth) to load: of pydetectron or of '
+                        'Detectron.pytorch (default: TRAIN.WEIGHTS of the config)')
     parser.add_argument('--load_detectron', help='Detectron weights (.pkl) to load')
+    parser.add_argument('--strict_class_heads', action='store_true',
+                        help='refuse initial weights whose class-specific layers (cls_score, '
+                        'bbox_pred, mask_fcn_logits, ...) have another shape, instead of '
+                        'fine-tuning with those layers freshly initialised (the default, with a '
+                        'warning naming them)')
+    parser.add_argument('--allow_random_frozen_bn', action='store_true',
+                        help='train a frozen-BN (AffineChannel) body from random weights '
+                        '(TRAIN.ALLOW_RANDOM_FROZEN_BN); refused otherwise, as it cannot learn')
     parser.add_argument('--use_tfboard', action='store_true',
                         help='write TensorBoard scalars to the output directory')
     parser.add_argument('--amp', action='store_true',

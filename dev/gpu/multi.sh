@@ -26,7 +26,7 @@ W=$WORK/multi
 mkdir -p "$W"
 CFG=configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml
 TRAIN=(--dataset "coco_json:$COCO/annotations/instances_train2017.json:$COCO/images/train2017"
-       --cfg "$CFG" --nw 2 --disp_interval 1
+       --cfg "$CFG" --nw 2 --disp_interval 1 --allow_random_frozen_bn
        --set NUM_GPUS "$NGPU" TRAIN.IMS_PER_BATCH 2 SOLVER.BASE_LR 0.0 SOLVER.WARM_UP_ITERS 0
        SOLVER.MAX_ITER "$MULTI_STEPS" "TRAIN.SCALES" "($SCALE,)" TRAIN.MAX_SIZE "$MAXSIZE"
        TRAIN.SNAPSHOT_ITERS 100000 MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS False)

@@ -8,7 +8,9 @@ from pydetectron.core import config, config_compat
 def test_public_names_are_the_same_objects_in_config():
     assert set(config_compat.__all__) == {
         "ConfigKeyError", "ConfigTypeError", "ConfigValueError", "FUNC_NAME_KEYS",
-        "CANONICAL_FUNC_NAMES", "canonical_func_name", "load_cfg"}
+        "CANONICAL_FUNC_NAMES", "canonical_func_name", "load_cfg", "IGNORED_KEYS",
+        "DETECTRON_PYTORCH_KEYS", "DETECTRON_PYTORCH_DEFAULTS", "is_detectron_pytorch_config",
+        "repair_unindented_keys"}
     for name in config_compat.__all__:
         assert getattr(config, name) is getattr(config_compat, name), name
     # the merging code in config.py consults the very same tables

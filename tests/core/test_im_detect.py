@@ -92,11 +92,23 @@ class FakeRCNN(torch.nn.Module):
         return probs[:, None].repeat(1, C, 1, 1)
 
     def keypoint_net(self, blob_conv, rois):
+        """(R, 17, s, s): the RoI's brightness plus a bump per keypoint, as for a person facing
+        the camera: 'left_*' keypoints at 3/4 of the box width (the image's right), 'right_*' ones
+        at 1/4 and the nose in the middle, each left/right pair at its own height. So a keypoint's
+        heatmap on the flipped image is the
+        mirror of its left/right partner's: flip-equivariant, and neither mirror-symmetric nor
+        the same for both sides (un-mirroring and the left/right swap both matter)."""
+        from pydetectron.utils.vis import COCO_KEYPOINTS
         s = 16
         v = self._sample(blob_conv, rois.cpu(), s) / 100.  # (R, s, s)
         yy, xx = torch.meshgrid(torch.arange(s) + 0.5, torch.arange(s) + 0.5, indexing='ij')
-        bump = 5 * torch.exp(-((xx - s / 2) ** 2 + (yy - 0.3 * s) ** 2) / 8.)
-        return (v + bump)[:, None].repeat(1, 17, 1, 1)
+        maps = []
+        for k, name in enumerate(COCO_KEYPOINTS):
+            # on cell centres (12.5 and its mirror 3.5), so that no argmax tie breaks the mirror
+            cx = 12.5 if name.startswith('left') else 3.5 if name.startswith('right') else s / 2
+            cy = (0.2 + 0.07 * ((k + 1) // 2)) * s   # each left/right pair at its own height
+            maps.append(5 * torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.))
+        return v[:, None] + torch.stack(maps)[None]
 
 
 @pytest.fixture(autouse=True)
@@ -189,9 +201,14 @@ def test_person_keypoints_decoded_in_the_box():
     kps = cls_keyps[1][0]
     assert kps.shape == (4, 17) and kps.dtype == np.float32
     x1, y1, x2, y2 = cls_boxes[1][0, :4]
-    # the heatmap's bump sits at the box's horizontal centre, 30 % down
-    np.testing.assert_allclose(kps[0], (x1 + x2) / 2, atol=2.0)
-    np.testing.assert_allclose(kps[1], y1 + 0.3 * (y2 - y1), atol=3.0)
+    # each heatmap's bump: at 1/2 (nose), 3/4 (left_*) or 1/4 (right_*) of the box width, and
+    # (20 + 7 p) % down for the p-th left/right pair (FakeRCNN.keypoint_net)
+    from pydetectron.utils.vis import COCO_KEYPOINTS
+    fx = np.array([12.5 / 16 if n.startswith('left') else 3.5 / 16 if n.startswith('right')
+                   else 0.5 for n in COCO_KEYPOINTS])
+    fy = 0.2 + 0.07 * ((np.arange(17) + 1) // 2)
+    np.testing.assert_allclose(kps[0], x1 + fx * (x2 - x1), atol=2.0)
+    np.testing.assert_allclose(kps[1], y1 + fy * (y2 - y1), atol=3.0)
     assert (kps[3] > 0).all() and (kps[3] <= 1).all()
 
 
@@ -286,7 +303,11 @@ def test_scale_and_aspect_ratio_tta(heur):
 
 def test_mask_tta_heuristics():
     cfg.MODEL.MASK_ON = True
-    im = _image()
+    # an L-shaped object (its bar to the right at the top): its mask is not mirror-symmetric, so
+    # a flipped pass must be un-mirrored to agree
+    im = _image(rects=((20, 30, 59, 69, 2), (60, 30, 79, 41, 2), (100, 60, 129, 99, 1)))
+    plain_masks = mask_util.decode(test_mod.im_detect_all(FakeRCNN(), im)[1][3][0])
+    assert (plain_masks != plain_masks[:, ::-1]).any()
     model = FakeRCNN()
     plain = test_mod.im_detect_all(model, im)
     cfg.TEST.MASK_AUG.ENABLED = True
@@ -319,11 +340,15 @@ def test_keypoint_tta_with_flip_reproduces_plain_heatmaps():
     im = _image(rects=((40, 20, 79, 99, 0),))
     model = FakeRCNN()
     plain = test_mod.im_detect_all(model, im)
+    kps = plain[2][1][0]                        # (4, 17): x, y, logit, prob
+    # the fake's left keypoints lie right of its right keypoints (a person facing the camera)
+    assert (kps[0, 1] > kps[0, 2] + 10) and (kps[0, 3] > kps[0, 4] + 10)
     cfg.TEST.KPS_AUG.ENABLED = True
     cfg.TEST.KPS_AUG.H_FLIP = True
-    cfg.TEST.KPS_AUG.HEUR = 'HM_MAX'
-    tta = test_mod.im_detect_all(model, im)
-    np.testing.assert_allclose(tta[2][1][0], plain[2][1][0], rtol=1e-5, atol=1e-5)
+    for heur in ('HM_MAX', 'HM_AVG'):
+        cfg.TEST.KPS_AUG.HEUR = heur
+        tta = test_mod.im_detect_all(model, im)
+        np.testing.assert_allclose(tta[2][1][0], plain[2][1][0], rtol=1e-5, atol=1e-5)
 
 
 def test_size_dependent_heatmap_combination():

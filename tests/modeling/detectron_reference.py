@@ -3,11 +3,72 @@
 Each follows Detectron's own structure -- one image at a time, Python loops over classes -- so that
 the batched device code of ``pydetectron.modeling`` can be checked against it.
 """
-import numpy as np
-import torch
+import math
 
-from pydetectron.ops import nms
-from pydetectron.utils.boxes import bbox_transform, clip_tiled_boxes
+import numpy as np
+
+# Written out here rather than imported from the package, so that the references never call the
+# code they check (pydetectron.ops.nms, pydetectron.utils.boxes.bbox_transform).
+BBOX_XFORM_CLIP = math.log(1000. / 16.)
+
+
+def nms(dets_boxes, scores, thresh):
+    """Detectron's greedy NMS (utils/cython_nms.pyx) in float32: boxes in score order (equal
+    scores keep their input order), each suppressing the later ones whose IoU (+1 widths) with it
+    exceeds ``thresh``. Returns the kept indices."""
+    boxes = np.asarray(dets_boxes, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1 + np.float32(1)) * (y2 - y1 + np.float32(1))
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size > 0:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])
+                       + np.float32(1))
+        h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])
+                       + np.float32(1))
+        inter = w * h
+        ovr = inter / (areas[i] + areas[rest] - inter)
+        order = rest[ovr <= thresh]
+    return np.array(keep, dtype=np.int64)
+
+
+def bbox_transform(boxes, deltas, weights=(1.0, 1.0, 1.0, 1.0)):
+    """Detectron's utils/boxes.py bbox_transform (float32, +1 widths, dw/dh clipped)."""
+    if boxes.shape[0] == 0:
+        return np.zeros((0, deltas.shape[1]), dtype=deltas.dtype)
+    boxes = boxes.astype(deltas.dtype, copy=False)
+    widths = boxes[:, 2] - boxes[:, 0] + 1.0
+    heights = boxes[:, 3] - boxes[:, 1] + 1.0
+    ctr_x = boxes[:, 0] + 0.5 * widths
+    ctr_y = boxes[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    dx = deltas[:, 0::4] / wx
+    dy = deltas[:, 1::4] / wy
+    dw = np.minimum(deltas[:, 2::4] / ww, BBOX_XFORM_CLIP)
+    dh = np.minimum(deltas[:, 3::4] / wh, BBOX_XFORM_CLIP)
+    pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
+    pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
+    pred_w = np.exp(dw) * widths[:, None]
+    pred_h = np.exp(dh) * heights[:, None]
+    out = np.zeros(deltas.shape, dtype=deltas.dtype)
+    out[:, 0::4] = pred_ctr_x - 0.5 * pred_w
+    out[:, 1::4] = pred_ctr_y - 0.5 * pred_h
+    out[:, 2::4] = pred_ctr_x + 0.5 * pred_w - 1
+    out[:, 3::4] = pred_ctr_y + 0.5 * pred_h - 1
+    return out
+
+
+def clip_tiled_boxes(boxes, im_shape):
+    """Detectron's clip_tiled_boxes: x into [0, width - 1], y into [0, height - 1]."""
+    boxes = boxes.copy()
+    boxes[:, 0::4] = np.maximum(np.minimum(boxes[:, 0::4], im_shape[1] - 1), 0)
+    boxes[:, 1::4] = np.maximum(np.minimum(boxes[:, 1::4], im_shape[0] - 1), 0)
+    boxes[:, 2::4] = np.maximum(np.minimum(boxes[:, 2::4], im_shape[1] - 1), 0)
+    boxes[:, 3::4] = np.maximum(np.minimum(boxes[:, 3::4], im_shape[0] - 1), 0)
+    return boxes
 
 
 def anchors(stride, sizes, aspect_ratios):
@@ -57,7 +118,7 @@ def proposals_one_image(scores, deltas, im_info, cell_anchors, stride, pre_nms_t
                     & (boxes[:, 0] + ws / 2. < im_info[1]) & (boxes[:, 1] + hs / 2. < im_info[0]))[0]
     boxes, scores = boxes[keep], scores[keep]
     if nms_thresh > 0:
-        keep = nms(torch.from_numpy(boxes), torch.from_numpy(scores), nms_thresh).numpy()
+        keep = nms(boxes, scores, nms_thresh)
         if post_nms_top_n > 0:
             keep = keep[:post_nms_top_n]
         boxes, scores = boxes[keep], scores[keep]

@@ -78,9 +78,11 @@ from pydetectron.utils.collections import AttrDict
 # Backward compatibility: renamed / removed keys, Detectron's function names and
 # the restricted YAML loader. Re-exported: import them from here as before.
 from pydetectron.core.config_compat import (  # noqa: F401
-    CANONICAL_FUNC_NAMES, FUNC_NAME_KEYS, ConfigKeyError, ConfigTypeError,
-    ConfigValueError, _DEPRECATED_KEYS, _RENAMED_KEYS, canonical_func_name,
-    load_cfg)
+    CANONICAL_FUNC_NAMES, DETECTRON_PYTORCH_DEFAULTS, DETECTRON_PYTORCH_KEYS,
+    FUNC_NAME_KEYS,
+    IGNORED_KEYS, ConfigKeyError, ConfigTypeError, ConfigValueError,
+    _DEPRECATED_KEYS, _RENAMED_KEYS, canonical_func_name,
+    is_detectron_pytorch_config, load_cfg, repair_unindented_keys)
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +137,9 @@ __C.TRAIN.USE_FLIPPED = True
 __C.TRAIN.BBOX_THRESH = 0.5
 
 # Iterations between checkpoints, for 1 GPU; Detectron divides it by NUM_GPUS
-# so that the period follows the linear schedule scaling
-__C.TRAIN.SNAPSHOT_ITERS = 20000
+# so that the period follows the linear schedule scaling (80000 / 8 => 10000).
+# Detectron.pytorch's YAML files get its default, 20000 (see config_compat)
+__C.TRAIN.SNAPSHOT_ITERS = 80000
 
 # Precomputed proposal files, one per entry of TRAIN.DATASETS, for models
 # without an RPN (Fast R-CNN); every proposal in them is used
@@ -194,8 +197,27 @@ __C.TRAIN.CROWD_FILTER_THRESH = 0.7
 # Ground-truth objects smaller than this area are ignored (-1: keep all)
 __C.TRAIN.GT_MIN_AREA = -1
 
-# Do not train the backbone (conv body) at all
+# Do not train the backbone (conv body, FPN included) at all
 __C.TRAIN.FREEZE_CONV_BODY = False
+
+# Detectron's name of RESNETS.FREEZE_AT (Detectron.pytorch moved it there): a
+# value other than 2 set in either key is copied to the other; two different
+# non-default values are an error
+__C.TRAIN.FREEZE_AT = 2
+
+# Copy TRAIN.WEIGHTS into the output directory when training starts (Detectron
+# then treats the copy as a candidate checkpoint)
+__C.TRAIN.COPY_WEIGHTS = False
+
+# Caffe2 only: proposals are always generated on the model's device here
+__C.TRAIN.GENERATE_PROPOSALS_ON_GPU = False
+
+# Allow training a body with frozen BatchNorm (AffineChannel) from random
+# weights: neither TRAIN.WEIGHTS, --load_ckpt / --load_detectron nor ImageNet
+# weights. Off, such a run is refused: the affines keep their initial
+# scale 1 / offset 0 and never learn, so the body cannot normalise its
+# activations (pydetectron addition; GroupNorm bodies train from scratch)
+__C.TRAIN.ALLOW_RANDOM_FROZEN_BN = False
 
 # Resume from the newest checkpoint found in the output directory
 __C.TRAIN.AUTO_RESUME = True
@@ -282,6 +304,13 @@ __C.TEST.PRECOMPUTED_PROPOSALS = True
 # (tools/train_net_step.py --eval_period); 0: only Detectron's test after
 # training (which --skip-test skips)
 __C.TEST.EVAL_PERIOD = 0
+
+# Caffe2 only: proposals are always generated on the model's device here
+__C.TEST.GENERATE_PROPOSALS_ON_GPU = False
+
+# Proposal average recall (box_proposal AR) averaged per class rather than
+# over all objects
+__C.TEST.CLASS_SPECIFIC_AR = False
 
 
 # ---------------------------------------------------------------------------- #
@@ -552,9 +581,12 @@ __C.SOLVER.BASE_LR = 0.001
 #   'steps_with_lrs':   LRS[k], with k as above
 #   'steps_with_relative_lrs': BASE_LR * LRS[k]
 #   'cosine_decay' (or 'cosine'): BASE_LR * (1 + cos(pi * iter / MAX_ITER)) / 2
+#   'exp_decay':        BASE_LR * exp(log(GAMMA) * iter / MAX_ITER), falling
+#                       smoothly from BASE_LR to GAMMA * BASE_LR
 __C.SOLVER.LR_POLICY = 'step'
 
-# Decay factor of 'step' and 'steps_with_decay'
+# Decay factor of 'step' and 'steps_with_decay'; for 'exp_decay' the ratio of
+# the final to the initial rate
 __C.SOLVER.GAMMA = 0.1
 
 # Period of 'step'
@@ -974,6 +1006,9 @@ __C.VIS_TH = 0.9
 __C.EXPECTED_RESULTS = []
 __C.EXPECTED_RESULTS_RTOL = 0.1
 __C.EXPECTED_RESULTS_ATOL = 0.005
+# An expected value may also be [mean, std]: the result must then lie within
+# mean +/- EXPECTED_RESULTS_SIGMA_TOL * std
+__C.EXPECTED_RESULTS_SIGMA_TOL = 4
 # Address to mail when an expected result is missed
 __C.EXPECTED_RESULTS_EMAIL = ''
 
@@ -1014,7 +1049,8 @@ _SHARE_RES5_HEADS = {'mask_rcnn_heads.mask_rcnn_fcn_head_v0upshare'}
 _CHOICES = {
     'SOLVER.TYPE': ('SGD', 'Adam'),
     'SOLVER.LR_POLICY': ('step', 'steps_with_decay', 'steps_with_lrs',
-                         'steps_with_relative_lrs', 'cosine_decay', 'cosine'),
+                         'steps_with_relative_lrs', 'cosine_decay', 'cosine',
+                         'exp_decay'),
     'SOLVER.WARM_UP_METHOD': ('constant', 'linear'),
     'FAST_RCNN.ROI_XFORM_METHOD': ('RoIPoolF', 'RoIAlign', 'RoICrop'),
     'MRCNN.ROI_XFORM_METHOD': ('RoIPoolF', 'RoIAlign', 'RoICrop'),
@@ -1053,23 +1089,64 @@ def merge_cfg_from_file(cfg_filename):
         raise FileNotFoundError(
             'config file not found: {}'.format(cfg_filename))
     with open(cfg_filename, 'r') as f:
-        try:
-            loaded = load_cfg(f.read())
-        except yaml.YAMLError as e:
-            raise ConfigValueError(
-                'config file {} is not valid YAML: {}'.format(cfg_filename, e)
-            ) from e
+        text = f.read()
+    try:
+        loaded = load_cfg(text)
+    except yaml.YAMLError as e:
+        loaded = _load_repaired(text, cfg_filename, e)
     if loaded is None:  # an empty file changes nothing
         return
     if not isinstance(loaded, dict):
         raise ConfigValueError(
             'config file {} must hold a mapping of keys, got {}'.format(
                 cfg_filename, type(loaded).__name__))
+    if is_detectron_pytorch_config(loaded):
+        _apply_detectron_pytorch_defaults(loaded, cfg_filename)
     _merge_a_into_b(AttrDict(loaded), __C, source=cfg_filename)
+
+
+def _apply_detectron_pytorch_defaults(loaded, source):
+    """Give a Detectron.pytorch YAML file that project's defaults for the keys
+    it leaves unset (and that still hold Detectron's default here)."""
+    changed = []
+    for full_key, value in DETECTRON_PYTORCH_DEFAULTS.items():
+        section, _, leaf = full_key.rpartition('.')
+        in_file = loaded.get(section, {}) if section else loaded
+        if isinstance(in_file, dict) and leaf in in_file:
+            continue
+        parent = _get_key(__C, section) if section else __C
+        if parent[leaf] == _get_key(_DEFAULT_CFG, full_key):
+            parent[leaf] = value
+            changed.append('{} {!r}'.format(full_key, value))
+    if changed:
+        logger.info('%s is a Detectron.pytorch config: its defaults apply: %s',
+                    source, ', '.join(changed))
 
 
 # Detectron's second name for it
 cfg_from_file = merge_cfg_from_file
+
+
+def _load_repaired(text, cfg_filename, error):
+    """The YAML `text` that failed to parse with `error`, read after re-indenting the keys
+    written at column 0 inside a section (config_compat.repair_unindented_keys), with a warning
+    naming them; otherwise ConfigValueError with the parser's first line."""
+    repaired = repair_unindented_keys(text, set(__C.keys()))
+    if repaired is not None:
+        try:
+            loaded = load_cfg(repaired[0])
+        except yaml.YAMLError:
+            loaded = None
+        if loaded is not None:
+            for line, key in repaired[1]:
+                logger.warning('%s line %d: key %s is not indented under its section; read as '
+                               'if it were (fix the file)', cfg_filename, line, key)
+            return loaded
+    mark = getattr(error, 'problem_mark', None)
+    where = ' (line {})'.format(mark.line + 1) if mark is not None else ''
+    problem = getattr(error, 'problem', None) or str(error).splitlines()[0]
+    raise ConfigValueError('config file {} is not valid YAML{}: {}'.format(
+        cfg_filename, where, problem)) from error
 
 
 def merge_cfg_from_cfg(cfg_other):
@@ -1295,16 +1372,49 @@ def assert_and_infer_cfg(cache_urls=True, make_immutable=True):
         heads.add(__C.KRCNN.ROI_KEYPOINTS_HEAD)
     if heads & _SHARE_RES5_HEADS:
         __C.MODEL.SHARE_RES5 = True
+    freeze_problem = _reconcile_freeze_at(__C)
 
-    problems = _find_problems(__C)
+    problems = _find_problems(__C) + freeze_problem
     if problems:
         raise ConfigValueError(
             'invalid config:\n  - ' + '\n  - '.join(problems))
+    _warn_ignored_keys(__C)
     if cache_urls:
         cache_cfg_urls()
     _check_weights_files()
     if make_immutable:
         __C.immutable(True)
+
+
+def _reconcile_freeze_at(c):
+    """TRAIN.FREEZE_AT (Detectron) and RESNETS.FREEZE_AT (Detectron.pytorch)
+    name one setting: a non-default value in one is copied to the other.
+    Returns the problem when both are set to different non-default values."""
+    default = _DEFAULT_CFG.TRAIN.FREEZE_AT
+    train, resnets = c.TRAIN.FREEZE_AT, c.RESNETS.FREEZE_AT
+    if train != default and resnets != default and train != resnets:
+        return ['TRAIN.FREEZE_AT ({}) and RESNETS.FREEZE_AT ({}) are the same '
+                'setting (Detectron\'s and Detectron.pytorch\'s name); set one '
+                'of them'.format(train, resnets)]
+    value = train if train != default else resnets
+    c.TRAIN.FREEZE_AT = c.RESNETS.FREEZE_AT = value
+    return []
+
+
+def _warn_ignored_keys(c):
+    """Warn about each key of config_compat.IGNORED_KEYS set to a value other
+    than its default: it is accepted so the YAML loads, and does nothing."""
+    for full_key, why in sorted(IGNORED_KEYS.items()):
+        value = _get_key(c, full_key)
+        default = _get_key(_DEFAULT_CFG, full_key)
+        if full_key == 'CACHE_DIR' or full_key == 'ROOT_DIR':
+            # derived from ROOT_DIR at import: compare the values as paths
+            if osp.abspath(str(value)) == osp.abspath(str(default)):
+                continue
+        elif value == default:
+            continue
+        logger.warning('Config key %s = %r has no effect in pydetectron (%s)',
+                       full_key, value, why)
 
 
 def _find_problems(c):

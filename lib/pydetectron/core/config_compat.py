@@ -18,6 +18,8 @@ What lets older YAML files and Detectron's own configs load unchanged:
 the merging code there consults the tables.
 """
 
+import re
+
 import numpy as np
 import yaml
 
@@ -26,7 +28,9 @@ from pydetectron.utils.errors import ConfigError
 
 __all__ = ['ConfigKeyError', 'ConfigTypeError', 'ConfigValueError',
            'FUNC_NAME_KEYS', 'CANONICAL_FUNC_NAMES', 'canonical_func_name',
-           'load_cfg']
+           'load_cfg', 'IGNORED_KEYS', 'DETECTRON_PYTORCH_KEYS',
+           'DETECTRON_PYTORCH_DEFAULTS', 'is_detectron_pytorch_config',
+           'repair_unindented_keys']
 
 
 # ============================================================================ #
@@ -197,6 +201,138 @@ _RENAMED_MODULES = {
 # Package prefixes that may precede a module name in a function key.
 _MODULE_PREFIXES = ('pydetectron.modeling.', 'detectron.modeling.',
                     'modeling.')
+
+
+# ============================================================================ #
+# Keys accepted and ignored
+# ============================================================================ #
+
+# Keys that exist so that Detectron's and Detectron.pytorch's YAML files load
+# unchanged, but that change nothing here: key -> why. `assert_and_infer_cfg`
+# logs a warning naming each one set to a value other than its default.
+IGNORED_KEYS = {
+    'DATA_LOADER.MINIBATCH_QUEUE_SIZE':
+        "Caffe2 loader queue; the PyTorch loader prefetches by itself",
+    'DATA_LOADER.BLOBS_QUEUE_CAPACITY':
+        "Caffe2 loader queue; the PyTorch loader prefetches by itself",
+    'MODEL.EXECUTION_TYPE': "Caffe2 net executor",
+    'USE_NCCL': "Caffe2 all-reduce choice (DDP always uses NCCL on GPUs)",
+    'MEMONGER': "Caffe2 memory optimiser",
+    'MEMONGER_SHARE_ACTIVATIONS': "Caffe2 memory optimiser",
+    'TRAIN.GENERATE_PROPOSALS_ON_GPU':
+        "proposals are always generated on the model's device",
+    'TEST.GENERATE_PROPOSALS_ON_GPU':
+        "proposals are always generated on the model's device",
+    'CLUSTER.ON_CLUSTER': "used by Detectron's Cityscapes evaluator only",
+    'MATLAB': "used by Detectron's PASCAL VOC devkit evaluator only",
+    'EXPECTED_RESULTS_EMAIL': "no mail is sent; failures are logged",
+    'CACHE_DIR': "Detectron itself never reads it",
+    'EPS': "Detectron itself never reads it",
+    'RFCN.PS_GRID_SIZE': "no R-FCN model exists (nor in Detectron)",
+    'DEBUG': "no debug mode",
+    'TEST.BBOX_VOTE.SCORING_METHOD_BETA':
+        "Detectron's test code calls box voting with beta = 1.0 whatever "
+        "this key says; so does pydetectron",
+    'POOLING_MODE': "Detectron.pytorch's deprecated single-head RoI pooling "
+                    "(FAST_RCNN/MRCNN/KRCNN.ROI_XFORM_METHOD decide)",
+    'POOLING_SIZE': "Detectron.pytorch's deprecated single-head RoI pooling "
+                    "(the *.ROI_XFORM_RESOLUTION keys decide)",
+    'MODEL.UNSUPERVISED_POSE': "Detectron.pytorch experiment switch",
+    'VGG16.IMAGENET_PRETRAINED_WEIGHTS': "no VGG16 bodies here",
+    'MRCNN.MEMORY_EFFICIENT_LOSS':
+        "the mask loss always reads the true class's channel only (same "
+        "values)",
+}
+
+
+# ============================================================================ #
+# The two families of YAML files
+# ============================================================================ #
+
+# Keys that only Detectron.pytorch's config has: a YAML file setting one of
+# them is that project's, and loads with that project's defaults
+# (DETECTRON_PYTORCH_DEFAULTS) for the keys it leaves unset. Every other
+# YAML file gets Detectron's defaults (this config's own).
+DETECTRON_PYTORCH_KEYS = (
+    'MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS',
+    'RESNETS.IMAGENET_PRETRAINED_WEIGHTS',
+    'VGG16.IMAGENET_PRETRAINED_WEIGHTS',
+    'RESNETS.FREEZE_AT',
+    'RESNETS.USE_GN',
+    'TRAIN.ASPECT_CROPPING',
+    'SOLVER.TYPE',
+    'POOLING_MODE',
+    'CROP_RESIZE_WITH_MAX_POOL',
+)
+
+# Detectron.pytorch's defaults that differ from Detectron's.
+DETECTRON_PYTORCH_DEFAULTS = {
+    # 36 of its 38 baseline YAMLs rely on it to start from ImageNet weights
+    'MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS': True,
+    'TRAIN.SNAPSHOT_ITERS': 20000,
+}
+
+
+def is_detectron_pytorch_config(loaded):
+    """True when the YAML mapping `loaded` (a dict of sections) sets a key
+    only Detectron.pytorch has (`DETECTRON_PYTORCH_KEYS`)."""
+    if not isinstance(loaded, dict):
+        return False
+    for key in DETECTRON_PYTORCH_KEYS:
+        section, _, leaf = key.rpartition('.')
+        d = loaded.get(section) if section else loaded
+        if isinstance(d, dict) and leaf in d:
+            return True
+    return False
+
+
+def repair_unindented_keys(text, top_level_keys):
+    """Re-indent a key written at column 0 inside a section, or return None.
+
+    Two of Detectron.pytorch's own YAML files have such a line::
+
+        RESNETS:
+        IMAGENET_PRETRAINED_WEIGHTS: 'data/pretrained_model/X-101-64x4d.pkl'
+          STRIDE_1X1: False
+
+    which no YAML parser reads. A column-0 line `KEY: value` whose KEY is not a top-level key of
+    the config (`top_level_keys`), placed between a section header and that section's indented
+    keys, is indented like the key after it. Returns (repaired text, [(line number, key)]) or
+    None when there is nothing of the kind.
+    """
+    lines = text.split('\n')
+    fixed = []
+
+    def indent_of(line):
+        return len(line) - len(line.lstrip(' '))
+
+    def next_content(i):
+        for j in range(i + 1, len(lines)):
+            stripped = lines[j].strip()
+            if stripped and not stripped.startswith('#'):
+                return lines[j]
+        return ''
+
+    section_open = False
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith('#'):
+            continue
+        if indent_of(line) > 0:
+            continue
+        key = stripped.split(':', 1)[0].strip()
+        nxt = next_content(i)
+        if (section_open and ':' in stripped and key not in top_level_keys and
+                indent_of(nxt) > 0):
+            lines[i] = ' ' * indent_of(nxt) + stripped
+            fixed.append((i + 1, key))
+            continue
+        # a header such as 'RESNETS:' (nothing after the colon) opens a section
+        section_open = stripped.endswith(':') or bool(
+            re.match(r'^[A-Z0-9_]+:\s*(#.*)?$', stripped))
+    if not fixed:
+        return None
+    return '\n'.join(lines), fixed
 
 
 # ============================================================================ #

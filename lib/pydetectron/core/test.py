@@ -449,9 +449,10 @@ def box_results_with_nms_and_limit(scores, boxes):
         else:
             nms_dets = dets_j[nms(dets_j, cfg.TEST.NMS), :]
         if cfg.TEST.BBOX_VOTE.ENABLED and nms_dets.shape[0] > 0:
+            # Detectron calls box_voting without beta (so 1.0): SCORING_METHOD_BETA has no
+            # effect there, nor here (config_compat.IGNORED_KEYS warns when it is set)
             nms_dets = box_utils.box_voting(nms_dets, dets_j, cfg.TEST.BBOX_VOTE.VOTE_TH,
-                                            scoring_method=cfg.TEST.BBOX_VOTE.SCORING_METHOD,
-                                            beta=cfg.TEST.BBOX_VOTE.SCORING_METHOD_BETA)
+                                            scoring_method=cfg.TEST.BBOX_VOTE.SCORING_METHOD)
         cls_boxes[j] = nms_dets
 
     if cfg.TEST.DETECTIONS_PER_IM > 0:

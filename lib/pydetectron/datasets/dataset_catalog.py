@@ -534,6 +534,28 @@ def get_num_classes(name):
     return len(data['categories']) + 1
 
 
+def get_class_and_keypoint_names(name):
+    """(class names with '__background__' first, keypoint names or None) of a dataset, in the
+    contiguous-id order (sorted JSON category ids), read from its annotation file's categories.
+    A COCO dataset whose file is not on this machine gets COCO's names."""
+    name = prepare(name)
+    ann_fn = get_ann_fn(name)
+    if not os.path.isfile(ann_fn):
+        from pydetectron.utils.vis import COCO_CLASSES, COCO_KEYPOINTS
+        num = get_num_classes(name)
+        if name.startswith('keypoints_coco') and num == 2:
+            return ['__background__', 'person'], list(COCO_KEYPOINTS)
+        if name.startswith('coco') and num == len(COCO_CLASSES):
+            return list(COCO_CLASSES), None
+        raise FileNotFoundError('annotation file of dataset %s not found: %s' % (name, ann_fn))
+    with open(ann_fn, 'r') as f:
+        cats = sorted(json.load(f).get('categories', []), key=lambda c: c['id'])
+    with_kps = [c for c in cats if c.get('keypoints')]
+    person = [c for c in with_kps if c['name'] == 'person']
+    kps = list((person or with_kps)[0]['keypoints']) if with_kps else None
+    return ['__background__'] + [c['name'] for c in cats], kps
+
+
 def resolve_dataset_arg(dataset, training=True):
     """Resolve a tool's ``--dataset`` argument to ``(dataset_names, num_classes)``.
 

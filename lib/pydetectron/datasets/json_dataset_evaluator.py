@@ -348,18 +348,24 @@ def log_detection_eval_metrics(json_dataset, coco_eval):
 # Proposal recall
 # ---------------------------------------------------------------------------------------------- #
 
-def evaluate_box_proposals(json_dataset, roidb, thresholds=None, area='all', limit=None):
+def evaluate_box_proposals(json_dataset, roidb, thresholds=None, area='all', limit=None,
+                           class_specific=False):
     """Detectron's proposal recall: greedy one-to-one matching of proposals to ground truth.
 
     ``roidb`` entries hold ground truth (gt_classes > 0) and proposals (gt_classes == 0, sorted by
     score) in ``boxes``; ``limit`` keeps the first proposals. Faster than COCO's recall and slightly
     different from it. Returns {'ar', 'recalls', 'thresholds', 'gt_overlaps', 'num_pos'}.
+    ``class_specific``: the recall is computed per ground-truth class and AR is the mean over the
+    classes (TEST.CLASS_SPECIFIC_AR); ``recalls`` is then (classes, thresholds). Unlike Detectron,
+    which paired the overlaps (in matching order) with classes at other indices, each overlap is
+    paired with its own ground-truth box's class.
     """
     if area not in _PROPOSAL_AREA_RANGES:
         raise ValueError('evaluate_box_proposals: unknown area range %r (expected one of %s)'
                          % (area, sorted(_PROPOSAL_AREA_RANGES)))
     area_range = _PROPOSAL_AREA_RANGES[area]
     gt_overlaps = []
+    gt_classes = []
     num_pos = 0
     for entry in roidb:
         gt_inds = np.where((entry['gt_classes'] > 0) & (entry['is_crowd'] == 0))[0]
@@ -370,25 +376,41 @@ def evaluate_box_proposals(json_dataset, roidb, thresholds=None, area='all', lim
         num_pos += len(valid)
         boxes = entry['boxes'][entry['gt_classes'] == 0, :]
         if boxes.shape[0] == 0:
+            if class_specific:   # uncovered objects still count in their class
+                gt_overlaps.append(np.zeros(gt_boxes.shape[0]))
+                gt_classes.append(entry['gt_classes'][gt_inds][valid])
             continue
         if limit is not None and boxes.shape[0] > limit:
             boxes = boxes[:limit, :]
         overlaps = box_utils.bbox_overlaps(boxes, gt_boxes)  # (proposals, gt)
         _gt_overlaps = np.zeros(gt_boxes.shape[0])
+        by_gt = np.zeros(gt_boxes.shape[0])   # the same values, at their gt box's index
         for j in range(min(boxes.shape[0], gt_boxes.shape[0])):
             # The best covered gt box takes its best proposal; both leave the pool.
             max_overlaps = overlaps.max(axis=0)
             gt_ind = max_overlaps.argmax()
             box_ind = overlaps[:, gt_ind].argmax()
-            _gt_overlaps[j] = overlaps[box_ind, gt_ind]
+            _gt_overlaps[j] = by_gt[gt_ind] = overlaps[box_ind, gt_ind]
             overlaps[box_ind, :] = -1
             overlaps[:, gt_ind] = -1
-        gt_overlaps.append(_gt_overlaps)
+        gt_overlaps.append(by_gt if class_specific else _gt_overlaps)
+        gt_classes.append(entry['gt_classes'][gt_inds][valid])
 
-    gt_overlaps = np.sort(np.concatenate(gt_overlaps)) if gt_overlaps else np.zeros(0)
     if thresholds is None:
         thresholds = np.arange(0.5, 0.95 + 1e-5, 0.05)
     thresholds = np.asarray(thresholds, dtype=np.float64)
+    if class_specific:
+        overlaps_all = np.concatenate(gt_overlaps) if gt_overlaps else np.zeros(0)
+        classes_all = np.concatenate(gt_classes) if gt_classes else np.zeros(0)
+        uniq = np.unique(classes_all)
+        recalls = np.zeros((len(uniq), len(thresholds)))
+        for i, c in enumerate(uniq):
+            ov = overlaps_all[classes_all == c]
+            recalls[i] = [(ov >= t).sum() / float(len(ov)) for t in thresholds]
+        ar = float(recalls.mean(axis=1).mean()) if len(uniq) else 0.0
+        return {'ar': ar, 'recalls': recalls, 'thresholds': thresholds,
+                'gt_overlaps': np.sort(overlaps_all), 'num_pos': num_pos}
+    gt_overlaps = np.sort(np.concatenate(gt_overlaps)) if gt_overlaps else np.zeros(0)
     recalls = np.zeros_like(thresholds)
     for i, t in enumerate(thresholds):
         recalls[i] = (gt_overlaps >= t).sum() / float(max(num_pos, 1))

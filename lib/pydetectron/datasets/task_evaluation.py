@@ -101,13 +101,16 @@ def evaluate_keypoints(dataset, all_boxes, all_keyps, output_dir):
 
 
 def evaluate_box_proposals(dataset, roidb):
-    """Proposal average recall at 100 and 1000 proposals, overall and per object size."""
+    """Proposal average recall at 100 and 1000 proposals, overall and per object size (averaged
+    per class first with TEST.CLASS_SPECIFIC_AR)."""
+    from pydetectron.core.config import cfg
     res = _empty_results('box_proposal')
     suffixes = OrderedDict([('all', ''), ('small', 's'), ('medium', 'm'), ('large', 'l')])
     for limit in (100, 1000):
         for area, suffix in suffixes.items():
             stats = json_dataset_evaluator.evaluate_box_proposals(
-                dataset, roidb, area=area, limit=limit)
+                dataset, roidb, area=area, limit=limit,
+                class_specific=cfg.TEST.CLASS_SPECIFIC_AR)
             res['box_proposal']['AR{}@{:d}'.format(suffix, limit)] = stats['ar']
     return OrderedDict([(dataset.name, res)])
 
@@ -153,11 +156,26 @@ def check_expected_results(results, atol=0.005, rtol=0.1):
             raise KeyError('EXPECTED_RESULTS names {} > {} > {}, which is not in the results'
                            .format(dataset, task, metric))
         actual_val = results[dataset][task][metric]
-        err = abs(actual_val - expected_val)
-        tol = atol + rtol * abs(expected_val)
-        msg = ('{} > {} > {} sanity check (actual vs. expected): {:.3f} vs. {:.3f}, err={:.3f}, '
-               'tol={:.3f}').format(dataset, task, metric, actual_val, expected_val, err, tol)
-        if err > tol:
+        if isinstance(expected_val, (list, tuple)):
+            # [mean, std]: within mean +/- EXPECTED_RESULTS_SIGMA_TOL * std (Detectron)
+            if len(expected_val) != 2:
+                raise ValueError('EXPECTED_RESULTS: {} > {} > {} expects a value or [mean, std], '
+                                 'got {!r}'.format(dataset, task, metric, expected_val))
+            mean, std = expected_val
+            lo = mean - cfg.EXPECTED_RESULTS_SIGMA_TOL * std
+            hi = mean + cfg.EXPECTED_RESULTS_SIGMA_TOL * std
+            failed = not lo < actual_val < hi
+            msg = ('{} > {} > {} sanity check (actual vs. expected): {:.3f} vs. mean={:.4f}, '
+                   'std={:.4}, range=({:.4f}, {:.4f})').format(
+                       dataset, task, metric, actual_val, mean, std, lo, hi)
+        else:
+            err = abs(actual_val - expected_val)
+            tol = atol + rtol * abs(expected_val)
+            failed = err > tol
+            msg = ('{} > {} > {} sanity check (actual vs. expected): {:.3f} vs. {:.3f}, '
+                   'err={:.3f}, tol={:.3f}').format(dataset, task, metric, actual_val,
+                                                   expected_val, err, tol)
+        if failed:
             ok = False
             logger.error('FAIL: ' + msg)
         else:

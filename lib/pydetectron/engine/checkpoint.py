@@ -358,9 +358,38 @@ def _is_torch_archive(path):
     return _head(path) == _ZIP_MAGIC
 
 
+# torch.save's legacy (non-zip) format starts with a pickled magic number (protocol 2)
+_LEGACY_TORCH_MAGIC = b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19'
+
+
+def _is_legacy_torch_file(path):
+    return _head(path, len(_LEGACY_TORCH_MAGIC)) == _LEGACY_TORCH_MAGIC
+
+
 def _load_pydetectron_checkpoint(model, path, flag):
+    """A checkpoint of this project, or of Detectron.pytorch (its module names, read through
+    Detectron's blob names; its older files are torch's legacy format)."""
+    source = '{} {}'.format(flag, path) if flag else path
+    if _is_legacy_torch_file(path):
+        from pydetectron.engine import initial_weights
+        from pydetectron.core.config import cfg
+        initial_weights.load_weights(model, path, rpn_min_level=cfg.FPN.RPN_MIN_LEVEL)
+        return None
     ckpt = load_checkpoint(path, flag=flag)
-    load_model_state(model, ckpt['model'], source='{} {}'.format(flag, path) if flag else path)
+    state = ckpt['model']
+    if state and all(k.startswith('module.') for k in state):
+        state = {k[len('module.'):]: v for k, v in state.items()}
+    from pydetectron.utils import detectron_pytorch_checkpoint as dpt
+    if dpt.is_detectron_pytorch_state_dict(state):
+        from pydetectron.core.config import cfg
+        from pydetectron.utils.detectron_weight_helper import load_detectron_blobs
+        try:
+            blobs = dpt.detectron_pytorch_to_blobs(state, cfg.FPN.RPN_MIN_LEVEL)
+        except ValueError as e:
+            raise CheckpointError('{}: {}'.format(source, e)) from e
+        load_detectron_blobs(model, blobs, path)
+        return ckpt
+    load_model_state(model, state, source=source)
     return ckpt
 
 

@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from pydetectron.engine import checkpoint as ck
+from pydetectron.engine import checkpoint_meta
 from pydetectron.engine import distributed as dist_utils
 from pydetectron.engine import evaluation
 from pydetectron.engine import run_folder
+from pydetectron.engine import initial_weights
 from pydetectron.engine import train_setup
 from pydetectron.engine.cli import check_input_file, check_output_dir, check_set_pairs
 from pydetectron.engine.interrupt import TrainingInterrupted
@@ -85,6 +87,8 @@ def configure(args, num_gpus, cuda=False, write=print):
         args.lr_decay_gamma, write=write)
     if args.seed is not None:
         cfg.RNG_SEED = args.seed
+    if getattr(args, 'allow_random_frozen_bn', False):
+        cfg.TRAIN.ALLOW_RANDOM_FROZEN_BN = True
     cfg.CUDA = bool(cuda)   # an inferred key the tools set
     assert_and_infer_cfg()
     check_config_values(cfg)
@@ -192,18 +196,21 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         torch.distributed.broadcast_object_list(chosen, src=0)
         resume_path, weights_path = chosen
     load_detectron = args.load_detectron if not resume_path else None
+    # TRAIN.WEIGHTS (Detectron's way) starts a fresh run unless a flag names the weights
+    config_weights = None
+    if cfg.TRAIN.WEIGHTS and not (resume_path or weights_path or load_detectron):
+        config_weights = initial_weights.resolve_weights_url(cfg.TRAIN.WEIGHTS)
     imagenet_path = None
     if cfg.MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS and not (resume_path or weights_path or
-                                                            load_detectron):
+                                                            load_detectron or config_weights):
         imagenet_path = train_setup.imagenet_weights_path(cfg)
+    strict_class_heads = getattr(args, 'strict_class_heads', False)
 
     ckpt = None
     start_step = args.start_step
-    if resume_path or weights_path:
-        logger.info('loading checkpoint %s', resume_path or weights_path)
-        ckpt = ck.load_checkpoint(resume_path or weights_path,
-                                  for_resume=bool(resume_path),
-                                  flag='--resume' if resume_path else '--load_ckpt')
+    if resume_path:
+        logger.info('loading checkpoint %s', resume_path)
+        ckpt = ck.load_checkpoint(resume_path, for_resume=True, flag='--resume')
         if resume_path:
             start_step = ckpt['step'] + 1
             if start_step >= cfg.SOLVER.MAX_ITER:
@@ -216,12 +223,24 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
     make_loader, roidb_size = build_loader(cfg, batch_size, num_gpus, info)
     train_size = roidb_size // batch_size * batch_size   # the seed's "epoch" size
     model = build_model()
+    loaded = set()
     if imagenet_path:
         logger.info('Loading ImageNet weights %s', imagenet_path)
-        load_imagenet_weights(model, imagenet_path)
-    if load_detectron:
-        logger.info('Loading Detectron weights %s', load_detectron)
-        ck.load_weights(model, load_detectron, flag='--load_detectron', kind='detectron')
+        report = load_imagenet_weights(model, imagenet_path)
+        loaded |= set(getattr(report, 'loaded', None) or ())
+    for path, partial, what in ((weights_path, False, '--load_ckpt'),
+                                (load_detectron, False, '--load_detectron'),
+                                (config_weights, True, 'TRAIN.WEIGHTS')):
+        if path:
+            # a checkpoint of this project or of Detectron.pytorch, or a Detectron .pkl; another
+            # class count skips the class-specific layers (fine-tuning)
+            logger.info('Loading initial weights %s (%s)', path, what)
+            loaded |= initial_weights.load_weights(
+                model, path, partial=partial, strict_class_heads=strict_class_heads,
+                rpn_min_level=cfg.FPN.RPN_MIN_LEVEL)
+    if not resume_path:
+        initial_weights.check_frozen_bn_initialised(
+            model, loaded, allow=cfg.TRAIN.ALLOW_RANDOM_FROZEN_BN)
     model.to(device)
     compile_mode = getattr(args, 'compile', None)
     if compile_mode and not info.distributed and num_gpus > 1:
@@ -239,10 +258,8 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
 
     data_order = {'seed': int(cfg.RNG_SEED), 'start_iter': 0}
     rng_states = None
-    if ckpt is not None:
-        ck.load_model_state(model, ckpt['model'], source='{} {}'.format(
-            '--resume' if resume_path else '--load_ckpt', resume_path or weights_path))
     if resume_path:
+        ck.load_model_state(model, ckpt['model'], source='--resume {}'.format(resume_path))
         ck.load_optimizer_state(optimizer, ckpt['optimizer'], source=resume_path)
         if ckpt.get('scheduler'):
             scheduler.load_state_dict(ckpt['scheduler'])
@@ -275,6 +292,11 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, 'config.yaml'), 'w') as f:
             f.write(dump_cfg())
+        if config_weights and cfg.TRAIN.COPY_WEIGHTS:
+            import shutil
+            shutil.copyfile(config_weights,
+                            os.path.join(output_dir, os.path.basename(config_weights)))
+            logger.info('TRAIN.COPY_WEIGHTS: copied %s to %s', config_weights, output_dir)
         logger.info('Output directory: %s', output_dir)
         if args.use_tfboard:
             from tensorboardX import SummaryWriter
@@ -299,8 +321,10 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         max_iter=cfg.SOLVER.MAX_ITER, iter_size=args.iter_size,
         output_dir=output_dir if save else None, snapshot_period=train_setup.snapshot_period(cfg),
         device=device, amp=args.amp, stats=stats, data_order=data_order, rng_states=rng_states,
-        checkpoint_extra={'train_size': train_size, 'batch_size': batch_size,
-                          'cfg': dump_cfg(), 'args': _plain_args(args)},
+        checkpoint_extra=dict({'train_size': train_size, 'batch_size': batch_size,
+                               'cfg': dump_cfg(), 'args': _plain_args(args)},
+                              **checkpoint_meta.training_metadata(cfg.TRAIN.DATASETS,
+                                                                  args.dataset)),
         reduce_values=dist_utils.all_reduce_mean if info.distributed else None,
         is_main_process=info.is_main_process, cpu_keywords=('roidb',),
         after_step=evaluator.after_step if evaluator is not None and evaluator.period else None)

@@ -9,6 +9,8 @@ Policies (``SOLVER.LR_POLICY``), for iteration ``it`` (0-indexed):
   'steps_with_lrs'           LRS[k]
   'steps_with_relative_lrs'  BASE_LR * LRS[k]
   'cosine_decay' ('cosine')  BASE_LR * 0.5 * (cos(pi * it / MAX_ITER) + 1)
+  'exp_decay'                BASE_LR * exp(it / MAX_ITER * log(GAMMA)): GAMMA is the ratio of
+                             the final rate to the first
 STEPS must start at 0 (Detectron's assertion). During the first WARM_UP_ITERS iterations the
 policy's LR is multiplied by the warm-up factor: WARM_UP_FACTOR ('constant') or
 WARM_UP_FACTOR * (1 - a) + a with a = it / WARM_UP_ITERS ('linear'). The result is rounded to
@@ -55,6 +57,12 @@ def lr_func_cosine_decay(cur_iter, s):
     return s.BASE_LR * 0.5 * (math.cos(math.pi * iter_frac) + 1.0)
 
 
+def lr_func_exp_decay(cur_iter, s):
+    # GAMMA is final / initial rate: the rate falls smoothly from BASE_LR to BASE_LR * GAMMA
+    iter_frac = float(cur_iter) / s.MAX_ITER
+    return s.BASE_LR * math.exp(iter_frac * math.log(s.GAMMA))
+
+
 _POLICIES = {
     'step': lr_func_step,
     'steps_with_decay': lr_func_steps_with_decay,
@@ -62,6 +70,7 @@ _POLICIES = {
     'steps_with_relative_lrs': lr_func_steps_with_relative_lrs,
     'cosine_decay': lr_func_cosine_decay,
     'cosine': lr_func_cosine_decay,  # the short name for Detectron's 'cosine_decay'
+    'exp_decay': lr_func_exp_decay,
 }
 
 

@@ -36,11 +36,15 @@ class fast_rcnn_outputs(nn.Module):
                                     0.001)
 
     def forward(self, x):
-        x = x.flatten(1)  # Caffe2's FC flattens (R, C, 1, 1) to (R, C)
-        cls_score = self.cls_score(x)
+        cls_logits, bbox_pred = self.logits_and_deltas(x)
         if not self.training:  # Detectron adds the softmax at test time only
-            cls_score = F.softmax(cls_score, dim=1)
-        return cls_score, self.bbox_pred(x)
+            return F.softmax(cls_logits, dim=1), bbox_pred
+        return cls_logits, bbox_pred
+
+    def logits_and_deltas(self, x):
+        """(R, NUM_CLASSES) raw class logits and (R, 4 x classes) deltas, in any mode."""
+        x = x.flatten(1)  # Caffe2's FC flattens (R, C, 1, 1) to (R, C)
+        return self.cls_score(x), self.bbox_pred(x)
 
     def detectron_weight_mapping(self):
         return blob_mapping(self, {"cls_score": "cls_score", "bbox_pred": "bbox_pred"}), []

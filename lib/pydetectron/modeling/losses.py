@@ -311,12 +311,14 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None
         return {'losses': out_losses, 'metrics': metrics}
 
     proposals_orig = None
-    if model.faster_rcnn:
+    if rois is not None:
+        # given RoIs: Fast R-CNN's precomputed proposals, or boxes replacing the RPN's (in the
+        # blob's scale: their original-scale copies are derived from them)
+        proposals = torch.as_tensor(rois, dtype=torch.float32, device=device)
+    elif model.faster_rcnn:
         if 'rpn_rois' not in rpn_ret:
             model.RPN.add_proposals(rpn_ret, im_info)
         proposals = rpn_ret['rpn_rois']
-    elif rois is not None:
-        proposals = torch.as_tensor(rois, dtype=torch.float32, device=device)
     else:
         proposals, proposals_orig = _precomputed_proposals(roidb, device)
     blobs = T.generate_proposal_labels(proposals.detach(), roidb, im_info, generator, gt=gt,

@@ -14,13 +14,18 @@ Inference (``model.eval()``, under ``torch.no_grad()``): ``model(data, im_info)`
     'rois'       (R, 5) = (image index, x1, y1, x2, y2) in blob scale, image by image
                  (each image's TEST.RPN_POST_NMS_TOP_N best proposals);
     'cls_score'  (R, NUM_CLASSES) softmax probabilities;
+    'cls_logits' (R, NUM_CLASSES) the raw class logits the probabilities come from;
     'bbox_pred'  (R, 4 x NUM_CLASSES) raw deltas ((R, 8) with MODEL.CLS_AGNOSTIC_BBOX_REG);
 or, for MODEL.RPN_ONLY, 'rois' and 'rpn_roi_probs' (R,); for RetinaNet (RETINANET.RETINANET_ON)
 per-level lists 'retnet_cls_prob' / 'retnet_bbox_pred' (``retinanet_heads``), whose training
 losses are ``fl_fpn<l>`` / ``retnet_loss_bbox_fpn<l>``. Without an RPN (MODEL.FASTER_RCNN False:
-Fast R-CNN on precomputed proposals) pass the proposals as ``rois`` (R, 5).
-``mask_net(blob_conv, rois)`` -> (R, C, M, M) mask probabilities; ``keypoint_net(blob_conv, rois)``
--> (R, K, Hk, Wk) heatmap scores; ``conv_body_only(data)`` -> 'blob_conv' alone;
+Fast R-CNN on precomputed proposals) pass the proposals as ``rois`` (R, 5). A model with an RPN
+given ``rois`` runs its heads on those boxes instead of its proposals (no 'rpn_roi_probs' then;
+an RPN-only model has no heads and refuses them); in training they replace the RPN's proposals
+as the RoIs the heads sample from (the RPN still gets its losses).
+``mask_net(blob_conv, rois)`` -> (R, C, M, M) mask probabilities, ``mask_logits`` the logits they
+come from; ``keypoint_net(blob_conv, rois)`` -> (R, K, Hk, Wk) heatmap logits;
+``conv_body_only(data)`` -> 'blob_conv' alone;
 ``detect(data, im_info)`` runs the whole test path on the device.
 
 Training (``model.train()``): the body and the RPN run here (proposals with TRAIN.* settings,
@@ -65,6 +70,11 @@ class Generalized_RCNN(nn.Module):
         self.cls_agnostic_bbox_reg = m.CLS_AGNOSTIC_BBOX_REG
 
         self.Conv_Body = CONV_BODY.get(m.CONV_BODY)()
+        if cfg.TRAIN.FREEZE_CONV_BODY:
+            # Detectron stops the gradient at the body's output blobs: nothing below them (FPN
+            # included) trains
+            for p in self.Conv_Body.parameters():
+                p.requires_grad_(False)
         dim, scale = self.Conv_Body.dim_out, self.Conv_Body.spatial_scale
         self.multilevel = isinstance(scale, (list, tuple))
         self.RetinaNet = None
@@ -89,6 +99,11 @@ class Generalized_RCNN(nn.Module):
 
         self.RPN = None
         if cfg.RPN.RPN_ON or m.FASTER_RCNN or m.RPN_ONLY:
+            if not self.multilevel and abs(cfg.RPN.STRIDE * scale - 1.0) > 1e-6:
+                # Detectron places the single-level anchors RPN.STRIDE apart; here they follow
+                # the body's feature map, so the two must agree
+                raise ValueError("RPN.STRIDE is %s but %s outputs features at stride %s"
+                                 % (cfg.RPN.STRIDE, m.CONV_BODY, 1.0 / scale))
             self.RPN = generic_rpn_outputs(dim, scale)
 
         self.Box_Head = self.Box_Outs = None
@@ -177,7 +192,10 @@ class Generalized_RCNN(nn.Module):
     def _forward_test(self, data, im_info, rois=None):
         blob_conv = self.Conv_Body(data)
         out = {}
-        if self.RPN is not None and (self.faster_rcnn or self.rpn_only):
+        if rois is not None and self.rpn_only:
+            raise ValueError("rois given to an RPN-only model (MODEL.RPN_ONLY): it has no heads to "
+                             "run on them")
+        if self.RPN is not None and (self.faster_rcnn or self.rpn_only) and rois is None:
             rpn_ret = self.RPN(self._rpn_levels(blob_conv), im_info, need_proposals=True)
             rois, rpn_roi_probs = rpn_ret["rpn_rois"], rpn_ret["rpn_roi_probs"]
             if self.rpn_only:
@@ -192,8 +210,9 @@ class Generalized_RCNN(nn.Module):
         out["rois"] = rois
         if self.rpn_only:
             return out
-        cls_score, bbox_pred = self.Box_Outs(self.Box_Head(blob_conv, rois))
-        out["cls_score"] = cls_score
+        cls_logits, bbox_pred = self.Box_Outs.logits_and_deltas(self.Box_Head(blob_conv, rois))
+        out["cls_score"] = torch.softmax(cls_logits, dim=1)
+        out["cls_logits"] = cls_logits
         out["bbox_pred"] = bbox_pred
         return out
 
@@ -235,12 +254,17 @@ class Generalized_RCNN(nn.Module):
     def mask_net(self, blob_conv, rois):
         """(R, C, M, M) mask probabilities for ``rois`` (R, 5) in blob scale (C = 1 when the masks
         are class-agnostic)."""
+        logits = self.mask_logits(blob_conv, rois)
+        return logits if rois.shape[0] == 0 else torch.sigmoid(logits)
+
+    def mask_logits(self, blob_conv, rois):
+        """(R, C, M, M) mask logits (``mask_net``'s probabilities before the sigmoid)."""
         if self.Mask_Head is None:
             raise RuntimeError("mask_net: this model has no mask head (MODEL.MASK_ON is False)")
         if rois.shape[0] == 0:
             m = self.mask_resolution
             return rois.new_zeros((0, self.Mask_Outs.num_cls, m, m))
-        return torch.sigmoid(self.Mask_Outs(self.Mask_Head(blob_conv, rois)))
+        return self.Mask_Outs(self.Mask_Head(blob_conv, rois))
 
     def keypoint_net(self, blob_conv, rois):
         """(R, K, Hk, Wk) keypoint heatmap scores (logits) for ``rois`` (R, 5) in blob scale."""

@@ -48,8 +48,8 @@ item i to GPU i); ``n = batch_size // num_gpus`` images per GPU::
 Sampling (Detectron's ``_shuffle_roidb_inds`` with TRAIN.ASPECT_GROUPING): each epoch the
 horizontal (width >= height) and vertical images are shuffled separately, cut into per-GPU
 minibatches of n images (a remainder smaller than n is left out of that epoch), and the
-minibatches are shuffled together; so no minibatch mixes orientations. Each per-GPU minibatch
-draws one scale from TRAIN.SCALES. With TRAIN.ASPECT_CROPPING, images whose aspect ratio lies
+minibatches are shuffled together; so no minibatch mixes orientations. Each image draws its own
+scale from TRAIN.SCALES (Detectron's ``get_minibatch``: one random scale index per image). With TRAIN.ASPECT_CROPPING, images whose aspect ratio lies
 outside [ASPECT_LO, ASPECT_HI] are cropped to the bound (see ``roi_data.minibatch``). All random
 choices derive from ``seed`` and the position in the stream, never from worker state.
 
@@ -139,7 +139,7 @@ class AspectGroupedBatchSampler(torch_data.Sampler):
         self.start_iter = int(start_iter)
 
     def _plan(self, epoch):
-        """(M, n) roidb indices, (M,) scales and (M, n) crop seeds of an epoch's minibatches."""
+        """(M, n) roidb indices, (M, n) scales and (M, n) crop seeds of an epoch's minibatches."""
         if epoch not in self._plans:
             rng = _seeded_rng(self.seed, epoch)
             mb = self.images_per_gpu
@@ -149,7 +149,8 @@ class AspectGroupedBatchSampler(torch_data.Sampler):
                 rows.append(perm[:(len(perm) // mb) * mb].reshape(-1, mb))
             inds = np.concatenate(rows, axis=0)
             inds = inds[rng.permutation(inds.shape[0])]
-            scales = np.asarray(self.scales)[rng.randint(len(self.scales), size=inds.shape[0])]
+            # one scale per image, as Detectron draws them
+            scales = np.asarray(self.scales)[rng.randint(len(self.scales), size=inds.shape)]
             crop_seeds = rng.randint(0, 2 ** 31 - 1, size=inds.shape)
             if len(self._plans) > 2:
                 self._plans.pop(min(self._plans))
@@ -160,7 +161,8 @@ class AspectGroupedBatchSampler(torch_data.Sampler):
         """Items of the k-th per-GPU minibatch of the stream."""
         epoch, row = divmod(k, self.minibatches_per_epoch)
         inds, scales, crop_seeds = self._plan(epoch)
-        return [(int(i), int(scales[row]), int(s)) for i, s in zip(inds[row], crop_seeds[row])]
+        return [(int(i), int(t), int(s))
+                for i, t, s in zip(inds[row], scales[row], crop_seeds[row])]
 
     def batch(self, step):
         """Items of training iteration ``step`` (all GPUs)."""

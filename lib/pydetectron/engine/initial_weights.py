@@ -1,0 +1,234 @@
+"""Weights a run starts from: ``TRAIN.WEIGHTS`` / ``TEST.WEIGHTS``, ``--load_ckpt``,
+``--load_detectron``, with Detectron's rules and fine-tuning to another class count.
+
+Which file, in order (the flags override the config, as in Detectron.pytorch):
+  training  ``--resume`` / auto-resume (``launch``), else ``--load_ckpt`` or ``--load_detectron``,
+            else ``TRAIN.WEIGHTS``, else ImageNet weights (MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS)
+  testing   ``--load_ckpt`` or ``--load_detectron``, else ``TEST.WEIGHTS``
+
+What a file may be (``read_weights``): a Detectron ``.pkl`` (a trained model, or an ImageNet
+backbone such as ``R-50.pkl``), a ``.pth`` checkpoint of this project, a ``.pth`` checkpoint of
+Detectron.pytorch (legacy or zip format: ``utils.detectron_pytorch_checkpoint``), or a
+Caffe-converted ImageNet ``.pth``. Every one becomes Detectron blobs or this project's state dict.
+
+``TRAIN.WEIGHTS`` loads as Detectron's ``initialize_gpu_from_weights_file`` does: each parameter
+whose blob the file has is loaded, the others keep their initialisation (an ImageNet file fills
+the body only). The class-specific layers (``CLASS_HEAD_BLOBS``: cls_score, bbox_pred,
+mask_fcn_logits, kps_score...) of another shape -- fine-tuning on a dataset with another class
+count -- are skipped with a warning naming them, or refused with ``strict_class_heads`` (the
+tools' ``--strict_class_heads`` flag).
+
+Detectron's model-zoo URLs resolve to ``DOWNLOAD_CACHE/<path after the host>``; when that file is
+absent the error says how to fetch it (nothing is downloaded here).
+
+A body with frozen BatchNorm (AffineChannel) cannot learn its normalisation: started from random
+weights its affines stay at scale 1, offset 0 forever. ``check_frozen_bn_initialised`` refuses
+that unless TRAIN.ALLOW_RANDOM_FROZEN_BN (``--allow_random_frozen_bn``) says it is meant.
+"""
+import logging
+import os
+import pickle
+
+import torch
+
+from pydetectron.engine.checkpoint import CheckpointError, load_model_state, unwrap_model
+from pydetectron.utils import detectron_pytorch_checkpoint as dpt
+from pydetectron.utils.detectron_weight_helper import (
+    CLASS_HEAD_BLOBS, detectron_blobs_of, load_detectron_blobs, load_detectron_pkl)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["resolve_weights_url", "read_weights", "load_weights", "class_head_mismatches",
+           "check_frozen_bn_initialised", "body_uses_frozen_bn"]
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Finding the file
+# ---------------------------------------------------------------------------------------------- #
+
+def _is_url(path):
+    return isinstance(path, str) and '://' in path
+
+
+def resolve_weights_url(path, key='TRAIN.WEIGHTS', download_cache=None):
+    """A local path for ``path``: unchanged when it is not a URL, else its copy in
+    DOWNLOAD_CACHE (Detectron's layout: the URL's path after the host). A missing copy raises
+    FileNotFoundError with the command that fetches it."""
+    if not _is_url(path):
+        return path
+    if download_cache is None:
+        from pydetectron.core.config import cfg
+        download_cache = cfg.DOWNLOAD_CACHE
+    rel = path.split('://', 1)[1].split('/', 1)[-1]
+    local = os.path.join(download_cache, rel)
+    if not os.path.isfile(local):
+        raise FileNotFoundError(
+            '{} is a URL whose file is not in DOWNLOAD_CACHE; fetch it with: '
+            'mkdir -p {} && curl -fL -o {} {}'.format(
+                key, os.path.dirname(local), local, path))
+    return local
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Reading
+# ---------------------------------------------------------------------------------------------- #
+
+def read_weights(path, rpn_min_level=2):
+    """('blobs', {blob: array}, None) for a Detectron .pkl, a Detectron.pytorch checkpoint or a
+    Caffe-converted ImageNet .pth; ('state_dict', state_dict, checkpoint dict) for a checkpoint
+    of this project. Unreadable files raise CheckpointError naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError('weights file not found: {}'.format(path))
+    if path.endswith('.pkl'):
+        try:
+            return 'blobs', load_detectron_pkl(path), None
+        except (pickle.UnpicklingError, ValueError) as e:
+            raise CheckpointError('{} is not a readable Detectron weights file: {}'.format(
+                path, e)) from e
+    try:
+        ckpt = dpt.read_checkpoint(path)
+    except Exception as e:  # weights_only refuses code; damaged files fail to unpickle
+        raise CheckpointError('Cannot read weights {} with torch.load(weights_only=True) (not a '
+                              'checkpoint of tensors and plain data, or damaged): {}'.format(
+                                  path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                              ) from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError('{} holds a {}, expected a checkpoint dict'.format(
+            path, type(ckpt).__name__))
+    if 'model' in ckpt and isinstance(ckpt['model'], dict):
+        state = ckpt['model']
+    elif 'state_dict' in ckpt and isinstance(ckpt['state_dict'], dict):
+        state = ckpt['state_dict']
+    elif ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        state, ckpt = ckpt, {'model': ckpt}
+    else:
+        raise CheckpointError("{} has no 'model' state dict: not a checkpoint of pydetectron or "
+                              "Detectron.pytorch".format(path))
+    if state and all(k.startswith('module.') for k in state):
+        state = {k[len('module.'):]: v for k, v in state.items()}
+    if dpt.is_detectron_pytorch_state_dict(state):
+        try:
+            blobs = dpt.detectron_pytorch_to_blobs(state, rpn_min_level)
+        except ValueError as e:
+            raise CheckpointError('{}: {}'.format(path, e)) from e
+        logger.info('%s is a Detectron.pytorch checkpoint: read through its Detectron blob names',
+                    path)
+        return 'blobs', blobs, ckpt
+    if 'conv1.weight' in state and any(k.startswith('layer1.') for k in state):
+        from pydetectron.utils.resnet_weights_helper import convert_caffe_resnet_state_dict
+        return 'blobs', convert_caffe_resnet_state_dict(state), None
+    return 'state_dict', state, ckpt
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Loading
+# ---------------------------------------------------------------------------------------------- #
+
+def _is_class_head(blob):
+    return blob is not None and blob.rsplit('_', 1)[0] in CLASS_HEAD_BLOBS
+
+
+def class_head_mismatches(model, shapes_by_blob=None, state_dict=None):
+    """[(parameter name, blob, shape in the file, shape in the model)] for the class-specific
+    layers whose shapes differ (give the file as blob shapes or as a state dict)."""
+    model = unwrap_model(model)
+    out = []
+    if shapes_by_blob is not None:
+        for name, tensor, blob in detectron_blobs_of(model):
+            if _is_class_head(blob) and blob in shapes_by_blob and \
+                    tuple(shapes_by_blob[blob]) != tuple(tensor.shape):
+                out.append((name, blob, tuple(shapes_by_blob[blob]), tuple(tensor.shape)))
+    if state_dict is not None and hasattr(model, 'detectron_weight_mapping'):
+        mapping, _ = model.detectron_weight_mapping()
+        for name, tensor in model.state_dict().items():
+            blob = mapping.get(name)
+            if _is_class_head(blob) and name in state_dict and \
+                    tuple(state_dict[name].shape) != tuple(tensor.shape):
+                out.append((name, blob, tuple(state_dict[name].shape), tuple(tensor.shape)))
+    return out
+
+
+def _handle_mismatches(mismatches, source, strict):
+    if not mismatches:
+        return set()
+    listed = ', '.join('{} (file {} vs model {})'.format(n, list(a), list(b))
+                       for n, _, a, b in mismatches)
+    if strict:
+        raise CheckpointError(
+            '{} has class-specific layers of another shape (another number of classes): {}; '
+            'drop --strict_class_heads to fine-tune from it with these layers freshly '
+            'initialised'.format(source, listed))
+    logger.warning('Fine-tuning: %s was trained with another number of classes; these '
+                   'class-specific layers keep their initialisation: %s', source, listed)
+    return {n for n, _, _, _ in mismatches}
+
+
+def load_weights(model, path, partial=False, strict_class_heads=False, rpn_min_level=2):
+    """Load the weights file ``path`` (see ``read_weights``) into ``model``; returns the names
+    of the parameters loaded.
+
+    ``partial`` (TRAIN.WEIGHTS, Detectron's rule): parameters whose blob the file lacks keep their
+    initialisation; otherwise every parameter must be in the file. Class-specific layers of
+    another shape are skipped with a warning, or raise CheckpointError with
+    ``strict_class_heads``.
+    """
+    model = unwrap_model(model)
+    kind, data, _ = read_weights(path, rpn_min_level)
+    if kind == 'blobs':
+        from pydetectron.utils.detectron_weight_helper import _source_name
+        skip = _handle_mismatches(
+            class_head_mismatches(model, shapes_by_blob={b: a.shape for b, a in data.items()}),
+            path, strict_class_heads)
+
+        skip_blobs = {b for n, _, b in detectron_blobs_of(model) if n in skip}
+
+        def wanted(blob):
+            return blob not in skip_blobs and not (partial and _source_name(blob, data) is None)
+        report = load_detectron_blobs(model, data, path, blob_filter=wanted)
+        if partial:
+            missing = [n for n in report.skipped if n not in skip]
+            if missing:
+                logger.info('%s: %d parameters are not in the file and keep their '
+                            'initialisation (e.g. %s)', path, len(missing),
+                            ', '.join(missing[:3]))
+        if not report.loaded:
+            raise CheckpointError('{}: no parameter of this model is in the file (a model of '
+                                  'another kind?)'.format(path))
+        return set(report.loaded)
+    skip = _handle_mismatches(class_head_mismatches(model, state_dict=data), path,
+                              strict_class_heads)
+    own = model.state_dict()
+    state = {k: (own[k] if k in skip else v) for k, v in data.items()}
+    if partial:
+        missing = [k for k in own if k not in state]
+        state.update({k: own[k] for k in missing})
+        state = {k: v for k, v in state.items() if k in own}
+    load_model_state(model, state, source=path)
+    return {k for k in data if k in own and k not in skip}
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Frozen BN from random weights
+# ---------------------------------------------------------------------------------------------- #
+
+def body_uses_frozen_bn(model):
+    """True when the model's body normalises with AffineChannel (frozen BN)."""
+    from pydetectron.nn.affine import AffineChannel2d
+    body = getattr(unwrap_model(model), 'Conv_Body', None)
+    return body is not None and any(isinstance(m, AffineChannel2d) for m in body.modules())
+
+
+def check_frozen_bn_initialised(model, loaded_names, allow=False):
+    """Refuse to train a frozen-BN body none of whose weights came from a file."""
+    if allow or not body_uses_frozen_bn(model):
+        return
+    if any(n.startswith('Conv_Body.') for n in loaded_names):
+        return
+    from pydetectron.core.config import ConfigValueError, cfg
+    raise ConfigValueError(
+        'MODEL.CONV_BODY {} uses frozen BatchNorm (AffineChannel), which cannot learn, and no '
+        'weights initialise it: name TRAIN.WEIGHTS (e.g. an ImageNet R-50.pkl), pass --load_ckpt '
+        '/ --load_detectron, or set MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS with '
+        'RESNETS.IMAGENET_PRETRAINED_WEIGHTS; use a GroupNorm body to train from scratch; or '
+        'pass --allow_random_frozen_bn (TRAIN.ALLOW_RANDOM_FROZEN_BN True) if this is '
+        'meant'.format(cfg.MODEL.CONV_BODY))
