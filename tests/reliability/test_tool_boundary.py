@@ -228,7 +228,9 @@ def test_test_net(inputs, tmp_path, case):
             '--output_dir', tmp_path / 'out']
     ckpt = ['--load_ckpt', inputs['ckpt']]
     if case == 'no weights flag':
-        assert_one_line_error(run(tool, *base), tool, '--load_ckpt and --load_detectron')
+        # no flag and no TEST.WEIGHTS in the config (TEST.WEIGHTS is the default, as in Detectron)
+        assert_one_line_error(run(tool, *base), tool, 'give --load_ckpt or --load_detectron',
+                              'TEST.WEIGHTS')
     elif case == 'bad range':
         assert_one_line_error(run(tool, *base, *ckpt, '--range', '5', '2'), tool, '--range 5 2')
     elif case == 'odd --set':

@@ -36,17 +36,12 @@ def training_metadata(dataset_names, dataset_arg=None):
             'dataset_arg': dataset_arg if isinstance(dataset_arg, str) else None}
 
 
-def read_metadata(path):
+def read_metadata(path, flag='--load_ckpt'):
     """{'cfg', 'classes', 'keypoint_names', 'dataset', 'dataset_arg'} of checkpoint ``path``
-    (values None where it has none, e.g. a Detectron.pytorch checkpoint). Errors reading the
-    file propagate as CheckpointError."""
+    (values None where it has none, e.g. a Detectron.pytorch checkpoint). A file that cannot be
+    read is the one-line CheckpointError naming ``flag`` and the file."""
     from pydetectron.engine.initial_weights import read_weights
-    from pydetectron.utils.detectron_pytorch_checkpoint import read_checkpoint
-    try:
-        ckpt = read_checkpoint(path)
-    except Exception:
-        read_weights(path)     # raises the one-line CheckpointError naming the file
-        raise
+    _, _, ckpt = read_weights(path, flag=flag)
     if not isinstance(ckpt, dict):
         ckpt = {}
     return {k: ckpt.get(k) for k in ('cfg', 'classes', 'keypoint_names', 'dataset',

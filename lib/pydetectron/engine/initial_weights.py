@@ -31,6 +31,7 @@ import pickle
 
 import torch
 
+from pydetectron.engine import checkpoint as ck
 from pydetectron.engine.checkpoint import CheckpointError, load_model_state, unwrap_model
 from pydetectron.utils import detectron_pytorch_checkpoint as dpt
 from pydetectron.utils.detectron_weight_helper import (
@@ -73,24 +74,35 @@ def resolve_weights_url(path, key='TRAIN.WEIGHTS', download_cache=None):
 # Reading
 # ---------------------------------------------------------------------------------------------- #
 
-def read_weights(path, rpn_min_level=2):
+def read_weights(path, rpn_min_level=2, flag=None):
     """('blobs', {blob: array}, None) for a Detectron .pkl, a Detectron.pytorch checkpoint or a
     Caffe-converted ImageNet .pth; ('state_dict', state_dict, checkpoint dict) for a checkpoint
-    of this project. Unreadable files raise CheckpointError naming the file."""
+    of this project. Unreadable files raise CheckpointError naming the file (and ``flag``, the
+    flag or key that named it)."""
+    who = '{} {}'.format(flag, path) if flag else path
     if not os.path.isfile(path):
-        raise FileNotFoundError('weights file not found: {}'.format(path))
+        raise ck.MissingCheckpointError('{}: weights file not found'.format(who))
+    if os.path.getsize(path) == 0:
+        raise CheckpointError('{}: the file is empty'.format(who))
     if path.endswith('.pkl'):
         try:
             return 'blobs', load_detectron_pkl(path), None
-        except (pickle.UnpicklingError, ValueError) as e:
+        except (pickle.UnpicklingError, ValueError, EOFError) as e:
             raise CheckpointError('{} is not a readable Detectron weights file: {}'.format(
-                path, e)) from e
+                who, e)) from e
+    head = ck._head(path, len(ck._LEGACY_TORCH_MAGIC))
+    if head[:4] == ck._ZIP_MAGIC and not ck.is_complete_checkpoint(path):
+        raise CheckpointError('{} is incomplete or not a torch checkpoint (truncated, or a write '
+                              'was interrupted?); use an earlier model_step*.pth'.format(who))
+    if head[:1] == ck._PICKLE_MAGIC and head != ck._LEGACY_TORCH_MAGIC:
+        raise CheckpointError('{}: this is a pickle, not a torch checkpoint (a Detectron .pkl? '
+                              'name it with the .pkl extension or --load_detectron)'.format(who))
     try:
         ckpt = dpt.read_checkpoint(path)
     except Exception as e:  # weights_only refuses code; damaged files fail to unpickle
         raise CheckpointError('Cannot read weights {} with torch.load(weights_only=True) (not a '
                               'checkpoint of tensors and plain data, or damaged): {}'.format(
-                                  path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                                  who, str(e).splitlines()[0] if str(e) else type(e).__name__)
                               ) from e
     if not isinstance(ckpt, dict):
         raise CheckpointError('{} holds a {}, expected a checkpoint dict'.format(
@@ -163,7 +175,8 @@ def _handle_mismatches(mismatches, source, strict):
     return {n for n, _, _, _ in mismatches}
 
 
-def load_weights(model, path, partial=False, strict_class_heads=False, rpn_min_level=2):
+def load_weights(model, path, partial=False, strict_class_heads=False, rpn_min_level=2,
+                 flag=None):
     """Load the weights file ``path`` (see ``read_weights``) into ``model``; returns the names
     of the parameters loaded.
 
@@ -173,18 +186,19 @@ def load_weights(model, path, partial=False, strict_class_heads=False, rpn_min_l
     ``strict_class_heads``.
     """
     model = unwrap_model(model)
-    kind, data, _ = read_weights(path, rpn_min_level)
+    kind, data, _ = read_weights(path, rpn_min_level, flag)
+    source = '{} {}'.format(flag, path) if flag else path
     if kind == 'blobs':
         from pydetectron.utils.detectron_weight_helper import _source_name
         skip = _handle_mismatches(
             class_head_mismatches(model, shapes_by_blob={b: a.shape for b, a in data.items()}),
-            path, strict_class_heads)
+            source, strict_class_heads)
 
         skip_blobs = {b for n, _, b in detectron_blobs_of(model) if n in skip}
 
         def wanted(blob):
             return blob not in skip_blobs and not (partial and _source_name(blob, data) is None)
-        report = load_detectron_blobs(model, data, path, blob_filter=wanted)
+        report = load_detectron_blobs(model, data, source, blob_filter=wanted)
         if partial:
             missing = [n for n in report.skipped if n not in skip]
             if missing:
@@ -193,9 +207,9 @@ def load_weights(model, path, partial=False, strict_class_heads=False, rpn_min_l
                             ', '.join(missing[:3]))
         if not report.loaded:
             raise CheckpointError('{}: no parameter of this model is in the file (a model of '
-                                  'another kind?)'.format(path))
+                                  'another kind?)'.format(source))
         return set(report.loaded)
-    skip = _handle_mismatches(class_head_mismatches(model, state_dict=data), path,
+    skip = _handle_mismatches(class_head_mismatches(model, state_dict=data), source,
                               strict_class_heads)
     own = model.state_dict()
     state = {k: (own[k] if k in skip else v) for k, v in data.items()}
@@ -203,7 +217,7 @@ def load_weights(model, path, partial=False, strict_class_heads=False, rpn_min_l
         missing = [k for k in own if k not in state]
         state.update({k: own[k] for k in missing})
         state = {k: v for k, v in state.items() if k in own}
-    load_model_state(model, state, source=path)
+    load_model_state(model, state, source=source)
     return {k for k in data if k in own and k not in skip}
 
 

@@ -237,7 +237,7 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
             logger.info('Loading initial weights %s (%s)', path, what)
             loaded |= initial_weights.load_weights(
                 model, path, partial=partial, strict_class_heads=strict_class_heads,
-                rpn_min_level=cfg.FPN.RPN_MIN_LEVEL)
+                rpn_min_level=cfg.FPN.RPN_MIN_LEVEL, flag=what)
     if not resume_path:
         initial_weights.check_frozen_bn_initialised(
             model, loaded, allow=cfg.TRAIN.ALLOW_RANDOM_FROZEN_BN)
