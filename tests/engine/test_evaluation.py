@@ -279,7 +279,8 @@ def fake_tool(tmp_path, fresh_cfg, monkeypatch):
         reset_cfg()
         argv = ['--dataset', spec, '--cfg', os.path.join(ROOT, 'configs', 'baselines',
                                                           'e2e_faster_rcnn_R-50-C4_1x.yaml'),
-                '--no_cuda', '--bs', '2', '--disp_interval', '2', '--nw', '0',
+                '--no_cuda', '--allow_random_frozen_bn', '--bs', '2', '--disp_interval', '2',
+                '--nw', '0',
                 '--output_dir', str(output_dir)] + list(flags) + [
                 '--set', 'NUM_GPUS', '1', 'TRAIN.IMS_PER_BATCH', '2', 'SOLVER.MAX_ITER', '6',
                 'SOLVER.STEPS', '[0, 4]', 'SOLVER.WARM_UP_ITERS', '2',
