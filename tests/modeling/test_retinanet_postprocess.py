@@ -160,11 +160,13 @@ def test_cuda_equals_cpu():
     cpu = batched_nms_and_limit(level_candidates(head, probs, deltas, im_info, im_sizes, 0.3, 50),
                                 C, 0.5, 40)
     head = head.cuda()
+    # the host-to-device copies sync; they are not what is under test
+    probs_c, deltas_c = [p.cuda() for p in probs], [d.cuda() for d in deltas]
+    im_info_c, im_sizes_c = im_info.cuda(), im_sizes.cuda()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        cands = level_candidates(head, [p.cuda() for p in probs], [d.cuda() for d in deltas],
-                                 im_info.cuda(), im_sizes.cuda(), 0.3, 50)
+        cands = level_candidates(head, probs_c, deltas_c, im_info_c, im_sizes_c, 0.3, 50)
     finally:
         torch.cuda.set_sync_debug_mode('default')
     gpu = batched_nms_and_limit(cands, C, 0.5, 40)

@@ -157,10 +157,11 @@ def test_cuda_equals_cpu_without_host_sync(coco_mini, fresh_cfg):
     cpu = retinanet_targets(cells, strides, sizes, roidb, 81)
     from pydetectron.modeling.targets.gt import pack_gt
     gt = pack_gt(roidb, 'cuda')
+    cells_cuda = [c.cuda() for c in cells]   # the copies sync; they are not what is under test
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        gpu = retinanet_targets([c.cuda() for c in cells], strides, sizes, gt, 81)
+        gpu = retinanet_targets(cells_cuda, strides, sizes, gt, 81)
     finally:
         torch.cuda.set_sync_debug_mode('default')
     for a, b, la in zip(cpu['bbox_targets'], gpu['bbox_targets'], cpu['labels']):
