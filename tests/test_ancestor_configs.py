@@ -103,10 +103,6 @@ def _infer():
 @pytest.mark.slow
 @pytest.mark.parametrize('path', PATHS, ids=IDS)
 def test_config_loads_builds_and_infers(path, fresh_cfg):
-    name = os.path.basename(path)
-    if name.startswith('retinanet_'):
-        pytest.skip('RetinaNet is being built in its own branch (issue 20), which owns its keys '
-                    'and model')
     with open(path) as f:
         text = f.read()
     try:
