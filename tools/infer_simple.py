@@ -18,11 +18,10 @@ import cv2
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'lib'))
 
 from pydetectron.core.config import (  # noqa: E402
-    assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
+    assert_and_infer_cfg, cfg, merge_cfg_from_list)
 from pydetectron.core.config_checks import check_config_values  # noqa: E402
 from pydetectron.core.test import im_detect_all  # noqa: E402
 from pydetectron.engine import checkpoint_meta  # noqa: E402
-from pydetectron.engine.initial_weights import resolve_weights_url  # noqa: E402
 from pydetectron.core.test_engine import (  # noqa: E402
     add_speed_arguments, initialize_model_from_cfg)
 from pydetectron.engine.cli import (  # noqa: E402
@@ -124,24 +123,7 @@ def main(argv=None):
     check_input_file(args.load_detectron, '--load_detectron')
     check_output_dir(args.output_dir)
 
-    meta = checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}
-    if args.cfg_file:
-        merge_cfg_from_file(args.cfg_file)
-    elif not checkpoint_meta.apply_checkpoint_config(meta, args.load_ckpt):
-        raise CliError('give --cfg (no checkpoint with a saved config was given)')
-    if args.set_cfgs:
-        merge_cfg_from_list(args.set_cfgs)
-    if not (args.load_ckpt or args.load_detectron):
-        # TEST.WEIGHTS is the default weights (Detectron's test tool)
-        if not cfg.TEST.WEIGHTS:
-            raise CliError('give --load_ckpt or --load_detectron (or set TEST.WEIGHTS in the '
-                           'config)')
-        weights = resolve_weights_url(cfg.TEST.WEIGHTS, 'TEST.WEIGHTS')
-        if weights.endswith('.pkl'):
-            args.load_detectron = weights
-        else:
-            args.load_ckpt = weights
-            meta = checkpoint_meta.read_metadata(weights)
+    meta = checkpoint_meta.load_test_config(args)
     im_list = list_images(args, logger)
 
     if args.dataset:

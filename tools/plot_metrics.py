@@ -49,9 +49,14 @@ def plot_losses(losses, path, smooth):
         line, = ax.plot(xs, ys, alpha=0.3, linewidth=0.8)
         ax.plot(xs, moving_median(ys, smooth), color=line.get_color(), linewidth=1.6,
                 label=name)
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('loss')
     ax.set_yscale('log')
+    _finish(fig, ax, 'loss', path)
+
+
+def _finish(fig, ax, ylabel, path):
+    """Axis labels, grid and legend of both plots; the figure written to ``path``."""
+    ax.set_xlabel('iteration')
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -64,13 +69,7 @@ def plot_evals(evals, path):
     for name in sorted(evals):
         xs, ys = evals[name]
         ax.plot(xs, ys, marker='o', label=name)
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('AP')
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(fig, ax, 'AP', path)
 
 
 def main(argv=None):

@@ -17,14 +17,13 @@ import cv2
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'lib'))
 
 from pydetectron.core.config import (  # noqa: E402
-    assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list)
+    assert_and_infer_cfg, cfg, merge_cfg_from_list)
 from pydetectron.core import test_engine  # noqa: E402
 from pydetectron.core.config_checks import check_config_values  # noqa: E402
 from pydetectron.engine.cli import (  # noqa: E402
     ArgumentParser, check_input_file, check_output_dir, check_set_pairs, positive, run_tool)
 from pydetectron.utils.errors import CliError  # noqa: E402
 from pydetectron.engine import checkpoint_meta  # noqa: E402
-from pydetectron.engine.initial_weights import resolve_weights_url  # noqa: E402
 from pydetectron.utils.logging import setup_logging  # noqa: E402
 
 # OpenCL in OpenCV is not thread safe and grabs GPU memory: keep it off.
@@ -77,24 +76,7 @@ def main(argv=None):
     if args.eval_only:
         check_input_file(args.eval_only, '--eval_only')
 
-    meta = checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}
-    if args.cfg_file:
-        merge_cfg_from_file(args.cfg_file)
-    elif not checkpoint_meta.apply_checkpoint_config(meta, args.load_ckpt):
-        raise CliError('give --cfg (no checkpoint with a saved config was given)')
-    if args.set_cfgs:
-        merge_cfg_from_list(args.set_cfgs)
-    if not evaluating_file and not (args.load_ckpt or args.load_detectron):
-        # TEST.WEIGHTS is the default weights, as in Detectron's test_net.py
-        if not cfg.TEST.WEIGHTS:
-            raise CliError('give --load_ckpt or --load_detectron (or set TEST.WEIGHTS in the '
-                           'config)')
-        weights = resolve_weights_url(cfg.TEST.WEIGHTS, 'TEST.WEIGHTS')
-        if weights.endswith('.pkl'):
-            args.load_detectron = weights
-        else:
-            args.load_ckpt = weights
-            meta = checkpoint_meta.read_metadata(weights)
+    meta = checkpoint_meta.load_test_config(args, needs_weights=not evaluating_file)
     if args.output_dir is None:
         weights = args.load_ckpt or args.load_detectron or args.eval_only
         if not weights:

@@ -79,3 +79,32 @@ def check_dataset_classes(model_classes, dataset_classes, ckpt_path, dataset):
         'give the dataset the model was trained for'.format(
             dataset, len(dataset_classes) - 1, show(dataset_classes), ckpt_path,
             len(model_classes) - 1, show(model_classes)))
+
+
+def load_test_config(args, needs_weights=True):
+    """The config and weights of the test tools (test_net.py, infer_simple.py): ``--cfg``, else
+    the config saved in ``--load_ckpt``; then ``--set``; without a weights flag (and
+    ``needs_weights``), TEST.WEIGHTS, as Detectron's tools default to it. Sets
+    ``args.load_ckpt`` / ``args.load_detectron`` accordingly; returns the checkpoint's metadata
+    (``read_metadata``; {} for a Detectron pkl)."""
+    from pydetectron.core.config import cfg, merge_cfg_from_file, merge_cfg_from_list
+    from pydetectron.engine.initial_weights import resolve_weights_url
+    from pydetectron.utils.errors import CliError
+    meta = read_metadata(args.load_ckpt) if args.load_ckpt else {}
+    if args.cfg_file:
+        merge_cfg_from_file(args.cfg_file)
+    elif not apply_checkpoint_config(meta, args.load_ckpt):
+        raise CliError('give --cfg (no checkpoint with a saved config was given)')
+    if args.set_cfgs:
+        merge_cfg_from_list(args.set_cfgs)
+    if needs_weights and not (args.load_ckpt or args.load_detectron):
+        if not cfg.TEST.WEIGHTS:
+            raise CliError('give --load_ckpt or --load_detectron (or set TEST.WEIGHTS in the '
+                           'config)')
+        weights = resolve_weights_url(cfg.TEST.WEIGHTS, 'TEST.WEIGHTS')
+        if weights.endswith('.pkl'):
+            args.load_detectron = weights
+        else:
+            args.load_ckpt = weights
+            meta = read_metadata(weights)
+    return meta
