@@ -55,3 +55,22 @@ def fresh_cfg():
     dict.clear(cfg)
     dict.update(cfg, saved)
     cfg.immutable(was_immutable)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A child process a test left running (a DataLoader worker of an iterator that a kept
+    traceback still holds, say) would make this process wait for it at exit, and CI would hang
+    after the summary. End such children here and name them."""
+    import multiprocessing
+    left = multiprocessing.active_children()
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin('terminalreporter')
+    for proc in left:
+        if reporter is not None:
+            reporter.write_line('conftest: ending %r, left running by the tests' % (proc,))
+        try:
+            proc.kill()
+            proc.join(timeout=5)
+        except (OSError, ValueError, AssertionError):
+            pass

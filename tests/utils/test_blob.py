@@ -30,10 +30,9 @@ def test_prep_im_for_blob_subtracts_means_and_resizes():
     out, scale = blob_utils.prep_im_for_blob(im, MEANS, 96, 1000)
     assert scale == 2.0
     assert out.shape == (96, 128, 3) and out.dtype == np.float32
-    # a constant image stays constant under bilinear resizing: pixel - mean, no std, in float32
-    # (Detectron's cv2.subtract rounds the float64 means to float32 first, see below)
-    np.testing.assert_array_equal(
-        out[5, 7], np.float32([100, 150, 100]) - np.float32([102.9801, 115.9465, 122.7717]))
+    # a constant image stays constant under bilinear resizing: pixel - mean, no std, the
+    # difference taken in float64 and rounded once (hand-computed: 100 - 102.9801 = -2.9801)
+    np.testing.assert_array_equal(out[5, 7], np.float32([-2.9801, 34.0535, -22.7717]))
     outs, scales = blob_utils.prep_im_for_blob(im, MEANS, [24, 96], 1000)
     assert [o.shape for o in outs] == [(24, 32, 3), (96, 128, 3)] and scales == [0.5, 2.0]
 
@@ -90,11 +89,13 @@ def _coco_mini_photos(coco_mini, n=3):
 
 
 def _detectron_blob_rule(im, target_size, max_size):
-    """Detectron's prep_im_for_blob rule written out: the image cast to float32 minus the means
-    rounded to float32, subtracted in float32 (what its ``cv2.subtract(float32 image, float64
-    (1, 3) means)`` computes: OpenCV turns a float64 scalar operand of a float32 array into
-    float32 and works in float32), then cv2.resize with fx = fy = the scale."""
-    diff = im.astype(np.float32) - MEANS.reshape(3).astype(np.float32)
+    """Detectron's prep_im_for_blob rule written out: each pixel minus its channel's mean in
+    float64 (``im.astype(float32); im -= float64 means`` computes the difference in float64),
+    rounded once to float32, then cv2.resize with fx = fy = the scale."""
+    diff = np.empty(im.shape, np.float32)
+    for y in range(im.shape[0]):          # per row, in Python floats (float64), no shared code
+        for c in range(3):
+            diff[y, :, c] = [float(v) - float(MEANS.reshape(3)[c]) for v in im[y, :, c]]
     h, w = im.shape[:2]
     scale = float(target_size) / min(h, w)
     if np.round(scale * max(h, w)) > max_size:
@@ -102,16 +103,20 @@ def _detectron_blob_rule(im, target_size, max_size):
     return cv2.resize(diff, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR), scale
 
 
-def test_detectron_subtraction_is_float32(coco_mini):
-    """The rule above is what Detectron's own call gives, bit for bit; subtracting in float64
-    and rounding once (a different rule) changes about half of the values."""
+def test_subtraction_is_float64_rounded_once(coco_mini):
+    """Float64 subtraction then one rounding, not float32 means subtracted in float32 (what
+    cv2.subtract on a float32 image computes): the two differ on a large share of the values of
+    a real photo, so the check below can tell them apart."""
     im = _coco_mini_photos(coco_mini, 1)[0]
-    detectron = cv2.subtract(im.astype(np.float32, copy=False), MEANS.reshape((1, 3)))
-    assert detectron.dtype == np.float32
-    rule = im.astype(np.float32) - MEANS.reshape(3).astype(np.float32)
-    np.testing.assert_array_equal(detectron, rule)
-    float64_once = (im.astype(np.float64) - MEANS.reshape(3)).astype(np.float32)
-    assert (float64_once != detectron).mean() > 0.3
+    out = blob_utils.subtract_pixel_means(im, MEANS)
+    ref = im.astype(np.float32)
+    ref -= MEANS                                   # NumPy: float64 loop, cast back to float32
+    np.testing.assert_array_equal(out, ref)
+    float32_rule = im.astype(np.float32) - MEANS.reshape(3).astype(np.float32)
+    assert (float32_rule != out).mean() > 0.3
+    # a non-uint8 image takes the float64 path: same rule
+    out16 = blob_utils.subtract_pixel_means(im.astype(np.uint16), MEANS)
+    np.testing.assert_array_equal(out16, ref)
 
 
 @pytest.mark.parametrize('target_size, max_size', [(800, 1333), (600, 1000), (300, 500)])

@@ -183,7 +183,7 @@ class _RankShareOfMinibatches:
 def shard_train_loader(loader, rank, world_size):
     """A DataLoader like ``loader`` (built for one GPU, restartable at ``start_iter``) reading
     rank ``rank``'s share of the training stream (see the module docstring)."""
-    return torch.utils.data.DataLoader(
+    return type(loader)(
         loader.dataset, batch_sampler=_RankShareOfMinibatches(loader.batch_sampler, rank,
                                                               world_size),
         num_workers=loader.num_workers, collate_fn=loader.collate_fn,

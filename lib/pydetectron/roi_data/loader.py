@@ -61,10 +61,12 @@ shared buffers that a worker refills only after the training process has freed e
 (view or copy) using them, and the small ground-truth arrays travel pickled. The trainer sees
 ordinary CPU tensors either way; it should simply not keep batches alive longer than it needs them.
 """
+import atexit
 import functools
 import logging
 import resource
 import signal
+import weakref
 
 import cv2
 import numpy as np
@@ -292,6 +294,61 @@ def worker_init_fn(worker_id):
     ignore_stop_signals()
 
 
+# Worker processes started by TrainLoader iterators (weak: a finished iterator drops them).
+_WORKERS = weakref.WeakSet()
+
+
+class TrainLoader(torch_data.DataLoader):
+    """torch's DataLoader, remembering the worker processes of its iterators so that none
+    outlives the interpreter (see ``_kill_leftover_workers``)."""
+
+    def _get_iterator(self):
+        iterator = super()._get_iterator()
+        _WORKERS.update(getattr(iterator, '_workers', ()))
+        return iterator
+
+
+def _kill_leftover_workers():
+    """At interpreter exit, SIGKILL the TrainLoader workers that are still running.
+
+    Our workers ignore SIGTERM (``ignore_stop_signals``). A worker whose loader iterator was
+    never shut down (one kept alive by a traceback, a reference cycle or a global) is still
+    running when Python exits, and multiprocessing's own exit handler ends daemonic children
+    with SIGTERM and then joins them: the join would wait forever and the process would never
+    exit. Registered after multiprocessing's handler, this one runs before it (atexit is LIFO).
+    """
+    alive = [proc for proc in list(_WORKERS) if _alive(proc)]
+    if not alive:
+        return
+    # torch's SIGCHLD handler raises in this thread when it sees a worker die: the process is
+    # exiting, nothing needs that report now.
+    if hasattr(signal, 'SIGCHLD'):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for proc in alive:
+        try:
+            proc.kill()
+        except (OSError, ValueError):
+            pass
+    for proc in alive:
+        try:
+            proc.join(timeout=5)
+        except (OSError, ValueError, AssertionError):
+            pass
+
+
+def _alive(proc):
+    try:
+        return proc.is_alive()
+    except (OSError, ValueError, AssertionError):   # closed, or not this process's child
+        return False
+
+
+# multiprocessing.util registers its exit handler when it is first imported, which torch may
+# not have done yet: import it first so that ours, registered after it, runs before it.
+import multiprocessing.util  # noqa: E402,F401
+atexit.register(_kill_leftover_workers)
+
+
 def ignore_stop_signals():
     """In a loader worker: ignore SIGINT / SIGTERM, so that a signal sent to the whole process
     group (what ``timeout``, Slurm and a terminal's Ctrl-C do) leaves the workers running and the
@@ -327,7 +384,7 @@ def build_train_loader(roidb, ratio_list, ratio_index, batch_size, num_gpus, num
                          pixel_means=cfg.PIXEL_MEANS, aspect_cropping=cfg.TRAIN.ASPECT_CROPPING,
                          aspect_lo=cfg.TRAIN.ASPECT_LO, aspect_hi=cfg.TRAIN.ASPECT_HI)
     stride = int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 1
-    return torch_data.DataLoader(
+    return TrainLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers,
         collate_fn=functools.partial(collate_minibatch, num_gpus=num_gpus, stride=stride),
         worker_init_fn=worker_init_fn if num_workers > 0 else None,

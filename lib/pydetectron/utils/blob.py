@@ -9,6 +9,8 @@ is zero-padded at the bottom/right to its largest image and, with FPN, further t
 Used by the training loader (``pydetectron.roi_data.minibatch``) and at test time
 (``get_image_blob``).
 """
+import functools
+
 import numpy as np
 import cv2
 
@@ -29,13 +31,36 @@ def get_scaled_size(im_height, im_width, im_scale):
     return int(np.round(im_height * im_scale)), int(np.round(im_width * im_scale))
 
 
-def _pixel_means_row(pixel_means):
-    """The means as Detectron hands them to cv2.subtract: a float64 (1, 3) array."""
+def _pixel_means(pixel_means):
+    """The means as a float64 (3,) array (B, G, R), as cfg.PIXEL_MEANS holds them."""
     means = np.asarray(pixel_means, dtype=np.float64)
     if means.size != 3:
         raise ValueError('pixel_means must hold 3 values (B, G, R), got shape %s'
                          % (np.shape(pixel_means),))
-    return means.reshape((1, 3))
+    return means.reshape(3)
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_lut(means):
+    """(1, 256, 3) float32 table: entry [0, p, c] = float32(p - means[c]) computed in float64."""
+    table = np.arange(256, dtype=np.float64)[:, None] - np.asarray(means, np.float64)[None, :]
+    return table.astype(np.float32).reshape(1, 256, 3)
+
+
+def subtract_pixel_means(im, pixel_means):
+    """``float32(im - pixel_means)`` with the subtraction done in float64 and rounded once.
+
+    That is the rule of Detectron's ``prep_im_for_blob`` as Detectron.pytorch and Detectron's
+    first releases write it (``im = im.astype(np.float32); im -= pixel_means`` with float64
+    means: NumPy computes the in-place difference in float64 and casts it back). (Later
+    Detectron versions call ``cv2.subtract``, which first rounds the means to float32; the two
+    differ by one float32 step on about half of the values.) A uint8 image goes through a
+    256-entry table per channel: the same bits, faster than a float64 temporary.
+    """
+    means = _pixel_means(pixel_means)
+    if im.dtype == np.uint8:
+        return cv2.LUT(np.ascontiguousarray(im), _mean_lut(tuple(means.tolist())))
+    return (im.astype(np.float64) - means).astype(np.float32)
 
 
 def prep_im_for_blob(im, pixel_means, target_sizes, max_size):
@@ -43,17 +68,14 @@ def prep_im_for_blob(im, pixel_means, target_sizes, max_size):
 
     ``target_sizes`` is one short-side size or a sequence of them. Returns ``(im, im_scale)``
     for a single size and ``(ims, im_scales)`` lists for a sequence, each image an (h, w, 3)
-    float32 array (h, w = the scaled size). The means are subtracted before resizing with
-    bilinear interpolation, as Detectron does.
+    float32 array (h, w = the scaled size). The means are subtracted (in float64, rounded once
+    to float32: ``subtract_pixel_means``) before resizing in float32 with bilinear
+    interpolation, as Detectron does.
     """
     if im is None or im.ndim != 3 or im.shape[2] != 3:
         raise ValueError('prep_im_for_blob: expected an (H, W, 3) BGR image, got %s'
                          % (None if im is None else im.shape,))
-    # Detectron's expression: OpenCV takes the (1, 3) float64 means as a per-channel scalar,
-    # rounds it to float32 (the array's depth) and subtracts in float32 -- not in float64.
-    # (Also faster than cv2.subtract on the uint8 image with dtype=CV_32F, which gives the
-    # same bits.)
-    im = cv2.subtract(im.astype(np.float32), _pixel_means_row(pixel_means))
+    im = subtract_pixel_means(im, pixel_means)
     single = np.isscalar(target_sizes)
     sizes = [target_sizes] if single else list(target_sizes)
     ims, im_scales = [], []
