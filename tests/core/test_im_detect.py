@@ -513,9 +513,10 @@ def test_input_blob_bit_identical_to_detectron_on_photos(coco_mini):
     cfg.FPN.FPN_ON = True
     data, im_info, im_scales = test_mod.get_image_blob(ims, 800, 1333)
     for i, im in enumerate(ims):
-        # Detectron: float32 image minus the means rounded to float32 (its cv2.subtract works in
-        # float32), resized by cv2 with fx = fy = the scale
-        diff = im.astype(np.float32) - np.float32([102.9801, 115.9465, 122.7717])
+        # Detectron: the image minus the float64 means, in float64, rounded once to float32;
+        # resized by cv2 with fx = fy = the scale
+        diff = (im.astype(np.float64)
+                - np.float64([102.9801, 115.9465, 122.7717])).astype(np.float32)
         expected = cv2.resize(diff, None, None, fx=im_scales[i], fy=im_scales[i],
                               interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
         h, w = expected.shape[1:]

@@ -126,10 +126,10 @@ def test_minibatch_entry_scales_everything(kp_roidb):
             np.testing.assert_allclose(seg[0], np.asarray(orig[0]) * scale, rtol=1e-5)
         else:
             assert seg['size'] == list(im.shape[:2])
-    # the flipped entry reads the mirrored image; Detectron's blob bit for bit: float32 image
-    # minus the float32-rounded means (its cv2.subtract works in float32), then cv2.resize
+    # the flipped entry reads the mirrored image; Detectron's blob bit for bit: each pixel minus
+    # the float64 means in float64, rounded once to float32, then cv2.resize
     raw = cv2.imread(entry['image'])[:, ::-1]
-    diff = raw.astype(np.float32) - MEANS.reshape(3).astype(np.float32)
+    diff = (raw.astype(np.float64) - MEANS.reshape(3).astype(np.float64)).astype(np.float32)
     expected = cv2.resize(diff, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(im, expected)
 
