@@ -17,7 +17,8 @@ saved file again without the model.
 ``load_detectron``, ``cuda`` (default: CUDA when available), ``nproc``, ``test_net_file`` (the
 script children run; default ``tools/test_net.py`` of this checkout) and ``vis``.
 """
-from collections import defaultdict
+from collections import defaultdict, deque
+import concurrent.futures
 import datetime
 import logging
 import os
@@ -192,18 +193,20 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
     skipped = []
 
     desc = 'im_detect [{:d}, {:d}) of {:d}'.format(start_ind, end_ind, total_num_images)
+    batches = []
+    for first in range(0, num_images, batch):
+        inds = list(range(first, min(first + batch, num_images)))
+        proposals = None
+        if cfg.TEST.PRECOMPUTED_PROPOSALS:
+            # Evaluate on the proposals only: a val roidb also holds its ground truth.
+            proposals = [roidb[i]['boxes'][roidb[i]['gt_classes'] == 0] for i in inds]
+            keep = [k for k, p in enumerate(proposals) if len(p) > 0]
+            inds = [inds[k] for k in keep]
+            proposals = [proposals[k] for k in keep]
+        batches.append((first, inds, proposals))
     with tqdm(total=num_images, desc=desc, unit='im', file=sys.stderr,
               disable=_arg(args, 'quiet', False)) as bar:
-        for first in range(0, num_images, batch):
-            inds = list(range(first, min(first + batch, num_images)))
-            proposals = None
-            if cfg.TEST.PRECOMPUTED_PROPOSALS:
-                # Evaluate on the proposals only: a val roidb also holds its ground truth.
-                proposals = [roidb[i]['boxes'][roidb[i]['gt_classes'] == 0] for i in inds]
-                keep = [k for k, p in enumerate(proposals) if len(p) > 0]
-                inds = [inds[k] for k in keep]
-                proposals = [proposals[k] for k in keep]
-            ims = [_read_image(roidb[i], skipped) for i in inds]
+        for (first, inds, proposals), ims in _read_ahead(roidb, batches, skipped):
             inds = [i for i, im in zip(inds, ims) if im is not None]
             ims = [im for im in ims if im is not None]
             results = im_detect_all_batch(model, ims, proposals, timers,
@@ -236,6 +239,29 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
                      cfg=dump_cfg()), det_file)
     logger.info('Wrote detections to: {}'.format(os.path.abspath(det_file)))
     return all_boxes, all_segms, all_keyps
+
+
+def _read_ahead(roidb, batches, skipped, workers=None, ahead=2):
+    """Yield ``(batch, images)`` for each ``(first, inds, proposals)`` batch, the images of the
+    next ``ahead`` batches being read by a thread pool while the model works on the current one
+    (decoding releases the GIL). Unreadable images are None (see ``_read_image``)."""
+    if workers is None:
+        workers = max(1, min(4, (os.cpu_count() or 1)))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        upcoming = iter(batches)
+
+        def submit():
+            b = next(upcoming, None)
+            if b is not None:
+                pending.append((b, [pool.submit(_read_image, roidb[i], skipped) for i in b[1]]))
+
+        for _ in range(ahead + 1):
+            submit()
+        while pending:
+            b, futures = pending.popleft()
+            submit()
+            yield b, [f.result() for f in futures]
 
 
 def _read_image(entry, skipped):
