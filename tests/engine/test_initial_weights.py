@@ -125,14 +125,21 @@ def test_frozen_bn_from_random_weights_is_refused(tmp_path, fresh_cfg, rects):
     with pytest.raises(ConfigValueError, match='frozen BatchNorm') as e:
         _train(tmp_path / 'r', rects, FROZEN_BN)
     assert '\n' not in str(e.value) and '--allow_random_frozen_bn' in str(e.value)
-    # said explicitly, it trains
-    _train(tmp_path / 'ok', rects, FROZEN_BN, '--allow_random_frozen_bn')
-    # and weights for the body lift the refusal
+    # said explicitly, it trains, its affines started from the first batch's statistics (not
+    # the constant fills 1 and 0, which let a random body's activations blow up)
+    ok = _train(tmp_path / 'ok', rects, FROZEN_BN, '--allow_random_frozen_bn')
+    affine = [k[:-len('.weight')] for k in ok if k.endswith('.weight') and k[:-6] + 'bias' in ok
+              and ok[k].dim() == 1 and k.startswith('Conv_Body.conv_body.')]
+    assert affine
+    for name in affine:
+        assert not torch.all(ok[name + '.weight'] == 1), name
+        assert not torch.all(ok[name + '.bias'] == 0), name
+    # and weights for the body lift the refusal, and are kept as loaded
     pkl = str(tmp_path / 'bn.pkl')
     ref = _pkl_of_model(pkl, FROZEN_BN, num_classes=4)
     got = _train(tmp_path / 'w', rects, FROZEN_BN + ['TRAIN.WEIGHTS', pkl])
-    assert torch.equal(got['Conv_Body.conv_body.res1.conv1.weight'],
-                       ref['Conv_Body.conv_body.res1.conv1.weight'])
+    for key in ['Conv_Body.conv_body.res1.conv1.weight'] + [a + '.weight' for a in affine]:
+        assert torch.equal(got[key], ref[key]), key
 
 
 def test_load_weights_partial_keeps_missing_layers(fresh_cfg, tmp_path):

@@ -159,6 +159,23 @@ def load_imagenet_weights(model, path):
     return load_pretrained_imagenet_weights(model, path)
 
 
+def _start_affines_from_data(model, loader, device):
+    """A frozen-BN body from random weights (--allow_random_frozen_bn): its AffineChannel layers
+    start from the statistics of the first training batch (``nn.affine.
+    init_affine_channels_from_data``), then stay frozen."""
+    from pydetectron.nn.affine import init_affine_channels_from_data
+    iterator = iter(loader)
+    try:
+        batch = next(iterator)
+    finally:
+        del iterator                     # its workers end here
+    data = batch['data'][0].to(device)
+    n = init_affine_channels_from_data(model.Conv_Body, data)
+    logger.info('Frozen BN from random weights: the body\'s %d AffineChannel layers start from '
+                'the channel statistics of the first training batch (%d images)', n,
+                data.shape[0])
+
+
 def main(args, build_model=default_model_builder, build_loader=default_loader_builder):
     """Train as ``tools/train_net_step.py`` describes; returns the process exit code."""
     from pydetectron.core.config import cfg, dump_cfg
@@ -242,6 +259,9 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         initial_weights.check_frozen_bn_initialised(
             model, loaded, allow=cfg.TRAIN.ALLOW_RANDOM_FROZEN_BN)
     model.to(device)
+    if not resume_path and initial_weights.body_uses_frozen_bn(model) and not any(
+            n.startswith('Conv_Body.') for n in loaded):
+        _start_affines_from_data(model, make_loader(0, int(cfg.RNG_SEED)), device)
     compile_mode = getattr(args, 'compile', None)
     if compile_mode and not info.distributed and num_gpus > 1:
         raise CliError('--compile with %d GPUs in one process: the DataParallel copies the '

@@ -35,6 +35,39 @@ class AffineChannel2d(nn.Module):
         return str(self.num_features)
 
 
+@torch.no_grad()
+def init_affine_channels_from_data(module, *inputs, eps=1e-5):
+    """Data-dependent start of the AffineChannel2d layers of ``module`` (frozen BN without
+    ImageNet weights): run ``module(*inputs)`` once; each AffineChannel2d, when the pass reaches
+    it and before it runs, takes ``weight = 1 / sqrt(var + eps)`` and ``bias = -mean * weight``
+    of its input's channels over (N, H, W) -- what BatchNorm in training mode would compute on
+    that batch -- so every later layer of the same pass already sees normalised activations.
+    Left at 1 and 0, the affines pass the random convolutions' growth on: a random R-50 body's
+    activations grow by orders of magnitude and the losses reach inf / NaN in a few steps.
+    Returns the number of layers set (a layer met twice keeps its first statistics)."""
+    done = set()
+
+    def start(m, args):
+        if m in done:
+            return
+        done.add(m)
+        x = args[0].detach().float()
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+        inv = torch.rsqrt(var + eps)
+        m.weight.copy_(inv.to(m.weight.dtype))
+        m.bias.copy_((-mean * inv).to(m.bias.dtype))
+
+    handles = [m.register_forward_pre_hook(start) for m in module.modules()
+               if isinstance(m, AffineChannel2d)]
+    try:
+        module(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return len(done)
+
+
 def freeze_affine_channels(module):
     """Stop training every AffineChannel2d under ``module`` (frozen BN stays frozen)."""
     for m in module.modules():
