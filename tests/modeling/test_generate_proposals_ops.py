@@ -8,8 +8,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from pydetectron.modeling import generate_proposals as gp
 from pydetectron.modeling.generate_anchors import generate_anchors
 from pydetectron.modeling.generate_proposals import (
-    ProposalParams, generate_multilevel_proposals, group_by_image, rank_within_image,
-    shifted_anchors)
+    FieldAnchors, ProposalParams, generate_multilevel_proposals, group_by_image,
+    rank_within_image, shifted_anchors)
 from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
 
 
@@ -230,7 +230,8 @@ def test_operator_count(n, params, top_n, per_image, bound):
     # GPU, whatever its size, so the count must not creep back up with the number of maps.
     sizes = [(64, 104), (32, 52), (16, 26), (8, 13), (4, 7)]
     probs, deltas, anchors, strides = pyramid(n, sizes, seed=1)
-    field = [shifted_anchors(a, h, w, s) for a, (h, w), s in zip(anchors, sizes, strides)]
+    field = FieldAnchors([shifted_anchors(a, h, w, s)
+                          for a, (h, w), s in zip(anchors, sizes, strides)])
     info = torch.tensor([[256., 416., 1.]] * n)
     args = (probs, deltas, info, anchors, strides, params, top_n, per_image)
     first = generate_multilevel_proposals(*args, field_anchors=field)  # fills the caches
@@ -303,14 +304,17 @@ def test_cold_caches_copy_nothing_from_the_host(monkeypatch, top_n, per_image):
     # On CUDA a tensor made on the host and copied over (torch.tensor(..., device=...)) or a value
     # read back (.item(), nonzero) synchronises; filling the caches must not, so that the final
     # count stays the only synchronisation even on a first call (the CUDA test checks the rest).
-    monkeypatch.setattr(gp, "_LAYOUT_CACHE", {})
-    monkeypatch.setattr(gp, "_ANCHOR_CACHE", {})
+    gp._candidate_layout.cache_clear()
     probs, deltas, anchors, strides = pyramid(3, SIZES, seed=8)
+    field = gp.FieldAnchors([shifted_anchors(a, p.shape[2], p.shape[3], s)
+                             for a, p, s in zip(anchors, probs, strides)])
     mode = _OpNames()
     with mode:
         out = generate_multilevel_proposals(probs, deltas, IM_INFO[:3], anchors, strides,
-                                            ProposalParams(40, 25, 0.6, 0), top_n, per_image)
-    assert len(gp._LAYOUT_CACHE) == 1 and len(gp._ANCHOR_CACHE) == 1
+                                            ProposalParams(40, 25, 0.6, 0), top_n, per_image,
+                                            field_anchors=field)
+    assert gp._candidate_layout.cache_info().currsize == 1
+    assert field._centres_sizes is not None
     banned = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "item", "tolist"}
     assert not banned & set(mode.names), sorted(banned & set(mode.names))
     assert mode.names.count("nonzero") == (top_n is None)
