@@ -27,7 +27,7 @@ def test_train_sequence_order_and_dataset(fresh_cfg, caplog):
                           after_merge=after_merge, dataset='coco2017', split='train',
                           extra=['VIS', True], cuda=False)
     assert seen == {'lr': 0.5, 'max_size': 900, 'datasets': ('coco_2017_train',)}  # the YAML's
-    assert names == ['coco_2017_train']
+    assert names == ('coco_2017_train',)
     c = fresh_cfg
     assert c.TRAIN.DATASETS == ('coco_2017_train',) and c.MODEL.NUM_CLASSES == 81
     assert 'MODEL.NUM_CLASSES 5 from the config replaced by 81' in caplog.text
@@ -37,12 +37,12 @@ def test_train_sequence_order_and_dataset(fresh_cfg, caplog):
 
 def test_train_dataset_from_the_config(fresh_cfg):
     assert configure(CFG, ['TRAIN.DATASETS', ('keypoints_coco_2017_train',)],
-                     split='train') == ['keypoints_coco_2017_train']
+                     split='train') == ('keypoints_coco_2017_train',)
     assert fresh_cfg.MODEL.NUM_CLASSES == 2
 
 
 def test_test_split(fresh_cfg):
-    assert configure(CFG, dataset='coco2017', split='test') == ['coco_2017_val']
+    assert configure(CFG, dataset='coco2017', split='test') == ('coco_2017_val',)
     assert fresh_cfg.TEST.DATASETS == ('coco_2017_val',) and fresh_cfg.MODEL.NUM_CLASSES == 81
 
 

@@ -321,3 +321,25 @@ def test_cold_caches_copy_nothing_from_the_host(monkeypatch, top_n, per_image):
     assert_same(out, reference_multilevel_proposals(probs, deltas, IM_INFO[:3], anchors, strides,
                                                     ProposalParams(40, 25, 0.6, 0), top_n,
                                                     per_image))
+
+
+def test_rpn_keeps_one_field_anchor_set_per_map_sizes():
+    # The RPN modules own the cached anchors (and so their centres and sizes): one FieldAnchors
+    # per set of map sizes, equal to the anchors built from scratch, and proposals equal to
+    # those computed without any kept anchors.
+    from pydetectron.modeling.rpn_heads import fpn_rpn_outputs
+    torch.manual_seed(0)
+    rpn = fpn_rpn_outputs(8, [1 / 4., 1 / 8.], k_min=2, k_max=3).eval()
+    maps = [torch.randn(1, 8, 12, 16), torch.randn(1, 8, 6, 8)]
+    first = rpn.field_anchor_set(maps)
+    assert rpn.field_anchor_set([m.clone() for m in maps]) is first
+    assert rpn.field_anchor_set([maps[0][..., :4, :], maps[1]]) is not first
+    cells = [rpn.anchors_fpn2, rpn.anchors_fpn3]
+    for got, cell, m, s in zip(first.per_map, cells, maps, (4., 8.)):
+        assert torch.equal(got, shifted_anchors(cell, m.shape[2], m.shape[3], s))
+    info = torch.tensor([[48., 64., 1.]])
+    out = rpn(maps, info)
+    ref = generate_multilevel_proposals(out["rpn_cls_probs"], out["rpn_bbox_pred"], info, cells,
+                                        [4., 8.], rpn.test_params, collect_top_n=1000)
+    assert first._centres_sizes is not None
+    assert_same((out["rpn_rois"], out["rpn_roi_probs"]), ref)

@@ -82,12 +82,12 @@ def _resolve_dataset(cfg, dataset, split):
                            'dataset %s', cfg.MODEL.NUM_CLASSES, num_classes, ', '.join(names))
         cfg.TRAIN.DATASETS = tuple(names)
         cfg.MODEL.NUM_CLASSES = num_classes
-        return list(names)
+        return tuple(names)
     if split == 'test':
         if dataset:
             names, num_classes = dataset_catalog.resolve_dataset_arg(dataset, training=False)
             merge_cfg_from_list(['TEST.DATASETS', names, 'MODEL.NUM_CLASSES', num_classes])
-            return list(names)
+            return tuple(names)
         if not cfg.TEST.DATASETS:
             raise CliError('give --dataset or set TEST.DATASETS in the config')
     return None
