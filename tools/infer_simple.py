@@ -121,11 +121,11 @@ def main(argv=None):
     check_output_dir(args.output_dir)
 
     meta = checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}
-    names = {}
+    found = {}  # filled once the config and --set are merged
 
     def weights_images_and_classes(cfg):
         m = checkpoint_meta.test_weights(args, meta)
-        names['images'] = list_images(args, logger)
+        found['images'] = list_images(args, logger)
         if args.dataset:
             classes, keypoint_names = get_class_and_keypoint_names(args.dataset)
             checkpoint_meta.check_dataset_classes(m.get('classes'), classes, args.load_ckpt,
@@ -140,7 +140,7 @@ def main(argv=None):
         elif cfg.MODEL.NUM_CLASSES != len(classes):
             raise CliError('the model has MODEL.NUM_CLASSES = {} but --dataset {} names {} '
                            'classes'.format(cfg.MODEL.NUM_CLASSES, args.dataset, len(classes)))
-        names['classes'], names['keypoints'] = classes, keypoint_names
+        found['classes'], found['keypoints'] = classes, keypoint_names
 
     # Weights come from the checkpoint: do not load ImageNet weights first.
     config_sequence.configure(
@@ -148,7 +148,7 @@ def main(argv=None):
         saved=lambda: checkpoint_meta.apply_checkpoint_config(meta, args.load_ckpt),
         after_merge=weights_images_and_classes,
         extra=['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False], cuda=args.cuda)
-    im_list, classes, keypoint_names = names['images'], names['classes'], names['keypoints']
+    im_list, classes, keypoint_names = found['images'], found['classes'], found['keypoints']
 
     model = initialize_model_from_cfg(args)
     os.makedirs(args.output_dir, exist_ok=True)

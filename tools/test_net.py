@@ -74,10 +74,12 @@ def main(argv=None):
     if args.eval_only:
         check_input_file(args.eval_only, '--eval_only')
 
-    meta = [checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}]
+    meta = checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}
 
     def weights_and_output_dir(cfg):
-        meta[0] = checkpoint_meta.test_weights(args, meta[0], needs_weights=not evaluating_file)
+        # the weights may come from TEST.WEIGHTS (the config and --set are merged by now)
+        nonlocal meta
+        meta = checkpoint_meta.test_weights(args, meta, needs_weights=not evaluating_file)
         if args.output_dir is None:
             weights = args.load_ckpt or args.load_detectron or args.eval_only
             if not weights:
@@ -89,15 +91,15 @@ def main(argv=None):
 
     config_sequence.configure(
         args.cfg_file, args.set_cfgs,
-        saved=lambda: checkpoint_meta.apply_checkpoint_config(meta[0], args.load_ckpt),
+        saved=lambda: checkpoint_meta.apply_checkpoint_config(meta, args.load_ckpt),
         after_merge=weights_and_output_dir, dataset=args.dataset, split='test',
         extra=['VIS', True] if args.vis else (), cuda=args.cuda)
-    if meta[0].get('classes'):
+    if meta.get('classes'):
         # never evaluate a model on a dataset of other classes
         from pydetectron.datasets import dataset_catalog
         for name in cfg.TEST.DATASETS:
             classes, _ = dataset_catalog.get_class_and_keypoint_names(name)
-            checkpoint_meta.check_dataset_classes(meta[0]['classes'], classes, args.load_ckpt,
+            checkpoint_meta.check_dataset_classes(meta['classes'], classes, args.load_ckpt,
                                                   args.dataset or name)
 
     if evaluating_file:

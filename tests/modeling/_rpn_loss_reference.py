@@ -33,7 +33,8 @@ def _cls_sum(logits, labels, activation):
         assert logits.shape == (N, 2 * A, H, W), 'softmax RPN logits are (N, 2A, H, W)'
         # Detectron.pytorch's layout: channels [0, A) background, [A, 2A) foreground
         bg, fg = logits[:, :A], logits[:, A:]
-        per_anchor = torch.logsumexp(torch.stack([bg, fg]), dim=0) - torch.where(labels == 1, fg, bg)
+        chosen = torch.where(labels == 1, fg, bg)
+        per_anchor = torch.logsumexp(torch.stack([bg, fg]), dim=0) - chosen
     else:
         assert activation == 'sigmoid' and logits.shape == labels.shape
         y = labels.clamp(min=0).to(logits.dtype)

@@ -56,8 +56,9 @@ class GeneralizedRcnnLossParams(namedtuple("GeneralizedRcnnLossParams", [
         if cfg is None:
             from pydetectron.core.config import cfg
         from pydetectron.modeling.targets import RoiTargetParams, RpnTargetParams
-        return cls(RpnTargetParams.from_cfg(cfg), cfg.RPN.CLS_ACTIVATION, int(cfg.FPN.RPN_MIN_LEVEL),
-                   int(cfg.TRAIN.RPN_BATCH_SIZE_PER_IM), RoiTargetParams.from_cfg(cfg),
+        return cls(RpnTargetParams.from_cfg(cfg), cfg.RPN.CLS_ACTIVATION,
+                   int(cfg.FPN.RPN_MIN_LEVEL), int(cfg.TRAIN.RPN_BATCH_SIZE_PER_IM),
+                   RoiTargetParams.from_cfg(cfg),
                    cfg.MRCNN.WEIGHT_LOSS_MASK, cfg.KRCNN.NORMALIZE_BY_VISIBLE_KEYPOINTS,
                    cfg.KRCNN.LOSS_WEIGHT, cfg.MODEL.SHARE_RES5)
 
@@ -256,8 +257,9 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, params, r
     Arguments as ``Generalized_RCNN.training_losses`` receives them (``blob_conv``: the RoI levels;
     ``rpn_ret``: the RPN's dict; ``rois``: precomputed proposals (R, 5) for Fast R-CNN, else taken
     from the roidb rows with ``gt_classes == 0``). Returns ``{'losses': {...}, 'metrics': {...}}``
-    with Detectron's names. ``params``: a ``GeneralizedRcnnLossParams``. With ``MODEL.SHARE_RES5`` the box head's res5 features of the sampled
-    RoIs feed the mask head (gathered by ``roi_has_mask_int32``), as Detectron does.
+    with Detectron's names. ``params``: a ``GeneralizedRcnnLossParams``. With
+    ``MODEL.SHARE_RES5`` the box head's res5 features of the sampled RoIs feed the mask head
+    (gathered by ``roi_has_mask_int32``), as Detectron does.
     """
     from pydetectron.modeling import targets as T
     roi_params = params.roi_targets

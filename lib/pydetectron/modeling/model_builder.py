@@ -142,7 +142,8 @@ class Generalized_RCNN(nn.Module):
         """RetinaNet (``RETINANET.RETINANET_ON``): the body's levels FPN.RPN_MIN_LEVEL ..
         RPN_MAX_LEVEL feed ``retinanet_heads.RetinaNetHead``; no RPN and no RoI heads."""
         from pydetectron.core.config import cfg
-        from pydetectron.modeling.retinanet_heads import RetinaNetLossParams, retinanet_head_from_cfg
+        from pydetectron.modeling.retinanet_heads import (RetinaNetLossParams,
+                                                          retinanet_head_from_cfg)
         k_min, k_max = cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL
         body_min = getattr(self.Conv_Body, "min_level", None)
         if not self.multilevel or body_min is None or k_min < body_min \

@@ -56,9 +56,9 @@ def generate_proposal_labels(rois, roidb, im_info, params, generator=None, gt=No
 
     roidb: the loader's per-image ground-truth dicts of this blob; im_info: (N, 3); params: a
     ``RoiTargetParams``. ``gt`` may pass an already packed ``GtBatch`` (e.g. the one used for
-    the RPN targets; it must hold the keypoints when ``params.keypoints`` is set), ``polys`` the roidb's already packed polygons
-    (``pack_polygons``; packed here when None), ``rois_orig`` (R, 4) precomputed proposals at the
-    original scale (``label_proposals``).
+    the RPN targets; it must hold the keypoints when ``params.keypoints`` is set), ``polys`` the
+    roidb's already packed polygons (``pack_polygons``; packed here when None), ``rois_orig``
+    (R, 4) precomputed proposals at the original scale (``label_proposals``).
     Returns a dict of Detectron's blob names: rois, labels_int32, bbox_targets,
     bbox_inside_weights, bbox_outside_weights; with masks (``params.mask_resolution``) mask_rois,
     roi_has_mask_int32, masks_int32 (R_m, M, M), mask_labels_int32; with keypoints
