@@ -17,11 +17,8 @@ import cv2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'lib'))
 
-from pydetectron.core.config import (  # noqa: E402
-    assert_and_infer_cfg, cfg, merge_cfg_from_list)
-from pydetectron.core.config_checks import check_config_values  # noqa: E402
 from pydetectron.core.test import im_detect_all  # noqa: E402
-from pydetectron.engine import checkpoint_meta  # noqa: E402
+from pydetectron.engine import checkpoint_meta, config_sequence  # noqa: E402
 from pydetectron.core.test_engine import (  # noqa: E402
     add_speed_arguments, initialize_model_from_cfg)
 from pydetectron.engine.cli import (  # noqa: E402
@@ -123,28 +120,35 @@ def main(argv=None):
     check_input_file(args.load_detectron, '--load_detectron')
     check_output_dir(args.output_dir)
 
-    meta = checkpoint_meta.load_test_config(args)
-    im_list = list_images(args, logger)
+    meta = checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}
+    found = {}  # filled once the config and --set are merged
 
-    if args.dataset:
-        classes, keypoint_names = get_class_and_keypoint_names(args.dataset)
-        checkpoint_meta.check_dataset_classes(meta.get('classes'), classes, args.load_ckpt,
-                                              args.dataset)
-    elif meta.get('classes'):
-        classes = list(meta['classes'])
-        keypoint_names = list(meta.get('keypoint_names') or vis_utils.COCO_KEYPOINTS)
-    else:
-        classes, keypoint_names = get_class_and_keypoint_names('coco')
-    if cfg.MODEL.NUM_CLASSES == -1:
-        merge_cfg_from_list(['MODEL.NUM_CLASSES', len(classes)])
-    elif cfg.MODEL.NUM_CLASSES != len(classes):
-        raise CliError('the model has MODEL.NUM_CLASSES = {} but --dataset {} names {} '
-                       'classes'.format(cfg.MODEL.NUM_CLASSES, args.dataset, len(classes)))
+    def weights_images_and_classes(cfg):
+        m = checkpoint_meta.test_weights(args, meta)
+        found['images'] = list_images(args, logger)
+        if args.dataset:
+            classes, keypoint_names = get_class_and_keypoint_names(args.dataset)
+            checkpoint_meta.check_dataset_classes(m.get('classes'), classes, args.load_ckpt,
+                                                  args.dataset)
+        elif m.get('classes'):
+            classes = list(m['classes'])
+            keypoint_names = list(m.get('keypoint_names') or vis_utils.COCO_KEYPOINTS)
+        else:
+            classes, keypoint_names = get_class_and_keypoint_names('coco')
+        if cfg.MODEL.NUM_CLASSES == -1:
+            cfg.MODEL.NUM_CLASSES = len(classes)
+        elif cfg.MODEL.NUM_CLASSES != len(classes):
+            raise CliError('the model has MODEL.NUM_CLASSES = {} but --dataset {} names {} '
+                           'classes'.format(cfg.MODEL.NUM_CLASSES, args.dataset, len(classes)))
+        found['classes'], found['keypoints'] = classes, keypoint_names
+
     # Weights come from the checkpoint: do not load ImageNet weights first.
-    merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False])
-    cfg.CUDA = bool(args.cuda)
-    assert_and_infer_cfg()
-    check_config_values(cfg)
+    config_sequence.configure(
+        args.cfg_file, args.set_cfgs,
+        saved=lambda: checkpoint_meta.apply_checkpoint_config(meta, args.load_ckpt),
+        after_merge=weights_images_and_classes,
+        extra=['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False], cuda=args.cuda)
+    im_list, classes, keypoint_names = found['images'], found['classes'], found['keypoints']
 
     model = initialize_model_from_cfg(args)
     os.makedirs(args.output_dir, exist_ok=True)

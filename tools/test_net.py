@@ -16,14 +16,12 @@ import cv2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'lib'))
 
-from pydetectron.core.config import (  # noqa: E402
-    assert_and_infer_cfg, cfg, merge_cfg_from_list)
+from pydetectron.core.config import cfg  # noqa: E402
 from pydetectron.core import test_engine  # noqa: E402
-from pydetectron.core.config_checks import check_config_values  # noqa: E402
 from pydetectron.engine.cli import (  # noqa: E402
     ArgumentParser, check_input_file, check_output_dir, check_set_pairs, positive, run_tool)
 from pydetectron.utils.errors import CliError  # noqa: E402
-from pydetectron.engine import checkpoint_meta  # noqa: E402
+from pydetectron.engine import checkpoint_meta, config_sequence  # noqa: E402
 from pydetectron.utils.logging import setup_logging  # noqa: E402
 
 # OpenCL in OpenCV is not thread safe and grabs GPU memory: keep it off.
@@ -76,22 +74,26 @@ def main(argv=None):
     if args.eval_only:
         check_input_file(args.eval_only, '--eval_only')
 
-    meta = checkpoint_meta.load_test_config(args, needs_weights=not evaluating_file)
-    if args.output_dir is None:
-        weights = args.load_ckpt or args.load_detectron or args.eval_only
-        if not weights:
-            raise CliError('give --output_dir')
-        args.output_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(weights))),
-                                       'test')
-        logger.info('Automatically set output directory to %s', args.output_dir)
-    check_output_dir(args.output_dir)
+    meta = checkpoint_meta.read_metadata(args.load_ckpt) if args.load_ckpt else {}
 
-    if args.dataset:
-        from pydetectron.datasets import dataset_catalog
-        names, num_classes = dataset_catalog.resolve_dataset_arg(args.dataset, training=False)
-        merge_cfg_from_list(['TEST.DATASETS', names, 'MODEL.NUM_CLASSES', num_classes])
-    elif not cfg.TEST.DATASETS:
-        raise CliError('give --dataset or set TEST.DATASETS in the config')
+    def weights_and_output_dir(cfg):
+        # the weights may come from TEST.WEIGHTS (the config and --set are merged by now)
+        nonlocal meta
+        meta = checkpoint_meta.test_weights(args, meta, needs_weights=not evaluating_file)
+        if args.output_dir is None:
+            weights = args.load_ckpt or args.load_detectron or args.eval_only
+            if not weights:
+                raise CliError('give --output_dir')
+            args.output_dir = os.path.join(
+                os.path.dirname(os.path.dirname(os.path.abspath(weights))), 'test')
+            logger.info('Automatically set output directory to %s', args.output_dir)
+        check_output_dir(args.output_dir)
+
+    config_sequence.configure(
+        args.cfg_file, args.set_cfgs,
+        saved=lambda: checkpoint_meta.apply_checkpoint_config(meta, args.load_ckpt),
+        after_merge=weights_and_output_dir, dataset=args.dataset, split='test',
+        extra=['VIS', True] if args.vis else (), cuda=args.cuda)
     if meta.get('classes'):
         # never evaluate a model on a dataset of other classes
         from pydetectron.datasets import dataset_catalog
@@ -99,11 +101,6 @@ def main(argv=None):
             classes, _ = dataset_catalog.get_class_and_keypoint_names(name)
             checkpoint_meta.check_dataset_classes(meta['classes'], classes, args.load_ckpt,
                                                   args.dataset or name)
-    if args.vis:
-        merge_cfg_from_list(['VIS', True])
-    cfg.CUDA = bool(args.cuda)
-    assert_and_infer_cfg()
-    check_config_values(cfg)
 
     if evaluating_file:
         det_file = args.eval_only or os.path.join(args.output_dir, 'detections.pkl')

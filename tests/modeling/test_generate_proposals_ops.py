@@ -8,8 +8,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from pydetectron.modeling import generate_proposals as gp
 from pydetectron.modeling.generate_anchors import generate_anchors
 from pydetectron.modeling.generate_proposals import (
-    ProposalParams, generate_multilevel_proposals, group_by_image, rank_within_image,
-    shifted_anchors)
+    FieldAnchors, ProposalParams, generate_multilevel_proposals, group_by_image,
+    rank_within_image, shifted_anchors)
 from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
 
 
@@ -230,7 +230,8 @@ def test_operator_count(n, params, top_n, per_image, bound):
     # GPU, whatever its size, so the count must not creep back up with the number of maps.
     sizes = [(64, 104), (32, 52), (16, 26), (8, 13), (4, 7)]
     probs, deltas, anchors, strides = pyramid(n, sizes, seed=1)
-    field = [shifted_anchors(a, h, w, s) for a, (h, w), s in zip(anchors, sizes, strides)]
+    field = FieldAnchors([shifted_anchors(a, h, w, s)
+                          for a, (h, w), s in zip(anchors, sizes, strides)])
     info = torch.tensor([[256., 416., 1.]] * n)
     args = (probs, deltas, info, anchors, strides, params, top_n, per_image)
     first = generate_multilevel_proposals(*args, field_anchors=field)  # fills the caches
@@ -303,17 +304,42 @@ def test_cold_caches_copy_nothing_from_the_host(monkeypatch, top_n, per_image):
     # On CUDA a tensor made on the host and copied over (torch.tensor(..., device=...)) or a value
     # read back (.item(), nonzero) synchronises; filling the caches must not, so that the final
     # count stays the only synchronisation even on a first call (the CUDA test checks the rest).
-    monkeypatch.setattr(gp, "_LAYOUT_CACHE", {})
-    monkeypatch.setattr(gp, "_ANCHOR_CACHE", {})
+    gp._candidate_layout.cache_clear()
     probs, deltas, anchors, strides = pyramid(3, SIZES, seed=8)
+    field = gp.FieldAnchors([shifted_anchors(a, p.shape[2], p.shape[3], s)
+                             for a, p, s in zip(anchors, probs, strides)])
     mode = _OpNames()
     with mode:
         out = generate_multilevel_proposals(probs, deltas, IM_INFO[:3], anchors, strides,
-                                            ProposalParams(40, 25, 0.6, 0), top_n, per_image)
-    assert len(gp._LAYOUT_CACHE) == 1 and len(gp._ANCHOR_CACHE) == 1
+                                            ProposalParams(40, 25, 0.6, 0), top_n, per_image,
+                                            field_anchors=field)
+    assert gp._candidate_layout.cache_info().currsize == 1
+    assert field._centres_sizes is not None
     banned = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "item", "tolist"}
     assert not banned & set(mode.names), sorted(banned & set(mode.names))
     assert mode.names.count("nonzero") == (top_n is None)
     assert_same(out, reference_multilevel_proposals(probs, deltas, IM_INFO[:3], anchors, strides,
                                                     ProposalParams(40, 25, 0.6, 0), top_n,
                                                     per_image))
+
+
+def test_rpn_keeps_one_field_anchor_set_per_map_sizes():
+    # The RPN modules own the cached anchors (and so their centres and sizes): one FieldAnchors
+    # per set of map sizes, equal to the anchors built from scratch, and proposals equal to
+    # those computed without any kept anchors.
+    from pydetectron.modeling.rpn_heads import fpn_rpn_outputs
+    torch.manual_seed(0)
+    rpn = fpn_rpn_outputs(8, [1 / 4., 1 / 8.], k_min=2, k_max=3).eval()
+    maps = [torch.randn(1, 8, 12, 16), torch.randn(1, 8, 6, 8)]
+    first = rpn.field_anchor_set(maps)
+    assert rpn.field_anchor_set([m.clone() for m in maps]) is first
+    assert rpn.field_anchor_set([maps[0][..., :4, :], maps[1]]) is not first
+    cells = [rpn.anchors_fpn2, rpn.anchors_fpn3]
+    for got, cell, m, s in zip(first.per_map, cells, maps, (4., 8.)):
+        assert torch.equal(got, shifted_anchors(cell, m.shape[2], m.shape[3], s))
+    info = torch.tensor([[48., 64., 1.]])
+    out = rpn(maps, info)
+    ref = generate_multilevel_proposals(out["rpn_cls_probs"], out["rpn_bbox_pred"], info, cells,
+                                        [4., 8.], rpn.test_params, collect_top_n=1000)
+    assert first._centres_sizes is not None
+    assert_same((out["rpn_rois"], out["rpn_roi_probs"]), ref)

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from _rpn_loss_reference import flat_targets_from_blobs, rpn_losses_reference
 from pydetectron.modeling import losses
 from pydetectron.modeling.targets import expand_to_class_specific_mask_targets
 
@@ -29,6 +30,18 @@ def test_smooth_l1_hand_values_and_weights():
                                  ones[:1, 1:]).item() == pytest.approx(3.5)
 
 
+def _rpn(logits, preds, blobs, activation, rpn_min_level=2, batch_size_per_im=256):
+    """(the package's loss, the level-by-level reference) of the same per-level blobs."""
+    blobs = blobs if isinstance(blobs, list) else [blobs]
+    out = losses.rpn_losses_flat(logits, preds, flat_targets_from_blobs(blobs), activation,
+                                 rpn_min_level, batch_size_per_im)
+    ref = rpn_losses_reference(logits, preds, blobs, activation, rpn_min_level, batch_size_per_im)
+    assert sorted(out) == sorted(ref)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=1e-6, atol=1e-7)
+    return out
+
+
 def test_single_scale_rpn_sigmoid_and_softmax():
     logits = torch.tensor([[[[0.3, -1.2]], [[2.0, 0.1]]]], requires_grad=True)    # (1, 2, 1, 2)
     labels = torch.tensor([[[[1, 0]], [[-1, 1]]]], dtype=torch.int32)
@@ -36,11 +49,12 @@ def test_single_scale_rpn_sigmoid_and_softmax():
     t = {'rpn_labels_int32': labels, 'rpn_bbox_targets': torch.ones(1, 8, 1, 2),
          'rpn_bbox_inside_weights': torch.ones(1, 8, 1, 2),
          'rpn_bbox_outside_weights': torch.full((1, 8, 1, 2), 0.5)}
-    out = losses.rpn_losses(logits, pred, [t], cls_activation='sigmoid')
+    out = _rpn(logits, pred, t, 'sigmoid')
     exp = (_bce(0.3, 1) + _bce(-1.2, 0) + _bce(0.1, 1)) / 3          # 3 labelled anchors
     assert out['loss_rpn_cls'].item() == pytest.approx(exp, rel=1e-6)
     # |0 - 1| = 1 >= 1/9: 1 - 1/18 per element, times 0.5, 16 elements, over N = 1
     assert out['loss_rpn_bbox'].item() == pytest.approx(16 * 0.5 * (1 - 1 / 18), rel=1e-6)
+    logits.grad = pred.grad = None
     (out['loss_rpn_cls'] + out['loss_rpn_bbox']).backward()
     assert logits.grad[0, 1, 0, 0] == 0                                 # ignored anchor
     assert logits.grad[0, 0, 0, 0] == pytest.approx((torch.sigmoid(torch.tensor(0.3)) - 1) / 3)
@@ -49,13 +63,15 @@ def test_single_scale_rpn_sigmoid_and_softmax():
     sm = torch.tensor([[[[0.2]], [[1.0]]]])                             # A = 1
     t1 = {k: v[:, :4, :, :1] for k, v in t.items() if k != 'rpn_labels_int32'}
     t1['rpn_labels_int32'] = torch.ones(1, 1, 1, 1, dtype=torch.int32)
-    out = losses.rpn_losses(sm, torch.zeros(1, 4, 1, 1), t1, cls_activation='softmax')
+    out = _rpn(sm, torch.zeros(1, 4, 1, 1), t1, 'softmax')
     assert out['loss_rpn_cls'].item() == pytest.approx(math.log1p(math.exp(0.2 - 1.0)), rel=1e-6)
-    with pytest.raises(ValueError, match='2A'):
-        losses.rpn_losses(logits, pred, [t], cls_activation='softmax')
+    with pytest.raises(ValueError, match='do not match the targets'):
+        losses.rpn_losses_flat(logits, pred, flat_targets_from_blobs([t]), 'softmax', 2, 256)
+    with pytest.raises(ValueError, match="'sigmoid' or 'softmax'"):
+        losses.rpn_losses_flat(logits, pred, flat_targets_from_blobs([t]), 'relu', 2, 256)
     # nothing labelled: zero, not NaN
     t['rpn_labels_int32'] = -torch.ones_like(labels)
-    assert losses.rpn_losses(logits, pred, t, cls_activation='sigmoid')['loss_rpn_cls'] == 0
+    assert _rpn(logits, pred, t, 'sigmoid')['loss_rpn_cls'] == 0
 
 
 def test_fpn_rpn_losses_names_and_normaliser():
@@ -71,24 +87,28 @@ def test_fpn_rpn_losses_names_and_normaliser():
                         'rpn_bbox_targets': torch.zeros(N, 12, h, h),
                         'rpn_bbox_inside_weights': torch.zeros(N, 12, h, h),
                         'rpn_bbox_outside_weights': torch.zeros(N, 12, h, h)})
-    out = losses.rpn_losses(logits, preds, targets, cls_activation='sigmoid', rpn_min_level=2,
-                            batch_size_per_im=256)
+    out = _rpn(logits, preds, targets, 'sigmoid', rpn_min_level=2, batch_size_per_im=256)
     assert sorted(out) == ['loss_rpn_bbox_fpn2', 'loss_rpn_bbox_fpn3', 'loss_rpn_cls_fpn2',
                            'loss_rpn_cls_fpn3']
     # 4 labelled anchors with logit 0 -> 4 log 2, over RPN_BATCH_SIZE_PER_IM * N (not the count)
     assert out['loss_rpn_cls_fpn3'].item() == pytest.approx(4 * math.log(2) / 512, rel=1e-6)
-    with pytest.raises(ValueError, match='one of each per FPN level'):
-        losses.rpn_losses(logits, preds[:1], targets)
+    out = losses.rpn_losses_flat(logits, preds, flat_targets_from_blobs(targets), 'sigmoid', 3,
+                                 128, ims_per_batch=4)
+    assert out['loss_rpn_cls_fpn4'].item() == pytest.approx(4 * math.log(2) / 512, rel=1e-6)
+    with pytest.raises(ValueError, match='one of each per level'):
+        losses.rpn_losses_flat(logits, preds[:1], flat_targets_from_blobs(targets), 'sigmoid',
+                               2, 256)
 
 
 @pytest.mark.parametrize('activation', ['sigmoid', 'softmax'])
 @pytest.mark.parametrize('fpn', [True, False])
-def test_flat_rpn_losses_equal_the_per_level_ones(activation, fpn):
-    # The training path (anchor-order targets, one pass over all levels) against rpn_losses on
-    # Detectron's per-level blobs, built from the same random draws.
+def test_flat_rpn_losses_equal_the_per_level_reference(activation, fpn):
+    # The training path (anchor-order targets, one pass over all levels) against the level-by-
+    # level reference on Detectron's per-level blobs, built from the same random draws.
     from pydetectron.modeling.generate_anchors import generate_anchors
     from pydetectron.modeling.generate_proposals import shifted_anchors
-    from pydetectron.modeling.targets import rpn_anchor_targets, rpn_anchor_targets_flat
+    from pydetectron.modeling.targets import (
+        RpnTargetParams, rpn_anchor_targets, rpn_anchor_targets_flat)
     sizes = [(16, 24), (8, 12), (4, 6)] if fpn else [(8, 12)]
     anchors = [shifted_anchors(torch.as_tensor(generate_anchors(2. ** (k + 2), (16. * 2 ** k,),
                                                                 (0.5, 1, 2))).float(), h, w,
@@ -98,22 +118,20 @@ def test_flat_rpn_losses_equal_the_per_level_ones(activation, fpn):
           {'boxes': torch.tensor([[0., 0., 50., 30.]]), 'gt_classes': torch.tensor([1]),
            'is_crowd': torch.tensor([False])}]
     im_info = torch.tensor([[64., 96., 1.], [60., 90., 1.]])
-    kw = dict(straddle_thresh=0, positive_overlap=0.7, negative_overlap=0.3, fg_fraction=0.5,
-              batch_size_per_im=64)
-    flat = rpn_anchor_targets_flat(anchors, sizes, gt, im_info,
-                                   generator=torch.Generator().manual_seed(5), **kw)
-    blobs = rpn_anchor_targets(anchors, sizes, gt, im_info,
-                               generator=torch.Generator().manual_seed(5), **kw)
+    params = RpnTargetParams(straddle_thresh=0, positive_overlap=0.7, negative_overlap=0.3,
+                             fg_fraction=0.5, batch_size_per_im=64)
+    flat = rpn_anchor_targets_flat(anchors, sizes, gt, im_info, params,
+                                   generator=torch.Generator().manual_seed(5))
+    blobs = rpn_anchor_targets(anchors, sizes, gt, im_info, params,
+                               generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(1)
     c = 6 if activation == 'softmax' else 3
     logits = [torch.randn(2, c, h, w, generator=g) for h, w in sizes]
     preds = [torch.randn(2, 12, h, w, generator=g) * 0.3 for h, w in sizes]
     if not fpn:
         logits, preds = logits[0], preds[0]
-    ref = losses.rpn_losses(logits, preds, blobs, cls_activation=activation, rpn_min_level=2,
-                            batch_size_per_im=64)
-    out = losses.rpn_losses_flat(logits, preds, flat, cls_activation=activation, rpn_min_level=2,
-                                 batch_size_per_im=64)
+    ref = rpn_losses_reference(logits, preds, blobs, activation, 2, 64)
+    out = losses.rpn_losses_flat(logits, preds, flat, activation, 2, 64)
     assert sorted(out) == sorted(ref) and len(out) == (6 if fpn else 2)
     for k in ref:
         torch.testing.assert_close(out[k], ref[k], rtol=1e-6, atol=1e-7)
@@ -121,7 +139,7 @@ def test_flat_rpn_losses_equal_the_per_level_ones(activation, fpn):
     with pytest.raises(ValueError, match='do not match the targets'):
         losses.rpn_losses_flat(logits if not fpn else logits[::-1], preds if not fpn else
                                preds[::-1], flat if fpn else dict(flat, level_shapes=[(1, 1, 3)]),
-                               cls_activation=activation)
+                               activation, 2, 64)
 
 
 def test_fast_rcnn_losses_and_accuracy():
@@ -173,7 +191,7 @@ def test_mask_loss_compact_equals_detectron_layout():
     ref = torch.nn.functional.binary_cross_entropy_with_logits(pred[:2, 0].detach(), y)
     assert one.item() == pytest.approx(ref.item(), rel=1e-6)
     with pytest.raises(ValueError, match='mask_labels_int32'):
-        losses.mask_rcnn_losses(pred, masks)
+        losses.mask_rcnn_losses(pred, masks, weight=1.0)
 
 
 def test_keypoint_loss_hand_value_and_normaliser():
@@ -193,7 +211,7 @@ def test_keypoint_loss_hand_value_and_normaliser():
                                    loss_weight=1.)
     assert empty.item() == 0
     with pytest.raises(ValueError, match='keypoint_loss_normalizer'):
-        losses.keypoint_losses(pred, target, weights, normalize_by_visible=False)
+        losses.keypoint_losses(pred, target, weights, normalize_by_visible=False, loss_weight=1.)
 
 
 # ---------------------------------------------------------------------------------------------- #

@@ -3,6 +3,8 @@ overlaps it replaces (``modeling/targets/overlaps.py``): the same bits on random
 boxes in every broadcast form, hand-computed values, clear errors, the targets unchanged with the
 op, CPU/CUDA parity and no host synchronisation on CUDA."""
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,10 @@ from pydetectron.modeling.targets import (
     sample_rois)
 from pydetectron.modeling.targets import overlaps
 from pydetectron.ops import box_iou_batched
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'modeling', 'targets'))
+from _params import fast_rcnn_params, rpn_params  # noqa: E402  (the target tests' settings)
 
 pytestmark = [needs_ext, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -360,7 +366,7 @@ def test_rpn_targets_identical_with_the_op(monkeypatch, op_calls):
         sizes.append((H, W))
 
     def run():
-        return rpn_anchor_targets_flat(anchors, sizes, gt, im_info,
+        return rpn_anchor_targets_flat(anchors, sizes, gt, im_info, rpn_params(),
                                        generator=torch.Generator().manual_seed(5))
     with_op, without = _with_and_without_op(monkeypatch, op_calls, run)
     assert op_calls[0][0][0] == 1 and op_calls[0][1][0] == 2      # (1, T, 4) x (N, G, 4)
@@ -375,9 +381,9 @@ def test_label_proposals_identical_with_the_op(monkeypatch, op_calls, crowd_thre
     rois = _proposals(roidb, np.random.RandomState(2))
 
     def run():
-        return label_proposals(rois, gt, im_info, crowd_filter_thresh=crowd_thresh,
-                               bbox_thresh=0.5, bbox_reg_weights=(10., 10., 5., 5.),
-                               cls_agnostic_bbox_reg=False)
+        return label_proposals(rois, gt, im_info,
+                               fast_rcnn_params(crowd_filter_thresh=crowd_thresh, bbox_thresh=0.5,
+                               bbox_reg_weights=(10., 10., 5., 5.), cls_agnostic_bbox_reg=False))
     with_op, without = _with_and_without_op(monkeypatch, op_calls, run)
     assert len(op_calls) == (2 if crowd_thresh > 0 else 1)           # IoU (+ IoA for crowds)
     assert op_calls[0][0][1] == 1                                     # (C, 1, 4) x (C, G, 4)
@@ -392,8 +398,8 @@ def test_mask_targets_identical_with_the_op(monkeypatch, op_calls):
     G = gt.valid.shape[1]
     polys = pack_polygons(roidb, G, 'cpu')
     rois = _proposals(roidb, np.random.RandomState(4))
-    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0.)
-    blobs = sample_rois(lab, 2, batch_size_per_im=64, num_classes=81,
+    lab = label_proposals(rois, gt, im_info, fast_rcnn_params(crowd_filter_thresh=0.))
+    blobs = sample_rois(lab, 2, fast_rcnn_params(batch_size_per_im=64, num_classes=81),
                         generator=torch.Generator().manual_seed(0))
     op_calls.clear()
 

@@ -16,7 +16,7 @@ import logging
 logger = logging.getLogger(__name__)
 
 __all__ = ['training_metadata', 'read_metadata', 'apply_checkpoint_config',
-           'check_dataset_classes']
+           'check_dataset_classes', 'test_weights']
 
 # Keys of a saved config that belong to the machine that trained, not to the model.
 _MACHINE_KEYS = ('ROOT_DIR', 'DATA_DIR', 'CACHE_DIR', 'OUTPUT_DIR', 'CUDA', 'NUM_GPUS')
@@ -81,22 +81,15 @@ def check_dataset_classes(model_classes, dataset_classes, ckpt_path, dataset):
             len(model_classes) - 1, show(model_classes)))
 
 
-def load_test_config(args, needs_weights=True):
-    """The config and weights of the test tools (test_net.py, infer_simple.py): ``--cfg``, else
-    the config saved in ``--load_ckpt``; then ``--set``; without a weights flag (and
-    ``needs_weights``), TEST.WEIGHTS, as Detectron's tools default to it. Sets
-    ``args.load_ckpt`` / ``args.load_detectron`` accordingly; returns the checkpoint's metadata
-    (``read_metadata``; {} for a Detectron pkl)."""
-    from pydetectron.core.config import cfg, merge_cfg_from_file, merge_cfg_from_list
+def test_weights(args, meta, needs_weights=True):
+    """The weights of the test tools (test_net.py, infer_simple.py), once the config is merged
+    (``engine.config_sequence``, after ``--cfg`` or the checkpoint's config and ``--set``):
+    without a weights flag (and ``needs_weights``), TEST.WEIGHTS, as Detectron's tools default
+    to it. Sets ``args.load_ckpt`` / ``args.load_detectron`` accordingly; returns the
+    checkpoint's metadata (``meta``, or that of TEST.WEIGHTS' checkpoint; {} for a pkl)."""
+    from pydetectron.core.config import cfg
     from pydetectron.engine.initial_weights import resolve_weights_url
     from pydetectron.utils.errors import CliError
-    meta = read_metadata(args.load_ckpt) if args.load_ckpt else {}
-    if args.cfg_file:
-        merge_cfg_from_file(args.cfg_file)
-    elif not apply_checkpoint_config(meta, args.load_ckpt):
-        raise CliError('give --cfg (no checkpoint with a saved config was given)')
-    if args.set_cfgs:
-        merge_cfg_from_list(args.set_cfgs)
     if needs_weights and not (args.load_ckpt or args.load_detectron):
         if not cfg.TEST.WEIGHTS:
             raise CliError('give --load_ckpt or --load_detectron (or set TEST.WEIGHTS in the '

@@ -5,9 +5,9 @@
     torchrun --nproc_per_node=8 tools/train_net_step.py --dataset coco2017 --cfg ... --bs 16
 
 Order of a start (the seed's, with resume and checks added):
-  1. config: YAML, then ``--set``; the dataset (``--dataset`` through the catalog, else
-     TRAIN.DATASETS) sets TRAIN.DATASETS and MODEL.NUM_CLASSES; the adaptive changes
-     (``train_setup``); ``--seed``; ``assert_and_infer_cfg``;
+  1. config (``engine.config_sequence``): YAML, then ``--set``; the adaptive changes
+     (``train_setup``); ``--seed``; the dataset (``--dataset`` through the catalog, else
+     TRAIN.DATASETS) sets TRAIN.DATASETS and MODEL.NUM_CLASSES; ``assert_and_infer_cfg``;
   2. checks before any heavy work: the weights files named by ``--load_ckpt``,
      ``--load_detectron`` and, when training starts from ImageNet weights, by
      RESNETS.IMAGENET_PRETRAINED_WEIGHTS (a message says how to download it);
@@ -30,12 +30,13 @@ import torch
 
 from pydetectron.engine import checkpoint as ck
 from pydetectron.engine import checkpoint_meta
+from pydetectron.engine import config_sequence
 from pydetectron.engine import distributed as dist_utils
 from pydetectron.engine import evaluation
 from pydetectron.engine import run_folder
 from pydetectron.engine import initial_weights
 from pydetectron.engine import train_setup
-from pydetectron.engine.cli import check_input_file, check_output_dir, check_set_pairs
+from pydetectron.engine.cli import check_input_file, check_output_dir
 from pydetectron.engine.interrupt import TrainingInterrupted
 from pydetectron.engine.optimizer import build_optimizer
 from pydetectron.engine.solver import LRScheduler
@@ -62,37 +63,22 @@ def _plain_args(args):
 
 
 def configure(args, num_gpus, cuda=False, write=print):
-    """Step 1 of the module docstring on the global ``cfg``; returns the batch size used."""
-    from pydetectron.core.config import (assert_and_infer_cfg, cfg, merge_cfg_from_file,
-                                         merge_cfg_from_list)
-    from pydetectron.datasets import dataset_catalog
-    from pydetectron.core.config_checks import check_config_values
-    check_input_file(args.cfg_file, '--cfg')
-    check_set_pairs(args.set_cfgs)
-    merge_cfg_from_file(args.cfg_file)
-    if args.set_cfgs:
-        merge_cfg_from_list(args.set_cfgs)
-    datasets = args.dataset if args.dataset else tuple(cfg.TRAIN.DATASETS)
-    if not datasets:
-        raise CliError('No training dataset: pass --dataset (e.g. coco2017, shapes, a COCO json) '
-                       'or set TRAIN.DATASETS in the config')
-    names, num_classes = dataset_catalog.resolve_dataset_arg(datasets, training=True)
-    if cfg.MODEL.NUM_CLASSES not in (-1, num_classes):
-        logger.warning('MODEL.NUM_CLASSES %d from the config replaced by %d from the dataset %s',
-                       cfg.MODEL.NUM_CLASSES, num_classes, ', '.join(names))
-    cfg.TRAIN.DATASETS = tuple(names)
-    cfg.MODEL.NUM_CLASSES = num_classes
-    batch_size = train_setup.adjust_config_for_batch_size(
-        cfg, args.batch_size, args.iter_size, num_gpus, args.num_workers, args.optimizer, args.lr,
-        args.lr_decay_gamma, write=write)
-    if args.seed is not None:
-        cfg.RNG_SEED = args.seed
-    if getattr(args, 'allow_random_frozen_bn', False):
-        cfg.TRAIN.ALLOW_RANDOM_FROZEN_BN = True
-    cfg.CUDA = bool(cuda)   # an inferred key the tools set
-    assert_and_infer_cfg()
-    check_config_values(cfg)
-    return batch_size
+    """Step 1 of the module docstring on the global ``cfg`` (``engine.config_sequence``);
+    returns the batch size used."""
+    batch_size = []
+
+    def training_settings(cfg):
+        batch_size.append(train_setup.adjust_config_for_batch_size(
+            cfg, args.batch_size, args.iter_size, num_gpus, args.num_workers, args.optimizer,
+            args.lr, args.lr_decay_gamma, write=write))
+        if args.seed is not None:
+            cfg.RNG_SEED = args.seed
+        if getattr(args, 'allow_random_frozen_bn', False):
+            cfg.TRAIN.ALLOW_RANDOM_FROZEN_BN = True
+
+    config_sequence.configure(args.cfg_file, args.set_cfgs, after_merge=training_settings,
+                              dataset=args.dataset, split='train', cuda=cuda)
+    return batch_size[0]
 
 
 def choose_checkpoint(args, output_dir, auto_resume):

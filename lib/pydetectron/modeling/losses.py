@@ -28,15 +28,39 @@ DistributedDataParallel (gradients averaged) already average, so there is no suc
 
 Every loss is a scalar tensor connected to its input even when there is nothing to learn from
 (it is then 0), so that backward always reaches every parameter.
+
+No function here reads the global config: the settings are arguments, and the model reads them
+from the config once, when it is built (``GeneralizedRcnnLossParams.from_cfg``).
 """
+from collections import namedtuple
+
 import torch
 import torch.nn.functional as F
 
-from pydetectron.core.config import cfg
 
+class GeneralizedRcnnLossParams(namedtuple("GeneralizedRcnnLossParams", [
+        "rpn_targets",             # a targets.RpnTargetParams
+        "rpn_cls_activation",      # RPN.CLS_ACTIVATION: 'sigmoid' or 'softmax'
+        "rpn_min_level",           # FPN.RPN_MIN_LEVEL (the first level of the FPN loss names)
+        "rpn_batch_size_per_im",   # TRAIN.RPN_BATCH_SIZE_PER_IM (the FPN cls loss normaliser)
+        "roi_targets",             # a targets.RoiTargetParams
+        "mask_loss_weight",        # MRCNN.WEIGHT_LOSS_MASK
+        "kps_normalize_by_visible",  # KRCNN.NORMALIZE_BY_VISIBLE_KEYPOINTS
+        "kps_loss_weight",         # KRCNN.LOSS_WEIGHT
+        "share_res5",              # MODEL.SHARE_RES5
+])):
+    """The settings of ``generalized_rcnn_losses``: targets and losses of a training step."""
 
-def _default(value, cfg_value):
-    return cfg_value if value is None else value
+    @classmethod
+    def from_cfg(cls, cfg=None):
+        if cfg is None:
+            from pydetectron.core.config import cfg
+        from pydetectron.modeling.targets import RoiTargetParams, RpnTargetParams
+        return cls(RpnTargetParams.from_cfg(cfg), cfg.RPN.CLS_ACTIVATION,
+                   int(cfg.FPN.RPN_MIN_LEVEL), int(cfg.TRAIN.RPN_BATCH_SIZE_PER_IM),
+                   RoiTargetParams.from_cfg(cfg),
+                   cfg.MRCNN.WEIGHT_LOSS_MASK, cfg.KRCNN.NORMALIZE_BY_VISIBLE_KEYPOINTS,
+                   cfg.KRCNN.LOSS_WEIGHT, cfg.MODEL.SHARE_RES5)
 
 
 def _check_same(name_a, a, name_b, b):
@@ -57,76 +81,23 @@ def smooth_l1_loss(bbox_pred, bbox_targets, bbox_inside_weights, bbox_outside_we
     return (bbox_outside_weights * per_elem).sum() / N
 
 
-def _rpn_cls_terms(logits, labels, activation):
-    """(sum of the per-anchor losses over labels >= 0, count of labels >= 0) for one level."""
-    labels = labels.long()
-    N, A, H, W = labels.shape
-    if activation == 'softmax':
-        if logits.shape != (N, 2 * A, H, W):
-            raise ValueError('softmax RPN: rpn_cls_logits must be (N, 2A, H, W) = %s for labels '
-                             'of shape %s, got %s' % ((N, 2 * A, H, W), tuple(labels.shape),
-                                                      tuple(logits.shape)))
-        # Detectron.pytorch's layout: channels [0, A) background, [A, 2A) foreground.
-        two_way = logits.view(N, 2, A, H, W).permute(0, 2, 3, 4, 1).reshape(-1, 2)
-        total = F.cross_entropy(two_way, labels.reshape(-1), ignore_index=-1, reduction='sum')
-    elif activation == 'sigmoid':
-        _check_same('rpn_cls_logits', logits, 'rpn_labels_int32', labels)
-        weight = (labels >= 0).to(logits.dtype)
-        total = F.binary_cross_entropy_with_logits(
-            logits, labels.clamp(min=0).to(logits.dtype), weight, reduction='sum')
-    else:
-        raise ValueError("RPN.CLS_ACTIVATION must be 'sigmoid' or 'softmax', got %r" % activation)
-    return total, (labels >= 0).sum()
+def rpn_losses_flat(rpn_cls_logits, rpn_bbox_pred, flat_targets, cls_activation,
+                    rpn_min_level, batch_size_per_im, ims_per_batch=None):
+    """RPN losses by Detectron's names from the targets of ``targets.rpn_anchor_targets_flat``.
 
-
-def rpn_losses(rpn_cls_logits, rpn_bbox_pred, rpn_targets, cls_activation=None,
-               rpn_min_level=None, batch_size_per_im=None, ims_per_batch=None):
-    """RPN losses by Detectron's names.
-
-    Single scale: ``rpn_cls_logits`` (N, A, H, W) (or (N, 2A, H, W) for softmax), ``rpn_bbox_pred``
-    (N, 4A, H, W) tensors and ``rpn_targets`` the one-level list of ``rpn_anchor_targets`` (or its
-    dict) -> {'loss_rpn_cls', 'loss_rpn_bbox'}.
+    Single scale: ``rpn_cls_logits`` (N, A, H, W) (or (N, 2A, H, W) for softmax) and
+    ``rpn_bbox_pred`` (N, 4A, H, W) tensors -> {'loss_rpn_cls', 'loss_rpn_bbox'}.
     FPN: lists of per-level outputs (finest first, level ``rpn_min_level`` =
     ``FPN.RPN_MIN_LEVEL`` first) -> {'loss_rpn_cls_fpn2', 'loss_rpn_bbox_fpn2', ...}.
-    ``ims_per_batch`` (FPN normaliser) defaults to N, the images of this blob (Detectron's
-    per-GPU ``TRAIN.IMS_PER_BATCH``).
+    ``cls_activation``: ``RPN.CLS_ACTIVATION``; ``batch_size_per_im``:
+    ``TRAIN.RPN_BATCH_SIZE_PER_IM``; ``ims_per_batch`` (FPN normaliser) defaults to N, the
+    images of this blob (Detectron's per-GPU ``TRAIN.IMS_PER_BATCH``).
+
+    The head's outputs of all levels are put in anchor order once and each loss is one
+    elementwise pass, summed per level -- a few operators for the whole pyramid instead of a
+    dozen per level. (The tests keep a level-by-level reference of the same losses.)
     """
-    activation = _default(cls_activation, cfg.RPN.CLS_ACTIVATION)
-    if torch.is_tensor(rpn_cls_logits):
-        targets = rpn_targets[0] if isinstance(rpn_targets, (list, tuple)) else rpn_targets
-        total, count = _rpn_cls_terms(rpn_cls_logits, targets['rpn_labels_int32'], activation)
-        # Caffe2 divides by max(count, 1e-5): no labelled anchor gives a zero loss.
-        loss_cls = total / count.clamp(min=1).to(total.dtype)
-        loss_bbox = smooth_l1_loss(rpn_bbox_pred, targets['rpn_bbox_targets'],
-                                   targets['rpn_bbox_inside_weights'],
-                                   targets['rpn_bbox_outside_weights'], beta=1. / 9.)
-        return {'loss_rpn_cls': loss_cls, 'loss_rpn_bbox': loss_bbox}
-
-    if not (len(rpn_cls_logits) == len(rpn_bbox_pred) == len(rpn_targets)):
-        raise ValueError('rpn_losses: %d cls logits, %d bbox preds and %d target levels; one of '
-                         'each per FPN level' % (len(rpn_cls_logits), len(rpn_bbox_pred),
-                                                  len(rpn_targets)))
-    k_min = int(_default(rpn_min_level, cfg.FPN.RPN_MIN_LEVEL))
-    batch_size_per_im = _default(batch_size_per_im, cfg.TRAIN.RPN_BATCH_SIZE_PER_IM)
-    losses = {}
-    for i, (logits, pred, t) in enumerate(zip(rpn_cls_logits, rpn_bbox_pred, rpn_targets)):
-        lvl = k_min + i
-        n_im = _default(ims_per_batch, logits.shape[0])
-        total, _ = _rpn_cls_terms(logits, t['rpn_labels_int32'], activation)
-        losses['loss_rpn_cls_fpn%d' % lvl] = total / float(batch_size_per_im * n_im)
-        losses['loss_rpn_bbox_fpn%d' % lvl] = smooth_l1_loss(
-            pred, t['rpn_bbox_targets'], t['rpn_bbox_inside_weights'],
-            t['rpn_bbox_outside_weights'], beta=1. / 9.)
-    return losses
-
-
-def rpn_losses_flat(rpn_cls_logits, rpn_bbox_pred, flat_targets, cls_activation=None,
-                    rpn_min_level=None, batch_size_per_im=None, ims_per_batch=None):
-    """:func:`rpn_losses` (same names, same values up to float summation order) from the targets
-    of ``targets.rpn_anchor_targets_flat``: the head's outputs of all levels are put in anchor
-    order once and each loss is one elementwise pass, summed per level -- a few operators for
-    the whole pyramid instead of a dozen per level."""
-    activation = _default(cls_activation, cfg.RPN.CLS_ACTIVATION)
+    activation = cls_activation
     if activation not in ('sigmoid', 'softmax'):
         raise ValueError("RPN.CLS_ACTIVATION must be 'sigmoid' or 'softmax', got %r" % activation)
     single = torch.is_tensor(rpn_cls_logits)
@@ -170,9 +141,8 @@ def rpn_losses_flat(rpn_cls_logits, rpn_bbox_pred, flat_targets, cls_activation=
         count = labelled.sum().clamp(min=1).to(cls_terms.dtype)
         return {'loss_rpn_cls': cls_terms.sum() / count,
                 'loss_rpn_bbox': bbox_terms.sum() / max(N, 1)}
-    k_min = int(_default(rpn_min_level, cfg.FPN.RPN_MIN_LEVEL))
-    batch_size_per_im = _default(batch_size_per_im, cfg.TRAIN.RPN_BATCH_SIZE_PER_IM)
-    n_im = _default(ims_per_batch, N)
+    k_min = int(rpn_min_level)
+    n_im = N if ims_per_batch is None else ims_per_batch
     sizes = [H * W * A for H, W, A in shapes]
     losses = {}
     for i, (c, b) in enumerate(zip(cls_terms.split(sizes, dim=1), bbox_terms.split(sizes, dim=1))):
@@ -202,14 +172,14 @@ def fast_rcnn_losses(cls_score, bbox_pred, labels_int32, bbox_targets, bbox_insi
     return loss_cls, loss_bbox, accuracy
 
 
-def mask_rcnn_losses(masks_pred, masks_int32, mask_labels_int32=None, weight=None):
+def mask_rcnn_losses(masks_pred, masks_int32, mask_labels_int32=None, *, weight):
     """loss_mask of (R, C, M, M) mask **logits**.
 
     ``masks_int32`` is either Detectron's layout -- (R, C * M * M) or (R, C, M, M) -- or the
     compact (R, M, M) of ``mask_rcnn_targets`` with ``mask_labels_int32`` (R,) naming the channel
     (channel 0 when C == 1, i.e. ``MRCNN.CLS_SPECIFIC_MASK`` off). Entries equal to -1 are ignored.
+    ``weight``: ``MRCNN.WEIGHT_LOSS_MASK``.
     """
-    weight = _default(weight, cfg.MRCNN.WEIGHT_LOSS_MASK)
     R, C, M, _ = masks_pred.shape
     targets = masks_int32
     if targets.dim() == 3:
@@ -233,10 +203,10 @@ def mask_rcnn_losses(masks_pred, masks_int32, mask_labels_int32=None, weight=Non
 
 
 def keypoint_losses(kps_pred, keypoint_locations_int32, keypoint_weights,
-                    keypoint_loss_normalizer=None, normalize_by_visible=None, loss_weight=None):
-    """loss_kps of (R, K, HS, HS) keypoint heatmap logits against ``keypoint_rcnn_targets``."""
-    normalize_by_visible = _default(normalize_by_visible, cfg.KRCNN.NORMALIZE_BY_VISIBLE_KEYPOINTS)
-    loss_weight = _default(loss_weight, cfg.KRCNN.LOSS_WEIGHT)
+                    keypoint_loss_normalizer=None, *, normalize_by_visible, loss_weight):
+    """loss_kps of (R, K, HS, HS) keypoint heatmap logits against ``keypoint_rcnn_targets``;
+    ``normalize_by_visible``: ``KRCNN.NORMALIZE_BY_VISIBLE_KEYPOINTS``, ``loss_weight``:
+    ``KRCNN.LOSS_WEIGHT``."""
     R, K, H, W = kps_pred.shape
     if keypoint_locations_int32.numel() != R * K:
         raise ValueError('kps_pred has %d RoIs x %d keypoints but keypoint_locations_int32 has %d '
@@ -279,7 +249,7 @@ def _precomputed_proposals(roidb, device):
     return torch.cat(rows).to(device), orig
 
 
-def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None,
+def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, params, rois=None,
                             generator=None):
     """The training step of a ``Generalized_RCNN`` after its body and RPN: Detectron's targets
     (``modeling.targets``) on the model's device, the RoI heads on the sampled RoIs, the losses.
@@ -287,26 +257,30 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None
     Arguments as ``Generalized_RCNN.training_losses`` receives them (``blob_conv``: the RoI levels;
     ``rpn_ret``: the RPN's dict; ``rois``: precomputed proposals (R, 5) for Fast R-CNN, else taken
     from the roidb rows with ``gt_classes == 0``). Returns ``{'losses': {...}, 'metrics': {...}}``
-    with Detectron's names. With ``MODEL.SHARE_RES5`` the box head's res5 features of the sampled
-    RoIs feed the mask head (gathered by ``roi_has_mask_int32``), as Detectron does.
+    with Detectron's names. ``params``: a ``GeneralizedRcnnLossParams``. With
+    ``MODEL.SHARE_RES5`` the box head's res5 features of the sampled RoIs feed the mask head
+    (gathered by ``roi_has_mask_int32``), as Detectron does.
     """
     from pydetectron.modeling import targets as T
+    roi_params = params.roi_targets
     device = im_info.device
     # Order matters on the GPU: everything up to the proposals is queued without a host sync
     # (the ground-truth copies, the RPN targets and losses) while the body still runs; the
     # proposals then read their count on the host, and the rest follows.
     gt = T.pack_gt(roidb, device, with_keypoints=model.keypoints_on)
     polys = None
-    if cfg.MODEL.MASK_ON and not model.rpn_only:
+    if roi_params.mask_resolution is not None and not model.rpn_only:
         polys = T.pack_polygons(roidb, gt.valid.shape[1], device)
     out_losses, metrics = {}, {}
 
     if rpn_ret is not None:
         logits, deltas = rpn_ret['rpn_cls_logits'], rpn_ret['rpn_bbox_pred']
         anchors, sizes = _rpn_anchors(model.RPN, logits)
-        rpn_t = T.rpn_anchor_targets_flat(anchors, sizes, gt, im_info, generator=generator)
+        rpn_t = T.rpn_anchor_targets_flat(anchors, sizes, gt, im_info, params.rpn_targets,
+                                          generator=generator)
         out_losses.update(rpn_losses_flat(
-            logits, deltas, rpn_t, rpn_min_level=getattr(model.RPN, 'k_min', None)))
+            logits, deltas, rpn_t, params.rpn_cls_activation,
+            getattr(model.RPN, 'k_min', params.rpn_min_level), params.rpn_batch_size_per_im))
     if model.rpn_only:
         return {'losses': out_losses, 'metrics': metrics}
 
@@ -321,10 +295,11 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None
         proposals = rpn_ret['rpn_rois']
     else:
         proposals, proposals_orig = _precomputed_proposals(roidb, device)
-    blobs = T.generate_proposal_labels(proposals.detach(), roidb, im_info, generator, gt=gt,
+    blobs = T.generate_proposal_labels(proposals.detach(), roidb, im_info, roi_params, generator,
+                                       gt=gt,
                                        polys=polys, rois_orig=proposals_orig)
 
-    share_res5 = cfg.MODEL.SHARE_RES5 and model.Mask_Head is not None
+    share_res5 = params.share_res5 and model.Mask_Head is not None
     if share_res5:
         res5_feat = model.Box_Head.forward_res5(blob_conv, blobs['rois'])
         # the box head's own pooling (Caffe2 AveragePool kernel 7, stride 1 on the 7 x 7 map)
@@ -345,11 +320,13 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, rois=None
         else:
             mask_feat = model.Mask_Head(blob_conv, blobs['mask_rois'])
         out_losses['loss_mask'] = mask_rcnn_losses(
-            model.Mask_Outs(mask_feat), blobs['masks_int32'], blobs['mask_labels_int32'])
+            model.Mask_Outs(mask_feat), blobs['masks_int32'], blobs['mask_labels_int32'],
+            weight=params.mask_loss_weight)
 
     if model.Keypoint_Head is not None:
         kps_pred = model.Keypoint_Outs(model.Keypoint_Head(blob_conv, blobs['keypoint_rois']))
         out_losses['loss_kps'] = keypoint_losses(
             kps_pred, blobs['keypoint_locations_int32'], blobs['keypoint_weights'],
-            blobs['keypoint_loss_normalizer'])
+            blobs['keypoint_loss_normalizer'], normalize_by_visible=params.kps_normalize_by_visible,
+            loss_weight=params.kps_loss_weight)
     return {'losses': out_losses, 'metrics': metrics}

@@ -39,6 +39,7 @@ from torch import nn
 from pydetectron.modeling import postprocess
 from pydetectron.modeling.fast_rcnn_heads import fast_rcnn_outputs
 from pydetectron.modeling.keypoint_rcnn_heads import keypoint_outputs_from_cfg
+from pydetectron.modeling.losses import GeneralizedRcnnLossParams
 from pydetectron.modeling.mask_rcnn_heads import mask_rcnn_outputs
 from pydetectron.modeling.registry import CONV_BODY, ROI_BOX_HEAD, ROI_KEYPOINTS_HEAD, ROI_MASK_HEAD
 from pydetectron.modeling.rpn_heads import generic_rpn_outputs
@@ -135,12 +136,14 @@ class Generalized_RCNN(nn.Module):
             self.Keypoint_Outs = keypoint_outputs_from_cfg(self.Keypoint_Head.dim_out)
 
         self.postprocess_params = postprocess.PostprocessParams.from_cfg()
+        self.loss_params = GeneralizedRcnnLossParams.from_cfg()
 
     def _init_retinanet(self, dim, scale):
         """RetinaNet (``RETINANET.RETINANET_ON``): the body's levels FPN.RPN_MIN_LEVEL ..
         RPN_MAX_LEVEL feed ``retinanet_heads.RetinaNetHead``; no RPN and no RoI heads."""
         from pydetectron.core.config import cfg
-        from pydetectron.modeling.retinanet_heads import retinanet_head_from_cfg
+        from pydetectron.modeling.retinanet_heads import (RetinaNetLossParams,
+                                                          retinanet_head_from_cfg)
         k_min, k_max = cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL
         body_min = getattr(self.Conv_Body, "min_level", None)
         if not self.multilevel or body_min is None or k_min < body_min \
@@ -150,6 +153,7 @@ class Generalized_RCNN(nn.Module):
                              % (k_min, k_max))
         self.retinanet_levels = slice(k_min - body_min, k_max - body_min + 1)
         self.RetinaNet = retinanet_head_from_cfg(dim)
+        self.retinanet_loss_params = RetinaNetLossParams.from_cfg()
         self.RPN = self.Box_Head = self.Box_Outs = None
         self.Mask_Head = self.Mask_Outs = self.Keypoint_Head = self.Keypoint_Outs = None
         self.mask_on = self.keypoints_on = False
@@ -160,7 +164,8 @@ class Generalized_RCNN(nn.Module):
         blob_conv = self.Conv_Body(data)[self.retinanet_levels]
         cls_logits, bbox_pred = self.RetinaNet(blob_conv)
         if self.training:
-            return retinanet_losses(self.RetinaNet, cls_logits, bbox_pred, roidb)
+            return retinanet_losses(self.RetinaNet, cls_logits, bbox_pred, roidb,
+                                    self.retinanet_loss_params)
         return {"blob_conv": blob_conv, "retnet_cls_prob": self.RetinaNet.probabilities(cls_logits),
                 "retnet_bbox_pred": bbox_pred}
 
@@ -239,7 +244,7 @@ class Generalized_RCNN(nn.Module):
         """
         from pydetectron.modeling import losses
         return losses.generalized_rcnn_losses(
-            self, blob_conv, rpn_ret, im_info, roidb, rois,
+            self, blob_conv, rpn_ret, im_info, roidb, self.loss_params, rois,
             generator=getattr(self, "target_generator", None))
 
     def conv_body_only(self, data):

@@ -25,6 +25,8 @@ and ``retnet_loss_bbox_fpn<l>`` (select smooth L1 with ``BBOX_REG_BETA``, times
 ``BBOX_REG_WEIGHT``), all divided by ``retnet_fg_num``; metrics ``retnet_fg_num``,
 ``retnet_bg_num``.
 """
+from collections import namedtuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,27 @@ from pydetectron.modeling.generate_anchors import retinanet_cell_anchors
 from pydetectron.modeling.weight_mapping import blob_mapping
 from pydetectron.nn.init import ConstantFill, GaussianFill
 
-__all__ = ["RetinaNetHead", "retinanet_head_from_cfg", "retinanet_bias_init", "retinanet_losses"]
+__all__ = ["RetinaNetHead", "RetinaNetLossParams", "retinanet_head_from_cfg",
+           "retinanet_bias_init", "retinanet_losses"]
+
+
+class RetinaNetLossParams(namedtuple("RetinaNetLossParams", [
+        "targets",           # a targets.retinanet.RetinaNetTargetParams
+        "bbox_reg_weight",   # RETINANET.BBOX_REG_WEIGHT
+        "bbox_reg_beta",     # RETINANET.BBOX_REG_BETA
+        "loss_gamma",        # RETINANET.LOSS_GAMMA
+        "loss_alpha",        # RETINANET.LOSS_ALPHA
+])):
+    """The settings of ``retinanet_losses``."""
+
+    @classmethod
+    def from_cfg(cls, cfg=None):
+        if cfg is None:
+            from pydetectron.core.config import cfg
+        from pydetectron.modeling.targets.retinanet import RetinaNetTargetParams
+        r = cfg.RETINANET
+        return cls(RetinaNetTargetParams.from_cfg(cfg), r.BBOX_REG_WEIGHT, r.BBOX_REG_BETA,
+                   r.LOSS_GAMMA, r.LOSS_ALPHA)
 
 
 def retinanet_bias_init(num_classes, num_anchors, prior_prob, softmax):
@@ -144,21 +166,18 @@ def retinanet_head_from_cfg(dim_in):
         r.CLASS_SPECIFIC_BBOX, r.SHARE_CLS_BBOX_TOWER, r.PRIOR_PROB)
 
 
-def retinanet_losses(head, cls_logits, bbox_pred, roidb, positive_overlap=None,
-                     negative_overlap=None):
+def retinanet_losses(head, cls_logits, bbox_pred, roidb, params):
     """Detectron's RetinaNet losses for one batch: ``{'losses': {...}, 'metrics': {...}}``.
 
     ``head``: the ``RetinaNetHead`` that produced the per-level ``cls_logits`` / ``bbox_pred``;
-    ``roidb``: the loader's per-image ground truth (blob scale). Targets are computed on the
-    outputs' device (``targets.retinanet``).
+    ``roidb``: the loader's per-image ground truth (blob scale); ``params``: a
+    ``RetinaNetLossParams``. Targets are computed on the outputs' device (``targets.retinanet``).
     """
-    from pydetectron.core.config import cfg
     from pydetectron.modeling.targets.retinanet import retinanet_targets
-    r = cfg.RETINANET
     cells = head.cell_anchors()
     t = retinanet_targets([c for c, _ in cells], [s for _, s in cells],
                           [tuple(x.shape[-2:]) for x in cls_logits], roidb, head.num_classes,
-                          positive_overlap, negative_overlap)
+                          params.targets)
     fg_num = t['fg_num']
     losses = {}
     A = head.num_anchors
@@ -173,10 +192,10 @@ def retinanet_losses(head, cls_logits, bbox_pred, roidb, positive_overlap=None,
             pred = pred.gather(2, cls).squeeze(2)
         else:
             pred = pred.view(N, A, 4, H, W)
-        losses['retnet_loss_bbox_fpn%d' % lvl] = r.BBOX_REG_WEIGHT * select_smooth_l1_loss(
-            pred, targets, labels > 0, fg_num, r.BBOX_REG_BETA)
+        losses['retnet_loss_bbox_fpn%d' % lvl] = params.bbox_reg_weight * select_smooth_l1_loss(
+            pred, targets, labels > 0, fg_num, params.bbox_reg_beta)
     for i, lvl in enumerate(range(head.k_min, head.k_max + 1)):
         focal = softmax_focal_loss if head.softmax else sigmoid_focal_loss
         losses['fl_fpn%d' % lvl] = focal(cls_logits[i].float(), t['labels'][i], fg_num,
-                                         r.LOSS_GAMMA, r.LOSS_ALPHA)
+                                         params.loss_gamma, params.loss_alpha)
     return {'losses': losses, 'metrics': {'retnet_fg_num': fg_num, 'retnet_bg_num': t['bg_num']}}

@@ -24,7 +24,7 @@ from torch import nn
 
 from pydetectron.modeling.generate_anchors import generate_anchors
 from pydetectron.modeling.generate_proposals import (
-    ProposalParams, generate_multilevel_proposals, shifted_anchors)
+    FieldAnchors, ProposalParams, generate_multilevel_proposals, shifted_anchors)
 from pydetectron.modeling.weight_mapping import blob_mapping
 from pydetectron.nn.init import init_layer
 from pydetectron.utils.boxes import BBOX_XFORM_CLIP
@@ -85,24 +85,30 @@ class _ProposalsMixin:
                     for lvl in range(self.k_min, self.k_max + 1)]
         return [(self.anchors, self.feat_stride)]
 
-    def field_anchors(self, maps):
-        """Every anchor of each output map in ``maps`` (the head's outputs or the features, one
-        (N, C, H, W) tensor per map): [(H * W * A, 4)], ordered (H, W, A) like the head's channels.
+    def field_anchor_set(self, maps):
+        """The ``generate_proposals.FieldAnchors`` of the output maps ``maps`` (the head's outputs
+        or the features, one (N, C, H, W) tensor per map): every anchor of each map, ordered
+        (H, W, A) like the head's channels, and their centres and sizes once computed.
 
-        Kept per (map, H, W, device): images of one size reuse them (training on a dataset sees a
-        few dozen sizes), and building them is a dozen small kernels per map.
+        Kept per (map sizes, device), at most 32 sets (each as large as all its anchors): images
+        of one size reuse them (training on a dataset sees a few dozen sizes), and building them
+        is a dozen small kernels per map.
         """
+        cells = self._cell_anchors()
+        key = (tuple(tuple(x.shape[-2:]) for x in maps), str(cells[0][0].device))
         cache = self.__dict__.setdefault("_field_anchor_cache", {})
-        out = []
-        for i, (x, (cell, stride)) in enumerate(zip(maps, self._cell_anchors())):
-            key = (i, x.shape[-2], x.shape[-1], str(cell.device))
-            hit = cache.get(key)
-            if hit is None:
-                if len(cache) >= 256:
-                    cache.clear()
-                hit = cache[key] = shifted_anchors(cell, x.shape[-2], x.shape[-1], stride)
-            out.append(hit)
-        return out
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) >= 32:
+                cache.clear()
+            hit = cache[key] = FieldAnchors(
+                [shifted_anchors(cell, x.shape[-2], x.shape[-1], stride)
+                 for x, (cell, stride) in zip(maps, cells)])
+        return hit
+
+    def field_anchors(self, maps):
+        """[(H * W * A, 4)] every anchor of each output map in ``maps`` (``field_anchor_set``)."""
+        return self.field_anchor_set(maps).per_map
 
 
 class single_scale_rpn_outputs(_ProposalsMixin, nn.Module):
@@ -134,7 +140,7 @@ class single_scale_rpn_outputs(_ProposalsMixin, nn.Module):
         out["rpn_rois"], out["rpn_roi_probs"] = generate_multilevel_proposals(
             [probs], [deltas], im_info, [self.anchors], [self.feat_stride],
             self._proposal_params(), bbox_xform_clip=self.bbox_xform_clip,
-            field_anchors=self.field_anchors([probs]))
+            field_anchors=self.field_anchor_set([probs]))
         return out
 
     def detectron_weight_mapping(self):
@@ -199,7 +205,7 @@ class fpn_rpn_outputs(_ProposalsMixin, nn.Module):
             [getattr(self, "anchors_fpn%d" % lvl) for lvl in levels],
             [2. ** lvl for lvl in levels], params, collect_top_n=top_n,
             per_image=not self.training, bbox_xform_clip=self.bbox_xform_clip,
-            field_anchors=self.field_anchors(out["rpn_cls_probs"]))
+            field_anchors=self.field_anchor_set(out["rpn_cls_probs"]))
         return out
 
     def detectron_weight_mapping(self):

@@ -8,6 +8,7 @@ import torch
 
 from _targets_coco import (
     batch, detectron_candidate_boxes, jittered_proposals, load_roidb, pick_entries)
+from _params import fast_rcnn_params
 from pydetectron.modeling.targets import (
     expand_bbox_targets, label_proposals, pack_gt, sample_rois)
 from pydetectron.modeling.targets.fast_rcnn import fast_rcnn_targets
@@ -75,8 +76,9 @@ def _split(labels, gt, rois, n):
 def test_labels_match_detectron_roidb(coco_case, crowd_thresh, agnostic):
     entries, scales, roidb, im_info, rois = coco_case
     gt = pack_gt(roidb, 'cpu')
-    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=crowd_thresh, bbox_thresh=0.5,
-                          bbox_reg_weights=WEIGHTS, cls_agnostic_bbox_reg=agnostic)
+    lab = label_proposals(rois, gt, im_info, fast_rcnn_params(crowd_filter_thresh=crowd_thresh,
+                          bbox_thresh=0.5, bbox_reg_weights=WEIGHTS,
+                          cls_agnostic_bbox_reg=agnostic))
     N, G = gt.valid.shape
     for n, (entry, s) in enumerate(zip(entries, scales)):
         rows = _split(lab, gt, rois, n)
@@ -152,8 +154,8 @@ def test_box_targets_at_the_original_scale_as_detectron(coco_case, precomputed):
         inv = np.float32(1.) / s32[:, None]
         assert ((rois[:, 1:].numpy() * inv) != rois_orig).any()   # the round trip would move some
         rois_orig = torch.from_numpy(rois_orig)
-    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0., bbox_thresh=0.5,
-                          bbox_reg_weights=WEIGHTS, cls_agnostic_bbox_reg=False,
+    lab = label_proposals(rois, gt, im_info, fast_rcnn_params(crowd_filter_thresh=0.,
+                          bbox_thresh=0.5, bbox_reg_weights=WEIGHTS, cls_agnostic_bbox_reg=False),
                           rois_orig=rois_orig)
     cand = detectron_candidate_boxes(entries, scales, rois, G)
     if precomputed:
@@ -190,12 +192,13 @@ def test_box_targets_at_the_original_scale_as_detectron(coco_case, precomputed):
 def test_sampling_counts_membership_and_blobs(coco_case, batch_size, agnostic):
     entries, scales, roidb, im_info, rois = coco_case
     gt = pack_gt(roidb, 'cpu')
-    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0., bbox_thresh=0.5,
-                          bbox_reg_weights=WEIGHTS, cls_agnostic_bbox_reg=agnostic)
+    lab = label_proposals(rois, gt, im_info, fast_rcnn_params(crowd_filter_thresh=0.,
+                          bbox_thresh=0.5, bbox_reg_weights=WEIGHTS,
+                          cls_agnostic_bbox_reg=agnostic))
     K = 81
-    out = sample_rois(lab, 2, fg_thresh=0.5, bg_thresh_hi=0.5, bg_thresh_lo=0.0,
+    out = sample_rois(lab, 2, fast_rcnn_params(fg_thresh=0.5, bg_thresh_hi=0.5, bg_thresh_lo=0.0,
                       fg_fraction=0.25, batch_size_per_im=batch_size, num_classes=K,
-                      cls_agnostic_bbox_reg=agnostic, generator=torch.Generator().manual_seed(1))
+                      cls_agnostic_bbox_reg=agnostic), generator=torch.Generator().manual_seed(1))
     inds = out['sampled_inds']
     batch_of = out['rois'][:, 0].long()
     assert torch.equal(out['rois'], lab.rois[inds])
@@ -237,10 +240,10 @@ def test_sampling_counts_membership_and_blobs(coco_case, batch_size, agnostic):
 def test_sampling_is_uniform_and_reproducible(coco_case):
     entries, scales, roidb, im_info, rois = coco_case
     gt = pack_gt(roidb, 'cpu')
-    lab = label_proposals(rois, gt, im_info)
-    kw = dict(batch_size_per_im=32, num_classes=81)
-    a = sample_rois(lab, 2, generator=torch.Generator().manual_seed(5), **kw)
-    b = sample_rois(lab, 2, generator=torch.Generator().manual_seed(5), **kw)
+    lab = label_proposals(rois, gt, im_info, fast_rcnn_params())
+    params = fast_rcnn_params(batch_size_per_im=32, num_classes=81)
+    a = sample_rois(lab, 2, params, generator=torch.Generator().manual_seed(5))
+    b = sample_rois(lab, 2, params, generator=torch.Generator().manual_seed(5))
     assert all(torch.equal(a[k], b[k]) for k in a)
     # every fg candidate of image 0 is drawn about equally often (8 of n_fg per draw)
     fg0 = torch.nonzero((lab.max_overlaps >= 0.5) & (lab.rois[:, 0] == 0)).flatten()
@@ -248,19 +251,18 @@ def test_sampling_is_uniform_and_reproducible(coco_case):
     g = torch.Generator().manual_seed(6)
     T = 300
     for _ in range(T):
-        hits[sample_rois(lab, 2, generator=g, **kw)['sampled_inds']] += 1
+        hits[sample_rois(lab, 2, params, generator=g)['sampled_inds']] += 1
     p = 8. / len(fg0)
     freq = hits[fg0] / T
     assert (freq - p).abs().max() < 5 * (p * (1 - p) / T) ** 0.5 + 1e-6
 
 
-def test_gt_only_and_convenience_wrapper(fresh_cfg):
-    fresh_cfg.MODEL.NUM_CLASSES = 3
-    fresh_cfg.MODEL.FASTER_RCNN = True
+def test_gt_only_and_convenience_wrapper():
     roidb = [{'boxes': torch.tensor([[10., 10., 40., 50.], [60., 5., 90., 30.]]),
               'gt_classes': torch.tensor([2, 1]), 'is_crowd': torch.tensor([False, False])}]
     im_info = torch.tensor([[100., 100., 1.]])
-    blobs, lab = fast_rcnn_targets(torch.zeros((0, 5)), roidb, im_info)
+    blobs, lab = fast_rcnn_targets(torch.zeros((0, 5)), roidb, im_info,
+                                   fast_rcnn_params(num_classes=3, crowd_filter_thresh=0.))
     # no proposals: the two gt boxes are the only (fg) RoIs, with zero box targets
     assert torch.equal(blobs['labels_int32'], torch.tensor([2, 1], dtype=torch.int32))
     assert torch.equal(blobs['rois'][:, 1:], roidb[0]['boxes'])
@@ -280,4 +282,5 @@ def test_bad_rois_shape():
     roidb = [{'boxes': torch.zeros((0, 4)), 'gt_classes': torch.zeros(0, dtype=torch.long),
               'is_crowd': torch.zeros(0, dtype=torch.bool)}]
     with pytest.raises(ValueError, match=r'rois must be \(R, 5\)'):
-        label_proposals(torch.zeros((3, 4)), roidb, torch.tensor([[10., 10., 1.]]))
+        label_proposals(torch.zeros((3, 4)), roidb, torch.tensor([[10., 10., 1.]]),
+                        fast_rcnn_params())

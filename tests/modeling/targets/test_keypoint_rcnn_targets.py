@@ -6,6 +6,7 @@ import torch
 
 from _targets_coco import (
     batch, detectron_candidate_boxes, jittered_proposals, load_roidb, pick_entries)
+from _params import fast_rcnn_params, keypoint_params
 from pydetectron.modeling.targets import (
     keypoint_rcnn_targets, keypoints_to_heatmap_labels, label_proposals, pack_gt)
 
@@ -44,7 +45,7 @@ def kp_case(coco_mini):
     broidb, im_info = batch(entries, scales)
     rois = jittered_proposals(broidb, im_info, per_gt=16, seed=4)
     gt = pack_gt(broidb, 'cpu', with_keypoints=True)
-    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0.)
+    lab = label_proposals(rois, gt, im_info, fast_rcnn_params(crowd_filter_thresh=0.))
     # Detectron's roidb boxes: the original gt boxes, the proposals times 1 / im_scale
     orig_boxes = detectron_candidate_boxes(entries, scales, rois, gt.valid.shape[1])
     return broidb, im_info, gt, lab, orig_boxes
@@ -54,8 +55,8 @@ def test_keypoint_targets_match_detectron(kp_case):
     broidb, im_info, gt, lab, orig_boxes = kp_case
     N, G, _, K = gt.keypoints.shape
     B, F = 64, 0.25
-    out = keypoint_rcnn_targets(lab, gt, N, fg_thresh=0.5, fg_fraction=F, batch_size_per_im=B,
-                                heatmap_size=HS, min_keypoint_count=20,
+    out = keypoint_rcnn_targets(lab, gt, N, keypoint_params(fg_thresh=0.5, fg_fraction=F,
+                                batch_size_per_im=B, heatmap_size=HS, min_keypoint_count=20),
                                 generator=torch.Generator().manual_seed(0))
     # Detectron's candidate set: fg overlap and a visible keypoint of the matched gt in the box,
     # at the original scale (the roidb's keypoints and boxes)
@@ -118,9 +119,10 @@ def test_keypoints_on_cell_boundaries_land_where_detectron_puts_them():
               'gt_keypoints_orig': torch.from_numpy(kps)}]
     im_info = torch.tensor([[60., 80., s]])
     gt = pack_gt(roidb, 'cpu', with_keypoints=True)
-    lab = label_proposals(torch.zeros((0, 5)), gt, im_info, crowd_filter_thresh=0.)
-    out = keypoint_rcnn_targets(lab, gt, 1, fg_thresh=0.5, fg_fraction=0.25, batch_size_per_im=64,
-                                heatmap_size=HS, min_keypoint_count=0)
+    lab = label_proposals(torch.zeros((0, 5)), gt, im_info,
+                          fast_rcnn_params(crowd_filter_thresh=0.))
+    out = keypoint_rcnn_targets(lab, gt, 1, keypoint_params(fg_thresh=0.5, fg_fraction=0.25,
+                                batch_size_per_im=64, heatmap_size=HS, min_keypoint_count=0))
     # Detectron: scale 56 / 56 = 1, so the cell is exactly (ky - y1, kx - x1); the edge -> 55
     cx = np.where(kx == 66, 55, kx - 10)
     cy = np.where(ky == 76, 55, ky - 20)
@@ -142,11 +144,13 @@ def test_keypoints_on_cell_boundaries_land_where_detectron_puts_them():
 def test_no_keypoint_roi_gives_empty_blobs_and_invalid_minibatch(kp_case):
     broidb, im_info, gt, lab, _ = kp_case
     empty = lab._replace(max_overlaps=torch.zeros_like(lab.max_overlaps))
-    out = keypoint_rcnn_targets(empty, gt, 2, heatmap_size=HS, batch_size_per_im=64,
-                                fg_fraction=0.25, fg_thresh=0.5, min_keypoint_count=20)
+    out = keypoint_rcnn_targets(empty, gt, 2, keypoint_params(heatmap_size=HS,
+                                batch_size_per_im=64, fg_fraction=0.25, fg_thresh=0.5,
+                                min_keypoint_count=20))
     assert out['keypoint_rois'].shape == (0, 5)
     assert out['keypoint_weights'].numel() == 0
     assert out['keypoint_loss_normalizer'].item() == 0
     assert not bool(out['keypoint_minibatch_valid'])
     with pytest.raises(ValueError, match='with_keypoints'):
-        keypoint_rcnn_targets(lab, gt._replace(keypoints=None), 2, heatmap_size=HS)
+        keypoint_rcnn_targets(lab, gt._replace(keypoints=None), 2,
+                              keypoint_params(heatmap_size=HS))

@@ -8,6 +8,7 @@ import torch
 
 from _targets_coco import (
     batch, detectron_candidate_boxes, jittered_proposals, load_roidb, pick_entries)
+from _params import fast_rcnn_params
 from pydetectron import ops
 from pydetectron.modeling.targets import (
     expand_to_class_specific_mask_targets, label_proposals, mask_rcnn_targets, pack_gt,
@@ -48,8 +49,8 @@ def sampled(coco_mini):
     broidb, im_info = batch(entries, scales)
     rois = jittered_proposals(broidb, im_info, per_gt=10, seed=2)
     gt = pack_gt(broidb, 'cpu')
-    lab = label_proposals(rois, gt, im_info, crowd_filter_thresh=0.)
-    blobs = sample_rois(lab, 3, batch_size_per_im=128, num_classes=81,
+    lab = label_proposals(rois, gt, im_info, fast_rcnn_params(crowd_filter_thresh=0.))
+    blobs = sample_rois(lab, 3, fast_rcnn_params(batch_size_per_im=128, num_classes=81),
                         generator=torch.Generator().manual_seed(0))
     # Detectron's sampled_boxes: the roidb rows at the original scale
     blobs['detectron_boxes'] = detectron_candidate_boxes(
@@ -113,8 +114,9 @@ def test_thin_rois_clamped_at_the_original_scale(path, monkeypatch):
                          [0., 19.0, 20., 23.0, 60.]])
     gt = pack_gt(roidb, dev)
     packed = pack_polygons(roidb, gt.valid.shape[1], dev)
-    lab = label_proposals(rois.to(dev), gt, im_info.to(dev), crowd_filter_thresh=0.)
-    blobs = sample_rois(lab, 1, batch_size_per_im=64, num_classes=3,
+    lab = label_proposals(rois.to(dev), gt, im_info.to(dev),
+                          fast_rcnn_params(crowd_filter_thresh=0.))
+    blobs = sample_rois(lab, 1, fast_rcnn_params(batch_size_per_im=64, num_classes=3),
                         generator=torch.Generator(device=dev).manual_seed(0))
     out = mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], packed, gt, im_info.to(dev),
                             resolution=M, rois_orig=blobs['sampled_boxes'])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pydetectron.modeling.generate_anchors import retinanet_cell_anchors
-from pydetectron.modeling.targets.retinanet import field_size, retinanet_targets
+from pydetectron.modeling.targets.retinanet import (
+    RetinaNetTargetParams, field_size, retinanet_targets)
 
 from _targets_coco import batch, load_roidb, pick_entries
 
@@ -83,8 +84,7 @@ def _detectron_reference(gt_boxes, gt_classes, feature_sizes, num_classes, pos=0
 
 
 @pytest.mark.parametrize('pos,neg', [(0.5, 0.4), (0.6, 0.3)])
-def test_targets_match_detectron_rules_on_coco_mini(coco_mini, fresh_cfg, pos, neg):
-    fresh_cfg.TRAIN.MAX_SIZE, fresh_cfg.FPN.COARSEST_STRIDE = MAX_SIZE, COARSEST
+def test_targets_match_detectron_rules_on_coco_mini(coco_mini, pos, neg):
     # landscape images: the blob (256 x 384) is smaller than the square field (384 x 384), so
     # the field's rows below the head's cells matter (fg count, best anchors)
     landscape = [e for e in load_roidb(coco_mini) if e['width'] > 1.4 * e['height']]
@@ -99,7 +99,8 @@ def test_targets_match_detectron_rules_on_coco_mini(coco_mini, fresh_cfg, pos, n
     cells = [torch.as_tensor(retinanet_cell_anchors(l, 3, RATIOS, 4), dtype=torch.float32)
              for l in LEVELS]
     assert bh < field_size(1., MAX_SIZE, COARSEST) == bw
-    t = retinanet_targets(cells, [2. ** l for l in LEVELS], sizes, roidb, 81, pos, neg)
+    t = retinanet_targets(cells, [2. ** l for l in LEVELS], sizes, roidb, 81,
+                          RetinaNetTargetParams(pos, neg, MAX_SIZE, COARSEST))
     fg_total, bg_total = 0., 0.
     for n, d in enumerate(roidb):
         keep = ~d['is_crowd'].numpy()
@@ -125,7 +126,8 @@ def test_low_quality_match_below_negative_overlap_counts_as_fg_but_trains_as_bg(
     cells = [torch.tensor([[0., 0., 15., 15.]])]  # one 16 x 16 anchor per cell, stride 16
     gt = [{'boxes': torch.tensor([[2., 2., 5., 5.]]), 'gt_classes': torch.tensor([2]),
            'is_crowd': torch.tensor([False])}]
-    t = retinanet_targets(cells, [16.], [(2, 2)], gt, 3, 0.5, 0.4, field_sizes=[2])
+    t = retinanet_targets(cells, [16.], [(2, 2)], gt, 3,
+                          RetinaNetTargetParams(0.5, 0.4, MAX_SIZE, COARSEST), field_sizes=[2])
     # IoU of the 4 x 4 box with the cell-(0, 0) anchor: 16 / 256 < 0.4
     np.testing.assert_array_equal(t['labels'][0][0, 0].numpy(), [[0, 0], [0, 0]])
     assert float(t['fg_num']) == 2.0  # 1 low-quality fg + 1
@@ -140,28 +142,29 @@ def test_crowd_and_images_without_gt():
            'gt_classes': torch.tensor([1, 2]), 'is_crowd': torch.tensor([False, True])},
           {'boxes': torch.zeros((0, 4)), 'gt_classes': torch.zeros(0, dtype=torch.int64),
            'is_crowd': torch.zeros(0, dtype=torch.bool)}]
-    t = retinanet_targets(cells, [16.], [(1, 2)], gt, 3, 0.5, 0.4, field_sizes=[2])
+    t = retinanet_targets(cells, [16.], [(1, 2)], gt, 3,
+                          RetinaNetTargetParams(0.5, 0.4, MAX_SIZE, COARSEST), field_sizes=[2])
     np.testing.assert_array_equal(t['labels'][0][:, 0].numpy(), [[[1, 0]], [[0, 0]]])
     assert float(t['fg_num']) == (1 + 1) + (0 + 1)
 
 
 @pytest.mark.cuda
-def test_cuda_equals_cpu_without_host_sync(coco_mini, fresh_cfg):
-    fresh_cfg.TRAIN.MAX_SIZE, fresh_cfg.FPN.COARSEST_STRIDE = MAX_SIZE, COARSEST
+def test_cuda_equals_cpu_without_host_sync(coco_mini):
+    params = RetinaNetTargetParams(0.5, 0.4, MAX_SIZE, COARSEST)
     entries = pick_entries(load_roidb(coco_mini), 2, min_gt=3)
     roidb, _ = batch(entries, [MAX_SIZE / max(e['height'], e['width']) for e in entries])
     sizes = [(384 // 2 ** l, 384 // 2 ** l) for l in LEVELS]
     cells = [torch.as_tensor(retinanet_cell_anchors(l, 3, RATIOS, 4), dtype=torch.float32)
              for l in LEVELS]
     strides = [2. ** l for l in LEVELS]
-    cpu = retinanet_targets(cells, strides, sizes, roidb, 81)
+    cpu = retinanet_targets(cells, strides, sizes, roidb, 81, params)
     from pydetectron.modeling.targets.gt import pack_gt
     gt = pack_gt(roidb, 'cuda')
     cells_cuda = [c.cuda() for c in cells]   # the copies sync; they are not what is under test
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        gpu = retinanet_targets(cells_cuda, strides, sizes, gt, 81)
+        gpu = retinanet_targets(cells_cuda, strides, sizes, gt, 81, params)
     finally:
         torch.cuda.set_sync_debug_mode('default')
     for a, b, la in zip(cpu['bbox_targets'], gpu['bbox_targets'], cpu['labels']):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from _targets_coco import batch, load_roidb, pick_entries
+from _params import rpn_params
 from pydetectron.modeling.generate_anchors import generate_anchors
 from pydetectron.modeling.generate_proposals import shifted_anchors
 from pydetectron.modeling.targets import pack_gt, rpn_anchor_targets
@@ -76,8 +77,8 @@ def _nonsubsampled_check(anchors, sizes, roidb, im_info):
     """With subsampling disabled every candidate is labelled: compare the labels exactly, and the
     targets / weights of the positives."""
     N = len(roidb)
-    blobs = rpn_anchor_targets(anchors, sizes, roidb, im_info, batch_size_per_im=10 ** 7,
-                               fg_fraction=1.0)
+    blobs = rpn_anchor_targets(anchors, sizes, roidb, im_info,
+                               rpn_params(batch_size_per_im=10 ** 7, fg_fraction=1.0))
     labels = _flat(blobs, 'rpn_labels_int32', N)
     targets = _flat(blobs, 'rpn_bbox_targets', N)
     inside_w = _flat(blobs, 'rpn_bbox_inside_weights', N)
@@ -106,8 +107,9 @@ def _nonsubsampled_check(anchors, sizes, roidb, im_info):
 def _subsampled_check(anchors, sizes, roidb, im_info, batch_size=256, fg_fraction=0.5):
     N = len(roidb)
     g = torch.Generator().manual_seed(3)
-    blobs = rpn_anchor_targets(anchors, sizes, roidb, im_info, generator=g,
-                               batch_size_per_im=batch_size, fg_fraction=fg_fraction)
+    blobs = rpn_anchor_targets(anchors, sizes, roidb, im_info,
+                               rpn_params(batch_size_per_im=batch_size, fg_fraction=fg_fraction),
+                               generator=g)
     labels = _flat(blobs, 'rpn_labels_int32', N)
     outside_w = _flat(blobs, 'rpn_bbox_outside_weights', N)
     all_anchors = torch.cat(anchors).numpy()
@@ -162,9 +164,12 @@ def test_layout_shapes_and_reproducibility(coco_batch):
     roidb, im_info = coco_batch
     anchors, sizes = _fpn_anchors(im_info)
     gt = pack_gt(roidb, 'cpu')
-    a = rpn_anchor_targets(anchors, sizes, gt, im_info, generator=torch.Generator().manual_seed(7))
-    b = rpn_anchor_targets(anchors, sizes, gt, im_info, generator=torch.Generator().manual_seed(7))
-    c = rpn_anchor_targets(anchors, sizes, gt, im_info, generator=torch.Generator().manual_seed(8))
+    a = rpn_anchor_targets(anchors, sizes, gt, im_info, rpn_params(),
+                           generator=torch.Generator().manual_seed(7))
+    b = rpn_anchor_targets(anchors, sizes, gt, im_info, rpn_params(),
+                           generator=torch.Generator().manual_seed(7))
+    c = rpn_anchor_targets(anchors, sizes, gt, im_info, rpn_params(),
+                           generator=torch.Generator().manual_seed(8))
     assert len(a) == 5
     for lvl, (H, W) in enumerate(sizes):
         assert a[lvl]['rpn_labels_int32'].shape == (3, 3, H, W)
@@ -185,8 +190,8 @@ def test_anchor_channel_layout_and_straddle():
     gt = [{'boxes': torch.tensor([[16., 16., 47., 23.]]), 'gt_classes': torch.tensor([1]),
            'is_crowd': torch.tensor([False])}]
     im_info = torch.tensor([[32., 48., 1.]])
-    out = rpn_anchor_targets([anchors], [(2, 3)], gt, im_info, straddle_thresh=0,
-                             batch_size_per_im=4, fg_fraction=0.5,
+    out = rpn_anchor_targets([anchors], [(2, 3)], gt, im_info, rpn_params(straddle_thresh=0,
+                             batch_size_per_im=4, fg_fraction=0.5),
                              generator=torch.Generator().manual_seed(0))[0]
     labels = out['rpn_labels_int32'][0]                   # (A, H, W)
     assert labels[1, 1, 1] == 1 and (labels == 1).sum() == 1
@@ -205,15 +210,15 @@ def test_anchor_channel_layout_and_straddle():
     assert out['rpn_bbox_targets'].abs().sum() == 0
     # a shifted box gives the encoded offset in the positive's channels
     gt[0]['boxes'] = torch.tensor([[20., 16., 51., 23.]])
-    out2 = rpn_anchor_targets([anchors], [(2, 3)], gt, im_info, straddle_thresh=0,
-                              batch_size_per_im=4, fg_fraction=0.5)[0]
+    out2 = rpn_anchor_targets([anchors], [(2, 3)], gt, im_info, rpn_params(straddle_thresh=0,
+                              batch_size_per_im=4, fg_fraction=0.5))[0]
     assert out2['rpn_labels_int32'][0, 1, 1, 1] == 1
     assert torch.allclose(out2['rpn_bbox_targets'][0, 4:8, 1, 1],
                           torch.tensor([4. / 32., 0., 0., 0.]))
     # a negative straddle threshold keeps every anchor: the straddling (h=0, w=2, a=1) anchor,
     # IoU 0, is now a negative; only the two with IoU in [0.3, 0.7) stay ignored
-    out = rpn_anchor_targets([anchors], [(2, 3)], gt, im_info, straddle_thresh=-1,
-                             batch_size_per_im=100, fg_fraction=0.5)[0]
+    out = rpn_anchor_targets([anchors], [(2, 3)], gt, im_info, rpn_params(straddle_thresh=-1,
+                             batch_size_per_im=100, fg_fraction=0.5))[0]
     labels = out['rpn_labels_int32'][0]
     assert labels[1, 0, 2] == 0 and (labels == -1).sum() == 2
 
@@ -224,7 +229,7 @@ def test_crowd_boxes_are_not_rpn_ground_truth():
     gt = [{'boxes': torch.tensor([[0., 0., 15., 15.], [32., 32., 47., 47.]]),
            'gt_classes': torch.tensor([1, 1]), 'is_crowd': torch.tensor([False, True])}]
     out = rpn_anchor_targets([anchors], [(4, 4)], gt, torch.tensor([[64., 64., 1.]]),
-                             batch_size_per_im=1000, fg_fraction=1.0)[0]
+                             rpn_params(batch_size_per_im=1000, fg_fraction=1.0))[0]
     labels = out['rpn_labels_int32'][0, 0]
     assert labels[0, 0] == 1 and labels[2, 2] == 0 and (labels == 1).sum() == 1
 
@@ -235,11 +240,11 @@ def test_bad_inputs_name_the_argument():
     gt = [{'boxes': torch.zeros((0, 4)), 'gt_classes': torch.zeros(0, dtype=torch.long),
            'is_crowd': torch.zeros(0, dtype=torch.bool)}]
     with pytest.raises(ValueError, match='feature size'):
-        rpn_anchor_targets([anchors], [(3, 4)], gt, torch.tensor([[64., 64., 1.]]))
+        rpn_anchor_targets([anchors], [(3, 4)], gt, torch.tensor([[64., 64., 1.]]), rpn_params())
     with pytest.raises(KeyError, match='gt_classes'):
         rpn_anchor_targets([anchors], [(4, 4)], [{'boxes': torch.zeros((0, 4))}],
-                           torch.tensor([[64., 64., 1.]]))
+                           torch.tensor([[64., 64., 1.]]), rpn_params())
     # an image without ground truth: every sampled anchor is negative
     out = rpn_anchor_targets([anchors], [(4, 4)], gt, torch.tensor([[64., 64., 1.]]),
-                             batch_size_per_im=8)[0]
+                             rpn_params(batch_size_per_im=8))[0]
     assert (out['rpn_labels_int32'] == 1).sum() == 0 and (out['rpn_labels_int32'] == 0).sum() > 0

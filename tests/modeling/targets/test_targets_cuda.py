@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from _params import fast_rcnn_params, keypoint_params, rpn_params
 from pydetectron.modeling.generate_anchors import generate_anchors
 from pydetectron.modeling.generate_proposals import shifted_anchors
 from pydetectron.modeling.targets import (
@@ -77,13 +78,15 @@ def test_cuda_matches_cpu(orig):
     for dev in ('cpu', 'cuda'):
         anchors, sizes = _fpn_anchors(im_info, dev)
         gt = pack_gt(roidb, dev, with_keypoints=True)
-        rpn = rpn_anchor_targets(anchors, sizes, gt, im_info.to(dev), batch_size_per_im=10 ** 6,
-                                 fg_fraction=1.0)
-        lab = label_proposals(rois.to(dev), gt, im_info.to(dev), crowd_filter_thresh=0.7)
+        rpn = rpn_anchor_targets(anchors, sizes, gt, im_info.to(dev),
+                                 rpn_params(batch_size_per_im=10 ** 6, fg_fraction=1.0))
+        lab = label_proposals(rois.to(dev), gt, im_info.to(dev),
+                              fast_rcnn_params(crowd_filter_thresh=0.7))
         gen = torch.Generator(device=dev).manual_seed(0)
-        blobs = sample_rois(lab, 2, batch_size_per_im=128, num_classes=10, generator=gen)
-        kps = keypoint_rcnn_targets(lab, gt, 2, batch_size_per_im=10 ** 4, fg_fraction=1.0,
-                                    heatmap_size=56, generator=gen)
+        blobs = sample_rois(lab, 2, fast_rcnn_params(batch_size_per_im=128, num_classes=10),
+                            generator=gen)
+        kps = keypoint_rcnn_targets(lab, gt, 2, keypoint_params(batch_size_per_im=10 ** 4,
+                                    fg_fraction=1.0, heatmap_size=56), generator=gen)
         out[dev] = (rpn, lab, blobs, kps, gt)
     (rpn_c, lab_c, blobs_c, kps_c, gt_c), (rpn_g, lab_g, blobs_g, kps_g, gt_g) = \
         out['cpu'], out['cuda']
@@ -118,6 +121,6 @@ def test_rpn_targets_do_not_sync_the_host():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        rpn_anchor_targets(anchors, sizes, gt, im_info, generator=gen)
+        rpn_anchor_targets(anchors, sizes, gt, im_info, rpn_params(), generator=gen)
     finally:
         torch.cuda.set_sync_debug_mode('default')

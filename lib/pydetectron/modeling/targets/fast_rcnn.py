@@ -38,7 +38,6 @@ from collections import namedtuple
 
 import torch
 
-from pydetectron.core.config import cfg
 from pydetectron.modeling.targets.gt import GtBatch, pack_gt
 from pydetectron.modeling.targets.overlaps import box_ioa, box_iou
 from pydetectron.modeling.targets.sampling import random_subset
@@ -58,8 +57,29 @@ ProposalLabels = namedtuple('ProposalLabels', [
 ])
 
 
-def _default(value, cfg_value):
-    return cfg_value if value is None else value
+class FastRcnnTargetParams(namedtuple("FastRcnnTargetParams", [
+        "crowd_filter_thresh",    # 0 end to end (MODEL.FASTER_RCNN), else TRAIN.CROWD_FILTER_THRESH
+        "bbox_thresh",            # TRAIN.BBOX_THRESH
+        "bbox_reg_weights",       # MODEL.BBOX_REG_WEIGHTS, a 4-tuple
+        "cls_agnostic_bbox_reg",  # MODEL.CLS_AGNOSTIC_BBOX_REG
+        "fg_thresh",              # TRAIN.FG_THRESH
+        "bg_thresh_hi",           # TRAIN.BG_THRESH_HI
+        "bg_thresh_lo",           # TRAIN.BG_THRESH_LO
+        "fg_fraction",            # TRAIN.FG_FRACTION
+        "batch_size_per_im",      # TRAIN.BATCH_SIZE_PER_IM
+        "num_classes",            # MODEL.NUM_CLASSES (background counted)
+])):
+    """The settings of ``label_proposals`` and ``sample_rois``."""
+
+    @classmethod
+    def from_cfg(cls, cfg=None):
+        if cfg is None:
+            from pydetectron.core.config import cfg
+        t, m = cfg.TRAIN, cfg.MODEL
+        return cls(0. if m.FASTER_RCNN else t.CROWD_FILTER_THRESH, t.BBOX_THRESH,
+                   tuple(m.BBOX_REG_WEIGHTS), m.CLS_AGNOSTIC_BBOX_REG, t.FG_THRESH,
+                   t.BG_THRESH_HI, t.BG_THRESH_LO, t.FG_FRACTION, int(t.BATCH_SIZE_PER_IM),
+                   int(m.NUM_CLASSES))
 
 
 def _check_rois(rois):
@@ -68,22 +88,20 @@ def _check_rois(rois):
                          % (tuple(rois.shape),))
 
 
-def label_proposals(rois, gt, im_info, crowd_filter_thresh=None, bbox_thresh=None,
-                    bbox_reg_weights=None, cls_agnostic_bbox_reg=None, rois_orig=None):
+def label_proposals(rois, gt, im_info, params, rois_orig=None):
     """Detectron's roidb fields for the proposals ``rois`` plus the ground truth.
 
     rois: (R, 5) float (batch index, x1, y1, x2, y2) in blob scale, on the model's device.
     gt: a ``GtBatch`` or the loader's per-image ground-truth dicts; im_info: (N, 3).
+    params: a ``FastRcnnTargetParams`` (its crowd / bbox fields are used here).
     rois_orig: (R, 4) the same proposals at the original scale when they come from the roidb
     (Fast R-CNN's precomputed proposals: the loader's ``boxes_orig`` rows); default: rois times
     ``1 / im_scale`` (the RPN's proposals, as ``add_proposals``).
     Returns ``ProposalLabels`` (see the module docstring).
     """
-    if crowd_filter_thresh is None:
-        crowd_filter_thresh = 0. if cfg.MODEL.FASTER_RCNN else cfg.TRAIN.CROWD_FILTER_THRESH
-    bbox_thresh = _default(bbox_thresh, cfg.TRAIN.BBOX_THRESH)
-    bbox_reg_weights = tuple(_default(bbox_reg_weights, cfg.MODEL.BBOX_REG_WEIGHTS))
-    cls_agnostic_bbox_reg = _default(cls_agnostic_bbox_reg, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG)
+    crowd_filter_thresh, bbox_thresh = params.crowd_filter_thresh, params.bbox_thresh
+    bbox_reg_weights = tuple(params.bbox_reg_weights)
+    cls_agnostic_bbox_reg = params.cls_agnostic_bbox_reg
 
     device = rois.device
     if not isinstance(gt, GtBatch):
@@ -168,10 +186,9 @@ def label_proposals(rois, gt, im_info, crowd_filter_thresh=None, bbox_thresh=Non
                           target_cls.long(), targets, cand_orig)
 
 
-def sample_rois(labels, num_images, fg_thresh=None, bg_thresh_hi=None, bg_thresh_lo=None,
-                fg_fraction=None, batch_size_per_im=None, num_classes=None,
-                cls_agnostic_bbox_reg=None, generator=None):
-    """Sample each image's training RoIs from ``labels`` (a ``ProposalLabels``).
+def sample_rois(labels, num_images, params, generator=None):
+    """Sample each image's training RoIs from ``labels`` (a ``ProposalLabels``) with the
+    sampling fields of ``params`` (a ``FastRcnnTargetParams``).
 
     Returns a dict of Detectron's blobs, RoIs image by image, each image's fg before its bg:
       rois (S, 5) float32 blob scale; labels_int32 (S,) int32;
@@ -180,13 +197,12 @@ def sample_rois(labels, num_images, fg_thresh=None, bg_thresh_hi=None, bg_thresh
       of ``labels``), ``box_to_gt_ind_map`` (S,) int64 and ``sampled_boxes`` (S, 4) float32, the
       RoIs at the original image scale (Detectron's ``sampled_boxes``).
     """
-    fg_thresh = _default(fg_thresh, cfg.TRAIN.FG_THRESH)
-    bg_thresh_hi = _default(bg_thresh_hi, cfg.TRAIN.BG_THRESH_HI)
-    bg_thresh_lo = _default(bg_thresh_lo, cfg.TRAIN.BG_THRESH_LO)
-    fg_fraction = _default(fg_fraction, cfg.TRAIN.FG_FRACTION)
-    batch_size_per_im = int(_default(batch_size_per_im, cfg.TRAIN.BATCH_SIZE_PER_IM))
-    num_classes = int(_default(num_classes, cfg.MODEL.NUM_CLASSES))
-    cls_agnostic_bbox_reg = _default(cls_agnostic_bbox_reg, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG)
+    fg_thresh, bg_thresh_hi, bg_thresh_lo = params.fg_thresh, params.bg_thresh_hi, \
+        params.bg_thresh_lo
+    fg_fraction = params.fg_fraction
+    batch_size_per_im = int(params.batch_size_per_im)
+    num_classes = int(params.num_classes)
+    cls_agnostic_bbox_reg = params.cls_agnostic_bbox_reg
     if num_classes < 2 and not cls_agnostic_bbox_reg:
         raise ValueError('sample_rois: num_classes (MODEL.NUM_CLASSES) must count the background '
                          'and at least one class, got %d' % num_classes)
@@ -238,17 +254,11 @@ def expand_bbox_targets(targets, classes, num_reg_classes):
     return out, weights
 
 
-def fast_rcnn_targets(rois, gt, im_info, generator=None, **kwargs):
-    """``label_proposals`` then ``sample_rois``; returns (blobs dict, ProposalLabels).
-
-    Keyword arguments go to whichever of the two takes them (hyper-parameters default to cfg).
-    """
-    label_keys = ('crowd_filter_thresh', 'bbox_thresh', 'bbox_reg_weights', 'rois_orig')
-    label_kw = {k: kwargs.pop(k) for k in label_keys if k in kwargs}
-    if 'cls_agnostic_bbox_reg' in kwargs:
-        label_kw['cls_agnostic_bbox_reg'] = kwargs['cls_agnostic_bbox_reg']
+def fast_rcnn_targets(rois, gt, im_info, params, generator=None, rois_orig=None):
+    """``label_proposals`` then ``sample_rois`` with one ``FastRcnnTargetParams``; returns
+    (blobs dict, ProposalLabels)."""
     if not isinstance(gt, GtBatch):
         gt = pack_gt(gt, rois.device)
-    labels = label_proposals(rois, gt, im_info, **label_kw)
-    blobs = sample_rois(labels, gt.valid.shape[0], generator=generator, **kwargs)
+    labels = label_proposals(rois, gt, im_info, params, rois_orig=rois_orig)
+    blobs = sample_rois(labels, gt.valid.shape[0], params, generator=generator)
     return blobs, labels

@@ -31,23 +31,38 @@ Outputs (a dict, Detectron's blob names):
                                MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH`` (Detectron's loader
                                drops invalid minibatches; its end-to-end path ignores the flag)
 """
+from collections import namedtuple
+
 import torch
 
-from pydetectron.core.config import cfg
 from pydetectron.modeling.targets.sampling import random_subset
 
 
-def _default(value, cfg_value):
-    return cfg_value if value is None else value
+class KeypointTargetParams(namedtuple("KeypointTargetParams", [
+        "fg_thresh",            # TRAIN.FG_THRESH
+        "fg_fraction",          # TRAIN.FG_FRACTION
+        "batch_size_per_im",    # TRAIN.BATCH_SIZE_PER_IM
+        "heatmap_size",         # KRCNN.HEATMAP_SIZE
+        "min_keypoint_count",   # KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH
+])):
+    """The settings of ``keypoint_rcnn_targets``."""
+
+    @classmethod
+    def from_cfg(cls, cfg=None):
+        if cfg is None:
+            from pydetectron.core.config import cfg
+        t, k = cfg.TRAIN, cfg.KRCNN
+        return cls(t.FG_THRESH, t.FG_FRACTION, int(t.BATCH_SIZE_PER_IM), int(k.HEATMAP_SIZE),
+                   k.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH)
 
 
-def keypoints_to_heatmap_labels(keypoints, rois, heatmap_size=None):
+def keypoints_to_heatmap_labels(keypoints, rois, heatmap_size):
     """Heatmap cell labels and weights of (R, 3, K) ``keypoints`` (x, y, v) in (R, 4) ``rois``.
 
     Returns (R, K) int64 linear cell indices (y * HS + x; 0 when invalid) and (R, K) float32
     weights (1 for a visible keypoint inside the grid), as Detectron's function.
     """
-    HS = int(_default(heatmap_size, cfg.KRCNN.HEATMAP_SIZE))
+    HS = int(heatmap_size)
     rois = rois.float()
     x1, y1 = rois[:, 0:1], rois[:, 1:2]                                     # (R, 1)
     x2, y2 = rois[:, 2:3], rois[:, 3:4]
@@ -64,22 +79,18 @@ def keypoints_to_heatmap_labels(keypoints, rois, heatmap_size=None):
     return lin.long(), valid.to(torch.float32)
 
 
-def keypoint_rcnn_targets(labels, gt, num_images, fg_thresh=None, fg_fraction=None,
-                          batch_size_per_im=None, heatmap_size=None, min_keypoint_count=None,
-                          ims_per_batch=None, generator=None):
+def keypoint_rcnn_targets(labels, gt, num_images, params, ims_per_batch=None, generator=None):
     """Detectron's keypoint blobs.
 
     labels: the ``ProposalLabels`` of ``fast_rcnn.label_proposals``; gt: the ``GtBatch`` (packed
     with keypoints) they were computed with; num_images: N. ``ims_per_batch`` (the normaliser's
     images per batch) defaults to N -- Detectron's ``TRAIN.IMS_PER_BATCH``, the images of one
-    GPU's blob. Other hyper-parameters default to cfg.TRAIN / cfg.KRCNN.
+    GPU's blob. params: a ``KeypointTargetParams``.
     """
-    fg_thresh = _default(fg_thresh, cfg.TRAIN.FG_THRESH)
-    fg_fraction = _default(fg_fraction, cfg.TRAIN.FG_FRACTION)
-    batch_size_per_im = int(_default(batch_size_per_im, cfg.TRAIN.BATCH_SIZE_PER_IM))
-    min_keypoint_count = _default(min_keypoint_count,
-                                  cfg.KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH)
-    ims_per_batch = int(_default(ims_per_batch, num_images))
+    fg_thresh, fg_fraction = params.fg_thresh, params.fg_fraction
+    batch_size_per_im = int(params.batch_size_per_im)
+    heatmap_size, min_keypoint_count = params.heatmap_size, params.min_keypoint_count
+    ims_per_batch = int(num_images if ims_per_batch is None else ims_per_batch)
     if gt.keypoints is None:
         raise ValueError('keypoint_rcnn_targets: the ground truth was packed without keypoints '
                          '(pack_gt(..., with_keypoints=True))')

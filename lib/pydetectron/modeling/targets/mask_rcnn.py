@@ -36,7 +36,6 @@ import numpy as np
 import torch
 
 from pydetectron import ops as _ops
-from pydetectron.core.config import cfg
 from pydetectron.modeling.targets.gt import GtBatch, gt_rows, pack_gt, to_device_async
 from pydetectron.modeling.targets.overlaps import box_iou
 from pydetectron.modeling.targets.rasterize import rasterize_polygons
@@ -121,16 +120,17 @@ def polygon_boxes(polys, num_gt):
     return torch.where(has.unsqueeze(1), boxes, torch.zeros_like(boxes)), has
 
 
-def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution=None, rois_orig=None):
+def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution, rois_orig=None):
     """Detectron's mask blobs for the sampled RoIs.
 
     rois: (S, 5) sampled RoIs (blob scale), labels_int32: (S,) their classes (the output of
     ``fast_rcnn.sample_rois``); polys: a ``PolygonBatch`` (or the loader's roidb list, packed
-    here); gt: the ``GtBatch`` the RoIs were labelled with; im_info: (N, 3); rois_orig: (S, 4)
+    here); gt: the ``GtBatch`` the RoIs were labelled with; im_info: (N, 3); resolution: M,
+    the side of the mask targets (``MRCNN.RESOLUTION``); rois_orig: (S, 4)
     the RoIs at the original image scale (``sample_rois``' ``sampled_boxes``; default: rois
     times 1 / im_scale).
     """
-    M = int(resolution if resolution is not None else cfg.MRCNN.RESOLUTION)
+    M = int(resolution)
     device = rois.device
     if not isinstance(gt, GtBatch):
         roidb = gt

@@ -30,43 +30,55 @@ box-regression term; Detectron's ``SelectSmoothL1Loss`` indexes the prediction a
 anyway, i.e. reads another cell's (or channel's) value.
 """
 import math
+from collections import namedtuple
 
 import torch
 
-from pydetectron.core.config import cfg
 from pydetectron.modeling.generate_proposals import shifted_anchors
 from pydetectron.modeling.targets.gt import GtBatch, pack_gt
 from pydetectron.modeling.targets.overlaps import box_iou
 from pydetectron.utils.boxes import bbox_transform_inv
 
-__all__ = ["field_size", "retinanet_targets"]
+__all__ = ["RetinaNetTargetParams", "field_size", "retinanet_targets"]
 
 
-def field_size(stride, train_max_size=None, coarsest_stride=None):
+class RetinaNetTargetParams(namedtuple("RetinaNetTargetParams", [
+        "positive_overlap",   # RETINANET.POSITIVE_OVERLAP
+        "negative_overlap",   # RETINANET.NEGATIVE_OVERLAP
+        "train_max_size",     # TRAIN.MAX_SIZE (the field of anchors covers it)
+        "coarsest_stride",    # FPN.COARSEST_STRIDE
+])):
+    """The settings of ``retinanet_targets``."""
+
+    @classmethod
+    def from_cfg(cls, cfg=None):
+        if cfg is None:
+            from pydetectron.core.config import cfg
+        return cls(cfg.RETINANET.POSITIVE_OVERLAP, cfg.RETINANET.NEGATIVE_OVERLAP,
+                   cfg.TRAIN.MAX_SIZE, cfg.FPN.COARSEST_STRIDE)
+
+
+def field_size(stride, train_max_size, coarsest_stride):
     """Side F of a level's square field of anchors (Detectron's ``get_field_of_anchors``)."""
-    train_max_size = cfg.TRAIN.MAX_SIZE if train_max_size is None else train_max_size
-    coarsest_stride = cfg.FPN.COARSEST_STRIDE if coarsest_stride is None else coarsest_stride
     fpn_max_size = coarsest_stride * math.ceil(train_max_size / float(coarsest_stride))
     return int(math.ceil(fpn_max_size / float(stride)))
 
 
-def retinanet_targets(cell_anchors, strides, feature_sizes, gt, num_classes,
-                      positive_overlap=None, negative_overlap=None, field_sizes=None):
+def retinanet_targets(cell_anchors, strides, feature_sizes, gt, num_classes, params,
+                      field_sizes=None):
     """Detectron's RetinaNet blobs for a batch.
 
     cell_anchors: per level an (A, 4) float32 tensor (one cell's anchors) on the model's device;
     strides: per level the stride (2^level); feature_sizes: per level (H_l, W_l) of the head's
     outputs; gt: a ``GtBatch`` or the loader's per-image ground-truth dicts (blob scale);
-    num_classes: C = MODEL.NUM_CLASSES (background counted). ``field_sizes`` default to
-    ``field_size(stride)`` (at least the feature size); the overlaps default to
-    ``cfg.RETINANET.*``.
+    num_classes: C = MODEL.NUM_CLASSES (background counted); params: a ``RetinaNetTargetParams``.
+    ``field_sizes`` default to ``field_size(stride, ...)`` (at least the feature size).
 
     Returns a dict: ``labels`` per level (N, A, H, W) int64 in {-1, 0, 1..C-1} (the layout of
     Detectron's ``retnet_cls_labels_fpn<l>``); ``bbox_targets`` per level (N, A, 4, H, W) float32
     (meaningful where the label is > 0); ``fg_num`` and ``bg_num`` 0-dim float32 tensors.
     """
-    pos_th = cfg.RETINANET.POSITIVE_OVERLAP if positive_overlap is None else positive_overlap
-    neg_th = cfg.RETINANET.NEGATIVE_OVERLAP if negative_overlap is None else negative_overlap
+    pos_th, neg_th = params.positive_overlap, params.negative_overlap
     if not (len(cell_anchors) == len(strides) == len(feature_sizes)):
         raise ValueError('retinanet_targets: %d cell_anchors, %d strides, %d feature_sizes'
                          % (len(cell_anchors), len(strides), len(feature_sizes)))
@@ -74,7 +86,8 @@ def retinanet_targets(cell_anchors, strides, feature_sizes, gt, num_classes,
     if not isinstance(gt, GtBatch):
         gt = pack_gt(gt, device)
     if field_sizes is None:
-        field_sizes = [max(field_size(s), int(h), int(w))
+        field_sizes = [max(field_size(s, params.train_max_size, params.coarsest_stride),
+                           int(h), int(w))
                        for s, (h, w) in zip(strides, feature_sizes)]
 
     # Every anchor of every level's field, level by level, each in (F, F, A) order: (T, 4)

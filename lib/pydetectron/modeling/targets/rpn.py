@@ -26,22 +26,34 @@ Labelling, per image (Detectron's ``_get_rpn_blobs``):
     weights 1 on positives; outside weights ``1 / #labelled anchors of the image`` on positives
     and negatives.
 For FPN the anchors of all levels are labelled jointly, then split per level (Detectron).
+The settings come in an ``RpnTargetParams`` (read from the config once, where the model is built).
 
 Detectron labels a field of anchors covering ``TRAIN.MAX_SIZE`` and narrows it to the feature
 map in the loss; labelling the feature map's anchors directly is the same whenever the straddle
 threshold is >= 0 (every anchor inside the image has its cell on the feature map).
 """
+from collections import namedtuple
+
 import torch
 
-from pydetectron.core.config import cfg
 from pydetectron.modeling.targets.gt import GtBatch, pack_gt
 from pydetectron.modeling.targets.overlaps import box_iou
 from pydetectron.modeling.targets.sampling import draws_with_replacement, random_subset
 from pydetectron.utils.boxes import bbox_transform_inv
 
 
-def _default(value, cfg_value):
-    return cfg_value if value is None else value
+class RpnTargetParams(namedtuple("RpnTargetParams", [
+        "straddle_thresh", "positive_overlap", "negative_overlap", "fg_fraction",
+        "batch_size_per_im"])):
+    """The TRAIN.RPN_* settings of the RPN targets (field names: the keys in lower case)."""
+
+    @classmethod
+    def from_cfg(cls, cfg=None):
+        if cfg is None:
+            from pydetectron.core.config import cfg
+        t = cfg.TRAIN
+        return cls(t.RPN_STRADDLE_THRESH, t.RPN_POSITIVE_OVERLAP, t.RPN_NEGATIVE_OVERLAP,
+                   t.RPN_FG_FRACTION, int(t.RPN_BATCH_SIZE_PER_IM))
 
 
 def _check_levels(anchors, feature_sizes):
@@ -60,9 +72,7 @@ def _check_levels(anchors, feature_sizes):
     return list(anchors), counts
 
 
-def rpn_anchor_targets(anchors, feature_sizes, gt, im_info, straddle_thresh=None,
-                       positive_overlap=None, negative_overlap=None, fg_fraction=None,
-                       batch_size_per_im=None, generator=None):
+def rpn_anchor_targets(anchors, feature_sizes, gt, im_info, params, generator=None):
     """Detectron's RPN blobs for a batch.
 
     anchors: (H * W * A, 4) tensor, or a list of them, one per FPN level (finest first), in
@@ -70,16 +80,14 @@ def rpn_anchor_targets(anchors, feature_sizes, gt, im_info, straddle_thresh=None
     feature_sizes: list of (H_l, W_l), the spatial size of each level's RPN output.
     gt: a ``GtBatch`` or the loader's list of per-image ground-truth dicts (blob scale).
     im_info: (N, 3) float (blob height, blob width, im_scale) of each image (before padding).
-    Hyper-parameters default to ``cfg.TRAIN.RPN_*`` read at call time; ``generator`` is a
-    ``torch.Generator`` on the anchors' device (global RNG if None).
+    params: an ``RpnTargetParams``; ``generator`` is a ``torch.Generator`` on the anchors' device
+    (global RNG if None).
 
     Returns a list with one dict per level of Detectron's blobs (without the ``_wide`` suffix):
     ``rpn_labels_int32`` (N, A, H, W) int32 in {-1, 0, 1}, ``rpn_bbox_targets``,
     ``rpn_bbox_inside_weights``, ``rpn_bbox_outside_weights`` (N, 4A, H, W) float32.
     """
-    flat = rpn_anchor_targets_flat(anchors, feature_sizes, gt, im_info, straddle_thresh,
-                                   positive_overlap, negative_overlap, fg_fraction,
-                                   batch_size_per_im, generator)
+    flat = rpn_anchor_targets_flat(anchors, feature_sizes, gt, im_info, params, generator)
     N = flat['labels'].shape[0]
     blobs, start = [], 0
     for H, W, A in flat['level_shapes']:
@@ -95,18 +103,13 @@ def rpn_anchor_targets(anchors, feature_sizes, gt, im_info, straddle_thresh=None
     return blobs
 
 
-def rpn_anchor_targets_flat(anchors, feature_sizes, gt, im_info, straddle_thresh=None,
-                            positive_overlap=None, negative_overlap=None, fg_fraction=None,
-                            batch_size_per_im=None, generator=None):
+def rpn_anchor_targets_flat(anchors, feature_sizes, gt, im_info, params, generator=None):
     """The RPN targets of ``rpn_anchor_targets`` in anchor order, all levels together (what the
     losses use; no per-level reshaping): a dict with ``labels`` (N, T) int64 in {-1, 0, 1},
     ``targets``, ``inside_w``, ``outside_w`` (N, T, 4) float32 (T anchors of all levels, level
     by level, each in (H, W, A) order) and ``level_shapes`` [(H, W, A)] per level."""
-    straddle_thresh = _default(straddle_thresh, cfg.TRAIN.RPN_STRADDLE_THRESH)
-    positive_overlap = _default(positive_overlap, cfg.TRAIN.RPN_POSITIVE_OVERLAP)
-    negative_overlap = _default(negative_overlap, cfg.TRAIN.RPN_NEGATIVE_OVERLAP)
-    fg_fraction = _default(fg_fraction, cfg.TRAIN.RPN_FG_FRACTION)
-    batch_size_per_im = int(_default(batch_size_per_im, cfg.TRAIN.RPN_BATCH_SIZE_PER_IM))
+    straddle_thresh, positive_overlap, negative_overlap, fg_fraction, batch_size_per_im = params
+    batch_size_per_im = int(batch_size_per_im)
 
     anchors, level_shapes = _check_levels(anchors, feature_sizes)
     all_anchors = torch.cat(anchors, dim=0).float()                         # (T, 4)
