@@ -69,16 +69,24 @@ class Ours:
         from pydetectron.modeling.model_builder import Generalized_RCNN
         self.device = torch.device(args.device)
         reset_cfg()
-        merge_cfg_from_file(os.path.join(ROOT, 'configs', 'baselines',
-                                         'e2e_mask_rcnn_R-50-FPN_1x.yaml'))
-        merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False,
-                             'TEST.SCALE', args.scale, 'TEST.MAX_SIZE', args.max_size,
-                             'TEST.SCORE_THRESH', 0.0, 'TEST.IMS_PER_BATCH', args.ims_per_batch])
-        names, num_classes = dataset_catalog.resolve_dataset_arg(args.dataset, training=False)
+        yaml = os.path.join(ROOT, 'configs', 'baselines', 'e2e_mask_rcnn_R-50-FPN_1x.yaml')
+        keys = ['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False, 'TEST.SCALE', args.scale,
+                'TEST.MAX_SIZE', args.max_size, 'TEST.SCORE_THRESH', 0.0,
+                'TEST.IMS_PER_BATCH', args.ims_per_batch]
+        try:
+            from pydetectron.engine import config_sequence
+        except ImportError:      # an older checkout (--lib): the sequence written out
+            merge_cfg_from_file(yaml)
+            merge_cfg_from_list(keys)
+            names, num_classes = dataset_catalog.resolve_dataset_arg(args.dataset,
+                                                                     training=False)
+            cfg.TEST.DATASETS, cfg.MODEL.NUM_CLASSES = tuple(names), num_classes
+            cfg.CUDA = self.device.type == 'cuda'
+            assert_and_infer_cfg()
+        else:
+            names = config_sequence.configure(yaml, [], overrides=keys, dataset=args.dataset,
+                                              split='test', cuda=self.device.type == 'cuda')
         self.dataset = names[0]
-        cfg.TEST.DATASETS, cfg.MODEL.NUM_CLASSES = (self.dataset,), num_classes
-        cfg.CUDA = self.device.type == 'cuda'
-        assert_and_infer_cfg()
         torch.manual_seed(0)
         self.model = Generalized_RCNN().to(self.device).eval()
         self.out_dir = tempfile.mkdtemp(prefix='bench_test_net_')

@@ -16,6 +16,8 @@
 #   ab      dev/benchmark_ab.py (paired timing) once per entry of AB
 #   testnet dev/benchmark_test_net.py: test_net's path on real photos against torchvision's
 #           evaluation loop, then against the older copies named in BASES
+#   trainnet dev/benchmark_train_net.py: tools/train_net_step.py on real photos against a
+#           torchvision training loop (entries of TRAINNET)
 #   multi   2+ GPUs: DataParallel against DistributedDataParallel training, test_net in one
 #           process against --multi-gpu-testing
 #
@@ -28,7 +30,7 @@
 # Logs go to $OUT (default /tmp/gpu_check), scratch files to $WORK (default /tmp/gpu_check_work,
 # emptied first). The exit status is the first failing mode's.
 set -uo pipefail
-MODES="build tests ops train perf ab testnet multi"
+MODES="build tests ops train perf ab testnet trainnet multi"
 usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 if [ $# -eq 0 ]; then usage >&2; echo "gpu_check.sh: give at least one MODE among: $MODES" >&2; exit 2; fi
 for m in "$@"; do

@@ -5,11 +5,9 @@ import os
 import torch
 
 from bench import ROOT
-from pydetectron.core.config import (
-    assert_and_infer_cfg, cfg, merge_cfg_from_file, merge_cfg_from_list, reset_cfg)
-from pydetectron.datasets import dataset_catalog
+from pydetectron.core.config import cfg, reset_cfg
 from pydetectron.datasets.roidb import combined_roidb_for_training
-from pydetectron.engine import train_setup
+from pydetectron.engine import config_sequence, train_setup
 from pydetectron.modeling.model_builder import Generalized_RCNN
 from pydetectron.roi_data.loader import build_train_loader
 
@@ -26,23 +24,20 @@ MODELS = {
 
 
 def configure(model_name, dataset_spec, batch_size, args):
-    """The global cfg for ``model_name`` trained at ``batch_size`` images on one GPU."""
+    """The global cfg for ``model_name`` trained at ``batch_size`` images on one GPU (the tools'
+    config sequence, ``engine.config_sequence``)."""
     reset_cfg()
-    merge_cfg_from_file(os.path.join(ROOT, MODELS[model_name][0]))
     size, max_size = min(args.height, args.width), max(args.height, args.width)
-    merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False,
-                         'TRAIN.SCALES', (size,), 'TRAIN.MAX_SIZE', max_size,
-                         'TEST.SCALE', size, 'TEST.MAX_SIZE', max_size,
-                         'TRAIN.USE_FLIPPED', False])
-    if args.set_cfgs:
-        merge_cfg_from_list(args.set_cfgs)
-    names, num_classes = dataset_catalog.resolve_dataset_arg(dataset_spec, training=True)
-    cfg.TRAIN.DATASETS, cfg.MODEL.NUM_CLASSES = tuple(names), num_classes
-    train_setup.adjust_config_for_batch_size(cfg, batch_size, 1, 1, num_workers=0,
-                                             write=lambda *a, **k: None)
-    cfg.CUDA = args.device.type == 'cuda'
-    assert_and_infer_cfg()
-    return names
+    return list(config_sequence.configure(
+        os.path.join(ROOT, MODELS[model_name][0]), args.set_cfgs,
+        overrides=['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False,
+                   'TRAIN.SCALES', (size,), 'TRAIN.MAX_SIZE', max_size,
+                   'TEST.SCALE', size, 'TEST.MAX_SIZE', max_size,
+                   'TRAIN.USE_FLIPPED', False],
+        after_merge=lambda c: train_setup.adjust_config_for_batch_size(
+            c, batch_size, 1, 1, num_workers=0, write=lambda *a, **k: None),
+        dataset=dataset_spec, split='train', cuda=args.device.type == 'cuda',
+        check_values=False))
 
 
 def load_batch(names, batch_size, device):
