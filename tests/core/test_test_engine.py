@@ -182,3 +182,29 @@ def test_portable_dataset_name(rect_setup):
     spec = test_engine.portable_dataset_name(name)
     assert spec.startswith('coco_json:') and JsonDataset(spec).name == name
     assert test_engine.portable_dataset_name('coco_2017_val') == 'coco_2017_val'
+
+
+def test_read_ahead_keeps_the_batches_in_order_and_skips_unreadable(tmp_path):
+    """test_net reads the next batches' images in threads: each batch still gets its own images
+    in order, an unreadable file is None (and listed), and nothing is read twice."""
+    entries = []
+    for k in range(7):
+        path = str(tmp_path / ('im%d.png' % k))
+        im = np.full((8 + k, 10, 3), k * 20, np.uint8)
+        if k == 3:
+            with open(path, 'wb') as f:
+                f.write(b'not an image')
+        else:
+            cv2.imwrite(path, im)
+        entries.append({'image': path, 'height': 8 + k, 'width': 10, 'id': k})
+    batches = [(0, [0, 1], None), (2, [2, 3, 4], None), (5, [5], None), (6, [6], None)]
+    skipped = []
+    got = list(test_engine._read_ahead(entries, batches, skipped, workers=3, ahead=2))
+    assert [b for b, _ in got] == batches
+    for (_, inds, _), ims in got:
+        for i, im in zip(inds, ims):
+            if i == 3:
+                assert im is None
+            else:
+                assert im.shape == (8 + i, 10, 3) and int(im[0, 0, 0]) == i * 20
+    assert skipped == [entries[3]['image']]
