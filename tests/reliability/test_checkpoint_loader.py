@@ -1,5 +1,6 @@
 """Issue 16, item 4: every tool loads weights through one loader
-(``engine.checkpoint.load_weights`` / ``load_checkpoint``), and every way a weights file can be
+(``engine.initial_weights.load_weights``, also reached as ``engine.checkpoint.load_weights``;
+``load_checkpoint`` for ``--resume``), and every way a weights file can be
 unusable is one line (a ``CheckpointError``) naming the file and the flag. The fake detector of
 the engine tests stands in for the model (its layers have Detectron blob names)."""
 import os
@@ -165,3 +166,29 @@ def test_another_format_plugs_into_the_one_loader(tmp_path):
     assert seen == [(str(path), '--load_ckpt')]
     with pytest.raises(CheckpointError, match='neither a torch checkpoint'):
         ck.load_weights(FakeDetector(), str(path), flag='--load_ckpt')
+
+
+def test_one_loader_for_training_and_the_tools(tmp_path):
+    """The two names are one function; its class-head rule depends on who calls: exact for the
+    test tools (default), skipped with a warning or refused for fine-tuning (training)."""
+    from pydetectron.engine import initial_weights
+    assert ck.load_weights is initial_weights.load_weights
+    assert ck._WEIGHTS_FORMATS is initial_weights._WEIGHTS_FORMATS
+    src = DetectronNamedFake()
+    path = _detectron_file(tmp_path, src)
+    other = DetectronNamedFake()
+    other.cls_score = nn.Linear(16, 5)          # another class count
+    before = other.cls_score.weight.detach().clone()
+    with pytest.raises(CheckpointError) as e:    # inference: a mismatch like any other
+        ck.load_weights(other, str(path), flag='--load_detectron', kind='detectron')
+    assert 'blob cls_score_w has shape (3, 16) in the file but parameter cls_score.weight ' \
+        'has shape (5, 16)' in _one_line(e)
+    loaded = initial_weights.load_weights(other, str(path), flag='TRAIN.WEIGHTS',
+                                          strict_class_heads=False)
+    assert 'cls_score.weight' not in loaded and 'fc6.weight' in loaded
+    assert torch.equal(other.cls_score.weight, before)
+    assert torch.equal(other.fc6.weight, src.fc6.weight)
+    with pytest.raises(CheckpointError, match='--strict_class_heads') as e:
+        initial_weights.load_weights(other, str(path), flag='TRAIN.WEIGHTS',
+                                     strict_class_heads=True)
+    assert 'cls_score.weight (file [3, 16] vs model [5, 16])' in _one_line(e)

@@ -100,3 +100,50 @@ def test_a_dataset_of_other_classes_is_one_line(trained, tmp_path):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and 'shapes_val' in err[0] and 'trained on 3 classes' in err[0], \
         proc.stderr
+
+
+def _count_torch_loads(monkeypatch, path):
+    """A list that grows by one at each torch.load of ``path``."""
+    import torch
+    loads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)) and os.path.abspath(f) == os.path.abspath(path):
+            loads.append(f)
+        return real_load(f, *args, **kwargs)
+    monkeypatch.setattr(torch, 'load', counting_load)
+    return loads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('tool', ['test_net.py', 'infer_simple.py'])
+def test_the_checkpoint_is_read_once(trained, tmp_path, monkeypatch, tool):
+    """The tools read the checkpoint's config and classes, then load its weights into the model
+    built from that config: one torch.load of the file for both."""
+    import torch
+    from pydetectron.core.config import reset_cfg
+    root, dataset, ckpt = trained
+    loads = _count_torch_loads(monkeypatch, ckpt)
+    module = _load('_once_' + tool[:-3], os.path.join('tools', tool))
+    if tool == 'test_net.py':
+        argv = ['--load_ckpt', ckpt, '--dataset', dataset, '--no_cuda', '--quiet',
+                '--output_dir', str(tmp_path / 'test')]
+    else:
+        argv = ['--load_ckpt', ckpt, '--image_dir', dataset.split(':')[2],
+                '--output_dir', str(tmp_path / 'infer')]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    reset_cfg()
+    try:
+        module.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+        reset_cfg()
+    assert len(loads) == 1, loads
+    # and a read after the file changed reads it again (the kept object is for that file only)
+    from pydetectron.engine import checkpoint_meta, initial_weights
+    checkpoint_meta.read_metadata(ckpt)
+    os.utime(ckpt, ns=(os.stat(ckpt).st_atime_ns, os.stat(ckpt).st_mtime_ns + 10 ** 9))
+    initial_weights.read_torch_file(ckpt)
+    assert len(loads) == 3

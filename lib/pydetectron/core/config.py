@@ -850,7 +850,10 @@ __C.KRCNN.ROI_XFORM_METHOD = 'RoIAlign'
 __C.KRCNN.ROI_XFORM_RESOLUTION = 7
 __C.KRCNN.ROI_XFORM_SAMPLING_RATIO = 0
 
-# A minibatch with fewer visible keypoints than this is skipped
+# Training on precomputed proposals (MODEL.FASTER_RCNN off), a minibatch whose sampled keypoint
+# RoIs hold no more visible keypoints than this is not trained on: the next one is drawn instead
+# (engine/trainer.py). Detectron's end-to-end path ignores it, and so does pydetectron (with a
+# warning when it is set there).
 __C.KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH = 20
 
 # Heatmaps are never resized below this side when decoding keypoints
@@ -1415,6 +1418,31 @@ def _warn_ignored_keys(c):
             continue
         logger.warning('Config key %s = %r has no effect in pydetectron (%s)',
                        full_key, value, why)
+    _warn_inert_keys(c)
+
+
+def _inert_key_reasons(c):
+    """{key: why} of the keys that have an effect in some configurations but not in ``c``."""
+    out = {}
+    key = 'KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH'
+    if not c.MODEL.KEYPOINTS_ON:
+        out[key] = 'MODEL.KEYPOINTS_ON is off: there are no keypoint minibatches to check'
+    elif c.RPN.RPN_ON:
+        out[key] = ("end-to-end training (MODEL.FASTER_RCNN): Detectron drops a minibatch with "
+                    "too few visible keypoints only when training on precomputed proposals; "
+                    "its end-to-end proposal-labelling ops compute the count and ignore it, and "
+                    "so does pydetectron")
+    return out
+
+
+def _warn_inert_keys(c):
+    """Warn about each key set to a non-default value in a configuration where it does
+    nothing (``_inert_key_reasons``)."""
+    for full_key, why in sorted(_inert_key_reasons(c).items()):
+        value = _get_key(c, full_key)
+        if value != _get_key(_DEFAULT_CFG, full_key):
+            logger.warning('Config key %s = %r has no effect in this configuration (%s)',
+                           full_key, value, why)
 
 
 def _find_problems(c):

@@ -302,9 +302,10 @@ def initialize_model_from_cfg(args, gpu_id=0):
     model = Generalized_RCNN()
     load_ckpt = _arg(args, 'load_ckpt')
     load_detectron = _arg(args, 'load_detectron')
-    # The one loader of every tool (engine.checkpoint.load_weights): a missing, truncated or
-    # unsafe file, or one of another architecture, is a one-line CheckpointError.
-    from pydetectron.engine.checkpoint import load_weights
+    # The one loader of every tool (engine.initial_weights.load_weights): a missing, truncated or
+    # unsafe file, or one of another architecture, is a one-line CheckpointError. An exact load:
+    # class-specific layers of another shape are a mismatch here, not a fine-tuning start.
+    from pydetectron.engine.initial_weights import load_weights
     if load_ckpt:
         logger.info('loading checkpoint %s', load_ckpt)
         load_weights(model, load_ckpt, flag='--load_ckpt', kind='checkpoint')

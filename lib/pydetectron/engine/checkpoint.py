@@ -333,102 +333,21 @@ def load_optimizer_state(optimizer, state, source='checkpoint'):
 
 
 # ---------------------------------------------------------------------------------------------- #
-# The one entry point for weights files
+# Weights files of every kind
 # ---------------------------------------------------------------------------------------------- #
-
-# Formats of weights files, tried in order: (name, accepts(path) -> bool, load(model, path, flag)).
-# Other modules add theirs with ``register_weights_format`` (e.g. checkpoints of other projects).
-_WEIGHTS_FORMATS = []
-
-
-def register_weights_format(name, accepts, load, first=True):
-    """Add a weights-file format to ``load_weights``: ``accepts(path)`` says whether the file is
-    of this format (cheaply: a magic number, an extension, a key), ``load(model, path, flag)``
-    loads it into ``model`` raising ``CheckpointError`` (one line) when it does not fit.
-    ``first``: try it before the built-in formats."""
-    entry = (name, accepts, load)
-    _WEIGHTS_FORMATS[:] = [f for f in _WEIGHTS_FORMATS if f[0] != name]
-    if first:
-        _WEIGHTS_FORMATS.insert(0, entry)
-    else:
-        _WEIGHTS_FORMATS.append(entry)
-
-
-def _is_torch_archive(path):
-    return _head(path) == _ZIP_MAGIC
-
 
 # torch.save's legacy (non-zip) format starts with a pickled magic number (protocol 2)
 _LEGACY_TORCH_MAGIC = b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19'
 
+# The one loader of weights files (``load_weights``: checkpoints of this project and of
+# Detectron.pytorch, Detectron pickles, fine-tuning, partial loads) and its format registry live in
+# ``engine.initial_weights``; these names reach them from here too (that module imports this one,
+# so they are looked up on first use).
+_FORWARDED = ('load_weights', 'register_weights_format', '_WEIGHTS_FORMATS')
 
-def _is_legacy_torch_file(path):
-    return _head(path, len(_LEGACY_TORCH_MAGIC)) == _LEGACY_TORCH_MAGIC
 
-
-def _load_pydetectron_checkpoint(model, path, flag):
-    """A checkpoint of this project, or of Detectron.pytorch (its module names, read through
-    Detectron's blob names; its older files are torch's legacy format)."""
-    source = '{} {}'.format(flag, path) if flag else path
-    if _is_legacy_torch_file(path):
+def __getattr__(name):
+    if name in _FORWARDED:
         from pydetectron.engine import initial_weights
-        from pydetectron.core.config import cfg
-        initial_weights.load_weights(model, path, rpn_min_level=cfg.FPN.RPN_MIN_LEVEL)
-        return None
-    ckpt = load_checkpoint(path, flag=flag)
-    state = ckpt['model']
-    if state and all(k.startswith('module.') for k in state):
-        state = {k[len('module.'):]: v for k, v in state.items()}
-    from pydetectron.utils import detectron_pytorch_checkpoint as dpt
-    if dpt.is_detectron_pytorch_state_dict(state):
-        from pydetectron.core.config import cfg
-        from pydetectron.utils.detectron_weight_helper import load_detectron_blobs
-        try:
-            blobs = dpt.detectron_pytorch_to_blobs(state, cfg.FPN.RPN_MIN_LEVEL)
-        except ValueError as e:
-            raise CheckpointError('{}: {}'.format(source, e)) from e
-        load_detectron_blobs(model, blobs, path)
-        return ckpt
-    load_model_state(model, state, source=source)
-    return ckpt
-
-
-def _is_pickle(path):
-    return _head(path, 1) == _PICKLE_MAGIC or path.endswith('.pkl')
-
-
-def _load_detectron_pkl(model, path, flag):
-    from pydetectron.utils.detectron_weight_helper import load_detectron_weight
-    return load_detectron_weight(model, path)
-
-
-def load_weights(model, path, flag=None, kind=None):
-    """Load the weights file ``path`` into ``model``: the one loader every tool uses.
-
-    ``kind``: 'checkpoint' (a pydetectron ``.pth``, what ``--load_ckpt`` names), 'detectron' (a
-    Detectron ``.pkl``, ``--load_detectron``) or None to recognise the file. A file that cannot
-    be used -- missing, empty, truncated, of another architecture (the first mismatched keys and
-    shapes are named), a Detectron file lacking a blob or with other shapes -- raises a
-    one-line ``CheckpointError`` naming ``flag`` and the file.
-    """
-    who = '{} {}'.format(flag, path) if flag else path
-    if not os.path.isfile(path):
-        raise MissingCheckpointError('{}: file not found'.format(who))
-    if os.path.getsize(path) == 0:
-        raise CheckpointError('{}: the file is empty'.format(who))
-    if kind == 'checkpoint':
-        return _load_pydetectron_checkpoint(model, path, flag)
-    if kind == 'detectron':
-        return _load_detectron_pkl(model, path, flag)
-    if kind is not None:
-        raise ValueError('load_weights: unknown kind {!r}'.format(kind))
-    for name, accepts, load in _WEIGHTS_FORMATS:
-        if accepts(path):
-            return load(model, path, flag)
-    raise CheckpointError('{}: neither a torch checkpoint (.pth) nor a Detectron pickle (.pkl)'
-                          .format(who))
-
-
-register_weights_format('detectron', _is_pickle, _load_detectron_pkl, first=False)
-register_weights_format('pydetectron', _is_torch_archive, _load_pydetectron_checkpoint,
-                        first=False)
+        return getattr(initial_weights, name)
+    raise AttributeError('module {!r} has no attribute {!r}'.format(__name__, name))

@@ -39,9 +39,13 @@ def training_metadata(dataset_names, dataset_arg=None):
 def read_metadata(path, flag='--load_ckpt'):
     """{'cfg', 'classes', 'keypoint_names', 'dataset', 'dataset_arg'} of checkpoint ``path``
     (values None where it has none, e.g. a Detectron.pytorch checkpoint). A file that cannot be
-    read is the one-line CheckpointError naming ``flag`` and the file."""
-    from pydetectron.engine.initial_weights import read_weights
-    _, _, ckpt = read_weights(path, flag=flag)
+    read is the one-line CheckpointError naming ``flag`` and the file.
+
+    The loaded checkpoint is kept for the weights loader (``initial_weights.read_torch_file``
+    with ``keep``): the tool that asks for the metadata loads the same file's weights next, and
+    the file is read once."""
+    from pydetectron.engine.initial_weights import read_torch_file
+    ckpt = read_torch_file(path, flag=flag, keep=True)
     if not isinstance(ckpt, dict):
         ckpt = {}
     return {k: ckpt.get(k) for k in ('cfg', 'classes', 'keypoint_names', 'dataset',

@@ -15,6 +15,29 @@ with the per-pass batch size, not with ``iter_size`` (``train_setup.py``): k sum
 gradients at lr equal one mean gradient over the k-times-larger batch at k * lr, Detectron's
 linear scaling rule. (Weight decay is applied once per step, at the per-pass LR.)
 
+Invalid minibatches (``KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH``): Detectron's loader
+(``roi_data/loader.py``, ``get_next_minibatch``) builds a minibatch, and when it is not valid --
+a keypoint model trained on precomputed proposals whose sampled keypoint RoIs hold no more
+visible keypoints than the key (``finalize_keypoint_minibatch``) -- draws the next one in its
+place; the invalid one never reaches the network. Here the targets are computed in the model, so
+the model says so in its output (``'minibatch_valid'``, 0 or 1; absent means valid) and the
+trainer does what the loader did:
+  * the pass is dropped before its backward: no gradient, no loss in the statistics or the
+    loss history, nothing in the step's iter_size count; the next minibatch is drawn instead;
+  * the step counter (and with it the LR schedule and the checkpoint names) counts updates
+    only, as Detectron's iteration counter does;
+  * the data order counts the dropped minibatch as consumed (``data_order['start_iter']``), and
+    the random draws it made stay drawn, so ``--resume`` continues exactly where an
+    uninterrupted run would;
+  * with several devices (DataParallel) or ranks (DDP) the whole pass is dropped when any of its
+    minibatches is invalid (Detectron redraws per GPU; the gradients of one pass must come from
+    every device here, and all ranks must take the same decision);
+  * ``invalid_minibatches`` counts them (debug log per drop); ``MAX_CONSECUTIVE_INVALID`` in a
+    row stop training with a ConfigError naming the key, where Detectron would draw forever.
+Detectron's end-to-end models (with an RPN) never drop a minibatch: their proposal-labelling op
+computes the same count and ignores it, so those models return no flag (and the config warns
+when the key is set there, ``core/config.py``).
+
 Stopping early, always at a step boundary (the model and optimizer are only changed by
 ``optimizer.step()``, which is the last thing a step does):
   * a NaN / inf loss: the step's update never runs; the state after the previous step is saved
@@ -44,8 +67,13 @@ import torch
 from pydetectron.engine.checkpoint import (get_rng_states, model_generators, save_checkpoint,
                                            set_rng_states)
 from pydetectron.engine.interrupt import GracefulInterrupt, TrainingInterrupted
+from pydetectron.utils.errors import ConfigError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Invalid minibatches in a row after which training stops with a ConfigError (Detectron's loader
+# would redraw forever)
+MAX_CONSECUTIVE_INVALID = 1000
 
 # How DataLoader reports a worker that died of a signal (torch/utils/data/_utils/signal_handling)
 _WORKER_KILLED_RE = re.compile(r'DataLoader worker \(pid[^:]*is killed by signal: (\w+)')
@@ -156,6 +184,9 @@ class Trainer:
         # per finished step: its total loss, averaged over the step's iter_size passes
         self.loss_history = []
         self.last_checkpoint = None
+        # minibatches dropped as invalid (too few visible keypoints), in all and in a row
+        self.invalid_minibatches = 0
+        self._consecutive_invalid = 0
 
     # ------------------------------------------------------------------------------------------
     def _forward(self, batch):
@@ -219,6 +250,22 @@ class Trainer:
                                rng_states=self._rng_at_step_end)
         self.last_checkpoint = (step, path)
         return path
+
+    def _drop_invalid_minibatch(self, step):
+        self.invalid_minibatches += 1
+        self._consecutive_invalid += 1
+        logger.debug('Step %d: minibatch %d dropped (too few visible keypoints, '
+                     'KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH); drawing the next one',
+                     step, self._consumed - 1)
+        if self._consecutive_invalid >= MAX_CONSECUTIVE_INVALID:
+            # Detectron's loader would draw forever
+            from pydetectron.core.config import cfg
+            raise ConfigError(
+                'KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH = {}: the last {} minibatches all '
+                'had no more visible keypoints than that in their keypoint RoIs, and such '
+                'minibatches do not train; lower the key or check the keypoints of the '
+                'dataset'.format(cfg.KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH,
+                                 self._consecutive_invalid))
 
     # ------------------------------------------------------------------------------------------
     def train(self, start_step=0):
@@ -304,7 +351,8 @@ class Trainer:
             self.stats.IterTic()
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for inner in range(self.iter_size):
+        inner = 0
+        while inner < self.iter_size:
             last_pass = inner == self.iter_size - 1
             if not distributed and self.interrupt.requested:
                 return False   # abandon before reading more data
@@ -324,15 +372,32 @@ class Trainer:
                 names = list(losses) + list(metrics)
                 values = torch.stack([v.detach().float().reshape(()) for v in
                                       list(losses.values()) + list(metrics.values())])
+                valid = out.get('minibatch_valid')
+                valid = (valid.detach().float().reshape(1).to(values.device) if valid is not None
+                         else values.new_ones(1))
                 flag = torch.tensor([1.0 if self.interrupt.requested else 0.0],
                                     device=values.device)
-                values = torch.cat([values, flag])
+                values = torch.cat([values, valid, flag])
                 if self.reduce_values is not None:
                     values = self.reduce_values(values)
                 values = values.cpu().tolist()
                 stop_requested = values[-1] > 0
+                # averaged over devices and ranks: below 1 when any minibatch of the pass is
+                # invalid
+                pass_valid = values[-2] > 1.0 - 1e-6
                 loss_values = dict(zip(names[:len(losses)], values[:len(losses)]))
-                metric_values = dict(zip(names[len(losses):], values[len(losses):-1]))
+                metric_values = dict(zip(names[len(losses):], values[len(losses):-2]))
+                if not pass_valid:
+                    # Detectron's loader draws the next minibatch in its place: nothing of this
+                    # one trains, is counted as a pass or logged (it stays consumed).
+                    del out, losses, metrics
+                    self._drop_invalid_minibatch(step)
+                    if stop_requested:
+                        if not self.interrupt.requested:
+                            self.interrupt.request()
+                        return False   # the step has no update yet: abandon it
+                    continue
+                self._consecutive_invalid = 0
                 for k, v in loss_values.items():
                     if not math.isfinite(v):
                         path = self._save(step - 1)
@@ -348,6 +413,7 @@ class Trainer:
             total += sum(loss_values.values())
             if self.stats is not None:
                 self.stats.UpdateIterStats(loss_values, metric_values, inner)
+            inner += 1
         # The LR is only read by the update, so it is set here: an abandoned step never changes
         # the schedule or the momentum history.
         self._updating = True

@@ -260,6 +260,12 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, params, r
     with Detectron's names. ``params``: a ``GeneralizedRcnnLossParams``. With
     ``MODEL.SHARE_RES5`` the box head's res5 features of the sampled RoIs feed the mask head
     (gathered by ``roi_has_mask_int32``), as Detectron does.
+
+    A keypoint model without an RPN (Fast R-CNN on precomputed proposals) also returns
+    ``'minibatch_valid'``: a () float32 tensor, 1 when the sampled keypoint RoIs hold more than
+    ``KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH`` visible keypoints, else 0 -- the trainer
+    then drops the minibatch and draws the next one, as Detectron's loader does
+    (``engine/trainer.py``).
     """
     from pydetectron.modeling import targets as T
     roi_params = params.roi_targets
@@ -329,4 +335,11 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, params, r
             kps_pred, blobs['keypoint_locations_int32'], blobs['keypoint_weights'],
             blobs['keypoint_loss_normalizer'], normalize_by_visible=params.kps_normalize_by_visible,
             loss_weight=params.kps_loss_weight)
-    return {'losses': out_losses, 'metrics': metrics}
+    out = {'losses': out_losses, 'metrics': metrics}
+    if model.Keypoint_Head is not None and not model.faster_rcnn:
+        # Fast R-CNN on precomputed proposals: Detectron's loader computes this minibatch's
+        # blobs itself and draws another minibatch when it has too few visible keypoints
+        # (finalize_keypoint_minibatch). Its end-to-end path labels the RPN's proposals in an op
+        # that ignores the verdict, so a model with an RPN has no such flag.
+        out['minibatch_valid'] = blobs['keypoint_minibatch_valid'].to(torch.float32)
+    return out

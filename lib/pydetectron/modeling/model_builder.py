@@ -29,7 +29,10 @@ come from; ``keypoint_net(blob_conv, rois)`` -> (R, K, Hk, Wk) heatmap logits;
 ``detect(data, im_info)`` runs the whole test path on the device.
 
 Training (``model.train()``): the body and the RPN run here (proposals with TRAIN.* settings,
-collected per minibatch for FPN); ``training_losses`` adds the targets and losses (``modeling.losses``).
+collected per minibatch for FPN); ``training_losses`` adds the targets and losses (``modeling.losses``):
+``{'losses': {...}, 'metrics': {...}}``, plus ``'minibatch_valid'`` (a () float tensor, 0 or 1) for a
+keypoint model on precomputed proposals, where Detectron drops minibatches with too few visible
+keypoints (``KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH``; the trainer draws the next one).
 """
 import logging
 

@@ -29,7 +29,9 @@ Outputs (a dict, Detectron's blob names):
                                ``KRCNN.NORMALIZE_BY_VISIBLE_KEYPOINTS`` is off
     keypoint_minibatch_valid   () bool: R_k > 0 and #visible > ``KRCNN.
                                MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH`` (Detectron's loader
-                               drops invalid minibatches; its end-to-end path ignores the flag)
+                               drops invalid minibatches; its end-to-end path ignores the flag.
+                               Here a model without an RPN returns it as 'minibatch_valid' and
+                               the trainer drops the minibatch: ``engine/trainer.py``)
 """
 from collections import namedtuple
 
