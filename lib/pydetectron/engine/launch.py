@@ -145,11 +145,12 @@ def load_imagenet_weights(model, path):
     return load_pretrained_imagenet_weights(model, path)
 
 
-def _start_affines_from_data(model, loader, device):
+def _start_affines_from_data(model, loader, device, info):
     """A frozen-BN body from random weights (--allow_random_frozen_bn): its AffineChannel layers
     start from the statistics of the first training batch (``nn.affine.
-    init_affine_channels_from_data``), then stay frozen."""
-    from pydetectron.nn.affine import init_affine_channels_from_data
+    init_affine_channels_from_data``), then stay frozen. With several processes, rank 0's
+    values are sent to every rank (the model is already wrapped by DDP here)."""
+    from pydetectron.nn.affine import AffineChannel2d, init_affine_channels_from_data
     iterator = iter(loader)
     try:
         batch = next(iterator)
@@ -157,6 +158,12 @@ def _start_affines_from_data(model, loader, device):
         del iterator                     # its workers end here
     data = batch['data'][0].to(device)
     n = init_affine_channels_from_data(model.Conv_Body, data)
+    if info.distributed:
+        with torch.no_grad():
+            for m in model.Conv_Body.modules():
+                if isinstance(m, AffineChannel2d):
+                    torch.distributed.broadcast(m.weight, src=0)
+                    torch.distributed.broadcast(m.bias, src=0)
     logger.info('Frozen BN from random weights: the body\'s %d AffineChannel layers start from '
                 'the channel statistics of the first training batch (%d images)', n,
                 data.shape[0])
@@ -245,9 +252,8 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         initial_weights.check_frozen_bn_initialised(
             model, loaded, allow=cfg.TRAIN.ALLOW_RANDOM_FROZEN_BN)
     model.to(device)
-    if not resume_path and initial_weights.body_uses_frozen_bn(model) and not any(
-            n.startswith('Conv_Body.') for n in loaded):
-        _start_affines_from_data(model, make_loader(0, int(cfg.RNG_SEED)), device)
+    random_affines = not resume_path and initial_weights.body_uses_frozen_bn(model) and not any(
+        n.startswith('Conv_Body.') for n in loaded)
     compile_mode = getattr(args, 'compile', None)
     if compile_mode and not info.distributed and num_gpus > 1:
         raise CliError('--compile with %d GPUs in one process: the DataParallel copies the '
@@ -321,6 +327,9 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
             evaluator.metrics_file = run.metrics
 
     # 6. train
+    if random_affines:      # after every check of the configuration: this reads data
+        _start_affines_from_data(ck.unwrap_model(model), make_loader(0, data_order['seed']),
+                                 device, info)
     trainer = Trainer(
         model, optimizer, scheduler,
         lambda start_iter: make_loader(start_iter, data_order['seed']),
