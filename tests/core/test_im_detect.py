@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pydetectron.core import test as test_mod
+from pydetectron.core import test_aug
 from pydetectron.core.config import cfg, reset_cfg
 from pydetectron.utils import boxes as box_utils
 
@@ -329,7 +330,7 @@ def test_logit_avg_is_the_sigmoid_of_the_mean_logit(monkeypatch):
     cfg.TEST.MASK_AUG.HEUR = 'LOGIT_AVG'
     outs = iter([[np.full((1, 1, 2, 2), 0.9, np.float32)],
                  [np.full((1, 1, 2, 2), 0.5, np.float32)]])
-    monkeypatch.setattr(test_mod, '_masks_at', lambda *a, **k: next(outs))
+    monkeypatch.setattr(test_aug, '_masks_at', lambda *a, **k: next(outs))
     m = test_mod.im_detect_mask_aug(None, [np.zeros((4, 4, 3), np.uint8)], [np.zeros((1, 4))])
     logit = (np.log(0.9 / 0.1) + 0.0) / 2
     np.testing.assert_allclose(m[0], 1 / (1 + np.exp(-logit)), rtol=1e-6)
