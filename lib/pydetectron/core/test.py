@@ -436,10 +436,8 @@ def segm_results(cls_boxes, masks, ref_boxes, im_h, im_w):
     num_classes = cfg.MODEL.NUM_CLASSES
     cls_segms = [[] for _ in range(num_classes)]
     M = cfg.MRCNN.RESOLUTION
-    scale = (M + 2.0) / M
-    # float32 arithmetic then truncation, as Detectron's expand_boxes on its float32 boxes
-    ref_boxes = box_utils.expand_boxes(np.asarray(ref_boxes, dtype=np.float32), scale)
-    ref_boxes = ref_boxes.astype(np.int32)
+    # expanded by (M + 2) / M in float32, then truncated, as Detectron's expand_boxes
+    ref_boxes = mask_results.paste_boxes(ref_boxes, M)
     padded_mask = np.zeros((M + 2, M + 2), dtype=np.float32)
     mask_ind = 0
     for j in range(1, num_classes):

@@ -142,10 +142,15 @@ def im_detect_bbox_aug(model, ims, box_proposals):
     return scores_c, boxes_c, im_scales_i, blob_conv_i
 
 
+def _hflipped(ims, boxes_list):
+    """The mirrored images and their detections' boxes mirrored with them."""
+    flipped = [np.ascontiguousarray(im[:, ::-1, :]) for im in ims]
+    return flipped, [box_utils.flip_boxes(b, im.shape[1]) for b, im in zip(boxes_list, ims)]
+
+
 def _masks_at(model, ims, boxes_list, target_scale, target_max_size, hflip=False):
     if hflip:
-        ims = [np.ascontiguousarray(im[:, ::-1, :]) for im in ims]
-        boxes_list = [box_utils.flip_boxes(b, im.shape[1]) for b, im in zip(boxes_list, ims)]
+        ims, boxes_list = _hflipped(ims, boxes_list)
     blob_conv, im_scales = im_conv_body_only(model, ims, target_scale, target_max_size)
     masks = _mask_probs(model, blob_conv, boxes_list, im_scales)
     if hflip:
@@ -199,8 +204,7 @@ def im_detect_mask_aug(model, ims, boxes_list):
 def _heatmaps_at(model, ims, boxes_list, target_scale, target_max_size, hflip=False,
                  keypoint_names=None):
     if hflip:
-        ims = [np.ascontiguousarray(im[:, ::-1, :]) for im in ims]
-        boxes_list = [box_utils.flip_boxes(b, im.shape[1]) for b, im in zip(boxes_list, ims)]
+        ims, boxes_list = _hflipped(ims, boxes_list)
     blob_conv, im_scales = im_conv_body_only(model, ims, target_scale, target_max_size)
     hms = _heatmaps(model, blob_conv, boxes_list, im_scales)
     if hflip:

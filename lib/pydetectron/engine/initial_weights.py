@@ -353,11 +353,15 @@ def body_uses_frozen_bn(model):
     return body is not None and any(isinstance(m, AffineChannel2d) for m in body.modules())
 
 
+def random_frozen_bn_body(model, loaded_names):
+    """True when the body uses frozen BN and none of its weights came from a file."""
+    return body_uses_frozen_bn(model) and not any(n.startswith('Conv_Body.')
+                                                  for n in loaded_names)
+
+
 def check_frozen_bn_initialised(model, loaded_names, allow=False):
     """Refuse to train a frozen-BN body none of whose weights came from a file."""
-    if allow or not body_uses_frozen_bn(model):
-        return
-    if any(n.startswith('Conv_Body.') for n in loaded_names):
+    if allow or not random_frozen_bn_body(model, loaded_names):
         return
     from pydetectron.core.config import ConfigValueError, cfg
     raise ConfigValueError(

@@ -252,8 +252,7 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         initial_weights.check_frozen_bn_initialised(
             model, loaded, allow=cfg.TRAIN.ALLOW_RANDOM_FROZEN_BN)
     model.to(device)
-    random_affines = not resume_path and initial_weights.body_uses_frozen_bn(model) and not any(
-        n.startswith('Conv_Body.') for n in loaded)
+    random_affines = not resume_path and initial_weights.random_frozen_bn_body(model, loaded)
     compile_mode = getattr(args, 'compile', None)
     if compile_mode and not info.distributed and num_gpus > 1:
         raise CliError('--compile with %d GPUs in one process: the DataParallel copies the '
