@@ -28,6 +28,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from pydetectron.core import keypoint_results as keypoint_results_on_device
 from pydetectron.core import mask_results
 from pydetectron.core.config import cfg
 from pydetectron.modeling import postprocess
@@ -127,9 +128,11 @@ def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_na
             heatmaps = im_detect_keypoints(model, im_scales, det_boxes, blob_conv)
         timers['im_detect_keypoints'].toc()
         timers['misc_keypoints'].tic()
+        xy_preds = _decode_on_device(heatmaps, det_boxes)
         for i in range(len(ims)):
             if det_boxes[i].shape[0] > 0:
-                cls_keyps[i] = keypoint_results(cls_boxes[i], heatmaps[i], det_boxes[i])
+                cls_keyps[i] = keypoint_results(cls_boxes[i], heatmaps[i], det_boxes[i],
+                                                xy_preds=xy_preds[i])
         timers['misc_keypoints'].toc()
 
     return [(cls_boxes[i], cls_segms[i], cls_keyps[i]) for i in range(len(ims))]
@@ -467,31 +470,53 @@ def segm_results(cls_boxes, masks, ref_boxes, im_h, im_w):
 # Keypoints
 # ---------------------------------------------------------------------------------------------- #
 
-def _heatmaps(model, blob_conv, boxes_list, im_scales):
-    """(R, K, Hk, Wk) heatmap logits of the detected boxes, split per image (numpy)."""
+def _heatmaps(model, blob_conv, boxes_list, im_scales, on_device=False):
+    """(R, K, Hk, Wk) heatmap logits of the detected boxes, split per image (numpy, or float32
+    tensors left on the model's device with ``on_device``)."""
     rois = _rois_blob(boxes_list, im_scales, model_device(model))
     with torch.no_grad():
-        hms = model.keypoint_net(blob_conv, rois).float().cpu().numpy()
+        hms = model.keypoint_net(blob_conv, rois).float()
+    if not on_device:
+        hms = hms.cpu().numpy()
     return _split_rows(hms, boxes_list)
 
 
 def im_detect_keypoints(model, im_scales, boxes_list, blob_conv):
     """Keypoint heatmap logits of the detected boxes on features already computed: per image an
-    (R_i, K, Hk, Wk) array."""
-    return _heatmaps(model, blob_conv, boxes_list, im_scales)
+    (R_i, K, Hk, Wk) array; on a CUDA model, a float32 tensor left on the GPU for
+    ``core.keypoint_results`` to decode there."""
+    return _heatmaps(model, blob_conv, boxes_list, im_scales,
+                     on_device=model_device(model).type == 'cuda')
 
 
-def keypoint_results(cls_boxes, pred_heatmaps, ref_boxes):
+def _decode_on_device(heatmaps, boxes_list):
+    """Per image the (R_i, 4, K) decoded keypoints when the heatmaps are CUDA tensors -- all the
+    images' detections decoded together on the GPU (``core.keypoint_results``) -- else Nones:
+    on a CPU, Detectron's per-detection loop (``utils.keypoints``) is faster."""
+    if not heatmaps or not all(torch.is_tensor(h) and h.is_cuda for h in heatmaps):
+        return [None] * len(boxes_list)
+    xy_preds = keypoint_results_on_device.heatmaps_to_keypoints(
+        torch.cat(heatmaps), np.concatenate([b.reshape(-1, 4) for b in boxes_list]),
+        min_size=cfg.KRCNN.INFERENCE_MIN_SIZE)
+    return _split_rows(xy_preds, boxes_list)
+
+
+def keypoint_results(cls_boxes, pred_heatmaps, ref_boxes, xy_preds=None):
     """Decode (R, K, Hk, Wk) heatmaps on the (R, 4) detections -> cls_keyps (person class only).
 
-    With ``KRCNN.NMS_OKS`` the poses also go through OKS-NMS (threshold 0.3), which drops the
-    matching rows of ``cls_boxes[person]`` in place, as Detectron does.
+    ``xy_preds``: the (R, 4, K) keypoints when already decoded (on the GPU); else the heatmaps
+    (numpy or a tensor) are decoded here by Detectron's loop. With ``KRCNN.NMS_OKS`` the poses
+    also go through OKS-NMS (threshold 0.3), which drops the matching rows of
+    ``cls_boxes[person]`` in place, as Detectron does.
     """
     num_classes = cfg.MODEL.NUM_CLASSES
     cls_keyps = [[] for _ in range(num_classes)]
     person_idx = keypoint_utils.get_person_class_index()
-    xy_preds = keypoint_utils.heatmaps_to_keypoints(pred_heatmaps, ref_boxes,
-                                                    min_size=cfg.KRCNN.INFERENCE_MIN_SIZE)
+    if xy_preds is None:
+        if torch.is_tensor(pred_heatmaps):
+            pred_heatmaps = pred_heatmaps.cpu().numpy()
+        xy_preds = keypoint_utils.heatmaps_to_keypoints(pred_heatmaps, ref_boxes,
+                                                        min_size=cfg.KRCNN.INFERENCE_MIN_SIZE)
     if cfg.KRCNN.NMS_OKS:
         keep = keypoint_utils.nms_oks(xy_preds, ref_boxes, 0.3)
         xy_preds = xy_preds[keep, :, :]
