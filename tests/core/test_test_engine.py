@@ -14,7 +14,6 @@ import pytest
 
 from pydetectron.core import test_engine
 from pydetectron.core.config import cfg, reset_cfg
-from pydetectron.datasets.json_dataset import JsonDataset
 
 
 
@@ -102,6 +101,15 @@ def test_ranges_and_batches_give_the_same_detections(rect_setup):
         for a, b, c in zip(full[0][j], merged, batched[0][j]):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
             np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_evaluate_detections_file_refuses_other_pickles(rect_setup, tmp_path):
+    dataset_name, _ = rect_setup
+    other = str(tmp_path / 'rpn_proposals.pkl')
+    test_engine.save_object({'boxes': [], 'scores': [], 'ids': []}, other)
+    with pytest.raises(ValueError, match="rpn_proposals.pkl is not a detections file: it has "
+                                         "no 'all_boxes'"):
+        test_engine.evaluate_detections_file(other, dataset_name, str(tmp_path / 'eval'))
 
 
 def test_results_pickles_refuse_code(tmp_path):

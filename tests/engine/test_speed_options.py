@@ -1,6 +1,6 @@
 """engine.speed_options: the tools' --channels_last and --compile [MODE], parsed and applied."""
-import importlib.util
 import os
+import runpy
 
 import numpy as np
 import pytest
@@ -11,15 +11,6 @@ from pydetectron.engine.cli import ArgumentParser
 from pydetectron.engine.speed_options import add_speed_arguments, apply_speed_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _real_model_tests():
-    """tests/core/test_test_real_model.py by path (its small-scale model builder and images)."""
-    path = os.path.join(ROOT, 'tests', 'core', 'test_test_real_model.py')
-    spec = importlib.util.spec_from_file_location('_real_model_tests_so', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_flags_parse_as_the_tools_document():
@@ -70,10 +61,11 @@ def test_channels_last_changes_every_conv_layout():
 @pytest.mark.usefixtures('fresh_cfg')
 def test_channels_last_gives_the_same_detections(coco_mini):
     # The tools' --channels_last only changes the memory layout of the convolutions.
-    real = _real_model_tests()
-    model = real._build('e2e_mask_rcnn_R-50-FPN_1x.yaml',
-                        ['MODEL.NUM_CLASSES', 3, 'TEST.DETECTIONS_PER_IM', 20])
-    im = real._same_size_images(coco_mini, 1)[0]
+    # the small-scale model builder and images of the real-model tests
+    real = runpy.run_path(os.path.join(ROOT, 'tests', 'core', 'test_test_real_model.py'))
+    model = real['_build']('e2e_mask_rcnn_R-50-FPN_1x.yaml',
+                           ['MODEL.NUM_CLASSES', 3, 'TEST.DETECTIONS_PER_IM', 20])
+    im = real['_same_size_images'](coco_mini, 1)[0]
     ref_boxes, ref_segms, _ = test_mod.im_detect_all(model, im)
     assert apply_speed_options(model, channels_last=True) is model
     assert model.Conv_Body.conv_body.res1.conv1.weight.is_contiguous(
