@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from pydetectron.core.test import im_detect_all  # noqa: E402
 from pydetectron.engine import checkpoint_meta, config_sequence  # noqa: E402
-from pydetectron.core.test_engine import (  # noqa: E402
-    add_speed_arguments, initialize_model_from_cfg)
+from pydetectron.engine.inference import initialize_model_from_cfg  # noqa: E402
+from pydetectron.engine.speed_options import add_speed_arguments  # noqa: E402
 from pydetectron.engine.cli import (  # noqa: E402
     ArgumentParser, check_input_file, check_output_dir, check_set_pairs, non_negative_int,
     run_tool)

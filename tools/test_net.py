@@ -18,10 +18,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from pydetectron.core.config import cfg  # noqa: E402
 from pydetectron.core import test_engine  # noqa: E402
+from pydetectron.engine import inference  # noqa: E402
 from pydetectron.engine.cli import (  # noqa: E402
     ArgumentParser, check_input_file, check_output_dir, check_set_pairs, positive, run_tool)
 from pydetectron.utils.errors import CliError  # noqa: E402
 from pydetectron.engine import checkpoint_meta, config_sequence  # noqa: E402
+from pydetectron.engine.speed_options import add_speed_arguments  # noqa: E402
 from pydetectron.utils.logging import setup_logging  # noqa: E402
 
 # OpenCL in OpenCV is not thread safe and grabs GPU memory: keep it off.
@@ -51,7 +53,7 @@ def parse_args(argv=None):
                         help='evaluate saved detections (default <output_dir>/detections.pkl) '
                              'without running the model')
     parser.add_argument('--no_cuda', dest='cuda', action='store_false', help='run on the CPU')
-    test_engine.add_speed_arguments(parser)
+    add_speed_arguments(parser)
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser.parse_args(argv)
 
@@ -109,9 +111,9 @@ def main(argv=None):
         return
 
     args.test_net_file = os.path.abspath(__file__)
-    test_engine.run_inference(args, ind_range=args.range,
-                              multi_gpu_testing=args.multi_gpu_testing,
-                              check_expected_results=True)
+    inference.run_inference(args, ind_range=args.range,
+                            multi_gpu_testing=args.multi_gpu_testing,
+                            check_expected_results=True)
 
 
 if __name__ == '__main__':

@@ -51,7 +51,7 @@ def load_batch(names, batch_size, device):
 
 def build_ours(device, channels_last=False, compile_body=None):
     """Our model from the cfg, with the tools' --channels_last / --compile applied."""
-    from pydetectron.core.test_engine import apply_speed_options
+    from pydetectron.engine.speed_options import apply_speed_options
     torch.manual_seed(0)
     return apply_speed_options(Generalized_RCNN().to(device), channels_last, compile_body)
 

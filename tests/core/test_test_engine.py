@@ -1,6 +1,7 @@
-"""Dataset-level inference (test_engine) on a small synthetic COCO dataset with the fake model of
-test_im_detect: saved detections, written result JSONs, their COCO scores, re-evaluation,
-proposal recall, batching."""
+"""One process's inference over a dataset (core.test_engine) on a small synthetic COCO dataset with
+the fake model of test_im_detect: ranges and batches, the results containers, the results pickles,
+images read ahead. Helpers here (``make_rect_dataset``, ``rect_setup``) serve the engine and tool
+tests too."""
 import importlib.util
 import json
 import os
@@ -10,11 +11,9 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from pycocotools.cocoeval import COCOeval
 
 from pydetectron.core import test_engine
 from pydetectron.core.config import cfg, reset_cfg
-from pydetectron.datasets.json_dataset import JsonDataset
 
 
 
@@ -86,43 +85,6 @@ def _model():
     return FakeRCNN(deltas=(0., 0., 0., 0.))  # boxes = the rectangles exactly
 
 
-def _stats_from_file(dataset, res_file, iou_type):
-    coco = dataset.COCO
-    e = COCOeval(coco, coco.loadRes(res_file), iou_type)
-    e.evaluate()
-    e.accumulate()
-    e.summarize()
-    return e.stats
-
-
-def test_run_inference_saves_scores_and_writes_results(rect_setup):
-    dataset_name, args = rect_setup
-    results = test_engine.run_inference(args, model=_model())
-    ds = JsonDataset(dataset_name)
-    res = results[ds.name]
-    assert set(res) == {'box', 'mask'}
-    assert res['box']['AP'] == pytest.approx(1.0)  # exact rectangles, mapped to json ids 1, 3, 7
-    assert res['mask']['AP'] > 0.8
-    # detections.pkl: Detectron's [class][image] layout, images in sorted-id order, and the cfg
-    with open(os.path.join(args.output_dir, 'detections.pkl'), 'rb') as f:
-        dets = pickle.load(f)
-    assert len(dets['all_boxes']) == 4 and all(len(c) == 6 for c in dets['all_boxes'][1:])
-    assert 'MODEL' in dets['cfg']
-    n_gt = len(ds.COCO.getAnnIds())
-    assert sum(len(b) for c in dets['all_boxes'][1:] for b in c) == n_gt
-    # the result JSONs the tool leaves behind score what run_inference reported
-    for task, prefix, iou_type in (('box', 'bbox', 'bbox'), ('mask', 'segmentations', 'segm')):
-        res_file = os.path.join(args.output_dir, '%s_%s_results.json' % (prefix, ds.name))
-        stats = _stats_from_file(ds, res_file, iou_type)
-        assert list(res[task].values()) == pytest.approx(
-            [stats[i] for i in (0, 1, 2, 3, 4, 5)])
-    # re-evaluating the saved detections without the model gives the same numbers
-    again = test_engine.evaluate_detections_file(
-        os.path.join(args.output_dir, 'detections.pkl'), dataset_name,
-        os.path.join(args.output_dir, 'again'))
-    assert again == results
-
-
 def test_ranges_and_batches_give_the_same_detections(rect_setup):
     dataset_name, args = rect_setup
     model = _model()
@@ -141,18 +103,13 @@ def test_ranges_and_batches_give_the_same_detections(rect_setup):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
 
 
-def test_rpn_only_proposal_recall(rect_setup):
-    dataset_name, args = rect_setup
-    cfg.MODEL.RPN_ONLY = True
-    cfg.MODEL.MASK_ON = False
-    results = test_engine.run_inference(args, model=_model())
-    ar = results[JsonDataset(dataset_name).name]['box_proposal']
-    assert ar['AR@100'] == pytest.approx(1.0)  # every rectangle is among the proposals
-    assert ar['ARl@100'] == -1 or ar['ARl@100'] == pytest.approx(0.0)  # no large objects
-    with open(os.path.join(args.output_dir, 'rpn_proposals.pkl'), 'rb') as f:
-        props = pickle.load(f)
-    assert len(props['boxes']) == len(props['ids']) == 6
-    assert all(np.all(np.diff(s) <= 0) for s in props['scores'])  # best first
+def test_evaluate_detections_file_refuses_other_pickles(rect_setup, tmp_path):
+    dataset_name, _ = rect_setup
+    other = str(tmp_path / 'rpn_proposals.pkl')
+    test_engine.save_object({'boxes': [], 'scores': [], 'ids': []}, other)
+    with pytest.raises(ValueError, match="rpn_proposals.pkl is not a detections file: it has "
+                                         "no 'all_boxes'"):
+        test_engine.evaluate_detections_file(other, dataset_name, str(tmp_path / 'eval'))
 
 
 def test_results_pickles_refuse_code(tmp_path):
@@ -173,15 +130,6 @@ def test_empty_and_extend_results():
     cls_boxes = [[], np.ones((1, 5)), np.zeros((0, 5))]
     test_engine.extend_results(1, all_boxes, cls_boxes)
     assert all_boxes[1][1] is cls_boxes[1] and all_boxes[0][1] == []
-
-
-def test_portable_dataset_name(rect_setup):
-    dataset_name, _ = rect_setup
-    name = JsonDataset(dataset_name).name
-    assert name.startswith('json_')
-    spec = test_engine.portable_dataset_name(name)
-    assert spec.startswith('coco_json:') and JsonDataset(spec).name == name
-    assert test_engine.portable_dataset_name('coco_2017_val') == 'coco_2017_val'
 
 
 def test_read_ahead_keeps_the_batches_in_order_and_skips_unreadable(tmp_path):

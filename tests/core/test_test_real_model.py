@@ -148,20 +148,3 @@ def test_cuda_matches_cpu_and_every_test_time_option_runs():
                          'TEST.BBOX_VOTE.ENABLED', True])
     out = test_mod.im_detect_all(model, ims)
     assert len(out) == 2 and all(len(o[0]) == 3 for o in out)
-
-
-def test_channels_last_gives_the_same_detections(coco_mini):
-    # The tools' --channels_last only changes the memory layout of the convolutions.
-    from pydetectron.core.test_engine import apply_speed_options
-    model = _build('e2e_mask_rcnn_R-50-FPN_1x.yaml',
-                   ['MODEL.NUM_CLASSES', 3, 'TEST.DETECTIONS_PER_IM', 20])
-    im = _same_size_images(coco_mini, 1)[0]
-    ref_boxes, ref_segms, _ = test_mod.im_detect_all(model, im)
-    assert apply_speed_options(model, channels_last=True) is model
-    assert model.Conv_Body.conv_body.res1.conv1.weight.is_contiguous(
-        memory_format=torch.channels_last)
-    boxes, segms, _ = test_mod.im_detect_all(model, im)
-    assert sum(len(b) for b in ref_boxes[1:]) > 0
-    for j in range(1, 3):
-        assert boxes[j].shape == ref_boxes[j].shape
-        np.testing.assert_allclose(boxes[j], ref_boxes[j], rtol=1e-3, atol=0.05)

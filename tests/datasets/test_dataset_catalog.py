@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from pydetectron.datasets import dataset_catalog as dc
+from pydetectron.datasets import dataset_specs
 
 
 def test_detectron_entries_resolve_under_the_data_dir(fresh_cfg, tmp_path):
@@ -78,7 +79,7 @@ def test_spec_errors_name_the_problem(tmp_path):
 
 def test_register_dataset_is_seen_by_child_processes(tmp_path, monkeypatch):
     # registrations travel through the environment; restore it after the test
-    monkeypatch.setenv(dc._ENV_KEY, os.environ.get(dc._ENV_KEY, '{}'))
+    monkeypatch.setenv(dataset_specs.ENV_KEY, os.environ.get(dataset_specs.ENV_KEY, '{}'))
     ann = tmp_path / 'anns.json'
     ann.write_text(json.dumps({'images': [], 'annotations': [],
                                'categories': [{'id': 3, 'name': 'a'}, {'id': 7, 'name': 'b'}]}))

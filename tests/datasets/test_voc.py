@@ -113,7 +113,7 @@ def test_voc_folder_is_a_dataset(voc_root):
     assert num_classes == 21 and name.startswith('vocdir_VOC2007_test_')
     assert dc.get_voc_info(name) == (voc_root, 'test', True)   # VOC2007: the 11-point metric
     # what multi-process testing hands its children
-    from pydetectron.core.test_engine import portable_dataset_name
+    from pydetectron.engine.inference import portable_dataset_name
     assert portable_dataset_name(name) == 'voc:%s:test' % voc_root
     ds = JsonDataset(name)
     assert ds.classes == ['__background__'] + list(voc.VOC_CLASSES)

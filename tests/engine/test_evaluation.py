@@ -51,9 +51,9 @@ def _fake_inference(calls):
 
 
 def test_evaluation_leaves_training_state_and_records_results(tmp_path, monkeypatch):
-    from pydetectron.core import test_engine
+    from pydetectron.engine import inference
     calls = []
-    monkeypatch.setattr(test_engine, 'run_inference', _fake_inference(calls))
+    monkeypatch.setattr(inference, 'run_inference', _fake_inference(calls))
     model = torch.nn.Linear(2, 2)
     model.train()
     metrics = run_folder.MetricsFile(str(tmp_path))
@@ -86,9 +86,9 @@ def test_evaluation_leaves_training_state_and_records_results(tmp_path, monkeypa
 
 
 def test_catch_up_runs_a_missing_due_evaluation(tmp_path, monkeypatch):
-    from pydetectron.core import test_engine
+    from pydetectron.engine import inference
     calls = []
-    monkeypatch.setattr(test_engine, 'run_inference', _fake_inference(calls))
+    monkeypatch.setattr(inference, 'run_inference', _fake_inference(calls))
     info = Namespace(distributed=False, is_main_process=True)
     run = run_folder.RunFolder(str(tmp_path), 0)
     try:
@@ -263,7 +263,7 @@ def fake_tool(tmp_path, fresh_cfg, monkeypatch):
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     import train_net_step
     from _engine_fakes import FakeDetector, FakeLoader
-    from pydetectron.core import test_engine
+    from pydetectron.engine import inference
     from pydetectron.core.config import reset_cfg
     from pydetectron.engine import launch
     d = tmp_path / 'tiny'
@@ -273,7 +273,7 @@ def fake_tool(tmp_path, fresh_cfg, monkeypatch):
                    'categories': [{'id': 1, 'name': 'a'}, {'id': 7, 'name': 'b'}]}, f)
     spec = 'coco_json:%s:%s' % (d / 'tiny.json', d / 'images')
     calls = []
-    monkeypatch.setattr(test_engine, 'run_inference', _fake_inference(calls))
+    monkeypatch.setattr(inference, 'run_inference', _fake_inference(calls))
 
     def run(output_dir, *flags, test_dataset=spec, main=False, sets=()):
         reset_cfg()

@@ -233,9 +233,9 @@ def test_real_model_and_loader_resume_on_coco_mini(tmp_path, fresh_cfg, coco_min
 
 
 def test_speed_options_reach_the_model(tmp_path, fresh_cfg, tiny_coco, monkeypatch):
-    from pydetectron.core import test_engine
+    from pydetectron.engine import speed_options
     seen = []
-    monkeypatch.setattr(test_engine, 'apply_speed_options',
+    monkeypatch.setattr(speed_options, 'apply_speed_options',
                         lambda model, channels_last=False, compile_mode=None:
                         seen.append((model, channels_last, compile_mode)) or model)
     built = []

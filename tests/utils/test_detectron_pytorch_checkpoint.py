@@ -117,7 +117,7 @@ def _outputs(model, im):
 # (its fixed upsampling maps to null); every layout's names are checked above
 @pytest.mark.parametrize('name', [MODELS[0], MODELS[3]], ids=['mask_C4', 'keypoint_FPN'])
 def test_checkpoint_gives_the_pkl_outputs(layout, name, tmp_path, fresh_cfg):
-    from pydetectron.core.test_engine import initialize_model_from_cfg
+    from pydetectron.engine.inference import initialize_model_from_cfg
     from pydetectron.engine.initial_weights import load_weights
     from pydetectron.utils.detectron_weight_helper import load_detectron_pkl, \
         save_detectron_weight

@@ -1,6 +1,6 @@
 """The catalog of datasets: name -> (image directory, COCO-format annotation file).
 
-Every dataset is a COCO-format JSON plus a folder of images. Three ways to name one:
+Every dataset is a COCO-format JSON plus a folder of images, named in one of these ways:
 
 1. **A catalog name** — Detectron's entries (``coco_2014_train``, ``coco_2014_minival``,
    ``coco_2017_val``, ``keypoints_coco_2017_train``, ``voc_2007_trainval``, ...) laid out as
@@ -12,46 +12,24 @@ Every dataset is a COCO-format JSON plus a folder of images. Three ways to name 
    plus the built-in ``shapes_train``/``shapes_val`` and ``keypoints_shapes_train``/``_val``
    (generated under ``data/shapes`` on first use; see ``pydetectron.datasets.shapes``).
 
-2. **Any COCO-format dataset from the command line or a YAML file, without editing code** — a
-   dataset name of the form::
+2. **A spec naming the files themselves** (``datasets/dataset_specs.py``), wherever a dataset
+   name goes (``--dataset``, ``TRAIN.DATASETS`` / ``TEST.DATASETS`` in a YAML file):
+   ``coco_json:<annotation_file>[:<image_dir>]`` or a bare ``<annotation_file>.json`` (any
+   COCO-format dataset, registered as ``json_<stem>_<hash>``), ``voc:<root>[:<split>]`` (a
+   PASCAL VOC folder, ``vocdir_<folder>_<split>_<hash>``) and ``cityscapes:<root>[:<split>]``
+   (a raw Cityscapes folder). Folders are converted on first use to a cached COCO-style JSON.
 
-       coco_json:<annotation_file>                 images found next to it (see below)
-       coco_json:<annotation_file>:<image_dir>     images in <image_dir>
-       <annotation_file>.json                      same as coco_json:<annotation_file>
+3. **The catalog's VOC and Cityscapes entries**: ``voc_<year>_<split>`` uses Detectron's layout
+   (``data/VOC2007/annotations/voc_2007_trainval.json``, images in ``data/VOC2007/JPEGImages``,
+   devkit in ``data/VOC2007/VOCdevkit2007``) when its JSON exists, and otherwise the VOC folder
+   itself, found at ``data/VOC2007/VOCdevkit2007/VOC2007``, ``data/VOCdevkit/VOC2007`` or
+   ``data/VOC2007``; ``cityscapes_fine_instanceonly_seg_<split>`` uses Detectron's converted
+   JSON when it exists, and otherwise the raw layout under ``data/cityscapes/raw``
+   (``leftImg8bit/<split>``, ``gtFine/<split>``), converted on first use.
 
-   It works wherever a dataset name does: ``--dataset coco_json:/data/pets/train.json:/data/pets/img``
-   for the tools, or ``TRAIN.DATASETS: ('coco_json:/data/pets/train.json:/data/pets/img',)`` and
-   ``TEST.DATASETS`` in a YAML config. Without an image directory it is the first existing one
-   of ``<root>/images/<split>``, ``<root>/<split>``, ``<root>/coco_<split>``, ``<root>/images``,
-   ``<json dir>/images`` and the JSON's own directory (when it holds images), where ``<root>`` is
-   the folder above the JSON's folder and ``<split>`` the part of the JSON's name after its last
-   ``_`` (``annotations/instances_val2017.json`` -> ``val2017``). Such a dataset is registered
-   under a file-system-safe name, ``json_<json stem>_<hash of its path>``, which is the name
-   outputs are written under.
+4. **From Python**: ``register_dataset(name, image_dir, annotation_file, image_prefix='')``.
 
-3. **A PASCAL VOC folder, without converting it** (``datasets/voc.py``)::
-
-       voc:<root>                 <root>/Annotations, ImageSets/Main/trainval.txt, JPEGImages
-       voc:<root>:<split>         ImageSets/Main/<split>.txt (train, val, test, ...)
-
-   The XML files are converted on first use into a cached COCO-style JSON
-   (``cfg.CACHE_DIR/voc``); the dataset is evaluated with the VOC metric (11-point AP when the
-   folder is named VOC2007 or earlier, area under the curve otherwise) and registered as
-   ``vocdir_<folder>_<split>_<hash>``. The catalog's ``voc_<year>_<split>`` entries use
-   Detectron's layout (``data/VOC2007/annotations/voc_2007_trainval.json``, images in
-   ``data/VOC2007/JPEGImages``, devkit in ``data/VOC2007/VOCdevkit2007``) when its JSON exists,
-   and otherwise the VOC folder itself, found at ``data/VOC2007/VOCdevkit2007/VOC2007``,
-   ``data/VOCdevkit/VOC2007`` or ``data/VOC2007``.
-
-4. **A Cityscapes folder** (``datasets/cityscapes.py``): the catalog's
-   ``cityscapes_fine_instanceonly_seg_<split>`` entries use Detectron's converted JSON when it
-   exists, and otherwise the raw layout under ``data/cityscapes/raw`` (``leftImg8bit/<split>``,
-   ``gtFine/<split>``), converted on first use; ``cityscapes:<root>[:<split>]`` names any such
-   folder.
-
-5. **From Python**: ``register_dataset(name, image_dir, annotation_file, image_prefix='')``.
-
-Registrations of kinds 2 to 5 are mirrored into the environment variable
+Registrations of kinds 2 and 4 are mirrored into the environment variable
 ``PYDETECTRON_REGISTERED_DATASETS`` (JSON), so processes this one starts (DataLoader workers,
 multi-process inference) know the same names.
 
@@ -62,20 +40,21 @@ comma-separated lists, and returns the dataset names with the matching ``MODEL.N
 (number of categories + 1 for the background: 81 for COCO, 2 for keypoint datasets).
 """
 import difflib
-import hashlib
 import json
 import logging
 import os
 import re
 
+from pydetectron.datasets import dataset_specs
+# The spec names and entry keys, importable from here as before
+from pydetectron.datasets.dataset_specs import (  # noqa: F401
+    ANN_FN, CITYSCAPES_PREFIX, CITYSCAPES_ROOT, IM_DIR, IM_PREFIX, SPEC_PREFIX, SPLIT, VOC_PREFIX,
+    VOC_ROOT, is_spec)
 from pydetectron.utils.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-# Entry keys (Detectron's)
-IM_DIR = 'image_directory'
-ANN_FN = 'annotation_file'
-IM_PREFIX = 'image_prefix'
+# Entry keys (Detectron's; IM_DIR, ANN_FN and IM_PREFIX are dataset_specs')
 DEVKIT_DIR = 'devkit_directory'
 RAW_DIR = 'raw_dir'
 # A callable run before the files are used (the built-in generated datasets)
@@ -83,14 +62,6 @@ BUILDER = 'builder'
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
-
-SPEC_PREFIX = 'coco_json:'
-VOC_PREFIX = 'voc:'
-CITYSCAPES_PREFIX = 'cityscapes:'
-# Entry keys of folder datasets (VOC, Cityscapes): the folder, the split, the evaluator
-VOC_ROOT = 'voc_root'
-CITYSCAPES_ROOT = 'cityscapes_root'
-SPLIT = 'split'
 
 # spec string -> the name it was registered under
 _ALIASES = {}
@@ -221,44 +192,19 @@ def register_dataset(name, image_dir, annotation_file, image_prefix=''):
         entry[IM_PREFIX] = image_prefix
     if name in _DATASETS and _DATASETS[name] != entry:
         logger.info('register_dataset: replacing the catalog entry %s', name)
+    return _store(name, entry)
+
+
+def _store(name, entry):
+    """Enter a dataset in the catalog of this process and of the processes it starts."""
     _DATASETS[name] = entry
-    _export_registration(name, entry)
+    dataset_specs.export_registration(name, entry)
     return name
 
 
-_ENV_KEY = 'PYDETECTRON_REGISTERED_DATASETS'
-
-
-def _export_registration(name, entry):
-    """Mirror a registration into the environment, which child processes inherit."""
-    try:
-        registered = json.loads(os.environ.get(_ENV_KEY, '{}'))
-    except ValueError:
-        registered = {}
-    registered[name] = entry
-    os.environ[_ENV_KEY] = json.dumps(registered, sort_keys=True)
-
-
 def _import_registrations():
-    try:
-        registered = json.loads(os.environ.get(_ENV_KEY, '{}'))
-    except ValueError:
-        logger.warning('ignoring %s: not valid JSON', _ENV_KEY)
-        return
-    for name, entry in registered.items():
-        if isinstance(entry, dict) and IM_DIR in entry and ANN_FN in entry:
-            _DATASETS.setdefault(name, entry)
-
-
-_SPEC_RE = re.compile(r'^%s(?P<ann>.+?\.json)(?::(?P<im>.+))?$' % re.escape(SPEC_PREFIX))
-
-
-def is_spec(name):
-    """True for ``coco_json:...``, ``voc:...`` and ``cityscapes:...`` names and bare ``.json``
-    paths."""
-    return isinstance(name, str) and (name.startswith((SPEC_PREFIX, VOC_PREFIX,
-                                                       CITYSCAPES_PREFIX))
-                                      or name.endswith('.json'))
+    for name, entry in dataset_specs.exported_registrations().items():
+        _DATASETS.setdefault(name, entry)
 
 
 def _get_cache_dir():
@@ -268,39 +214,6 @@ def _get_cache_dir():
     except ImportError:
         cache_dir = None
     return os.path.abspath(cache_dir) if cache_dir else os.path.join(get_data_dir(), 'cache')
-
-
-def _folder_module(kind):
-    if kind == VOC_ROOT:
-        from pydetectron.datasets import voc
-        return voc
-    from pydetectron.datasets import cityscapes
-    return cityscapes
-
-
-def _register_folder(spec, prefix, root_key):
-    """``voc:<root>[:<split>]`` / ``cityscapes:<root>[:<split>]`` -> a registered name."""
-    module = _folder_module(root_key)
-    rest = os.path.expanduser(spec[len(prefix):])
-    if not rest:
-        raise ValueError('dataset %r: expected %s<folder>[:<split>]' % (spec, prefix))
-    root, split = rest, None
-    if not os.path.isdir(rest) and ':' in rest:
-        root, split = rest.rsplit(':', 1)
-    root = os.path.abspath(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError('dataset %r: folder %s not found' % (spec, root))
-    split = split or module.default_split(root)
-    module.check_layout(root, split)
-    stem = re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.basename(root))
-    digest = hashlib.sha1(('%s|%s' % (root, split)).encode('utf-8')).hexdigest()[:8]
-    name = '%sdir_%s_%s_%s' % (prefix[:-1], stem, split, digest)
-    _DATASETS[name] = {IM_DIR: module.image_dir(root, split),
-                       ANN_FN: module.cache_path(root, split, _get_cache_dir()),
-                       root_key: root, SPLIT: split}
-    _export_registration(name, _DATASETS[name])
-    _ALIASES[spec] = name
-    return name
 
 
 _CATALOG_VOC_RE = re.compile(r'^voc_(?P<year>\d{4})_(?P<split>.+)$')
@@ -339,23 +252,16 @@ def _prepare_folder(name):
         if found is None:
             return   # JsonDataset reports the missing JSON
         root_key, root, split = found
-        module = _folder_module(root_key)
-        entry.update({IM_DIR: module.image_dir(root, split),
-                      ANN_FN: module.cache_path(root, split, _get_cache_dir()),
-                      root_key: root, SPLIT: split})
+        entry.update(dataset_specs.folder_entry(root_key, root, split, _get_cache_dir()))
     root_key = VOC_ROOT if VOC_ROOT in entry else CITYSCAPES_ROOT
-    module = _folder_module(root_key)
+    module = dataset_specs.folder_module(root_key)
     entry[ANN_FN] = module.to_coco_json(entry[root_key], entry[SPLIT], _get_cache_dir())
 
 
 def folder_spec(name):
     """The ``voc:<root>:<split>`` / ``cityscapes:<root>:<split>`` spec a registered folder
     dataset was made from (what another process resolves to the same dataset), else None."""
-    entry = _DATASETS.get(name, {})
-    for prefix, root_key in ((VOC_PREFIX, VOC_ROOT), (CITYSCAPES_PREFIX, CITYSCAPES_ROOT)):
-        if root_key in entry and name.startswith(prefix[:-1] + 'dir_'):
-            return '%s%s:%s' % (prefix, entry[root_key], entry[SPLIT])
-    return None
+    return dataset_specs.folder_spec(name, _DATASETS.get(name, {}))
 
 
 def get_voc_info(name):
@@ -386,60 +292,6 @@ def get_cityscapes_info(name):
     return get_raw_dir(name), m.group('split')
 
 
-def _infer_image_dir(ann_fn):
-    ann_dir = os.path.dirname(os.path.abspath(ann_fn))
-    root = os.path.dirname(ann_dir)
-    stem = os.path.splitext(os.path.basename(ann_fn))[0]
-    split = stem.rsplit('_', 1)[-1]
-    candidates = [os.path.join(root, 'images', split), os.path.join(root, split),
-                  os.path.join(root, 'coco_' + split), os.path.join(root, 'images'),
-                  os.path.join(ann_dir, 'images')]
-    for d in candidates:
-        if os.path.isdir(d):
-            return d
-    if _holds_images(ann_dir):
-        return ann_dir
-    raise FileNotFoundError(
-        "dataset %s%s: no image directory given and none found; tried %s and %s. Give it "
-        "explicitly: %s%s:<image_dir>" % (SPEC_PREFIX, ann_fn, ', '.join(candidates), ann_dir,
-                                          SPEC_PREFIX, ann_fn))
-
-
-def _holds_images(d):
-    exts = ('.jpg', '.jpeg', '.png', '.bmp')
-    try:
-        with os.scandir(d) as it:
-            for i, e in enumerate(it):
-                if e.name.lower().endswith(exts):
-                    return True
-                if i > 1000:
-                    break
-    except OSError:
-        pass
-    return False
-
-
-def _register_spec(spec):
-    if spec.startswith(SPEC_PREFIX):
-        m = _SPEC_RE.match(spec)
-        if m is None:
-            raise DatasetError("dataset %r: expected 'coco_json:<annotation_file.json>' or "
-                             "'coco_json:<annotation_file.json>:<image_dir>'" % spec)
-        ann_fn, im_dir = m.group('ann'), m.group('im')
-    else:
-        ann_fn, im_dir = spec, None
-    ann_fn = os.path.abspath(os.path.expanduser(ann_fn))
-    if not os.path.isfile(ann_fn):
-        raise FileNotFoundError('dataset %r: annotation file %s not found' % (spec, ann_fn))
-    im_dir = os.path.abspath(os.path.expanduser(im_dir)) if im_dir else _infer_image_dir(ann_fn)
-    stem = re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.splitext(os.path.basename(ann_fn))[0])
-    digest = hashlib.sha1(('%s|%s' % (ann_fn, im_dir)).encode('utf-8')).hexdigest()[:8]
-    name = 'json_%s_%s' % (stem, digest)
-    _DATASETS[name] = {IM_DIR: im_dir, ANN_FN: ann_fn}
-    _export_registration(name, _DATASETS[name])
-    _ALIASES[spec] = name
-    return name
-
 
 def canonical_name(name):
     """The catalog name of ``name``; a ``coco_json:``/path spec is registered on first use and
@@ -448,12 +300,12 @@ def canonical_name(name):
         return _ALIASES[name]
     if name in _DATASETS:
         return name
-    if isinstance(name, str) and name.startswith(VOC_PREFIX):
-        return _register_folder(name, VOC_PREFIX, VOC_ROOT)
-    if isinstance(name, str) and name.startswith(CITYSCAPES_PREFIX):
-        return _register_folder(name, CITYSCAPES_PREFIX, CITYSCAPES_ROOT)
+    if dataset_specs.is_folder_spec(name):
+        _ALIASES[name] = _store(*dataset_specs.parse_folder_spec(name, _get_cache_dir()))
+        return _ALIASES[name]
     if is_spec(name):
-        return _register_spec(name)
+        _ALIASES[name] = _store(*dataset_specs.parse_coco_json_spec(name))
+        return _ALIASES[name]
     close = difflib.get_close_matches(name, list(_DATASETS) + list(_SHORTHANDS), n=3)
     raise UnknownDatasetError(
         'Unknown dataset name %r%s. Use a catalog name (see dataset_catalog.datasets()), '

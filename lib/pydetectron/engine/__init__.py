@@ -1,4 +1,4 @@
-"""Training: everything around the model that trains it.
+"""Training and the tools' inference runs: everything around the model that trains or tests it.
 
 - ``lr_policy``: Detectron's LR policies and warm-up, per iteration.
 - ``optimizer``: the seed's parameter groups (2x LR and no decay for biases, WEIGHT_DECAY_GN) and
@@ -13,4 +13,9 @@
 - ``distributed``: torchrun / DistributedDataParallel set-up, minibatch sharding.
 - ``train_setup``: the seed's adaptive config changes, run names, weights-file checks.
 - ``launch``: ``tools/train_net_step.py``'s body.
+- ``inference``: ``run_inference``, the test tools' inference over datasets: the model built from
+  the command line's weights, one process or ``--range`` children, their results merged and
+  evaluated (one process's pass over a dataset is ``core.test_engine``'s).
+- ``speed_options``: the tools' ``--channels_last`` and ``--compile [MODE]``.
+- ``cli``: one-line user errors (``run_tool``), argument types and input checks.
 """

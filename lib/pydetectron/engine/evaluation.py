@@ -5,7 +5,7 @@
 * **After training** (Detectron's default; ``--skip-test`` turns it off): once, after the last
   step, unless the periodic evaluation just did it.
 
-Each evaluation runs ``test_engine.run_inference`` on the (unwrapped) model in eval mode in this
+Each evaluation runs ``inference.run_inference`` on the (unwrapped) model in eval mode in this
 process, writes its files under ``<output_dir>/eval/iter_<N>/``, logs the results (Detectron's
 evaluator lines and ``copypaste`` lines), appends an ``eval`` record to ``metrics.jsonl`` and, with
 TensorBoard on, writes ``eval/<dataset>/<task>/<metric>`` scalars at that step.
@@ -36,7 +36,7 @@ def _unwrap(model):
 def evaluate_model(model, output_dir, device=None, quiet=True):
     """Run inference and evaluation on ``cfg.TEST.DATASETS`` with ``model`` (training state
     restored afterwards) -> ``{dataset: {task: {metric: value}}}``."""
-    from pydetectron.core import test_engine
+    from pydetectron.engine import inference
     net = _unwrap(model)
     was_training = net.training
     generators = model_generators(net)
@@ -46,7 +46,7 @@ def evaluate_model(model, output_dir, device=None, quiet=True):
                      load_ckpt=None, load_detectron=None)
     try:
         with torch.no_grad():
-            results = test_engine.run_inference(args, model=net)
+            results = inference.run_inference(args, model=net)
     finally:
         set_rng_states(rng, generators)
         net.train(was_training)

@@ -34,6 +34,7 @@ from pydetectron.engine import config_sequence
 from pydetectron.engine import distributed as dist_utils
 from pydetectron.engine import evaluation
 from pydetectron.engine import run_folder
+from pydetectron.engine import speed_options
 from pydetectron.engine import initial_weights
 from pydetectron.engine import train_setup
 from pydetectron.engine.cli import check_input_file, check_output_dir
@@ -262,8 +263,7 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         logger.warning('--compile %s: each new input size compiles the body again (or records '
                        'a CUDA graph), so this pays only when image sizes repeat; with many '
                        'sizes the early steps are much slower (BENCHMARK.md)', compile_mode)
-    from pydetectron.core.test_engine import apply_speed_options
-    apply_speed_options(model, getattr(args, 'channels_last', False), compile_mode)
+    speed_options.apply_speed_options(model, getattr(args, 'channels_last', False), compile_mode)
     optimizer = build_optimizer(model, cfg.SOLVER)
     scheduler = LRScheduler(optimizer, cfg.SOLVER)
 
