@@ -8,14 +8,40 @@ random weights: ``--allow_random_frozen_bn``), at TRAIN.SCALES (800,) / MAX_SIZE
 per step is the difference of two runs' wall times, ``--steps`` and ``--short`` steps, divided
 by the difference in steps: start-up, model building and the first steps cancel out.
 
+The step counts: ``--bs`` makes train_net_step.py scale SOLVER.MAX_ITER by the config's batch
+(NUM_GPUS x TRAIN.IMS_PER_BATCH, 16 for Detectron's configs) / --bs, so a run's steps come in
+multiples of that ratio (8 at --bs 2): SOLVER.MAX_ITER is chosen as the nearest to --steps /
+--short, the longer run at least one unit longer, and each run's own count is read from its
+"Step k / N" lines.
+
 Torchvision: ``MaskRCNN`` on a ResNet-50-FPN with FrozenBatchNorm2d and conv1 + layer1 frozen
 (torchvision's configuration when trained from ImageNet weights; Detectron's FREEZE_AT 2), random
-weights, min/max size 800 / 1333, the same images and ground-truth masks through a DataLoader
-with the same number of workers, SGD; a step ends with the host reading the loss. Its time per
-step is the median over ``--steps`` steps after 10 warm-up steps.
+weights, min/max size --scale / --max-size, the same photos and ground-truth masks (without
+Detectron's flipped copies: flipping is a loader detail) through a DataLoader with the same
+batch and number of workers, SGD with momentum 0.9 and weight decay 1e-4 at Detectron's linear
+LR (0.0025 per 2 images); a step ends with the host reading the loss. Its time per step is the
+mean over ``--steps`` steps after ``--warmup`` steps (the wall time of the loop divided by the
+steps: data waits included, as in ours' difference of wall times); the median is reported too.
+Its defaults (TF32 convolutions, cuDNN autotuning off) are those train_net_step.py keeps.
+
+bf16: ``--amp`` runs ours with ``--amp`` (bfloat16 autocast in the forward pass) and the
+torchvision loop with its forward and losses under ``torch.autocast(dtype=torch.bfloat16)``
+(``--extra=--amp`` does the same). GroupNorm: ``--cfg
+configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml`` (GroupNorm body, FPN and heads,
+FREEZE_AT 0, trained from scratch). torchvision ships no GroupNorm Mask R-CNN, so that config is
+paired with the same frozen-BN torchvision loop: the ratio says what the GroupNorm model costs
+against torchvision's standard one, not a like-for-like GroupNorm comparison.
 
     python dev/benchmark_train_net.py --bs 2 --rounds 2 --json train_net.json
-    python dev/benchmark_train_net.py --bs 2 --impl ours --extra=--amp     # ours in bf16
+    python dev/benchmark_train_net.py --bs 8 --amp --steps 64 --short 16   # both in bf16
+    python dev/benchmark_train_net.py --bs 2 \
+        --cfg configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml --label 'ours GN'
+
+CPU rehearsal (torchvision's compiled ops built for another torch: dev/tv_cpu_shim.py, never
+for numbers):
+
+    PYDETECTRON_TV_SHIM=1 PYTHONPATH=/tmp/tvpkg python dev/benchmark_train_net.py --device cpu \
+        --scale 200 --max-size 333 --steps 6 --short 3 --warmup 1 --rounds 1 --nw 1 --json x.json
 """
 import argparse
 import json
@@ -41,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument('--steps', type=int, default=120)
     p.add_argument('--short', type=int, default=20, help="ours: the shorter run's steps")
     p.add_argument('--rounds', type=int, default=2)
+    p.add_argument('--warmup', type=int, default=10, help='torchvision: untimed steps per round')
+    p.add_argument('--amp', action='store_true',
+                   help='both in bfloat16 autocast (ours: train_net_step.py --amp)')
     p.add_argument('--cfg', default=CONFIG, help='our config')
     p.add_argument('--extra', default='', help='more train_net_step.py arguments for ours')
     p.add_argument('--label', default=None, help='name of ours in the report')
@@ -48,7 +77,58 @@ def parse_args(argv=None):
     p.add_argument('--max-size', type=int, default=1333)
     p.add_argument('--device', default='cuda')
     p.add_argument('--json', default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ('bs', 'steps', 'short', 'rounds'):
+        if getattr(args, name) < 1:
+            p.error('--%s must be >= 1' % name)
+    if args.warmup < 0 or args.nw < 0:
+        p.error('--warmup and --nw must be >= 0')
+    if args.short >= args.steps:
+        p.error('--short (%d) must be below --steps (%d)' % (args.short, args.steps))
+    impls = args.impl.split(',')
+    if not impls or any(i not in ('ours', 'torchvision') for i in impls):
+        p.error("--impl: a comma-separated list of 'ours' and 'torchvision', got %r"
+                % args.impl)
+    extra = shlex.split(args.extra)
+    if '--amp' in extra:
+        args.amp = True
+    elif args.amp:
+        extra.append('--amp')
+    args.extra_args = extra
+    return args
+
+
+def config_batch(cfg_path):
+    """Images per step the config was written for: NUM_GPUS x TRAIN.IMS_PER_BATCH (Detectron's
+    defaults 1 and 2 where the file leaves them out)."""
+    import yaml
+    with open(cfg_path) as f:
+        doc = yaml.safe_load(f) or {}
+    return int(doc.get('NUM_GPUS', 1)) * int((doc.get('TRAIN') or {}).get('IMS_PER_BATCH', 2))
+
+
+def max_iters(steps, short, bs, cfg_batch):
+    """SOLVER.MAX_ITER for the short and the long run, so that train_net_step.py (which scales
+    MAX_ITER by cfg_batch / bs) runs about ``short`` and ``steps`` steps, the long run at least
+    one MAX_ITER unit longer."""
+    unit = bs / float(cfg_batch)
+    mi_short = max(1, int(short * unit + 0.5))
+    mi_long = max(mi_short + 1, int(steps * unit + 0.5))
+    return mi_short, mi_long
+
+
+def steps_run(mi, bs, cfg_batch):
+    """The steps train_net_step.py runs for SOLVER.MAX_ITER ``mi`` at --bs ``bs``
+    (lib/pydetectron/engine/train_setup.py's rounding)."""
+    return int(mi * cfg_batch / float(bs) + 0.5)
+
+
+def seconds_per_step(t_short, n_short, t_long, n_long):
+    """Time per step from two runs' wall times: start-up and the first steps cancel out."""
+    if n_long <= n_short:
+        raise ValueError('the long run (%d steps) must be longer than the short one (%d)'
+                         % (n_long, n_short))
+    return (t_long - t_short) / float(n_long - n_short)
 
 
 def default_data():
@@ -58,17 +138,19 @@ def default_data():
     return data
 
 
-def run_ours(args, steps, out_dir):
+def run_ours(args, max_iter, out_dir):
     spec = 'coco_json:%s:%s' % (os.path.join(args.data, 'annotations', 'instances_train2017.json'),
                                 os.path.join(args.data, 'images', 'train2017'))
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train_net_step.py'),
            '--dataset', spec, '--cfg', os.path.join(ROOT, args.cfg), '--bs', str(args.bs),
            '--nw', str(args.nw), '--no_save', '--skip-test', '--allow_random_frozen_bn',
            '--output_dir', out_dir, '--disp_interval', '20',
-           '--set', 'MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', 'False', 'SOLVER.MAX_ITER',
-           str(max(1, round(steps * args.bs / 16.0))), 'TRAIN.SCALES', '(%d,)' % args.scale, 'TRAIN.MAX_SIZE', str(args.max_size),
-           'TRAIN.WEIGHTS', "''"]
-    cmd += shlex.split(args.extra)
+           '--set', 'MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', 'False',
+           'SOLVER.MAX_ITER', str(max_iter), 'TRAIN.SCALES', '(%d,)' % args.scale,
+           'TRAIN.MAX_SIZE', str(args.max_size), 'TRAIN.WEIGHTS', "''"]
+    if args.device == 'cpu':
+        cmd.append('--no_cuda')
+    cmd += args.extra_args
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t
@@ -99,6 +181,7 @@ class TorchvisionTraining:
         from torchvision.ops import misc as misc_nn_ops
         self.args = args
         self.device = torch.device(args.device)
+        self.amp = args.amp
         torch.manual_seed(0)
         body = resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
         model = MaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=args.scale,
@@ -109,7 +192,7 @@ class TorchvisionTraining:
                                    weight_decay=1e-4)
         self.loader = torch.utils.data.DataLoader(
             _CocoMasks(args.data), batch_size=args.bs, shuffle=True, num_workers=args.nw,
-            collate_fn=lambda b: tuple(zip(*b)), drop_last=True, persistent_workers=True)
+            collate_fn=_collate, drop_last=True, persistent_workers=args.nw > 0)
         self.batches = self._forever()
 
     def _forever(self):
@@ -122,14 +205,17 @@ class TorchvisionTraining:
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()}
                    for t in targets]
-        losses = self.model(images, targets)
-        loss = sum(losses.values())
+        import torch
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            losses = self.model(images, targets)
+            loss = sum(losses.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return float(loss)    # the host reads the loss: the step is over
+        return loss.detach().item()    # the host reads the loss: the step is over
 
-    def run(self, steps, warmup=10):
+    def run(self, steps, warmup):
+        """-> (mean seconds per step, median, peak MiB allocated on the GPU or None)."""
         import torch
         for _ in range(warmup):
             self.step()
@@ -137,12 +223,18 @@ class TorchvisionTraining:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         times = []
+        start = time.perf_counter()
         for _ in range(steps):
             t = time.perf_counter()
             self.step()
             times.append(time.perf_counter() - t)
+        total = time.perf_counter() - start
         mem = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if cuda else None
-        return statistics.median(times), mem
+        return total / steps, statistics.median(times), mem
+
+
+def _collate(batch):
+    return tuple(zip(*batch))
 
 
 class _CocoMasks:
@@ -178,30 +270,49 @@ class _CocoMasks:
                        'masks': torch.from_numpy(masks)}
 
 
+def _tv_cpu_shim():
+    """PYDETECTRON_TV_SHIM=1: torchvision on dev/tv_cpu_shim.py's stand-in ops (CPU rehearsal of
+    this script where torchvision's compiled ops do not match torch; never on the GPU)."""
+    if os.environ.get('PYDETECTRON_TV_SHIM') == '1':
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import tv_cpu_shim
+        tv_cpu_shim.maybe_install()
+
+
 def main(argv=None):
     args = parse_args(argv)
     args.data = args.data or default_data()
+    _tv_cpu_shim()
     impls = args.impl.split(',')
-    label = args.label or ('ours ' + args.extra).strip()
+    label = args.label or ' '.join(['ours'] + args.extra_args)
+    cfg_batch = config_batch(os.path.join(ROOT, args.cfg))
+    mi_short, mi_long = max_iters(args.steps, args.short, args.bs, cfg_batch)
+    if 'ours' in impls:
+        print('ours: SOLVER.MAX_ITER %d and %d -> %d and %d steps at --bs %d (config batch %d)'
+              % (mi_short, mi_long, steps_run(mi_short, args.bs, cfg_batch),
+                 steps_run(mi_long, args.bs, cfg_batch), args.bs, cfg_batch), flush=True)
     tv = TorchvisionTraining(args) if 'torchvision' in impls else None
+    tv_label = 'torchvision' + (' bf16' if args.amp else '')
     records = []
     work = tempfile.mkdtemp(prefix='bench_train_net_')
     for r in range(args.rounds):
         if 'ours' in impls:
-            t_short, _, n_short = run_ours(args, args.short, os.path.join(work, 'short%d' % r))
-            t_long, mem, n_long = run_ours(args, args.steps, os.path.join(work, 'long%d' % r))
-            per_step = (t_long - t_short) / (n_long - n_short)
-            rec = {'impl': label, 'round': r, 'bs': args.bs, 'seconds_per_step': per_step,
+            t_short, _, n_short = run_ours(args, mi_short, os.path.join(work, 'short%d' % r))
+            t_long, mem, n_long = run_ours(args, mi_long, os.path.join(work, 'long%d' % r))
+            per_step = seconds_per_step(t_short, n_short, t_long, n_long)
+            rec = {'impl': label, 'round': r, 'bs': args.bs, 'cfg': args.cfg,
+                   'seconds_per_step': per_step,
                    'images_per_s': args.bs / per_step, 'peak_gpu_mib': mem,
                    'wall_short_s': t_short, 'wall_long_s': t_long,
                    'steps_short': n_short, 'steps_long': n_long}
             records.append(rec)
             print(json.dumps(rec), flush=True)
         if tv is not None:
-            per_step, mem = tv.run(args.steps)
-            rec = {'impl': 'torchvision', 'round': r, 'bs': args.bs,
+            per_step, median, mem = tv.run(args.steps, args.warmup)
+            rec = {'impl': tv_label, 'round': r, 'bs': args.bs, 'amp': args.amp,
                    'seconds_per_step': per_step, 'images_per_s': args.bs / per_step,
-                   'peak_gpu_mib': mem}
+                   'median_seconds_per_step': median, 'peak_gpu_mib': mem,
+                   'steps': args.steps, 'warmup': args.warmup}
             records.append(rec)
             print(json.dumps(rec), flush=True)
     if args.json:
