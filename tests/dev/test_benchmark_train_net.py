@@ -1,0 +1,133 @@
+"""dev/benchmark_train_net.py's torchvision-free parts on the CPU: its arguments, the step
+arithmetic (train_net_step.py's --bs schedule scaling, the time per step from two runs), the
+command line it gives train_net_step.py, and the entries dev/gpu/trainnet.sh hands it on the GPU
+machine (a wrong flag there would cost the device call)."""
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, 'dev'))
+
+import benchmark_train_net as btn  # noqa: E402
+
+GN_CFG = 'configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml'
+
+
+def test_parse_args_defaults_and_amp_pairing():
+    args = btn.parse_args([])
+    assert (args.bs, args.steps, args.short, args.warmup, args.amp) == (2, 120, 20, 10, False)
+    assert args.extra_args == []
+    # --amp: ours gets train_net_step.py's --amp, the torchvision loop autocasts
+    args = btn.parse_args(['--amp', '--extra=--channels_last'])
+    assert args.amp and args.extra_args == ['--channels_last', '--amp']
+    # --extra=--amp alone pairs the torchvision loop too
+    args = btn.parse_args(['--extra=--amp'])
+    assert args.amp and args.extra_args == ['--amp']
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--short', '20', '--steps', '20'], '--short (20) must be below --steps (20)'),
+    (['--bs', '0'], '--bs must be >= 1'),
+    (['--warmup', '-1'], '--warmup and --nw must be >= 0'),
+    (['--impl', 'ours,detectron'], "--impl: a comma-separated list of 'ours' and 'torchvision'"),
+])
+def test_parse_args_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        btn.parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_batch(tmp_path):
+    # Detectron's configs: 8 GPUs x 2 images
+    assert btn.config_batch(os.path.join(ROOT, btn.CONFIG)) == 16
+    assert btn.config_batch(os.path.join(ROOT, GN_CFG)) == 16
+    # keys left out: Detectron's defaults NUM_GPUS 1, TRAIN.IMS_PER_BATCH 2
+    p = tmp_path / 'c.yaml'
+    p.write_text('TRAIN:\n  SCALES: (800,)\n')
+    assert btn.config_batch(str(p)) == 2
+    p.write_text('NUM_GPUS: 4\nTRAIN:\n  IMS_PER_BATCH: 1\n')
+    assert btn.config_batch(str(p)) == 4
+
+
+def test_max_iters_and_steps_run():
+    # --bs 2 on a 16-image config: one MAX_ITER unit is 8 steps; 20 -> 2.5 units -> 3 (rounded
+    # half up, as train_setup), 120 -> 15
+    assert btn.max_iters(120, 20, 2, 16) == (3, 15)
+    assert (btn.steps_run(3, 2, 16), btn.steps_run(15, 2, 16)) == (24, 120)
+    # small counts: the long run stays one unit longer (it once divided by zero here)
+    assert btn.max_iters(6, 3, 2, 16) == (1, 2)
+    assert (btn.steps_run(1, 2, 16), btn.steps_run(2, 2, 16)) == (8, 16)
+    # --bs 8: units of 2 steps
+    assert btn.max_iters(64, 16, 8, 16) == (8, 32)
+    assert (btn.steps_run(8, 8, 16), btn.steps_run(32, 8, 16)) == (16, 64)
+    # train_setup's own arithmetic: MAX_ITER * 16 / bs, rounded half up
+    assert btn.steps_run(1, 3, 16) == 5     # 5.33
+    assert btn.steps_run(5, 3, 16) == 27    # 26.67
+
+
+def test_seconds_per_step():
+    # 24 steps in 30 s, 120 steps in 78 s: 48 s for 96 more steps
+    assert btn.seconds_per_step(30.0, 24, 78.0, 120) == pytest.approx(0.5, abs=1e-15)
+    with pytest.raises(ValueError, match='must be longer'):
+        btn.seconds_per_step(30.0, 16, 31.0, 16)
+
+
+def test_run_ours_command_and_its_counts(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, capture_output, text):
+        seen['cmd'] = cmd
+        out = tmp_path / 'run'
+        out.mkdir(exist_ok=True)
+        (out / 'metrics.jsonl').write_text('{"type": "train", "iter": 20, "mem": 900}\n'
+                                           '{"type": "train", "iter": 40, "mem": 1100}\n')
+        return types.SimpleNamespace(returncode=0, stdout='Step 19 / 48 ...\nStep 39 / 48 ...\n',
+                                     stderr='')
+
+    monkeypatch.setattr(subprocess, 'run', fake_run)
+    args = btn.parse_args(['--device', 'cpu', '--bs', '4', '--scale', '200', '--max-size', '333',
+                           '--amp', '--data', '/data/coco_mini'])
+    dt, mem, steps = btn.run_ours(args, 12, str(tmp_path / 'run'))
+    cmd = seen['cmd']
+    assert steps == 48 and mem == 1100 and dt >= 0
+    assert cmd[1].endswith(os.path.join('tools', 'train_net_step.py'))
+    assert cmd[cmd.index('--bs') + 1] == '4'
+    assert '--no_cuda' in cmd and cmd[-1] == '--amp'
+    sets = cmd[cmd.index('--set') + 1:]
+    assert sets[sets.index('SOLVER.MAX_ITER') + 1] == '12'
+    assert sets[sets.index('TRAIN.SCALES') + 1] == '(200,)'
+    assert sets[sets.index('TRAIN.MAX_SIZE') + 1] == '333'
+    assert cmd[cmd.index('--dataset') + 1] == (
+        'coco_json:/data/coco_mini/annotations/instances_train2017.json:'
+        '/data/coco_mini/images/train2017')
+
+
+def _trainnet_entries(cpu, env=None):
+    # dev/gpu/trainnet.sh with for_each_entry replaced by a printer of its list
+    script = ('for_each_entry() { printf "%%s" "$1"; }; CPU=%d; . dev/gpu/trainnet.sh'
+              % (1 if cpu else 0))
+    proc = subprocess.run(['bash', '-c', script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30, env=dict(os.environ, **(env or {})))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split(';')
+
+
+def test_gpu_check_trainnet_entries_parse():
+    entries = _trainnet_entries(cpu=False, env={'TRAINNET': ''})
+    assert len(entries) == 4
+    parsed = [btn.parse_args(e.split()) for e in entries]   # the shell splits on spaces
+    assert [a.bs for a in parsed] == [2, 8, 8, 2]
+    assert [a.amp for a in parsed] == [False, False, True, False]
+    assert all(a.impl == 'ours,torchvision' and a.device == 'cuda' for a in parsed)
+    assert parsed[3].cfg == GN_CFG and os.path.isfile(os.path.join(ROOT, parsed[3].cfg))
+    # CPU=1: ours alone unless the torchvision rehearsal shim is asked for
+    cpu = _trainnet_entries(cpu=True, env={'TRAINNET': '', 'PYDETECTRON_TV_SHIM': '0'})
+    assert len(cpu) == 1 and btn.parse_args(cpu[0].split()).impl == 'ours'
+    cpu = _trainnet_entries(cpu=True, env={'TRAINNET': '', 'PYDETECTRON_TV_SHIM': '1'})
+    args = btn.parse_args(cpu[0].split())
+    assert args.impl == 'ours,torchvision' and args.device == 'cpu'
