@@ -16,10 +16,13 @@ multiples of that ratio (8 at --bs 2): SOLVER.MAX_ITER is chosen as the nearest 
 
 Torchvision: ``MaskRCNN`` on a ResNet-50-FPN with FrozenBatchNorm2d and conv1 + layer1 frozen
 (torchvision's configuration when trained from ImageNet weights; Detectron's FREEZE_AT 2), random
-weights, min/max size --scale / --max-size, the same photos and ground-truth masks (without
-Detectron's flipped copies: flipping is a loader detail) through a DataLoader with the same
-batch and number of workers, SGD with momentum 0.9 and weight decay 1e-4 at Detectron's linear
-LR (0.0025 per 2 images); a step ends with the host reading the loss. Its time per step is the
+weights, min/max size --scale / --max-size, the same photos and ground-truth masks, each also
+flipped left-right (Detectron's TRAIN.USE_FLIPPED), in batches grouped by aspect (landscape or
+portrait: Detectron's TRAIN.ASPECT_GROUPING, which ours samples by) through a DataLoader with the
+same batch and number of workers; SGD with momentum 0.9 and weight decay 1e-4 at Detectron's
+linear LR (0.0025 per 2 images) and linear warm-up (1/3 over 500 steps); the frozen BN layers
+start from the first batch's statistics, as ours' AffineChannels do (--allow_random_frozen_bn);
+a step ends with the host reading the loss (each side's last loss is in its record). Its time per step is the
 mean over ``--steps`` steps after ``--warmup`` steps (the wall time of the loop divided by the
 steps: data waits included, as in ours' difference of wall times); the median is reported too.
 Its defaults (TF32 convolutions, cuDNN autotuning off) are those train_net_step.py keeps.
@@ -139,6 +142,8 @@ def default_data():
 
 
 def run_ours(args, max_iter, out_dir):
+    """One train_net_step.py run -> (wall seconds, peak MiB on the GPU or None, steps run, last
+    logged loss or None)."""
     spec = 'coco_json:%s:%s' % (os.path.join(args.data, 'annotations', 'instances_train2017.json'),
                                 os.path.join(args.data, 'images', 'train2017'))
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train_net_step.py'),
@@ -162,14 +167,16 @@ def run_ours(args, max_iter, out_dir):
     totals = re.findall(r'Step \d+ / (\d+)', proc.stdout + proc.stderr)
     if not totals:
         raise SystemExit('train_net_step.py printed no "Step k / N" line')
-    mem = None
+    mem = loss = None
     metrics = os.path.join(out_dir, 'metrics.jsonl')
     if os.path.exists(metrics):
         with open(metrics) as f:
-            mems = [json.loads(line).get('mem') for line in f if '"train"' in line]
-        mems = [m for m in mems if m is not None]
+            recs = [json.loads(line) for line in f if '"train"' in line]
+        mems = [r['mem'] for r in recs if r.get('mem') is not None]
         mem = max(mems) if mems else None
-    return dt, mem, int(totals[-1])
+        losses = [r['loss'] for r in recs if r.get('loss') is not None]
+        loss = losses[-1] if losses else None
+    return dt, mem, int(totals[-1]), loss
 
 
 class TorchvisionTraining:
@@ -182,18 +189,52 @@ class TorchvisionTraining:
         self.args = args
         self.device = torch.device(args.device)
         self.amp = args.amp
+        self.dataset = _CocoMasks(args.data)
         torch.manual_seed(0)
         body = resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
         model = MaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=args.scale,
                          max_size=args.max_size)
         self.model = model.to(self.device).train()
+        self._frozen_bn_from_data()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.SGD(params, lr=0.0025 * args.bs / 2, momentum=0.9,
-                                   weight_decay=1e-4)
+        base_lr = 0.0025 * args.bs / 2
+        self.opt = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=1e-4)
+        # Detectron's linear warm-up (SOLVER.WARM_UP_FACTOR 1/3 over WARM_UP_ITERS 500), as ours
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda it: 1.0 if it >= 500 else 1.0 / 3 + (1 - 1.0 / 3) * it / 500.0)
         self.loader = torch.utils.data.DataLoader(
-            _CocoMasks(args.data), batch_size=args.bs, shuffle=True, num_workers=args.nw,
-            collate_fn=_collate, drop_last=True, persistent_workers=args.nw > 0)
+            self.dataset, batch_sampler=_AspectGroupedBatches(self.dataset.landscape, args.bs),
+            num_workers=args.nw, collate_fn=_collate, persistent_workers=args.nw > 0)
         self.batches = self._forever()
+        self.last_loss = None
+
+    def _frozen_bn_from_data(self):
+        """The counterpart of ours' --allow_random_frozen_bn start (AffineChannel scales and
+        shifts from one batch's statistics): the frozen BN layers of the body get the mean and
+        variance of their inputs on the first batch, computed layer after layer as a BatchNorm in
+        training mode would. Without it the random body's activations grow ~2x in variance per
+        block, and the losses (and how many proposals survive) stop resembling ours'."""
+        import torch
+        from torchvision.ops.misc import FrozenBatchNorm2d
+        body = self.model.backbone.body
+        frozen = [m for m in body.modules() if isinstance(m, FrozenBatchNorm2d)]
+        hooks = []
+
+        def set_stats(module, inputs):
+            x = inputs[0].float()
+            module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+            module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+
+        for m in frozen:
+            hooks.append(m.register_forward_pre_hook(set_stats))
+        images = [self.dataset[k][0].to(self.device) for k in range(self.args.bs)]
+        try:
+            with torch.no_grad():
+                batch, _ = self.model.transform(images)
+                body(batch.tensors)
+        finally:
+            for h in hooks:
+                h.remove()
 
     def _forever(self):
         while True:
@@ -201,18 +242,20 @@ class TorchvisionTraining:
                 yield b
 
     def step(self):
+        import torch
         images, targets = next(self.batches)
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()}
                    for t in targets]
-        import torch
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             losses = self.model(images, targets)
             loss = sum(losses.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return loss.detach().item()    # the host reads the loss: the step is over
+        self.sched.step()
+        self.last_loss = loss.detach().item()    # the host reads the loss: the step is over
+        return self.last_loss
 
     def run(self, steps, warmup):
         """-> (mean seconds per step, median, peak MiB allocated on the GPU or None)."""
@@ -237,10 +280,44 @@ def _collate(batch):
     return tuple(zip(*batch))
 
 
+class _AspectGroupedBatches:
+    """Detectron's TRAIN.ASPECT_GROUPING, as ours samples: each epoch, the shuffled indices split
+    into landscape (width >= height) and portrait images, batches of ``bs`` cut from each group
+    (an incomplete tail dropped), the batches shuffled."""
+
+    def __init__(self, landscape, bs, seed=0):
+        self.landscape = list(landscape)
+        self.bs = bs
+        self.epoch = 0
+        self.seed = seed
+
+    def batches(self):
+        import random
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.landscape)))
+        rng.shuffle(order)
+        out = []
+        for flag in (True, False):
+            group = [i for i in order if self.landscape[i] == flag]
+            out += [group[k:k + self.bs] for k in range(0, len(group) - self.bs + 1, self.bs)]
+        rng.shuffle(out)
+        return out
+
+    def __iter__(self):
+        out = self.batches()
+        self.epoch += 1
+        return iter(out)
+
+    def __len__(self):
+        return sum(sum(1 for f in self.landscape if f == flag) // self.bs
+                   for flag in (True, False))
+
+
 class _CocoMasks:
     """coco_mini train2017 for torchvision: RGB float image in [0, 1], boxes (x1, y1, x2, y2
     exclusive), COCO category ids as labels, (n, H, W) uint8 masks; crowd and empty boxes
-    dropped."""
+    dropped. Like Detectron's TRAIN.USE_FLIPPED roidb, each photo comes twice, as it is and
+    flipped left-right (indices ``len(ids)`` and up)."""
 
     def __init__(self, data):
         from pycocotools.coco import COCO
@@ -249,25 +326,35 @@ class _CocoMasks:
         self.ids = [i for i in sorted(self.coco.imgs)
                     if any(not a['iscrowd'] and a['bbox'][2] > 1 and a['bbox'][3] > 1
                            for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=i)))]
+        land = [self.coco.imgs[i]['width'] >= self.coco.imgs[i]['height'] for i in self.ids]
+        self.landscape = land + land
 
     def __len__(self):
-        return len(self.ids)
+        return 2 * len(self.ids)
 
     def __getitem__(self, k):
         import cv2
         import numpy as np
         import torch
-        info = self.coco.imgs[self.ids[k]]
+        flip = k >= len(self.ids)
+        info = self.coco.imgs[self.ids[k % len(self.ids)]]
         im = cv2.imread(os.path.join(self.dir, info['file_name']))
-        image = torch.from_numpy(im[:, :, ::-1].copy()).permute(2, 0, 1).float().div_(255.0)
         anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=info['id']))
                 if not a['iscrowd'] and a['bbox'][2] > 1 and a['bbox'][3] > 1]
         boxes = np.array([[a['bbox'][0], a['bbox'][1], a['bbox'][0] + a['bbox'][2],
                            a['bbox'][1] + a['bbox'][3]] for a in anns], dtype=np.float32)
         masks = np.stack([self.coco.annToMask(a) for a in anns])
+        rgb = im[:, :, ::-1]
+        if flip:
+            width = im.shape[1]
+            rgb = rgb[:, ::-1]
+            masks = masks[:, :, ::-1]
+            boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0],
+                              boxes[:, 3]], axis=1)
+        image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
         return image, {'boxes': torch.from_numpy(boxes),
                        'labels': torch.tensor([a['category_id'] for a in anns]),
-                       'masks': torch.from_numpy(masks)}
+                       'masks': torch.from_numpy(masks.copy())}
 
 
 def _tv_cpu_shim():
@@ -297,14 +384,15 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix='bench_train_net_')
     for r in range(args.rounds):
         if 'ours' in impls:
-            t_short, _, n_short = run_ours(args, mi_short, os.path.join(work, 'short%d' % r))
-            t_long, mem, n_long = run_ours(args, mi_long, os.path.join(work, 'long%d' % r))
+            t_short, _, n_short, _ = run_ours(args, mi_short, os.path.join(work, 'short%d' % r))
+            t_long, mem, n_long, loss = run_ours(args, mi_long, os.path.join(work, 'long%d' % r))
             per_step = seconds_per_step(t_short, n_short, t_long, n_long)
             rec = {'impl': label, 'round': r, 'bs': args.bs, 'cfg': args.cfg,
                    'seconds_per_step': per_step,
                    'images_per_s': args.bs / per_step, 'peak_gpu_mib': mem,
                    'wall_short_s': t_short, 'wall_long_s': t_long,
-                   'steps_short': n_short, 'steps_long': n_long}
+                   'steps_short': n_short, 'steps_long': n_long,
+                   'last_loss': loss}
             records.append(rec)
             print(json.dumps(rec), flush=True)
         if tv is not None:
@@ -312,7 +400,7 @@ def main(argv=None):
             rec = {'impl': tv_label, 'round': r, 'bs': args.bs, 'amp': args.amp,
                    'seconds_per_step': per_step, 'images_per_s': args.bs / per_step,
                    'median_seconds_per_step': median, 'peak_gpu_mib': mem,
-                   'steps': args.steps, 'warmup': args.warmup}
+                   'steps': args.steps, 'warmup': args.warmup, 'last_loss': tv.last_loss}
             records.append(rec)
             print(json.dumps(rec), flush=True)
     if args.json:

@@ -84,17 +84,19 @@ def test_run_ours_command_and_its_counts(tmp_path, monkeypatch):
         seen['cmd'] = cmd
         out = tmp_path / 'run'
         out.mkdir(exist_ok=True)
-        (out / 'metrics.jsonl').write_text('{"type": "train", "iter": 20, "mem": 900}\n'
-                                           '{"type": "train", "iter": 40, "mem": 1100}\n')
+        (out / 'metrics.jsonl').write_text(
+            '{"type": "train", "iter": 20, "loss": 3.5, "mem": 1100}\n'
+            '{"type": "train", "iter": 40, "loss": 2.25, "mem": 900}\n'
+            '{"type": "eval", "iter": 40, "results": {}}\n')
         return types.SimpleNamespace(returncode=0, stdout='Step 19 / 48 ...\nStep 39 / 48 ...\n',
                                      stderr='')
 
     monkeypatch.setattr(subprocess, 'run', fake_run)
     args = btn.parse_args(['--device', 'cpu', '--bs', '4', '--scale', '200', '--max-size', '333',
                            '--amp', '--data', '/data/coco_mini'])
-    dt, mem, steps = btn.run_ours(args, 12, str(tmp_path / 'run'))
+    dt, mem, steps, loss = btn.run_ours(args, 12, str(tmp_path / 'run'))
     cmd = seen['cmd']
-    assert steps == 48 and mem == 1100 and dt >= 0
+    assert steps == 48 and mem == 1100 and loss == 2.25 and dt >= 0
     assert cmd[1].endswith(os.path.join('tools', 'train_net_step.py'))
     assert cmd[cmd.index('--bs') + 1] == '4'
     assert '--no_cuda' in cmd and cmd[-1] == '--amp'
@@ -131,3 +133,52 @@ def test_gpu_check_trainnet_entries_parse():
     cpu = _trainnet_entries(cpu=True, env={'TRAINNET': '', 'PYDETECTRON_TV_SHIM': '1'})
     args = btn.parse_args(cpu[0].split())
     assert args.impl == 'ours,torchvision' and args.device == 'cpu'
+
+
+def test_aspect_grouped_batches():
+    # 5 landscape (even indices 0..8) and 4 portrait images; batches of 2 from one group each
+    landscape = [True, False] * 4 + [True]
+    sampler = btn._AspectGroupedBatches(landscape, 2)
+    assert len(sampler) == 2 + 2
+    first = list(sampler)
+    for epoch in (first, list(sampler)):
+        assert len(epoch) == 4 and all(len(b) == 2 for b in epoch)
+        assert all(landscape[b[0]] == landscape[b[1]] for b in epoch)
+        seen = [i for b in epoch for i in b]
+        assert len(set(seen)) == 8     # one landscape image left over
+        assert sum(landscape[i] for i in seen) == 4
+    assert list(btn._AspectGroupedBatches(landscape, 2)) == first   # seeded: reproducible
+    assert any(list(sampler) != first for _ in range(3))               # epochs reshuffle
+
+
+def test_coco_masks_flipped_copies():
+    import json
+    import numpy as np
+    data = btn.default_data()
+    if not os.path.isdir(data):
+        pytest.skip('coco_mini is not here')
+    ds = btn._CocoMasks(data)
+    n = len(ds.ids)
+    assert len(ds) == 2 * n and len(ds.landscape) == 2 * n
+    with open(os.path.join(data, 'annotations', 'instances_train2017.json')) as f:
+        coco = json.load(f)
+    info = next(i for i in coco['images'] if i['id'] == ds.ids[0])
+    anns = [a for a in coco['annotations'] if a['image_id'] == info['id'] and not a['iscrowd']
+            and a['bbox'][2] > 1 and a['bbox'][3] > 1]
+    width = info['width']
+    image, target = ds[0]
+    fimage, ftarget = ds[n]
+    assert image.shape == (3, info['height'], width)
+    assert ftarget['labels'].tolist() == [a['category_id'] for a in anns]
+    for box, fbox, a in zip(target['boxes'].tolist(), ftarget['boxes'].tolist(), anns):
+        x, y, w, h = a['bbox']
+        assert box == pytest.approx([x, y, x + w, y + h], abs=1e-4)
+        # exclusive x2: the flipped box spans [width - (x + w), width - x)
+        assert fbox == pytest.approx([width - x - w, y, width - x, y + h], abs=1e-4)
+    # the image and the masks mirrored: column c of the flip is column width - 1 - c
+    assert (fimage[:, :, 0] == image[:, :, width - 1]).all()
+    assert (fimage[:, :, 5] == image[:, :, width - 6]).all()
+    m, fm = target['masks'].numpy(), ftarget['masks'].numpy()
+    cols = np.nonzero(m[0].any(axis=0))[0]
+    fcols = np.nonzero(fm[0].any(axis=0))[0]
+    assert (fcols.min(), fcols.max()) == (width - 1 - cols.max(), width - 1 - cols.min())
