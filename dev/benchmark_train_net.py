@@ -162,21 +162,23 @@ def run_ours(args, max_iter, out_dir):
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit('train_net_step.py failed (%d)' % proc.returncode)
-    # --bs adapts the schedule (SOLVER.MAX_ITER scaled by the config's batch / --bs): the run's
-    # own count of steps, as it prints it
-    totals = re.findall(r'Step \d+ / (\d+)', proc.stdout + proc.stderr)
+    steps, mem, loss = parse_console(proc.stdout + proc.stderr)
+    return dt, mem, steps, loss
+
+
+def parse_console(text):
+    """What a train_net_step.py run printed -> (its step count N of the "[Step k / N]" lines,
+    the largest "mem: M MB" (peak MiB allocated on the GPU; None on the CPU), the last "loss:"
+    (the console's median of the last 20 steps)). ``--no_save`` writes no metrics.jsonl: the
+    console is the only record. --bs adapts the schedule (SOLVER.MAX_ITER scaled by the config's
+    batch / --bs): the run's own count of steps is the one to use."""
+    totals = re.findall(r'Step \d+ / (\d+)\]', text)
     if not totals:
-        raise SystemExit('train_net_step.py printed no "Step k / N" line')
-    mem = loss = None
-    metrics = os.path.join(out_dir, 'metrics.jsonl')
-    if os.path.exists(metrics):
-        with open(metrics) as f:
-            recs = [json.loads(line) for line in f if '"train"' in line]
-        mems = [r['mem'] for r in recs if r.get('mem') is not None]
-        mem = max(mems) if mems else None
-        losses = [r['loss'] for r in recs if r.get('loss') is not None]
-        loss = losses[-1] if losses else None
-    return dt, mem, int(totals[-1]), loss
+        raise SystemExit('train_net_step.py printed no "[Step k / N]" line')
+    mems = [int(m) for m in re.findall(r'mem: (\d+)MB', text)]
+    losses = re.findall(r'\bloss: ([-+0-9.eEnaif]+),', text)
+    return (int(totals[-1]), max(mems) if mems else None,
+            float(losses[-1]) if losses else None)
 
 
 class TorchvisionTraining:

@@ -77,19 +77,36 @@ def test_seconds_per_step():
         btn.seconds_per_step(30.0, 16, 31.0, 16)
 
 
+def _console(step, max_iter, loss, mem=None):
+    # the block train_net_step.py prints on a log step, by the package's own formatter
+    from collections import OrderedDict
+    from pydetectron.utils.logging import format_stats
+    stats = OrderedDict(iter=step, time=0.1, eta='0:00:01', loss=loss, lr=0.001)
+    if mem is not None:
+        stats['mem'] = mem
+    stats['metrics'] = OrderedDict(accuracy_cls=0.5)
+    stats['head_losses'] = OrderedDict(loss_cls=0.25, loss_mask=0.5)
+    return format_stats(stats, 'run', 'cfg.yaml', max_iter) + '\n'
+
+
+def test_parse_console():
+    text = ('INFO train_net_step.py: 10: loss: not a stats line\n'
+            + _console(1, 48, 3.5, mem=1100) + _console(20, 48, 2.25, mem=1300)
+            + _console(48, 48, 1.75, mem=1200))
+    assert btn.parse_console(text) == (48, 1300, 1.75)
+    # the CPU prints no memory
+    assert btn.parse_console(_console(8, 8, float('nan')))[:2] == (8, None)
+    with pytest.raises(SystemExit, match='no "\\[Step k / N\\]" line'):
+        btn.parse_console('Traceback ...\n')
+
+
 def test_run_ours_command_and_its_counts(tmp_path, monkeypatch):
     seen = {}
 
     def fake_run(cmd, capture_output, text):
         seen['cmd'] = cmd
-        out = tmp_path / 'run'
-        out.mkdir(exist_ok=True)
-        (out / 'metrics.jsonl').write_text(
-            '{"type": "train", "iter": 20, "loss": 3.5, "mem": 1100}\n'
-            '{"type": "train", "iter": 40, "loss": 2.25, "mem": 900}\n'
-            '{"type": "eval", "iter": 40, "results": {}}\n')
-        return types.SimpleNamespace(returncode=0, stdout='Step 19 / 48 ...\nStep 39 / 48 ...\n',
-                                     stderr='')
+        return types.SimpleNamespace(returncode=0, stdout=_console(20, 48, 3.5, 900)
+                                     + _console(48, 48, 2.25, 1100), stderr='')
 
     monkeypatch.setattr(subprocess, 'run', fake_run)
     args = btn.parse_args(['--device', 'cpu', '--bs', '4', '--scale', '200', '--max-size', '333',
