@@ -6,7 +6,10 @@ statistics and logging included, checkpoints off) on a COCO-format dataset (defa
 train2017, 80 photos + flips) with Detectron's Mask R-CNN R-50-FPN config (frozen-BN body from
 random weights: ``--allow_random_frozen_bn``), at TRAIN.SCALES (800,) / MAX_SIZE 1333. Its time
 per step is the difference of two runs' wall times, ``--steps`` and ``--short`` steps, divided
-by the difference in steps: start-up, model building and the first steps cancel out.
+by the difference in steps: start-up, model building and the first steps cancel out (when they
+take as long in both runs). Beside it, ``seconds_per_step_in_run``: the long run's own time per
+step, from the arrival times of its "[Step k / N]" console lines (after ``--warmup`` steps to
+the last); the record warns when the two disagree by more than 25%.
 
 The step counts: ``--bs`` makes train_net_step.py scale SOLVER.MAX_ITER by the config's batch
 (NUM_GPUS x TRAIN.IMS_PER_BATCH, 16 for Detectron's configs) / --bs, so a run's steps come in
@@ -22,9 +25,10 @@ portrait: Detectron's TRAIN.ASPECT_GROUPING, which ours samples by) through a Da
 same batch and number of workers; SGD with momentum 0.9 and weight decay 1e-4 at Detectron's
 linear LR (0.0025 per 2 images) and linear warm-up (1/3 over 500 steps); the frozen BN layers
 start from the first batch's statistics, as ours' AffineChannels do (--allow_random_frozen_bn);
-a step ends with the host reading the loss (each side's last loss is in its record). Its time per step is the
-mean over ``--steps`` steps after ``--warmup`` steps (the wall time of the loop divided by the
-steps: data waits included, as in ours' difference of wall times); the median is reported too.
+a step ends with the host reading the loss (each side's last loss is in its record). Its time
+per step is the mean over ``--steps`` steps after ``--warmup`` steps (the wall time of the loop
+divided by the steps: data waits included, as in ours' difference of wall times); the median is
+reported too.
 Its defaults (TF32 convolutions, cuDNN autotuning off) are those train_net_step.py keeps.
 
 bf16: ``--amp`` runs ours with ``--amp`` (bfloat16 autocast in the forward pass) and the
@@ -142,8 +146,9 @@ def default_data():
 
 
 def run_ours(args, max_iter, out_dir):
-    """One train_net_step.py run -> (wall seconds, peak MiB on the GPU or None, steps run, last
-    logged loss or None)."""
+    """One train_net_step.py run -> {'wall': seconds, 'steps': steps run, 'mem': peak MiB on the
+    GPU or None, 'loss': last logged loss or None, 'marks': [(seconds since the start, k) for
+    each "[Step k / N]" line, timed as it arrives (the child's output unbuffered)]}."""
     spec = 'coco_json:%s:%s' % (os.path.join(args.data, 'annotations', 'instances_train2017.json'),
                                 os.path.join(args.data, 'images', 'train2017'))
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train_net_step.py'),
@@ -156,14 +161,38 @@ def run_ours(args, max_iter, out_dir):
     if args.device == 'cpu':
         cmd.append('--no_cuda')
     cmd += args.extra_args
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    lines, marks = [], []
+    for line in proc.stdout:
+        m = re.search(r'\[Step (\d+) / \d+\]', line)
+        if m:
+            marks.append((time.perf_counter() - t, int(m.group(1))))
+        lines.append(line)
+    rc = proc.wait()
     dt = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit('train_net_step.py failed (%d)' % proc.returncode)
-    steps, mem, loss = parse_console(proc.stdout + proc.stderr)
-    return dt, mem, steps, loss
+    text = ''.join(lines)
+    if rc != 0:
+        sys.stderr.write(text[-6000:])
+        raise SystemExit('train_net_step.py failed (%d)' % rc)
+    steps, mem, loss = parse_console(text)
+    return {'wall': dt, 'steps': steps, 'mem': mem, 'loss': loss, 'marks': marks}
+
+
+def seconds_per_step_in_run(marks, warmup):
+    """Time per step inside one run, from the arrival times of its "[Step k / N]" lines: from
+    the first line past ``warmup`` steps (else the first line) to the last; None with fewer than
+    two lines. Start-up is outside it by construction, where the two-run difference relies on it
+    cancelling out (it does not on a loaded machine)."""
+    if len(marks) < 2:
+        return None
+    first = next((m for m in marks[:-1] if m[1] > warmup), marks[0])
+    last = marks[-1]
+    if last[1] <= first[1]:
+        return None
+    return (last[0] - first[0]) / float(last[1] - first[1])
 
 
 def parse_console(text):
@@ -386,15 +415,23 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix='bench_train_net_')
     for r in range(args.rounds):
         if 'ours' in impls:
-            t_short, _, n_short, _ = run_ours(args, mi_short, os.path.join(work, 'short%d' % r))
-            t_long, mem, n_long, loss = run_ours(args, mi_long, os.path.join(work, 'long%d' % r))
-            per_step = seconds_per_step(t_short, n_short, t_long, n_long)
+            short = run_ours(args, mi_short, os.path.join(work, 'short%d' % r))
+            long = run_ours(args, mi_long, os.path.join(work, 'long%d' % r))
+            per_step = seconds_per_step(short['wall'], short['steps'], long['wall'],
+                                        long['steps'])
+            in_run = seconds_per_step_in_run(long['marks'], args.warmup)
             rec = {'impl': label, 'round': r, 'bs': args.bs, 'cfg': args.cfg,
                    'seconds_per_step': per_step,
-                   'images_per_s': args.bs / per_step, 'peak_gpu_mib': mem,
-                   'wall_short_s': t_short, 'wall_long_s': t_long,
-                   'steps_short': n_short, 'steps_long': n_long,
-                   'last_loss': loss}
+                   'images_per_s': args.bs / per_step if per_step > 0 else None,
+                   'seconds_per_step_in_run': in_run,
+                   'images_per_s_in_run': args.bs / in_run if in_run else None,
+                   'peak_gpu_mib': long['mem'],
+                   'wall_short_s': short['wall'], 'wall_long_s': long['wall'],
+                   'steps_short': short['steps'], 'steps_long': long['steps'],
+                   'last_loss': long['loss']}
+            if per_step <= 0 or (in_run and abs(per_step / in_run - 1) > 0.25):
+                rec['warning'] = ('the two-run difference and the in-run time disagree: '
+                                  'start-up time varied between the runs')
             records.append(rec)
             print(json.dumps(rec), flush=True)
         if tv is not None:

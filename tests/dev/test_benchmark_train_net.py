@@ -89,6 +89,16 @@ def _console(step, max_iter, loss, mem=None):
     return format_stats(stats, 'run', 'cfg.yaml', max_iter) + '\n'
 
 
+def test_seconds_per_step_in_run():
+    # lines after steps 1, 20, 40, 48 at 5, 40, 60, 68 s (slow first steps): from step 20 (past
+    # 10 warm-up steps) to 48, 28 steps in 28 s; from step 1 it would be 63 s / 47
+    marks = [(5.0, 1), (40.0, 20), (60.0, 40), (68.0, 48)]
+    assert btn.seconds_per_step_in_run(marks, 10) == pytest.approx(1.0, abs=1e-15)
+    # no line past the warm-up but the last one: from the first line
+    assert btn.seconds_per_step_in_run([(5.0, 1), (12.0, 8)], 10) == pytest.approx(1.0)
+    assert btn.seconds_per_step_in_run([(5.0, 8)], 0) is None
+
+
 def test_parse_console():
     text = ('INFO train_net_step.py: 10: loss: not a stats line\n'
             + _console(1, 48, 3.5, mem=1100) + _console(20, 48, 2.25, mem=1300)
@@ -103,17 +113,20 @@ def test_parse_console():
 def test_run_ours_command_and_its_counts(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_run(cmd, capture_output, text):
-        seen['cmd'] = cmd
-        return types.SimpleNamespace(returncode=0, stdout=_console(20, 48, 3.5, 900)
-                                     + _console(48, 48, 2.25, 1100), stderr='')
+    def fake_popen(cmd, stdout, stderr, text, env):
+        seen['cmd'], seen['env'] = cmd, env
+        out = (_console(1, 48, 4.0, 800) + _console(20, 48, 3.5, 900)
+               + _console(48, 48, 2.25, 1100))
+        return types.SimpleNamespace(stdout=iter(out.splitlines(True)), wait=lambda: 0)
 
-    monkeypatch.setattr(subprocess, 'run', fake_run)
+    monkeypatch.setattr(subprocess, 'Popen', fake_popen)
     args = btn.parse_args(['--device', 'cpu', '--bs', '4', '--scale', '200', '--max-size', '333',
                            '--amp', '--data', '/data/coco_mini'])
-    dt, mem, steps, loss = btn.run_ours(args, 12, str(tmp_path / 'run'))
+    run = btn.run_ours(args, 12, str(tmp_path / 'run'))
     cmd = seen['cmd']
-    assert steps == 48 and mem == 1100 and loss == 2.25 and dt >= 0
+    assert (run['steps'], run['mem'], run['loss']) == (48, 1100, 2.25)
+    assert [k for _, k in run['marks']] == [1, 20, 48] and run['wall'] >= run['marks'][-1][0]
+    assert seen['env']['PYTHONUNBUFFERED'] == '1'   # the Step lines arrive as they are printed
     assert cmd[1].endswith(os.path.join('tools', 'train_net_step.py'))
     assert cmd[cmd.index('--bs') + 1] == '4'
     assert '--no_cuda' in cmd and cmd[-1] == '--amp'
