@@ -120,6 +120,7 @@ def test_run_ours_command_and_its_counts(tmp_path, monkeypatch):
         return types.SimpleNamespace(stdout=iter(out.splitlines(True)), wait=lambda: 0)
 
     monkeypatch.setattr(subprocess, 'Popen', fake_popen)
+    monkeypatch.delenv('PYTHONUNBUFFERED', raising=False)
     args = btn.parse_args(['--device', 'cpu', '--bs', '4', '--scale', '200', '--max-size', '333',
                            '--amp', '--data', '/data/coco_mini'])
     run = btn.run_ours(args, 12, str(tmp_path / 'run'))
