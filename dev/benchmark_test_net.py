@@ -18,6 +18,12 @@ the report gives images/s per round and the peak GPU memory. ``--lib DIR`` impor
 from another checkout's ``lib`` (an A/B of two versions of the code).
 
     python dev/benchmark_test_net.py --rounds 3 --json test_net.json
+
+CPU rehearsal (torchvision's compiled ops built for another torch: dev/tv_cpu_shim.py, never
+for numbers):
+
+    PYDETECTRON_TV_SHIM=1 PYTHONPATH=/tmp/tvpkg python dev/benchmark_test_net.py --device cpu \
+        --scale 200 --max-size 333 --max-images 3 --rounds 1 --json x.json
 """
 import argparse
 import json
@@ -175,6 +181,12 @@ def main(argv=None):
         sys.path.insert(0, os.path.abspath(args.lib))
     else:
         sys.path.insert(0, os.path.join(ROOT, 'lib'))
+    if os.environ.get('PYDETECTRON_TV_SHIM') == '1':
+        # CPU rehearsal only (torchvision's compiled ops built for another torch): stand-in ops
+        # from dev/tv_cpu_shim.py, registered before torchvision is imported; never on the GPU
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import tv_cpu_shim
+        tv_cpu_shim.maybe_install()
     import torch
     args.dataset = args.dataset or default_dataset()
     torch.backends.cudnn.benchmark = False

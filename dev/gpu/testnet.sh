@@ -3,12 +3,22 @@
 # 100 detections per image, paired in turns with torchvision's evaluation loop; then, for each
 # older package copy named in BASES (see ab.sh), the same path of that copy against this one.
 # Logs: $OUT/testnet*.log and .json. Environment: TESTNET_ROUNDS (3), TESTNET_TIMEOUT (s, 400).
+# CPU=1: 3 images at scale 200, one round; the torchvision half only with PYDETECTRON_TV_SHIM=1
+# (and PYTHONPATH holding a torchvision: dev/tv_cpu_shim.py's stand-in ops, no numbers).
 ROUNDS=${TESTNET_ROUNDS:-3}
 DEV=cuda
-[ "$CPU" = 1 ] && DEV=cpu
+IMPL=ours,torchvision
+SMALL=
+if [ "$CPU" = 1 ]; then
+    DEV=cpu
+    ROUNDS=${TESTNET_ROUNDS:-1}
+    SMALL="--scale 200 --max-size 333 --max-images 3"
+    [ "${PYDETECTRON_TV_SHIM:-0}" = 1 ] || IMPL=ours
+fi
 status=0
+# shellcheck disable=SC2086
 timeout "${TESTNET_TIMEOUT:-400}" "$PY" dev/benchmark_test_net.py --device $DEV --rounds "$ROUNDS" \
-    --impl ours,torchvision --json "$OUT/testnet.json" > "$OUT/testnet.log" 2>&1 || status=$?
+    --impl $IMPL $SMALL --json "$OUT/testnet.json" > "$OUT/testnet.log" 2>&1 || status=$?
 grep '^{' "$OUT/testnet.log" || tail -n 30 "$OUT/testnet.log"
 i=0
 for b in ${BASES:-}; do
@@ -17,7 +27,7 @@ for b in ${BASES:-}; do
     for r in $(seq "$ROUNDS"); do
         for lib in "$b" lib; do
             timeout "${TESTNET_TIMEOUT:-400}" "$PY" dev/benchmark_test_net.py --device $DEV \
-                --rounds 1 --impl ours --lib "$lib" --label "$lib" \
+                --rounds 1 --impl ours --lib "$lib" --label "$lib" $SMALL \
                 >> "$OUT/testnet_ab_$i.log" 2>&1 || status=$?
         done
     done
