@@ -12,6 +12,7 @@ backward and an SGD step each. It prints one JSON line: the number of graphs dyn
 shapes the body saw and those Detectron's stride padding alone would give, the extra pixels of
 the bucket padding, and the step times (the first step, the median of the second half).
 
+``--compile off`` runs the same steps uncompiled (the step time to compare with).
 ``--automatic`` compiles as the tools did before this change (no ``dynamic=True``: torch's
 automatic dynamic shapes) for comparison. ``--backend eager`` or ``aot_eager`` traces with dynamo
 but skips Inductor's code generation (fast on a CPU; dynamo's guards and recompilations are the
@@ -20,6 +21,7 @@ same); ``--backend inductor`` (default) is the real thing.
     python dev/count_recompiles.py --steps 200 --json recompiles.json                 # GPU
     python dev/count_recompiles.py --device cpu --backend aot_eager --steps 12 --scale 320 \\
         --max-size 533 --nw 1                                                          # CPU
+    python dev/count_recompiles.py --shapes-only --compile reduce-overhead --steps 200  # shapes
 """
 import argparse
 import json
@@ -47,13 +49,17 @@ def parse_args(argv=None):
     p.add_argument('--nw', type=int, default=4, help='DataLoader workers')
     p.add_argument('--scale', type=int, default=800)
     p.add_argument('--max-size', type=int, default=1333)
-    p.add_argument('--compile', default='default', metavar='MODE')
+    p.add_argument('--compile', default='default', metavar='MODE',
+                   help="the tools' --compile MODE, or 'off' (no compilation: the baseline of "
+                   'the step time)')
     p.add_argument('--shape_buckets', type=int, default=None, metavar='N',
                    help="as the tools' flag (default: the mode's)")
     p.add_argument('--automatic', action='store_true',
                    help="compile without dynamic=True (the tools' options before issue 19)")
     p.add_argument('--backend', default='inductor', help='torch.compile backend')
     p.add_argument('--lr', type=float, default=0.0025 / 3)
+    p.add_argument('--shapes-only', action='store_true',
+                   help='only the blob shapes of --steps loader batches (no model)')
     p.add_argument('--device', default='cuda')
     p.add_argument('--json', default=None)
     return p.parse_args(argv)
@@ -79,7 +85,9 @@ def configure(args):
     def after_merge(c):
         train_setup.adjust_config_for_batch_size(c, args.bs, 1, 1, num_workers=args.nw,
                                                  write=lambda *a, **k: None)
-        set_shape_buckets(c, args)
+        set_shape_buckets(c, argparse.Namespace(
+            compile=None if args.compile == 'off' else args.compile,
+            shape_buckets=args.shape_buckets))
 
     return config_sequence.configure(
         os.path.join(ROOT, args.cfg), args.set_cfgs,
@@ -103,6 +111,8 @@ class RecompileLog(logging.Handler):
 
 def compile_body(model, args):
     from pydetectron.engine.compile_shapes import compile_options
+    if args.compile == 'off':
+        return None
     options = compile_options(args.compile)
     if args.automatic:
         options.pop('dynamic', None)
@@ -128,17 +138,19 @@ def main(argv=None):
     device = torch.device(args.device)
     roidb, ratio_list, ratio_index = combined_roidb_for_training(names)
     loader = build_train_loader(roidb, ratio_list, ratio_index, args.bs, 1, args.nw, seed=0)
-    torch.manual_seed(0)
-    model = Generalized_RCNN().to(device)
     batches = iter(loader)
     first = next(batches)
-    init_affine_channels_from_data(model.Conv_Body, first['data'][0].to(device))
-    options = compile_body(model, args)
-    model = DataParallel(model, device_ids=[device.index or 0] if device.type == 'cuda' else [],
-                         cpu_keywords=['roidb'])
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    options = model = None
+    if not args.shapes_only:
+        torch.manual_seed(0)
+        model = Generalized_RCNN().to(device)
+        init_affine_channels_from_data(model.Conv_Body, first['data'][0].to(device))
+        options = compile_body(model, args)
+        model = DataParallel(model, device_ids=[device.index or 0] if device.type == 'cuda'
+                             else [], cpu_keywords=['roidb'])
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
 
     log = RecompileLog()
     torch._logging.set_logs(recompiles=True)
@@ -161,6 +173,8 @@ def main(argv=None):
         stride_shapes[(sh, sw)] = stride_shapes.get((sh, sw), 0) + 1
         pixels += h * w
         stride_pixels += sh * sw
+        if model is None:
+            continue
         t = time.perf_counter()
         out = model(**batch)
         loss = sum(v.float().reshape(()) for v in out['losses'].values())
@@ -187,8 +201,9 @@ def main(argv=None):
         'distinct_stride_shapes': len(stride_shapes),
         'extra_pixels_pct': round(100.0 * (pixels / float(stride_pixels) - 1), 2),
         'blob_shapes': sorted('%dx%d:%d' % (k[0], k[1], v) for k, v in shapes.items()),
-        'first_step_s': round(times[0], 3),
-        'median_step_s_second_half': round(statistics.median(times[len(times) // 2:]), 4),
+        'first_step_s': round(times[0], 3) if times else None,
+        'median_step_s_second_half':
+            round(statistics.median(times[len(times) // 2:]), 4) if times else None,
         'nonfinite_losses': nonfinite,
     }
     print(json.dumps(result), flush=True)
