@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,11 +94,15 @@ def test_bucket_padding_keeps_the_features_away_from_the_padding():
     the stride blob: zero padding there, a feature computed from the last image rows in the
     bucket blob). So RPN anchors and proposals near the border can change: the reason bucket
     padding is off by default."""
+    from pydetectron.utils import blob as blob_utils
     fpn = _tiny_fpn()
     h, w = 192, 256
-    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(1))
-    bucket = torch.zeros(2, 3, 320, 320)
-    bucket[:, :, :h, :w] = x
+    rng = np.random.RandomState(1)
+    ims = [rng.randn(h, w, 3).astype(np.float32), rng.randn(h - 40, w - 10, 3).astype(np.float32)]
+    x = torch.from_numpy(blob_utils.im_list_to_blob(ims, stride=32))
+    bucket = torch.from_numpy(blob_utils.im_list_to_blob(
+        ims, stride=32, buckets=blob_utils.shape_buckets(160, (100,), 100, 32)))   # edge 128
+    assert x.shape[2:] == (h, w) and bucket.shape[2:] == (320, 320)
     with torch.no_grad():
         plain = fpn.conv_body.forward_stages(x)
         padded = fpn.conv_body.forward_stages(bucket)

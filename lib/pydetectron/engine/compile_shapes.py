@@ -31,9 +31,10 @@ __all__ = ['COMPILE_MODES', 'CUDA_GRAPH_MODES', 'DEFAULT_SHAPE_BUCKETS',
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 CUDA_GRAPH_MODES = ('reduce-overhead', 'max-autotune')
 
-# 160 = 5 x 32: with the scale rule's sides (800 and 1344 at 800 / 1333) as extra sizes, coco_mini
-# train2017 at 800 / 1333 falls into 8 shapes (17 without buckets) for 4.4% more pixels than the
-# stride-32 padding; 128 gives 10 shapes (+4.8%), 256 gives 7 (+9.5%) (README, --compile)
+# 160 = 5 x 32: with the scale rule's sides (800 and 1344 at 800 / 1333) as extra sizes, 200
+# training batches of 2 coco_mini train2017 photos at 800 / 1333 fall into 5 shapes (13 without
+# buckets) for 3.7% more pixels than the stride-32 padding; 128: 7 shapes, +4.2%; 256: 5, +6.6%
+# (README, "Image sizes under --compile"; dev/count_recompiles.py --shapes-only)
 DEFAULT_SHAPE_BUCKETS = 160
 
 
