@@ -250,5 +250,7 @@ def test_speed_options_reach_the_model(tmp_path, fresh_cfg, tiny_coco, monkeypat
     assert run_tool(tmp_path / 's', tiny_coco, '--no_save', '--channels_last', '--compile',
                     'reduce-overhead', max_iter=2, built=built) == 0
     assert seen == [(built[0], True, 'reduce-overhead')]
+    from pydetectron.core.config import cfg
+    assert cfg.SHAPE_BUCKETS == 160     # a CUDA-graph mode pads the blobs to shape buckets
     assert train_net_step.parse_args(['--dataset', 'x', '--cfg', CFG, '--compile']).compile \
         == 'default'
