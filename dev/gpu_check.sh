@@ -20,6 +20,8 @@
 #           torchvision training loop (entries of TRAINNET)
 #   multi   2+ GPUs: DataParallel against DistributedDataParallel training, test_net in one
 #           process against --multi-gpu-testing
+#   recompiles dev/count_recompiles.py: --compile's compilations and step times over 200 real
+#           training steps at 800 / 1333 (entries of RECOMPILES)
 #
 # The shared set-up (dev/gpu/setup.sh): pycocotools (and pytest) from the carried .whl/ when the
 # interpreter lacks them; coco_mini from the carried .gpu_data/coco_mini (else
@@ -30,7 +32,7 @@
 # Logs go to $OUT (default /tmp/gpu_check), scratch files to $WORK (default /tmp/gpu_check_work,
 # emptied first). The exit status is the first failing mode's.
 set -uo pipefail
-MODES="build tests ops train perf ab testnet trainnet multi"
+MODES="build tests ops train perf ab testnet trainnet multi recompiles"
 usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 if [ $# -eq 0 ]; then usage >&2; echo "gpu_check.sh: give at least one MODE among: $MODES" >&2; exit 2; fi
 for m in "$@"; do

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from pydetectron.core.test import im_detect_all  # noqa: E402
 from pydetectron.engine import checkpoint_meta, config_sequence  # noqa: E402
+from pydetectron.engine.compile_shapes import set_shape_buckets  # noqa: E402
 from pydetectron.engine.inference import initialize_model_from_cfg  # noqa: E402
 from pydetectron.engine.speed_options import add_speed_arguments  # noqa: E402
 from pydetectron.engine.cli import (  # noqa: E402
@@ -125,6 +126,7 @@ def main(argv=None):
 
     def weights_images_and_classes(cfg):
         m = checkpoint_meta.test_weights(args, meta)
+        set_shape_buckets(cfg, args)
         found['images'] = list_images(args, logger)
         if args.dataset:
             classes, keypoint_names = get_class_and_keypoint_names(args.dataset)

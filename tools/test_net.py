@@ -23,6 +23,7 @@ from pydetectron.engine.cli import (  # noqa: E402
     ArgumentParser, check_input_file, check_output_dir, check_set_pairs, positive, run_tool)
 from pydetectron.utils.errors import CliError  # noqa: E402
 from pydetectron.engine import checkpoint_meta, config_sequence  # noqa: E402
+from pydetectron.engine.compile_shapes import set_shape_buckets  # noqa: E402
 from pydetectron.engine.speed_options import add_speed_arguments  # noqa: E402
 from pydetectron.utils.logging import setup_logging  # noqa: E402
 
@@ -82,6 +83,7 @@ def main(argv=None):
         # the weights may come from TEST.WEIGHTS (the config and --set are merged by now)
         nonlocal meta
         meta = checkpoint_meta.test_weights(args, meta, needs_weights=not evaluating_file)
+        set_shape_buckets(cfg, args)
         if args.output_dir is None:
             weights = args.load_ckpt or args.load_detectron or args.eval_only
             if not weights:

@@ -526,6 +526,30 @@ def test_input_blob_bit_identical_to_detectron_on_photos(coco_mini):
         assert im_info[i, 0] % 32 == 0 and im_info[i, 1] % 32 == 0
 
 
+def test_shape_buckets_pad_the_test_blob_but_not_im_info(coco_mini):
+    import glob
+    import os
+    paths = sorted(glob.glob(os.path.join(coco_mini, 'images', 'val2017', '*.jpg')))[:3]
+    ims = [cv2.imread(p) for p in paths]
+    cfg.FPN.FPN_ON = True
+    cfg.TEST.SCALE, cfg.TEST.MAX_SIZE = 800, 1333     # the edges: 800 and 1344
+    for batch in ([ims[0]], [ims[1]], ims):
+        plain, info, scales = test_mod.get_image_blob(batch, 800, 1333)
+        cfg.SHAPE_BUCKETS = 256
+        data, bucket_info, bucket_scales = test_mod.get_image_blob(batch, 800, 1333)
+        cfg.SHAPE_BUCKETS = 0
+        h, w = plain.shape[2:]
+        # the batch's stride-padded size, then the next multiple of 256 or edge (800, 1344)
+        # (these photos: 800 x 1216, 1216 x 800, and 1216 x 1216 for the batch of three)
+        up = {800: 800, 1216: 1280}
+        assert data.shape == plain.shape[:2] + (up[h], up[w]), (h, w)
+        np.testing.assert_array_equal(data[:, :, :h, :w], plain)
+        assert not data[:, :, h:].any() and not data[:, :, :, w:].any()
+        # im_info (clipping of proposals and boxes) as without buckets
+        np.testing.assert_array_equal(bucket_info, info)
+        assert bucket_scales == scales
+
+
 # ---------------------------------------------------------------------------------------------- #
 # Detectron's row order: each class's survivors in RoI order, not in score order
 # ---------------------------------------------------------------------------------------------- #

@@ -15,7 +15,8 @@ def _run(*modes):
 def test_no_mode_is_a_usage_error():
     proc = _run()
     assert proc.returncode == 2
-    assert 'give at least one MODE among: build tests ops train perf ab testnet trainnet multi' in proc.stderr
+    assert ('give at least one MODE among: build tests ops train perf ab testnet trainnet multi '
+            'recompiles') in proc.stderr
     assert 'bash dev/gpu_check.sh MODE [MODE...]' in proc.stderr   # the usage text
 
 
@@ -23,17 +24,19 @@ def test_unknown_mode_is_named_before_any_work():
     proc = _run('tests', 'bench')
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("gpu_check.sh: unknown mode 'bench'; expected one of: build "
-                                   "tests ops train perf ab testnet trainnet multi")
+                                   "tests ops train perf ab testnet trainnet multi recompiles")
     assert proc.stdout == ''   # nothing ran: no set-up, no machine description
 
 
 def test_every_mode_has_its_body():
-    for mode in ('build', 'tests', 'ops', 'train', 'perf', 'ab', 'testnet', 'trainnet', 'multi'):
+    for mode in ('build', 'tests', 'ops', 'train', 'perf', 'ab', 'testnet', 'trainnet', 'multi',
+                 'recompiles'):
         assert os.path.isfile(os.path.join(ROOT, 'dev', 'gpu', mode + '.sh')), mode
 
 
 def test_help_lists_the_modes():
     proc = _run('--help')
     assert proc.returncode == 0
-    for mode in ('build', 'tests', 'ops', 'train', 'perf', 'ab', 'testnet', 'trainnet', 'multi'):
+    for mode in ('build', 'tests', 'ops', 'train', 'perf', 'ab', 'testnet', 'trainnet', 'multi',
+                 'recompiles'):
         assert '\n  %s ' % mode in proc.stdout

@@ -40,8 +40,10 @@ class _Model(torch.nn.Module):
         self.head = torch.nn.Conv2d(4, 2, 3)
 
 
-@pytest.mark.parametrize('mode,kwargs', [(None, None), ('default', {}),
-                                         ('reduce-overhead', {'mode': 'reduce-overhead'})])
+@pytest.mark.parametrize('mode,kwargs', [(None, None), ('default', {'dynamic': True}),
+                                         ('reduce-overhead', {'mode': 'reduce-overhead'}),
+                                         ('max-autotune-no-cudagraphs',
+                                          {'mode': 'max-autotune-no-cudagraphs', 'dynamic': True})])
 def test_compile_reaches_only_the_conv_body_in_place(mode, kwargs):
     model = _Model()
     names = [n for n, _ in model.named_parameters()]

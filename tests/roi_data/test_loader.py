@@ -119,6 +119,33 @@ def test_blobs_have_detectron_sizes_per_gpu(train_roidb, small_cfg):
             assert data.shape[3] == 32 * math.ceil(max_w / 32.)
 
 
+def test_shape_buckets_pad_the_blobs_in_the_workers_too(train_roidb, small_cfg):
+    """SHAPE_BUCKETS (set before the loader is built, as the tools set it): each blob is the
+    stride-padded blob of the same images, zero-padded further to a bucket size; im_info keeps the
+    images' sizes. The workers build the blobs from the collate function's settings."""
+    roidb, ratio_list, ratio_index = train_roidb
+    small_cfg.TRAIN.MAX_SIZE = 1000
+    kw = dict(batch_size=2, num_gpus=1, seed=3)
+    plain = [b for _, b in zip(range(6), loader_utils.build_train_loader(
+        roidb, ratio_list, ratio_index, num_workers=0, **kw))]
+    small_cfg.SHAPE_BUCKETS = 96      # edges: the scales 160, 192 and MAX_SIZE 1000 -> 1024
+    # hand-computed: 160 and 192 are edges; 256 -> 288 (3 x 96); 288 is 3 x 96
+    expected = {160: 160, 192: 192, 256: 288, 288: 288}
+    for workers in (0, 2):
+        loader = loader_utils.build_train_loader(roidb, ratio_list, ratio_index,
+                                                 num_workers=workers, **kw)
+        changed = 0
+        for ref, batch in zip(plain, loader):
+            data, ref_data = batch['data'][0], ref['data'][0]
+            h, w = ref_data.shape[2:]
+            assert tuple(data.shape[2:]) == (expected[h], expected[w])
+            assert torch.equal(data[:, :, :h, :w], ref_data)
+            assert not data[:, :, h:].any() and not data[:, :, :, w:].any()
+            assert torch.equal(batch['im_info'][0], ref['im_info'][0])
+            changed += data.shape != ref_data.shape
+        assert changed >= 3          # (4 of these 6 batches have a side of 256)
+
+
 def test_loader_order_is_the_same_with_workers_and_after_resume(train_roidb, small_cfg):
     roidb, ratio_list, ratio_index = train_roidb
 

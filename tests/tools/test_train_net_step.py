@@ -91,6 +91,14 @@ def tiny_coco(tmp_path_factory):
     return 'coco_json:{}:{}'.format(d / 'tiny_coco.json', d / 'images')
 
 
+def test_shape_buckets_flag_reaches_the_config(tmp_path, fresh_cfg, tiny_coco):
+    from pydetectron.core.config import cfg, load_cfg
+    assert run_tool(tmp_path / 'a', tiny_coco, '--shape_buckets', '64', max_iter=1) == 0
+    assert cfg.SHAPE_BUCKETS == 64      # what build_train_loader reads
+    saved = load_cfg(open(tmp_path / 'a' / 'config.yaml').read())
+    assert saved['SHAPE_BUCKETS'] == 64
+
+
 def test_outputs_checkpoints_tensorboard_and_auto_resume(tmp_path, fresh_cfg, tiny_coco, capsys):
     from pydetectron.core.config import load_cfg, reset_cfg
     built = []
@@ -242,5 +250,7 @@ def test_speed_options_reach_the_model(tmp_path, fresh_cfg, tiny_coco, monkeypat
     assert run_tool(tmp_path / 's', tiny_coco, '--no_save', '--channels_last', '--compile',
                     'reduce-overhead', max_iter=2, built=built) == 0
     assert seen == [(built[0], True, 'reduce-overhead')]
+    from pydetectron.core.config import cfg
+    assert cfg.SHAPE_BUCKETS == 160     # a CUDA-graph mode pads the blobs to shape buckets
     assert train_net_step.parse_args(['--dataset', 'x', '--cfg', CFG, '--compile']).compile \
         == 'default'

@@ -132,3 +132,55 @@ def test_blob_bit_identical_to_detectron_on_photos(coco_mini, fresh_cfg, target_
         h, w = expected.shape[:2]
         np.testing.assert_array_equal(blob[0, :, :h, :w], expected.transpose(2, 0, 1))
         assert not blob[0, :, h:, :].any() and not blob[0, :, :, w:].any()
+
+
+# ---------------------------------------------------------------------------------------------- #
+# SHAPE_BUCKETS: the further padding of the CUDA-graph compile modes
+# ---------------------------------------------------------------------------------------------- #
+
+def test_shape_buckets_round_up_to_a_multiple_or_a_scale_side():
+    # 800 / 1333 at stride 32: the edges are 800 and 1344 (1333 padded to 32)
+    b = blob_utils.shape_buckets(160, (800,), 1333, 32)
+    assert b == blob_utils.ShapeBuckets(160, (800, 1344))
+    # hand-computed: next multiple of 160, or next edge when that is smaller
+    for size, expected in ((64, 160), (160, 160), (448, 480), (768, 800), (800, 800),
+                           (832, 960), (1088, 1120), (1216, 1280), (1312, 1344), (1344, 1344),
+                           (1376, 1440)):
+        assert b.round_up(size) == expected, size
+    # multi-scale training: every scale's side is an edge
+    b = blob_utils.shape_buckets(256, (640, 672, 800), 1000, 32)
+    assert b.edges == (640, 672, 800, 1024)
+    assert [b.round_up(s) for s in (608, 640, 672, 704, 800, 832, 992)] == \
+        [640, 640, 672, 768, 800, 1024, 1024]
+    assert blob_utils.shape_buckets(0, (800,), 1333, 32) is None
+    with pytest.raises(ValueError, match='not a multiple of the stride 32'):
+        blob_utils.shape_buckets(100, (800,), 1333, 32)
+
+
+def test_bucketed_blob_keeps_the_images_and_pads_with_zeros():
+    rng = np.random.RandomState(0)
+    a = rng.randn(50, 70, 3).astype(np.float32)
+    b = rng.randn(65, 40, 3).astype(np.float32)
+    buckets = blob_utils.shape_buckets(128, (60,), 100, 32)    # edges 64, 128
+    # largest 65 x 70 -> stride 96 x 96 -> buckets 128 x 128
+    assert blob_utils.blob_shape([a, b], 32, buckets) == (2, 3, 128, 128)
+    plain = blob_utils.im_list_to_blob([a, b], stride=32)
+    blob = blob_utils.im_list_to_blob([a, b], stride=32, buckets=buckets)
+    assert plain.shape == (2, 3, 96, 96) and blob.shape == (2, 3, 128, 128)
+    np.testing.assert_array_equal(blob[:, :, :96, :96], plain)
+    assert not blob[:, :, 96:].any() and not blob[:, :, :, 96:].any()
+    out = np.full((2, 3, 128, 128), 7, np.float32)       # a reused buffer: stale values
+    np.testing.assert_array_equal(
+        blob_utils.im_list_to_blob([a, b], stride=32, out=out, buckets=buckets), blob)
+    # one 50 x 60 image: stride 64 x 64, the edge 64 is its bucket (not 128)
+    assert blob_utils.blob_shape([a[:, :60]], 32, buckets) == (1, 3, 64, 64)
+
+
+def test_cfg_shape_buckets_follow_the_train_and_test_scales(fresh_cfg):
+    assert blob_utils.cfg_shape_buckets(training=True) is None     # 0: off by default
+    fresh_cfg.SHAPE_BUCKETS = 128
+    fresh_cfg.FPN.FPN_ON = True
+    fresh_cfg.TRAIN.SCALES, fresh_cfg.TRAIN.MAX_SIZE = (600, 700), 1000
+    fresh_cfg.TEST.SCALE, fresh_cfg.TEST.MAX_SIZE = 800, 1333
+    assert blob_utils.cfg_shape_buckets(training=True) == (128, (608, 704, 1024))
+    assert blob_utils.cfg_shape_buckets(training=False) == (128, (800, 1344))

@@ -972,6 +972,18 @@ __C.BBOX_XFORM_CLIP = math.log(1000. / 16.)
 # images; no division by a std (Detectron's convention)
 __C.PIXEL_MEANS = np.array([[[102.9801, 115.9465, 122.7717]]])
 
+# Shape buckets: pad every input blob's height and width further, with the
+# same zeros as the FPN stride padding (im_info keeps the true size), up to
+# the next multiple of this many pixels or the next of the scale rule's
+# largest sides (the SCALES and MAX_SIZE padded to the stride), whichever is
+# smaller, so that the input shapes repeat: CUDA graphs (--compile
+# reduce-overhead / max-autotune) need a few static shapes. 0 = off
+# (Detectron's blobs). A multiple of FPN.COARSEST_STRIDE with FPN. The extra
+# padding adds anchors, so RPN proposals may differ from Detectron's: set by
+# --shape_buckets or by a CUDA-graph --compile mode, never by default
+# (pydetectron addition)
+__C.SHAPE_BUCKETS = 0
+
 # Seed of the random generators
 __C.RNG_SEED = 3
 

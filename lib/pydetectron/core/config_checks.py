@@ -103,11 +103,26 @@ def find_value_problems(c):
         if arr is None or arr.size != 3 or not np.isfinite(arr).all():
             problems.append('PIXEL_MEANS is {!r}; expected 3 finite numbers (B, G, R)'.format(
                 means.tolist() if hasattr(means, 'tolist') else means))
+    bucket = _get(c, 'SHAPE_BUCKETS')
+    if bucket is not _MISSING:
+        stride = _shape_bucket_stride(c)
+        if not _NON_NEGATIVE_INT[0](bucket) or bucket % stride:
+            problems.append('SHAPE_BUCKETS is {!r}; expected 0 (off) or a multiple of {} > 0'
+                            .format(bucket, 'FPN.COARSEST_STRIDE ({})'.format(stride)
+                                    if stride > 1 else 'pixels'))
     steps = _get(c, 'SOLVER.STEPS')
     if steps is not _MISSING and any(not _NON_NEGATIVE_INT[0](s) for s in steps):
         problems.append('SOLVER.STEPS is {!r}; expected iteration numbers (integers >= 0)'
                         .format(tuple(steps)))
     return problems
+
+
+def _shape_bucket_stride(c):
+    """The stride blobs are padded to: FPN.COARSEST_STRIDE with FPN, else 1."""
+    fpn_on, stride = _get(c, 'FPN.FPN_ON'), _get(c, 'FPN.COARSEST_STRIDE')
+    if fpn_on is True and _POSITIVE_INT[0](stride):
+        return int(stride)
+    return 1
 
 
 def _numeric_array(v):

@@ -154,7 +154,8 @@ def get_image_blob(ims, target_scale, target_max_size):
 
     Each image's im_info holds the size of the blob it would get alone (its scaled size padded to
     ``FPN.COARSEST_STRIDE`` with FPN), Detectron's test-time convention, so batching does not
-    change how proposals are clipped.
+    change how proposals are clipped; nor does ``SHAPE_BUCKETS``, which pads ``data`` (the
+    batch's largest size, padded to the stride) further up to a bucket size.
     """
     stride = int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 1
     processed, im_scales, im_info = [], [], []
@@ -165,7 +166,9 @@ def get_image_blob(ims, target_scale, target_max_size):
         im_scales.append(im_scale)
         h, w = blob_utils.padded_size(im_p.shape[0], im_p.shape[1], stride)
         im_info.append((h, w, im_scale))
-    data = blob_utils.im_list_to_blob(processed, stride=stride)
+    # SHAPE_BUCKETS pads the blob further (CUDA graphs); im_info keeps the size above
+    data = blob_utils.im_list_to_blob(processed, stride=stride,
+                                      buckets=blob_utils.cfg_shape_buckets(training=False))
     return data, np.array(im_info, dtype=np.float32), im_scales
 
 

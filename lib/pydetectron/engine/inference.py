@@ -284,6 +284,9 @@ def process_in_parallel(tag, total_range_size, args, output_dir, opts):
             cmd += ['--channels_last']
         if _arg(args, 'compile'):
             cmd += ['--compile', args.compile]
+        if _arg(args, 'compile') or _arg(args, 'shape_buckets') is not None:
+            # this process's choice (the default of a CUDA-graph mode, or --shape_buckets 0)
+            cmd += ['--shape_buckets', str(cfg.SHAPE_BUCKETS)]
         if _arg(args, 'load_detectron'):
             cmd += ['--load_detectron', args.load_detectron]
         env = os.environ.copy()

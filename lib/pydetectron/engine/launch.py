@@ -30,6 +30,7 @@ import torch
 
 from pydetectron.engine import checkpoint as ck
 from pydetectron.engine import checkpoint_meta
+from pydetectron.engine import compile_shapes
 from pydetectron.engine import config_sequence
 from pydetectron.engine import distributed as dist_utils
 from pydetectron.engine import evaluation
@@ -76,6 +77,7 @@ def configure(args, num_gpus, cuda=False, write=print):
             cfg.RNG_SEED = args.seed
         if getattr(args, 'allow_random_frozen_bn', False):
             cfg.TRAIN.ALLOW_RANDOM_FROZEN_BN = True
+        compile_shapes.set_shape_buckets(cfg, args)
 
     config_sequence.configure(args.cfg_file, args.set_cfgs, after_merge=training_settings,
                               dataset=args.dataset, split='train', cuda=cuda)
@@ -259,10 +261,6 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         raise CliError('--compile with %d GPUs in one process: the DataParallel copies the '
                          'model every step, compiled parts included; launch one process per GPU '
                          'with torchrun instead' % num_gpus)
-    if compile_mode:
-        logger.warning('--compile %s: each new input size compiles the body again (or records '
-                       'a CUDA graph), so this pays only when image sizes repeat; with many '
-                       'sizes the early steps are much slower (BENCHMARK.md)', compile_mode)
     speed_options.apply_speed_options(model, getattr(args, 'channels_last', False), compile_mode)
     optimizer = build_optimizer(model, cfg.SOLVER)
     scheduler = LRScheduler(optimizer, cfg.SOLVER)

@@ -7,24 +7,30 @@ tools run.
 """
 import torch
 
+from pydetectron.engine.compile_shapes import add_shape_buckets_argument, compile_options
+
 
 def add_speed_arguments(parser):
     """The test tools' ``--channels_last`` and ``--compile [MODE]`` (see apply_speed_options)."""
     parser.add_argument('--channels_last', action='store_true',
                         help='channels-last (NHWC) convolutions: faster on GPUs, in bf16 above all')
     parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
-                        help='torch.compile the backbone + FPN (MODE: default, reduce-overhead '
-                        'for CUDA graphs, max-autotune); the first images pay the compilation')
+                        help='torch.compile the backbone + FPN (MODE: default or '
+                        'max-autotune-no-cudagraphs, with dynamic image sizes; reduce-overhead '
+                        'or max-autotune, CUDA graphs over --shape_buckets sizes); the first '
+                        'images pay the compilation')
+    add_shape_buckets_argument(parser)
 
 
 def apply_speed_options(model, channels_last=False, compile_mode=None):
     """The tools' ``--channels_last`` (NHWC convolutions, cuDNN's fast layout for TF32 and
     bf16) and ``--compile [MODE]`` (torch.compile of the conv body -- backbone and FPN -- in
-    place, so parameter names do not change; the first images pay the compilation -- torch
-    makes the sizes dynamic after the second one -- and in 'reduce-overhead' mode every new
-    input size records a CUDA graph)."""
+    place, so parameter names do not change; the first images pay the compilation: with
+    dynamic image sizes in 'default' and 'max-autotune-no-cudagraphs' modes, and in the CUDA-graph
+    modes one graph per input size, the blobs padded to SHAPE_BUCKETS sizes:
+    ``engine.compile_shapes``)."""
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile_mode:
-        model.Conv_Body.compile(**({} if compile_mode == 'default' else {'mode': compile_mode}))
+        model.Conv_Body.compile(**compile_options(compile_mode))
     return model

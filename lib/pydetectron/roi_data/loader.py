@@ -18,7 +18,8 @@ item i to GPU i); ``n = batch_size // num_gpus`` images per GPU::
 
     batch['data'][g]     (n, 3, H_g, W_g) float32 CPU tensor: BGR images minus PIXEL_MEANS,
                          zero-padded at the bottom/right to this GPU's largest image, and to a
-                         multiple of FPN.COARSEST_STRIDE when FPN.FPN_ON
+                         multiple of FPN.COARSEST_STRIDE when FPN.FPN_ON (then up to a
+                         bucket size with SHAPE_BUCKETS: utils.blob.ShapeBuckets)
     batch['im_info'][g]  (n, 3) float32 tensor: (height, width, im_scale) per image, height and
                          width being the scaled (and cropped) image size without padding
     batch['roidb'][g]    list of n dicts, the ground truth in blob coordinates (x_blob = im_scale
@@ -249,8 +250,9 @@ def _to_tensors(gt):
     return out
 
 
-def collate_minibatch(items, num_gpus, stride):
-    """Per-image results of one iteration -> the batch dict of the module docstring."""
+def collate_minibatch(items, num_gpus, stride, buckets=None):
+    """Per-image results of one iteration -> the batch dict of the module docstring (``buckets``:
+    the ``blob.ShapeBuckets`` of SHAPE_BUCKETS, or None)."""
     if len(items) % num_gpus != 0:
         raise ValueError('collate_minibatch: %d images cannot be split over %d GPUs'
                          % (len(items), num_gpus))
@@ -260,9 +262,9 @@ def collate_minibatch(items, num_gpus, stride):
         chunk = items[g * n:(g + 1) * n]
         ims = [it['im'] for it in chunk]
         # (a pooled shared buffer in worker processes: see roi_data.transport)
-        blob, array = transport.new_blob(blob_utils.blob_shape(ims, stride),
+        blob, array = transport.new_blob(blob_utils.blob_shape(ims, stride, buckets),
                                          max_pooled=4 * num_gpus)
-        blob_utils.im_list_to_blob(ims, stride=stride, out=array)
+        blob_utils.im_list_to_blob(ims, stride=stride, out=array, buckets=buckets)
         im_info = np.array([[it['im'].shape[0], it['im'].shape[1], it['im_scale']]
                             for it in chunk], dtype=np.float32)
         batch['data'].append(blob)
@@ -366,8 +368,8 @@ def build_train_loader(roidb, ratio_list, ratio_index, batch_size, num_gpus, num
     """The training DataLoader (see the module docstring for its batches).
 
     ``batch_size`` counts images of one iteration over all GPUs (TRAIN.IMS_PER_BATCH *
-    NUM_GPUS). Scales, MAX_SIZE, PIXEL_MEANS, aspect grouping/cropping and the FPN padding come
-    from ``cfg``; ``seed`` defaults to ``cfg.RNG_SEED``.
+    NUM_GPUS). Scales, MAX_SIZE, PIXEL_MEANS, aspect grouping/cropping, the FPN padding and the
+    SHAPE_BUCKETS padding come from ``cfg``; ``seed`` defaults to ``cfg.RNG_SEED``.
     """
     from pydetectron.core.config import cfg
     if batch_size % num_gpus != 0:
@@ -384,8 +386,11 @@ def build_train_loader(roidb, ratio_list, ratio_index, batch_size, num_gpus, num
                          pixel_means=cfg.PIXEL_MEANS, aspect_cropping=cfg.TRAIN.ASPECT_CROPPING,
                          aspect_lo=cfg.TRAIN.ASPECT_LO, aspect_hi=cfg.TRAIN.ASPECT_HI)
     stride = int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 1
+    # (the workers get the stride and the buckets in the collate function, not from cfg)
+    buckets = blob_utils.cfg_shape_buckets(training=True)
     return TrainLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers,
-        collate_fn=functools.partial(collate_minibatch, num_gpus=num_gpus, stride=stride),
+        collate_fn=functools.partial(collate_minibatch, num_gpus=num_gpus, stride=stride,
+                                     buckets=buckets),
         worker_init_fn=worker_init_fn if num_workers > 0 else None,
         pin_memory=pin_memory, persistent_workers=False)

@@ -9,6 +9,7 @@ is zero-padded at the bottom/right to its largest image and, with FPN, further t
 Used by the training loader (``pydetectron.roi_data.minibatch``) and at test time
 (``get_image_blob``).
 """
+import collections
 import functools
 
 import numpy as np
@@ -102,26 +103,70 @@ def padded_size(height, width, stride):
     return int(np.ceil(height / float(stride)) * stride), int(np.ceil(width / float(stride)) * stride)
 
 
-def blob_shape(ims, stride):
-    """(N, 3, H, W) of the blob holding images ``ims`` padded to a multiple of ``stride``."""
+class ShapeBuckets(collections.namedtuple('ShapeBuckets', ['multiple', 'edges'])):
+    """Sizes a blob side is rounded up to, so that input shapes repeat (``SHAPE_BUCKETS``): the
+    multiples of ``multiple`` and the sizes in ``edges`` (the scale rule's largest sides, e.g.
+    800 and 1344 at 800 / 1333: most COCO blobs have one of them, and they stay unpadded)."""
+
+    def round_up(self, size):
+        """The smallest multiple of ``multiple`` or entry of ``edges`` that is >= ``size``."""
+        size = int(size)
+        candidates = [-(-size // self.multiple) * self.multiple]
+        candidates += [int(e) for e in self.edges if e >= size]
+        return min(candidates)
+
+
+def shape_buckets(multiple, scales, max_size, stride):
+    """The ``ShapeBuckets`` of blobs made at short sides ``scales`` and ``max_size`` (None when
+    ``multiple`` is 0: no bucket padding). ``multiple`` must be a multiple of ``stride``; the
+    edges are ``scales`` and ``max_size`` rounded up to ``stride``, the largest short and long
+    sides the scale rule makes."""
+    multiple, stride = int(multiple), max(int(stride), 1)
+    if multiple <= 0:
+        return None
+    if multiple % stride:
+        raise ValueError('shape bucket multiple %d is not a multiple of the stride %d'
+                         % (multiple, stride))
+    sides = [int(s) for s in (tuple(scales) if np.iterable(scales) else (scales,))]
+    edges = sorted({padded_size(s, s, stride)[0] for s in sides + [int(max_size)]})
+    return ShapeBuckets(multiple, tuple(edges))
+
+
+def cfg_shape_buckets(training):
+    """``shape_buckets`` of ``cfg.SHAPE_BUCKETS`` for the training blobs (TRAIN.SCALES,
+    TRAIN.MAX_SIZE) or the test blobs (TEST.SCALE, TEST.MAX_SIZE); None when it is 0."""
+    from pydetectron.core.config import cfg
+    if training:
+        scales, max_size = cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE
+    else:
+        scales, max_size = cfg.TEST.SCALE, cfg.TEST.MAX_SIZE
+    return shape_buckets(cfg.SHAPE_BUCKETS, scales, max_size, _default_stride())
+
+
+def blob_shape(ims, stride, buckets=None):
+    """(N, 3, H, W) of the blob holding images ``ims`` padded to a multiple of ``stride``, then
+    (``buckets``, a ``ShapeBuckets``) up to the bucket sizes."""
     max_h = max(im.shape[0] for im in ims)
     max_w = max(im.shape[1] for im in ims)
     max_h, max_w = padded_size(max_h, max_w, stride)
+    if buckets is not None:
+        max_h, max_w = buckets.round_up(max_h), buckets.round_up(max_w)
     return len(ims), 3, max_h, max_w
 
 
-def im_list_to_blob(ims, stride=None, out=None):
+def im_list_to_blob(ims, stride=None, out=None, buckets=None):
     """Stack (h, w, 3) float32 images into a zero-padded (N, 3, H, W) float32 blob.
 
     H, W are the largest height and width, rounded up to a multiple of ``stride``; ``stride``
-    defaults to ``FPN.COARSEST_STRIDE`` when ``FPN.FPN_ON``, else no rounding. ``out``: an
-    array of exactly that shape to fill (its padding is zeroed) instead of a new one.
+    defaults to ``FPN.COARSEST_STRIDE`` when ``FPN.FPN_ON``, else no rounding. ``buckets`` (a
+    ``ShapeBuckets``) pads further, with the same zeros, to a bucket size. ``out``: an array of
+    exactly that shape to fill (its padding is zeroed) instead of a new one.
     """
     if not isinstance(ims, (list, tuple)):
         ims = [ims]
     if stride is None:
         stride = _default_stride()
-    shape = blob_shape(ims, stride)
+    shape = blob_shape(ims, stride, buckets)
     if out is None:
         blob = np.zeros(shape, dtype=np.float32)
     else:
