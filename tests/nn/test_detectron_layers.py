@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pydetectron.nn import AffineChannel2d, BilinearInterpolation2d, GroupNorm, get_group_gn
 from pydetectron.nn import bilinear_upsample_filter
@@ -78,6 +79,53 @@ def test_conv_then_norm_caches_the_fold_only_while_its_sources_are_unchanged():
     y = conv_then_norm(x, conv, affine)
     y.sum().backward()
     assert conv.weight.grad is not None
+
+
+class _CountCasts(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.casts = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten._to_copy:
+            self.casts.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("train_conv", [False, True])
+def test_conv_then_norm_under_autocast_keeps_the_frozen_casts(train_conv):
+    """Under bf16 autocast the frozen bias (and a frozen conv's folded weight) are cast once and
+    kept: a second call casts nothing of theirs, and the result is autocast's bit for bit."""
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    conv.weight.requires_grad_(train_conv)
+    affine = freeze_affine_channels(AffineChannel2d(6))
+    with torch.no_grad():
+        affine.weight.uniform_(0.5, 2.)
+        affine.bias.normal_()
+    x = torch.randn(2, 4, 7, 5).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # autocast's own path: the fp32 fold and bias cast at the convolution
+        want = F.conv2d(x, conv.weight * affine.weight.view(-1, 1, 1, 1), affine.bias,
+                        padding=1)
+        conv_then_norm(x, conv, affine)
+        counter = _CountCasts()
+        with counter:
+            got = conv_then_norm(x, conv, affine)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+    # a training conv's fold is cast each call (its gradient flows); the bias never again
+    assert counter.casts == ([(6, 4, 3, 3)] if train_conv else [])
+    with torch.no_grad():
+        affine.bias.add_(1.)                                 # a loaded checkpoint, in place
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        again = conv_then_norm(x, conv, affine)
+        want = F.conv2d(x, conv.weight * affine.weight.view(-1, 1, 1, 1), affine.bias,
+                        padding=1)
+    assert torch.equal(again, want)
+    if train_conv:
+        again.float().sum().backward()
+        assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
 
 
 def test_conv_then_norm_leaves_training_affines_and_group_norm_alone():

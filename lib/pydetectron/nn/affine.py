@@ -91,14 +91,18 @@ def conv_then_norm(x, conv, norm):
             and not (norm.weight.requires_grad or norm.bias.requires_grad)
             and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
             and not _has_hooks(conv) and not _has_hooks(norm)):
-        if (conv.weight.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+        # Under autocast the convolution casts its weight and bias at every call (two operators
+        # a layer: a step's host time at small batches); the frozen ones are kept cast.
+        dtype = _autocast_dtype(x)
+        compiling = torch.compiler.is_compiling()
+        if (conv.weight.requires_grad and torch.is_grad_enabled()) or compiling:
             # (a compiled graph folds the weight itself; a cached tensor made inside a CUDA
             # graph would be overwritten by the next replay)
             weight = conv.weight * norm.weight.view(-1, 1, 1, 1)
         else:
-            weight = _cached_fold(conv.weight, norm)
-        return F.conv2d(x, weight, norm.bias, conv.stride, conv.padding, conv.dilation,
-                        conv.groups)
+            weight = _cached_fold(conv.weight, norm, dtype)
+        bias = norm.bias if compiling else _cached_cast(norm, dtype)
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return norm(conv(x))
 
 
@@ -108,13 +112,23 @@ def _has_hooks(module):
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
-def _cached_fold(conv_weight, norm):
+def _autocast_dtype(x):
+    """The dtype autocast runs a convolution on ``x``'s device in, or None outside autocast."""
+    device_type = x.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _cached_fold(conv_weight, norm, dtype=None):
     """W * s for a conv whose weight does not train here (frozen stages, inference), kept on
-    ``norm`` until either tensor changes. The cache holds detached aliases of both sources: they
-    share the sources' version counters (an optimizer step or a loaded checkpoint bumps them) and
-    keep the source storages alive, so an equal data pointer means the same storage (a move to
-    another device or memory format gives new storage)."""
-    cached = norm.__dict__.get("_folded")
+    ``norm`` until either tensor changes; with ``dtype`` (autocast's), the product computed in the
+    weight's dtype and then cast, as autocast would cast it. The cache holds detached aliases of
+    both sources: they share the sources' version counters (an optimizer step or a loaded
+    checkpoint bumps them) and keep the source storages alive, so an equal data pointer means the
+    same storage (a move to another device or memory format gives new storage)."""
+    key = "_folded" if dtype is None else "_folded_%s" % dtype
+    cached = norm.__dict__.get(key)
     if cached is not None:
         w, w_version, s, s_version, folded = cached
         if (w.data_ptr() == conv_weight.data_ptr() and w_version == conv_weight._version
@@ -123,6 +137,25 @@ def _cached_fold(conv_weight, norm):
             return folded
     with torch.no_grad():
         folded = conv_weight * norm.weight.view(-1, 1, 1, 1)
-    norm.__dict__["_folded"] = (conv_weight.detach(), conv_weight._version,
-                                norm.weight.detach(), norm.weight._version, folded)
+        if dtype is not None:
+            folded = folded.to(dtype)
+    norm.__dict__[key] = (conv_weight.detach(), conv_weight._version,
+                          norm.weight.detach(), norm.weight._version, folded)
     return folded
+
+
+def _cached_cast(norm, dtype):
+    """``norm.bias`` (frozen) in ``dtype``, cast once and kept until the bias changes."""
+    bias = norm.bias
+    if dtype is None or bias.dtype == dtype:
+        return bias
+    cached = norm.__dict__.get("_bias_cast")
+    if cached is not None:
+        b, b_version, cast = cached
+        if (b.data_ptr() == bias.data_ptr() and b_version == bias._version
+                and cast.dtype == dtype):
+            return cast
+    with torch.no_grad():
+        cast = bias.to(dtype)
+    norm.__dict__["_bias_cast"] = (bias.detach(), bias._version, cast)
+    return cast
