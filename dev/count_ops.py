@@ -49,6 +49,8 @@ def main(argv=None):
     p.add_argument('--batch', type=int, default=2, help='images per step')
     p.add_argument('--infer', action='store_true', help='count one model.detect of one image')
     p.add_argument('--lines', type=int, default=0, help='also list the N busiest source lines')
+    p.add_argument('--amp', action='store_true',
+                   help='the training step under bfloat16 autocast (as train_net_step --amp)')
     a = p.parse_args(argv)
     args = options.parse_args(['--device', 'cpu', '--no-peer', '--image_size', a.image_size])
     args.device = torch.device('cpu')
@@ -65,7 +67,8 @@ def main(argv=None):
                 with torch.no_grad():
                     model.detect(data[:1], im_info[:1])
         else:
-            run = timing.train_step_fn(model, 'ours', (data, im_info, gt), args.device, 'fp32')
+            run = timing.train_step_fn(model, 'ours', (data, im_info, gt), args.device,
+                                       'bf16' if a.amp else 'fp32')
         run()  # warm-up: caches and lazy initialisation are not part of a step
         counter = CountOps()
         with counter:
@@ -73,8 +76,9 @@ def main(argv=None):
     by_file = collections.Counter()
     for where, n in counter.by_line.items():
         by_file[where.rsplit(':', 1)[0]] += n
-    print('%s %s, %d image(s) of %s: %d ATen operators' % (
-        a.model, 'inference' if a.infer else 'training step', 1 if a.infer else a.batch,
+    print('%s %s%s, %d image(s) of %s: %d ATen operators' % (
+        a.model, 'inference' if a.infer else 'training step', ' (bf16 autocast)' if a.amp else '',
+        1 if a.infer else a.batch,
         a.image_size, sum(by_file.values())))
     for name, n in by_file.most_common():
         print('%6d  %s' % (n, name))
