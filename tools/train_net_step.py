@@ -24,7 +24,7 @@ import cv2  # noqa: E402
 
 from pydetectron.engine.cli import (  # noqa: E402
     ArgumentParser, non_negative_int, positive, run_tool)
-from pydetectron.engine.compile_shapes import add_shape_buckets_argument  # noqa: E402
+from pydetectron.engine.speed_options import add_speed_arguments  # noqa: E402
 
 cv2.setNumThreads(0)  # OpenCV's threads in DataLoader workers can deadlock (pytorch issue 1355)
 
@@ -74,15 +74,7 @@ def parse_args(argv=None):
                         help='write TensorBoard scalars to the output directory')
     parser.add_argument('--amp', action='store_true',
                         help='bfloat16 autocast in the forward pass (CUDA, or CPU)')
-    parser.add_argument('--channels_last', action='store_true',
-                        help='channels-last (NHWC) convolutions: faster on GPUs under --amp')
-    parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
-                        help='torch.compile the backbone + FPN in place (parameter names and '
-                        'checkpoints are unchanged). MODE: default or max-autotune-no-cudagraphs '
-                        '(dynamic image sizes: one graph for every size), reduce-overhead or '
-                        'max-autotune (CUDA graphs: the blobs are padded to --shape_buckets '
-                        'sizes, one graph each). One GPU per process (torchrun for several)')
-    add_shape_buckets_argument(parser)
+    add_speed_arguments(parser, training=True)
     parser.add_argument('--seed', type=int, help='random seed (RNG_SEED)')
     parser.add_argument('--output_dir', help='the run folder: ckpt/, config.yaml, log.txt, '
                         'metrics.jsonl, classes.txt, eval/, TensorBoard events '

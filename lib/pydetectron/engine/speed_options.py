@@ -10,15 +10,20 @@ import torch
 from pydetectron.engine.compile_shapes import add_shape_buckets_argument, compile_options
 
 
-def add_speed_arguments(parser):
-    """The test tools' ``--channels_last`` and ``--compile [MODE]`` (see apply_speed_options)."""
+def add_speed_arguments(parser, training=False):
+    """The tools' ``--channels_last``, ``--compile [MODE]`` and ``--shape_buckets N`` (see
+    apply_speed_options and engine.compile_shapes); ``training`` words the help for
+    train_net_step."""
     parser.add_argument('--channels_last', action='store_true',
                         help='channels-last (NHWC) convolutions: faster on GPUs, in bf16 above all')
     parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
-                        help='torch.compile the backbone + FPN (MODE: default or '
-                        'max-autotune-no-cudagraphs, with dynamic image sizes; reduce-overhead '
-                        'or max-autotune, CUDA graphs over --shape_buckets sizes); the first '
-                        'images pay the compilation')
+                        help='torch.compile the backbone + FPN in place (parameter names and '
+                        'checkpoints are unchanged). MODE: default or max-autotune-no-cudagraphs '
+                        '(dynamic image sizes: one graph for every size), reduce-overhead or '
+                        'max-autotune (CUDA graphs: the blobs are padded to --shape_buckets '
+                        'sizes, one graph each). ' + (
+                            'One GPU per process (torchrun for several)' if training else
+                            'The first images pay the compilation'))
     add_shape_buckets_argument(parser)
 
 
