@@ -122,6 +122,25 @@ def test_a_child_infers_its_range_with_the_weights_of_the_command_line(rect_setu
         inference.run_inference(args, ind_range=(0, 1))
 
 
+def test_test_net_without_a_model_builds_the_tools_model(rect_setup, tmp_path, monkeypatch):
+    """``core.test_engine.test_net`` called as in earlier versions (no ``model``) builds the
+    tools' model from args' weights on ``gpu_id``."""
+    dataset_name, args = rect_setup
+    built = []
+
+    def fake_initialize(a, gpu_id=0):
+        built.append((a, gpu_id))
+        return _model()
+    monkeypatch.setattr(inference, 'initialize_model_from_cfg', fake_initialize)
+    got = test_engine.test_net(args, dataset_name, None, str(tmp_path / 'a'), (1, 3), 0)
+    want = test_engine.test_net(args, dataset_name, None, str(tmp_path / 'b'), (1, 3),
+                                model=_model())
+    assert built == [(args, 0)]
+    for j in range(1, 4):
+        for a, b in zip(got[0][j], want[0][j]):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_model_from_cfg_loads_the_checkpoint_of_the_command_line(tmp_path, fresh_cfg):
     """``--load_ckpt``: the tools' model holds the checkpoint's weights, in eval mode, on the
     CPU with --no_cuda, channels-last with --channels_last."""

@@ -52,13 +52,17 @@ def _ims_per_batch():
 # Detection
 # ---------------------------------------------------------------------------------------------- #
 
-def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, *, model):
+def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_id=0,
+             model=None):
     """Infer with ``model`` on the images of a dataset (or of ``ind_range`` of it) with a
     progress bar and save ``detections.pkl`` (``detection_range_<start>_<end>.pkl`` for a range).
-    The tools' model is ``engine.inference.initialize_model_from_cfg``'s; any built model works.
+    Without ``model``, the tools' model (``engine.inference.initialize_model_from_cfg(args,
+    gpu_id)``, the weights of ``args``) is built, as in earlier versions.
 
     Returns (all_boxes, all_segms, all_keyps) for the images inferred.
     """
+    if model is None:
+        model = _moved('initialize_model_from_cfg')(args, gpu_id=gpu_id)
     if cfg.MODEL.RPN_ONLY:
         raise ValueError('MODEL.RPN_ONLY models make proposals, not detections: use '
                          'generate_rpn_on_range')
@@ -234,10 +238,13 @@ def evaluate_detections_file(det_file, dataset_name, output_dir, mask_on=None,
 # Proposals (MODEL.RPN_ONLY)
 # ---------------------------------------------------------------------------------------------- #
 
-def generate_rpn_on_range(args, dataset_name, proposal_file, output_dir, ind_range=None, *,
-                          model):
+def generate_rpn_on_range(args, dataset_name, proposal_file, output_dir, ind_range=None,
+                          gpu_id=0, model=None):
     """Proposals for the images of a dataset (or a range of it), saved to ``rpn_proposals.pkl``
-    (``rpn_proposals_range_<start>_<end>.pkl``) -> (boxes, scores, ids, file)."""
+    (``rpn_proposals_range_<start>_<end>.pkl``) -> (boxes, scores, ids, file). Without
+    ``model``, the tools' model is built, as ``test_net`` does."""
+    if model is None:
+        model = _moved('initialize_model_from_cfg')(args, gpu_id=gpu_id)
     roidb, _, start_ind, end_ind, total = get_roidb_and_dataset(dataset_name, None, ind_range)
     os.makedirs(output_dir, exist_ok=True)
     model.eval()
@@ -296,3 +303,30 @@ def load_object(file_name):
     """Load a pickle written by ``save_object`` (numpy arrays and builtins only)."""
     # Allow-listing unpickler: opening a detections file received from elsewhere runs no code.
     return load_pickle_safe(file_name, what='a results file', encoding='ASCII')
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Names that moved to engine/ (issue 18), still importable from here
+# ---------------------------------------------------------------------------------------------- #
+
+# Code written against earlier versions imports these from ``core.test_engine``. They live in
+# ``engine`` now (processes, weights and command-line flags are engine's), and are looked up on
+# first use, so that importing ``core`` never imports ``engine``.
+_MOVED = {name: 'pydetectron.engine.inference' for name in (
+    'run_inference', 'initialize_model_from_cfg', 'get_eval_functions', 'get_inference_dataset',
+    'test_net_on_dataset', 'multi_gpu_test_net_on_dataset', 'generate_rpn_on_dataset',
+    'portable_dataset_name', 'process_in_parallel', 'DEFAULT_TEST_NET_FILE')}
+_MOVED.update({name: 'pydetectron.engine.speed_options' for name in (
+    'add_speed_arguments', 'apply_speed_options')})
+
+
+def _moved(name):
+    # the one import of engine in core, on first use only (tests/test_import_doors.py allows it)
+    import importlib
+    return getattr(importlib.import_module(_MOVED[name]), name)
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        return _moved(name)
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
