@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from pydetectron.core.mask_results import _exact_bmm
+from pydetectron.utils import keypoints as keypoint_utils
 
 __all__ = ['cubic_matrix', 'heatmaps_to_keypoints']
 
@@ -62,15 +63,6 @@ def cubic_matrix(lengths, src_size, out_size, device):
         tap = torch.clamp(left + (k - 1), 0, src_size - 1)          # the border replicated
         mat.scatter_add_(2, tap.unsqueeze(2), torch.where(inside, c, zero).unsqueeze(2))
     return mat
-
-
-def _map_sizes(rois, min_size):
-    """Detectron's per-detection box sizes (float32, no +1) and resized-map sizes (int)."""
-    widths = np.maximum(rois[:, 2] - rois[:, 0], 1)
-    heights = np.maximum(rois[:, 3] - rois[:, 1], 1)
-    map_w = np.maximum(np.ceil(widths), min_size).astype(np.int64)
-    map_h = np.maximum(np.ceil(heights), min_size).astype(np.int64)
-    return widths, heights, map_w, map_h
 
 
 def _chunks(map_w, map_h, per_cell):
@@ -106,7 +98,7 @@ def heatmaps_to_keypoints(maps, rois, min_size=0):
     device = maps.device
     maps = maps.to(torch.float32)
     src_h, src_w = int(maps.shape[2]), int(maps.shape[3])
-    widths, heights, map_w, map_h = _map_sizes(rois, min_size)
+    widths, heights, map_w, map_h = keypoint_utils.heatmap_map_sizes(rois, min_size)
     # chunks of detections of similar map sizes pad little: take them by increasing area
     order = np.argsort(map_w * map_h, kind='stable')
     sorted_w, sorted_h = map_w[order], map_h[order]

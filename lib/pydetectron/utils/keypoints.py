@@ -127,6 +127,17 @@ def scores_to_probs(scores):
     return probs
 
 
+def heatmap_map_sizes(rois, min_size=0):
+    """Detectron's sizes for decoding heatmaps on (R, 4) float32 boxes: the boxes' widths and
+    heights (float32, no +1, at least 1) and the resized maps' widths and heights (int64: their
+    ceilings, at least ``min_size``, cfg.KRCNN.INFERENCE_MIN_SIZE)."""
+    widths = np.maximum(rois[:, 2] - rois[:, 0], 1)
+    heights = np.maximum(rois[:, 3] - rois[:, 1], 1)
+    map_widths = np.maximum(np.ceil(widths), min_size).astype(np.int64)
+    map_heights = np.maximum(np.ceil(heights), min_size).astype(np.int64)
+    return widths, heights, map_widths, map_heights
+
+
 def heatmaps_to_keypoints(maps, rois, min_size=0):
     """Keypoint locations from (R, K, H, W) heatmap logits on (R, 4) boxes -> (R, 4, K) float32
     rows x, y, logit, prob (Detectron's layout).
@@ -143,16 +154,13 @@ def heatmaps_to_keypoints(maps, rois, min_size=0):
     num_keypoints = maps.shape[1]
     offset_x = rois[:, 0]
     offset_y = rois[:, 1]
-    widths = np.maximum(rois[:, 2] - rois[:, 0], 1)
-    heights = np.maximum(rois[:, 3] - rois[:, 1], 1)
-    widths_ceil = np.ceil(widths)
-    heights_ceil = np.ceil(heights)
+    widths, heights, map_widths, map_heights = heatmap_map_sizes(rois, min_size)
 
     maps = np.transpose(maps, [0, 2, 3, 1])  # (R, H, W, K): OpenCV resizes channels-last
     xy_preds = np.zeros((len(rois), 4, num_keypoints), dtype=np.float32)
     for i in range(len(rois)):
-        roi_map_width = int(max(widths_ceil[i], min_size))
-        roi_map_height = int(max(heights_ceil[i], min_size))
+        roi_map_width = int(map_widths[i])
+        roi_map_height = int(map_heights[i])
         width_correction = widths[i] / roi_map_width
         height_correction = heights[i] / roi_map_height
         roi_map = cv2.resize(maps[i], (roi_map_width, roi_map_height),
