@@ -120,28 +120,31 @@ def _autocast_dtype(x):
     return None
 
 
+def _kept(owner, key, sources, make):
+    """``make()``, computed from the tensors ``sources``, kept on ``owner`` under ``key`` until one
+    of them changes. The cache holds detached aliases of the sources: they share the sources'
+    version counters (an optimizer step or a loaded checkpoint bumps them) and keep the source
+    storages alive, so an equal data pointer means the same storage (a move to another device or
+    memory format gives new storage)."""
+    stamp = tuple((t.data_ptr(), t._version, t.stride(), t.dtype) for t in sources)
+    cached = owner.__dict__.get(key)
+    if cached is not None and cached[1] == stamp:
+        return cached[-1]
+    with torch.no_grad():
+        value = make()
+    owner.__dict__[key] = (tuple(t.detach() for t in sources), stamp, value)
+    return value
+
+
 def _cached_fold(conv_weight, norm, dtype=None):
     """W * s for a conv whose weight does not train here (frozen stages, inference), kept on
     ``norm`` until either tensor changes; with ``dtype`` (autocast's), the product computed in the
-    weight's dtype and then cast, as autocast would cast it. The cache holds detached aliases of
-    both sources: they share the sources' version counters (an optimizer step or a loaded
-    checkpoint bumps them) and keep the source storages alive, so an equal data pointer means the
-    same storage (a move to another device or memory format gives new storage)."""
-    key = "_folded" if dtype is None else "_folded_%s" % dtype
-    cached = norm.__dict__.get(key)
-    if cached is not None:
-        w, w_version, s, s_version, folded = cached
-        if (w.data_ptr() == conv_weight.data_ptr() and w_version == conv_weight._version
-                and w.stride() == conv_weight.stride() and w.dtype == conv_weight.dtype
-                and s.data_ptr() == norm.weight.data_ptr() and s_version == norm.weight._version):
-            return folded
-    with torch.no_grad():
+    weight's dtype and then cast, as autocast would cast it."""
+    def fold():
         folded = conv_weight * norm.weight.view(-1, 1, 1, 1)
-        if dtype is not None:
-            folded = folded.to(dtype)
-    norm.__dict__[key] = (conv_weight.detach(), conv_weight._version,
-                          norm.weight.detach(), norm.weight._version, folded)
-    return folded
+        return folded if dtype is None else folded.to(dtype)
+    key = "_folded" if dtype is None else "_folded_%s" % dtype
+    return _kept(norm, key, (conv_weight, norm.weight), fold)
 
 
 def _cached_cast(norm, dtype):
@@ -149,13 +152,4 @@ def _cached_cast(norm, dtype):
     bias = norm.bias
     if dtype is None or bias.dtype == dtype:
         return bias
-    cached = norm.__dict__.get("_bias_cast")
-    if cached is not None:
-        b, b_version, cast = cached
-        if (b.data_ptr() == bias.data_ptr() and b_version == bias._version
-                and cast.dtype == dtype):
-            return cast
-    with torch.no_grad():
-        cast = bias.to(dtype)
-    norm.__dict__["_bias_cast"] = (bias.detach(), bias._version, cast)
-    return cast
+    return _kept(norm, "_bias_%s" % dtype, (bias,), lambda: bias.to(dtype))
