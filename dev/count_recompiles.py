@@ -132,6 +132,7 @@ def main(argv=None):
     from pydetectron.nn.affine import init_affine_channels_from_data
     from pydetectron.nn.data_parallel import DataParallel
     from pydetectron.roi_data.loader import build_train_loader
+    from pydetectron.utils import blob as blob_utils
     from pydetectron.utils.blob import padded_size
 
     names = configure(args)
@@ -156,7 +157,7 @@ def main(argv=None):
     torch._logging.set_logs(recompiles=True)
     logging.getLogger('torch._dynamo').addHandler(log)
     counters.clear()
-    stride = int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 1
+    stride = blob_utils.coarsest_stride(cfg)
     shapes, stride_shapes, pixels, stride_pixels, times, nonfinite = {}, {}, 0, 0, [], 0
     batch = first
     for step in range(args.steps):

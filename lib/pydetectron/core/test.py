@@ -157,7 +157,7 @@ def get_image_blob(ims, target_scale, target_max_size):
     change how proposals are clipped; nor does ``SHAPE_BUCKETS``, which pads ``data`` (the
     batch's largest size, padded to the stride) further up to a bucket size.
     """
-    stride = int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 1
+    stride = blob_utils.coarsest_stride(cfg)
     processed, im_scales, im_info = [], [], []
     for im in ims:
         im_p, im_scale = blob_utils.prep_im_for_blob(im, cfg.PIXEL_MEANS, target_scale,

@@ -21,6 +21,7 @@ arguments of ``torch.compile``.
 import logging
 
 from pydetectron.engine.cli import non_negative_int
+from pydetectron.utils import blob as blob_utils
 from pydetectron.utils.errors import CliError
 
 logger = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ def add_shape_buckets_argument(parser):
         'FPN.COARSEST_STRIDE' % DEFAULT_SHAPE_BUCKETS)
 
 
-def _stride(cfg):
-    return int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 1
-
-
 def set_shape_buckets(cfg, args):
     """``cfg.SHAPE_BUCKETS`` from ``--shape_buckets`` and ``--compile`` (``args`` may lack either):
     the flag when given; else ``DEFAULT_SHAPE_BUCKETS`` for a CUDA-graph mode unless the config
@@ -61,15 +58,14 @@ def set_shape_buckets(cfg, args):
     if mode is not None and mode not in COMPILE_MODES:
         raise CliError('--compile %s: expected one of %s' % (mode, ', '.join(COMPILE_MODES)))
     value = getattr(args, 'shape_buckets', None)
-    stride = _stride(cfg)
+    stride = blob_utils.coarsest_stride(cfg)
     if value is not None:
         if value % stride:
             raise CliError('--shape_buckets %d: expected 0 (off) or a multiple of '
                            'FPN.COARSEST_STRIDE (%d)' % (value, stride))
         cfg.SHAPE_BUCKETS = int(value)
     elif mode in CUDA_GRAPH_MODES and not cfg.SHAPE_BUCKETS:
-        cfg.SHAPE_BUCKETS = DEFAULT_SHAPE_BUCKETS if DEFAULT_SHAPE_BUCKETS % stride == 0 \
-            else stride * -(-DEFAULT_SHAPE_BUCKETS // stride)
+        cfg.SHAPE_BUCKETS = stride * -(-DEFAULT_SHAPE_BUCKETS // stride)   # a multiple of it
     if mode in CUDA_GRAPH_MODES:
         if cfg.SHAPE_BUCKETS:
             logger.info('--compile %s: blobs padded to shape buckets of %d pixels '

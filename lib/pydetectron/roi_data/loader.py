@@ -385,7 +385,7 @@ def build_train_loader(roidb, ratio_list, ratio_index, batch_size, num_gpus, num
     dataset = RoiDataset(roidb, ratio_list, ratio_index, max_size=cfg.TRAIN.MAX_SIZE,
                          pixel_means=cfg.PIXEL_MEANS, aspect_cropping=cfg.TRAIN.ASPECT_CROPPING,
                          aspect_lo=cfg.TRAIN.ASPECT_LO, aspect_hi=cfg.TRAIN.ASPECT_HI)
-    stride = int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 1
+    stride = blob_utils.coarsest_stride(cfg)
     # (the workers get the stride and the buckets in the collate function, not from cfg)
     buckets = blob_utils.cfg_shape_buckets(training=True)
     return TrainLoader(

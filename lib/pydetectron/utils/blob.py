@@ -91,8 +91,11 @@ def prep_im_for_blob(im, pixel_means, target_sizes, max_size):
     return ims, im_scales
 
 
-def _default_stride():
-    from pydetectron.core.config import cfg
+def coarsest_stride(cfg=None):
+    """What a blob's sides are padded to a multiple of: ``FPN.COARSEST_STRIDE`` with FPN, else 1
+    (of ``cfg``, default the global config)."""
+    if cfg is None:
+        from pydetectron.core.config import cfg
     return int(cfg.FPN.COARSEST_STRIDE) if cfg.FPN.FPN_ON else 1
 
 
@@ -140,7 +143,7 @@ def cfg_shape_buckets(training):
         scales, max_size = cfg.TRAIN.SCALES, cfg.TRAIN.MAX_SIZE
     else:
         scales, max_size = cfg.TEST.SCALE, cfg.TEST.MAX_SIZE
-    return shape_buckets(cfg.SHAPE_BUCKETS, scales, max_size, _default_stride())
+    return shape_buckets(cfg.SHAPE_BUCKETS, scales, max_size, coarsest_stride())
 
 
 def blob_shape(ims, stride, buckets=None):
@@ -165,7 +168,7 @@ def im_list_to_blob(ims, stride=None, out=None, buckets=None):
     if not isinstance(ims, (list, tuple)):
         ims = [ims]
     if stride is None:
-        stride = _default_stride()
+        stride = coarsest_stride()
     shape = blob_shape(ims, stride, buckets)
     if out is None:
         blob = np.zeros(shape, dtype=np.float32)
