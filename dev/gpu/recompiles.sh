@@ -10,13 +10,6 @@ if [ "$CPU" = 1 ]; then
 fi
 RECOMPILES=${RECOMPILES:---compile off --steps 200;--compile default --steps 200;--compile reduce-overhead --steps 200;--compile default --automatic --steps 200}
 recompiles_one() {   # $1 index, $2 arguments
-    echo "== recompiles $1: $2"
-    # shellcheck disable=SC2086
-    timeout "${RECOMPILES_TIMEOUT:-480}" "$PY" dev/count_recompiles.py $2 \
-        --json "$OUT/recompiles_$1.json" > "$OUT/recompiles_$1.log" 2>&1
-    local rc=$?
-    echo "rc=$rc"
-    grep '^{' "$OUT/recompiles_$1.log" || tail -n 30 "$OUT/recompiles_$1.log"
-    return $rc
+    json_entry recompiles dev/count_recompiles.py "${RECOMPILES_TIMEOUT:-480}" "$1" "$2"
 }
 for_each_entry "$RECOMPILES" recompiles_one

@@ -9,6 +9,9 @@
 #                             the log's tail and returns 1 when the build fails
 #   val_subset JSON OUT N     the first N images of a COCO json (and their annotations) into OUT
 #   for_each_entry LIST FN    FN I ENTRY for each ';'-separated entry of LIST
+#   json_entry NAME SCRIPT SECONDS I ARGS
+#                             "$PY" SCRIPT ARGS --json $OUT/NAME_I.json, its output in
+#                             $OUT/NAME_I.log; prints the status and the log's JSON lines
 #   stamp TEXT                "== [seconds since the start] TEXT"
 # PY (default python3) is the interpreter; TORCH_CUDA_ARCH_LIST defaults to 9.0 (H100, H200).
 
@@ -77,4 +80,16 @@ for_each_entry() {   # LIST FUNCTION: FUNCTION I ENTRY for each ';'-separated en
         [ $rc -ne 0 ] && status=$rc
     done
     return $status
+}
+
+json_entry() {   # NAME SCRIPT SECONDS I ARGS (see the header); returns SCRIPT's status
+    local name=$1 script=$2 limit=$3 i=$4 args=$5 rc
+    echo "== $name $i: $args"
+    # shellcheck disable=SC2086
+    timeout "$limit" "$PY" "$script" $args --json "$OUT/${name}_$i.json" \
+        > "$OUT/${name}_$i.log" 2>&1
+    rc=$?
+    echo "rc=$rc"
+    grep '^{' "$OUT/${name}_$i.log" || tail -n 30 "$OUT/${name}_$i.log"
+    return $rc
 }

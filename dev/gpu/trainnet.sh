@@ -15,13 +15,6 @@ if [ "$CPU" = 1 ]; then
 fi
 TRAINNET=${TRAINNET:---bs 2 --rounds 2;--bs 8 --rounds 1 --steps 64 --short 16;--bs 8 --amp --rounds 1 --steps 64 --short 16;--bs 2 --rounds 1 --cfg $GN_CFG --label ours_GN}
 trainnet_one() {   # $1 index, $2 arguments
-    echo "== trainnet $1: $2"
-    # shellcheck disable=SC2086
-    timeout "${TRAINNET_TIMEOUT:-420}" "$PY" dev/benchmark_train_net.py $2 \
-        --json "$OUT/trainnet_$1.json" > "$OUT/trainnet_$1.log" 2>&1
-    local rc=$?
-    echo "rc=$rc"
-    grep '^{' "$OUT/trainnet_$1.log" || tail -n 30 "$OUT/trainnet_$1.log"
-    return $rc
+    json_entry trainnet dev/benchmark_train_net.py "${TRAINNET_TIMEOUT:-420}" "$1" "$2"
 }
 for_each_entry "$TRAINNET" trainnet_one
