@@ -94,17 +94,24 @@ def test_portable_dataset_name(rect_setup):
     assert inference.portable_dataset_name('coco_2017_val') == 'coco_2017_val'
 
 
+@pytest.fixture
+def built(monkeypatch):
+    """The (args, gpu_id) of every tools' model built (engine.inference.initialize_model_from_cfg,
+    replaced by one that records its call and returns the fake model)."""
+    calls = []
+
+    def fake_initialize(a, gpu_id=0):
+        calls.append((a, gpu_id))
+        return _model()
+    monkeypatch.setattr(inference, 'initialize_model_from_cfg', fake_initialize)
+    return calls
+
+
 def test_a_child_infers_its_range_with_the_weights_of_the_command_line(rect_setup, tmp_path,
-                                                                      monkeypatch):
+                                                                      built):
     """``--range`` children: the model comes from args' weights (built once, on the CPU without
     CUDA, with the speed options), and only that range of the one dataset is inferred and saved."""
     dataset_name, args = rect_setup
-    built = []
-
-    def fake_initialize(a, gpu_id=0):
-        built.append((a, gpu_id))
-        return _model()
-    monkeypatch.setattr(inference, 'initialize_model_from_cfg', fake_initialize)
     boxes, segms, _ = inference.run_inference(args, ind_range=(2, 5))
     assert built == [(args, 0)]
     assert all(len(c) == 3 for c in boxes[1:])                 # images 2, 3, 4 only
@@ -122,20 +129,14 @@ def test_a_child_infers_its_range_with_the_weights_of_the_command_line(rect_setu
         inference.run_inference(args, ind_range=(0, 1))
 
 
-def test_test_net_without_a_model_builds_the_tools_model(rect_setup, tmp_path, monkeypatch):
+def test_test_net_without_a_model_builds_the_tools_model(rect_setup, tmp_path, built):
     """``core.test_engine.test_net`` called as in earlier versions (no ``model``) builds the
     tools' model from args' weights on ``gpu_id``."""
     dataset_name, args = rect_setup
-    built = []
-
-    def fake_initialize(a, gpu_id=0):
-        built.append((a, gpu_id))
-        return _model()
-    monkeypatch.setattr(inference, 'initialize_model_from_cfg', fake_initialize)
-    got = test_engine.test_net(args, dataset_name, None, str(tmp_path / 'a'), (1, 3), 0)
+    got = test_engine.test_net(args, dataset_name, None, str(tmp_path / 'a'), (1, 3), 1)
     want = test_engine.test_net(args, dataset_name, None, str(tmp_path / 'b'), (1, 3),
                                 model=_model())
-    assert built == [(args, 0)]
+    assert built == [(args, 1)]
     for j in range(1, 4):
         for a, b in zip(got[0][j], want[0][j]):
             np.testing.assert_array_equal(a, b)
