@@ -49,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument('--label', default=None, help='name of "ours" in the report')
     p.add_argument('--json', default=None, help='write the records here')
     p.add_argument('--device', default='cuda')
+    p.add_argument('--cudnn-benchmark', action='store_true',
+                   help="cuDNN autotuning on (test_net leaves it off: one search per blob size)")
+    p.add_argument('--channels_last', action='store_true', help="the tools' --channels_last")
     return p.parse_args(argv)
 
 
@@ -95,6 +98,9 @@ class Ours:
         self.dataset = names[0]
         torch.manual_seed(0)
         self.model = Generalized_RCNN().to(self.device).eval()
+        if args.channels_last:
+            from pydetectron.engine.speed_options import apply_speed_options
+            apply_speed_options(self.model, channels_last=True)
         self.out_dir = tempfile.mkdtemp(prefix='bench_test_net_')
         self.args = argparse.Namespace(quiet=True, vis=False, cuda=cfg.CUDA)
         self.max_images = args.max_images
@@ -189,7 +195,7 @@ def main(argv=None):
         tv_cpu_shim.maybe_install()
     import torch
     args.dataset = args.dataset or default_dataset()
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     impls = {}
     names = args.impl.split(',')
     if 'ours' in names:

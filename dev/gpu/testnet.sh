@@ -1,8 +1,13 @@
 # Mode "testnet" of dev/gpu_check.sh: dev/benchmark_test_net.py -- test_net's own path (reading,
 # network, NMS, mask pasting, RLE, detections.pkl) on coco_mini val2017 photos at 800 / 1333 with
 # 100 detections per image, paired in turns with torchvision's evaluation loop; then, for each
-# older package copy named in BASES (see ab.sh), the same path of that copy against this one.
-# Logs: $OUT/testnet*.log and .json. Environment: TESTNET_ROUNDS (3), TESTNET_TIMEOUT (s, 400).
+# older package copy named in BASES (see ab.sh), the same path of that copy against this one;
+# then ours alone with each entry of TESTNET_VARIANTS (benchmark_test_net.py arguments, entries
+# separated by ';', e.g. "--cudnn-benchmark;--channels_last"); then, with PYSPY=1, one pass of
+# ours sampled by py-spy (the carried .whl/py-spy; collapsed stacks, idle time included, in
+# $OUT/testnet_pyspy.txt).
+# Logs: $OUT/testnet*.log and .json. Environment: TESTNET_ROUNDS (3), TESTNET_TIMEOUT (s, 400),
+# TESTNET_ARGS (more arguments for every run).
 # CPU=1: 3 images at scale 200, one round; the torchvision half only with PYDETECTRON_TV_SHIM=1
 # (and PYTHONPATH holding a torchvision: dev/tv_cpu_shim.py's stand-in ops, no numbers).
 ROUNDS=${TESTNET_ROUNDS:-3}
@@ -15,6 +20,7 @@ if [ "$CPU" = 1 ]; then
     SMALL="--scale 200 --max-size 333 --max-images 3"
     [ "${PYDETECTRON_TV_SHIM:-0}" = 1 ] || IMPL=ours
 fi
+SMALL="$SMALL ${TESTNET_ARGS:-}"
 status=0
 # shellcheck disable=SC2086
 timeout "${TESTNET_TIMEOUT:-400}" "$PY" dev/benchmark_test_net.py --device $DEV --rounds "$ROUNDS" \
@@ -33,4 +39,24 @@ for b in ${BASES:-}; do
     done
     grep '^{' "$OUT/testnet_ab_$i.log" || tail -n 30 "$OUT/testnet_ab_$i.log"
 done
+variant() {   # $1 index, $2 arguments
+    echo "== testnet variant $1: $2"
+    # shellcheck disable=SC2086
+    timeout "${TESTNET_TIMEOUT:-400}" "$PY" dev/benchmark_test_net.py --device $DEV \
+        --rounds "$ROUNDS" --impl ours --label "ours $2" $SMALL $2 \
+        > "$OUT/testnet_variant_$1.log" 2>&1
+    local rc=$?
+    grep '^{' "$OUT/testnet_variant_$1.log" || tail -n 30 "$OUT/testnet_variant_$1.log"
+    return $rc
+}
+if [ -n "${TESTNET_VARIANTS:-}" ]; then
+    for_each_entry "$TESTNET_VARIANTS" variant || status=$?
+fi
+if [ "${PYSPY:-0}" = 1 ]; then
+    # shellcheck disable=SC2086
+    timeout "${TESTNET_TIMEOUT:-400}" .whl/py-spy record --idle --threads --format raw --rate 200 \
+        -o "$OUT/testnet_pyspy.txt" -- "$PY" dev/benchmark_test_net.py --device $DEV \
+        --rounds 1 --impl ours $SMALL > "$OUT/testnet_pyspy.log" 2>&1 || status=$?
+    tail -n 3 "$OUT/testnet_pyspy.log"
+fi
 exit $status
