@@ -506,13 +506,21 @@ def test_device_postprocess_matches_numpy_path():
     np.testing.assert_allclose(dev[1], ref[1], rtol=1e-5, atol=1e-4)
 
 
-def test_input_blob_bit_identical_to_detectron_on_photos(coco_mini):
+def _prepared_blob_arrays(ims, scale, max_size):
+    blob = test_mod.prepare_image_blob(ims, scale, max_size)
+    assert (blob.scale, blob.max_size) == (scale, max_size)
+    return blob.data.numpy(), blob.im_info.numpy(), blob.im_scales
+
+
+@pytest.mark.parametrize('make', [test_mod.get_image_blob, _prepared_blob_arrays],
+                         ids=['get_image_blob', 'prepare_image_blob'])
+def test_input_blob_bit_identical_to_detectron_on_photos(coco_mini, make):
     import glob
     import os
     paths = sorted(glob.glob(os.path.join(coco_mini, 'images', 'val2017', '*.jpg')))[:2]
     ims = [cv2.imread(p) for p in paths]
     cfg.FPN.FPN_ON = True
-    data, im_info, im_scales = test_mod.get_image_blob(ims, 800, 1333)
+    data, im_info, im_scales = make(ims, 800, 1333)
     for i, im in enumerate(ims):
         # Detectron: the image minus the float64 means, in float64, rounded once to float32;
         # resized by cv2 with fx = fy = the scale
@@ -537,6 +545,8 @@ def test_shape_buckets_pad_the_test_blob_but_not_im_info(coco_mini):
         plain, info, scales = test_mod.get_image_blob(batch, 800, 1333)
         cfg.SHAPE_BUCKETS = 256
         data, bucket_info, bucket_scales = test_mod.get_image_blob(batch, 800, 1333)
+        # the blob test_net's readers make ahead is the same
+        np.testing.assert_array_equal(_prepared_blob_arrays(batch, 800, 1333)[0], data)
         cfg.SHAPE_BUCKETS = 0
         h, w = plain.shape[2:]
         # the batch's stride-padded size, then the next multiple of 256 or edge (800, 1344)

@@ -147,12 +147,47 @@ def test_read_ahead_keeps_the_batches_in_order_and_skips_unreadable(tmp_path):
         entries.append({'image': path, 'height': 8 + k, 'width': 10, 'id': k})
     batches = [(0, [0, 1], None), (2, [2, 3, 4], None), (5, [5], None), (6, [6], None)]
     skipped = []
-    got = list(test_engine._read_ahead(entries, batches, skipped, workers=3, ahead=2))
-    assert [b for b, _ in got] == batches
-    for (_, inds, _), ims in got:
+    got = list(test_engine._read_ahead(entries, batches, skipped, workers=3, ahead=2,
+                                       prepare=lambda ims: [int(im[0, 0, 0]) for im in ims]))
+    assert [b for b, _, _ in got] == batches
+    # prepare() saw the batch's readable images, in order
+    assert [p for _, _, p in got] == [[0, 20], [40, 80], [100], [120]]
+    for (_, inds, _), ims, _ in got:
         for i, im in zip(inds, ims):
             if i == 3:
                 assert im is None
             else:
                 assert im.shape == (8 + i, 10, 3) and int(im[0, 0, 0]) == i * 20
     assert skipped == [entries[3]['image']]
+
+
+def test_test_net_hands_the_model_the_blob_its_readers_made(rect_setup, monkeypatch):
+    """The reader threads resize and pad each batch (``prepare_image_blob``) while the model
+    works; what reaches im_detect_all_batch is the blob of exactly that batch's images."""
+    from pydetectron.core import test as test_mod
+    dataset_name, args = rect_setup
+    cfg.TEST.IMS_PER_BATCH = 2
+    seen = []
+    real = test_engine.im_detect_all_batch
+
+    def spy(model, ims, *a, **kw):
+        blob = kw['blob']
+        if blob is not None:
+            data, im_info, scales = test_mod.get_image_blob(ims, cfg.TEST.SCALE,
+                                                            cfg.TEST.MAX_SIZE)
+            np.testing.assert_array_equal(blob.data.numpy(), data)
+            np.testing.assert_array_equal(blob.im_info.numpy(), im_info)
+            assert blob.im_scales == scales
+        seen.append((len(ims), blob is not None))
+        return real(model, ims, *a, **kw)
+
+    monkeypatch.setattr(test_engine, 'im_detect_all_batch', spy)
+    model = _model()
+    with_blobs = test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
+    assert seen == [(2, True)] * 3
+    monkeypatch.setattr(test_engine, '_blob_maker', lambda model: None)
+    without = test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
+    assert seen[3:] == [(2, False)] * 3
+    for j in range(1, 4):
+        for a, b in zip(with_blobs[0][j], without[0][j]):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -134,6 +134,13 @@ def test_cuda_matches_cpu_and_every_test_time_option_runs():
            for _ in range(2)]
     cpu = test_mod.im_detect_all(model, ims)
     gpu = test_mod.im_detect_all(model.cuda(), ims)
+    # the blob test_net's readers make ahead, page-locked, copied without waiting: same results
+    blob = test_mod.prepare_image_blob(ims, pin_memory=True)
+    assert blob.data.is_pinned()
+    ahead = test_mod.im_detect_all_batch(model, ims, blob=blob)
+    for (bg, _, _), (ba, _, _) in zip(gpu, ahead):
+        for j in range(1, 3):
+            np.testing.assert_allclose(ba[j], bg[j], rtol=1e-6, atol=1e-4)
     for (bc, sc, _), (bg, sg, _) in zip(cpu, gpu):
         for j in range(1, 3):
             strong = bg[j][bg[j][:, 4] > 0.2]

@@ -124,17 +124,29 @@ def encode_masks(binary):
     if h * w < 2 ** 31:
         changes = changes.to(torch.int32)
     changes = changes.cpu().numpy()
-    bounds = np.searchsorted(changes[:, 0], np.arange(d + 1))
-    total = h * w
-    uncompressed = []
-    for i in range(d):
-        pos = changes[bounds[i]:bounds[i + 1], 1].astype(np.int64) + 1
-        edges = np.concatenate(([0], pos, [total]))
-        counts = np.diff(edges)
-        if first[i]:
-            counts = np.concatenate(([0], counts))      # COCO's RLE starts with a zero run
-        uncompressed.append({'size': [h, w], 'counts': counts.astype(np.uint32)})
-    return mask_util.frPyObjects(uncompressed, h, w)
+    return mask_util.frPyObjects(_run_lengths(first, changes, d, h * w, [h, w]), h, w)
+
+
+def _run_lengths(first, changes, d, total, size):
+    """COCO's uncompressed RLEs of D flattened masks of ``total`` pixels from the value of each
+    mask's first pixel (D,) and the (mask, position) rows (sorted) where the value changes
+    between position and position + 1 -> D dicts of 'size' and 'counts' (uint32), run lengths
+    that start with a run of zeros (an empty one when the mask starts with a one)."""
+    first = np.asarray(first, dtype=bool).reshape(d)
+    mask_of = changes[:, 0].astype(np.int64)
+    n = np.bincount(mask_of, minlength=d)                     # changes per mask
+    lead = first.astype(np.int64)                             # an empty zero run first
+    seg = n + 2 + lead                                        # the edges of each mask
+    seg_start = np.concatenate(([0], np.cumsum(seg)[:-1]))
+    edges = np.zeros(int(seg.sum()), dtype=np.int64)          # [0, (0,) changes + 1 ..., total]
+    edges[seg_start + seg - 1] = total
+    change_start = np.concatenate(([0], np.cumsum(n)[:-1]))
+    rank = np.arange(changes.shape[0]) - change_start[mask_of]
+    edges[seg_start[mask_of] + 1 + lead[mask_of] + rank] = changes[:, 1].astype(np.int64) + 1
+    # run lengths: the differences of the edges, less those from one mask's end to the next's
+    counts = np.delete(np.diff(edges), seg_start[1:] - 1).astype(np.uint32)
+    runs = np.split(counts, np.cumsum(seg - 1)[:-1])
+    return [{'size': size, 'counts': r} for r in runs]
 
 
 def segm_results(cls_boxes, masks, ref_boxes, im_h, im_w, resolution, cls_specific,

@@ -59,7 +59,8 @@ def im_detect_all(model, im, box_proposals=None, timers=None, keypoint_names=Non
     return im_detect_all_batch(model, [im], proposals, timers, keypoint_names)[0]
 
 
-def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_names=None):
+def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_names=None,
+                        blob=None):
     """``im_detect_all`` over a list of images sharing the network's forward passes.
 
     The results equal image-by-image results when the images share one blob size, to float
@@ -67,6 +68,9 @@ def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_na
     images are zero-padded in the blob, which also changes their features a few pixels from
     their bottom/right border (a deeper convolution sees the padded activations, not zeros);
     batch images of one size, or one aspect ratio, where that matters.
+
+    ``blob``: the images' ``prepare_image_blob(ims)``, made ahead (test_net makes it in its
+    reader threads while the model works on the previous batch); None makes it here.
     """
     if timers is None:
         timers = defaultdict(Timer)
@@ -93,7 +97,7 @@ def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_na
         scores, boxes, im_scales, blob_conv = im_detect_bbox_aug(model, ims, box_proposals)
     else:
         scores, boxes, im_scales, blob_conv = im_detect_bbox(
-            model, ims, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, box_proposals)
+            model, ims, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, box_proposals, blob=blob)
     timers['im_detect_bbox'].toc()
 
     # Class-wise NMS and the per-image limit. The boxes of each image come back flattened in
@@ -158,6 +162,43 @@ def get_image_blob(ims, target_scale, target_max_size):
     batch's largest size, padded to the stride) further up to a bucket size.
     """
     stride = blob_utils.coarsest_stride(cfg)
+    processed, im_scales, im_info = _scaled_images(ims, target_scale, target_max_size, stride)
+    # SHAPE_BUCKETS pads the blob further (CUDA graphs); im_info keeps the size above
+    data = blob_utils.im_list_to_blob(processed, stride=stride,
+                                      buckets=blob_utils.cfg_shape_buckets(training=False))
+    return data, np.array(im_info, dtype=np.float32), im_scales
+
+
+class ImageBlob(object):
+    """``get_image_blob``'s result as tensors, for a later forward pass: ``data`` (N, 3, H, W)
+    float32 (in page-locked memory when made with ``pin_memory``, so that its copy to the GPU
+    runs asynchronously), ``im_info`` (N, 3) float32, ``im_scales``, and the ``scale`` and
+    ``max_size`` it was made for."""
+    __slots__ = ('data', 'im_info', 'im_scales', 'scale', 'max_size')
+
+    def __init__(self, data, im_info, im_scales, scale, max_size):
+        self.data, self.im_info, self.im_scales = data, im_info, im_scales
+        self.scale, self.max_size = scale, max_size
+
+
+def prepare_image_blob(ims, target_scale=None, target_max_size=None, pin_memory=False):
+    """The network input of BGR images at one scale (``TEST.SCALE`` / ``TEST.MAX_SIZE`` by
+    default), made on the host before the forward pass that takes it (``im_detect_all_batch``'s
+    ``blob``): the same arrays as ``get_image_blob``, ``data`` written straight into page-locked
+    memory with ``pin_memory`` (CUDA models)."""
+    scale = cfg.TEST.SCALE if target_scale is None else target_scale
+    max_size = cfg.TEST.MAX_SIZE if target_max_size is None else target_max_size
+    stride = blob_utils.coarsest_stride(cfg)
+    processed, im_scales, im_info = _scaled_images(ims, scale, max_size, stride)
+    buckets = blob_utils.cfg_shape_buckets(training=False)
+    shape = blob_utils.blob_shape(processed, stride, buckets)
+    data = torch.empty(shape, dtype=torch.float32, pin_memory=bool(pin_memory))
+    blob_utils.im_list_to_blob(processed, stride=stride, out=data.numpy(), buckets=buckets)
+    return ImageBlob(data, torch.from_numpy(np.array(im_info, dtype=np.float32)), im_scales,
+                     scale, max_size)
+
+
+def _scaled_images(ims, target_scale, target_max_size, stride):
     processed, im_scales, im_info = [], [], []
     for im in ims:
         im_p, im_scale = blob_utils.prep_im_for_blob(im, cfg.PIXEL_MEANS, target_scale,
@@ -166,10 +207,7 @@ def get_image_blob(ims, target_scale, target_max_size):
         im_scales.append(im_scale)
         h, w = blob_utils.padded_size(im_p.shape[0], im_p.shape[1], stride)
         im_info.append((h, w, im_scale))
-    # SHAPE_BUCKETS pads the blob further (CUDA graphs); im_info keeps the size above
-    data = blob_utils.im_list_to_blob(processed, stride=stride,
-                                      buckets=blob_utils.cfg_shape_buckets(training=False))
-    return data, np.array(im_info, dtype=np.float32), im_scales
+    return processed, im_scales, im_info
 
 
 def _rois_blob(boxes_list, im_scales, device):
@@ -182,12 +220,15 @@ def _rois_blob(boxes_list, im_scales, device):
     return torch.from_numpy(np.vstack(rois).astype(np.float32)).to(device)
 
 
-def _forward(model, ims, target_scale, target_max_size, rois=None):
-    """One forward pass over the images -> (the model's output dict, im_info (N, 3), im_scales)."""
-    data, im_info, im_scales = get_image_blob(ims, target_scale, target_max_size)
+def _forward(model, ims, target_scale, target_max_size, rois=None, blob=None):
+    """One forward pass over the images -> (the model's output dict, im_info (N, 3), im_scales).
+    ``blob``: their ``prepare_image_blob`` made ahead (used when made for this scale)."""
+    if blob is None or (blob.scale, blob.max_size) != (target_scale, target_max_size):
+        blob = prepare_image_blob(ims, target_scale, target_max_size)
     device = model_device(model)
-    data = torch.from_numpy(data).to(device)
-    im_info = torch.from_numpy(im_info).to(device)
+    data = blob.data.to(device, non_blocking=True)
+    im_info = blob.im_info.to(device, non_blocking=True)
+    im_scales = blob.im_scales
     with torch.no_grad():
         if rois is None:
             out = model(data, im_info)
@@ -215,7 +256,7 @@ def _split_by_image(rois, num_images):
     return [torch.nonzero(batch_inds == i).squeeze(1) for i in range(num_images)]
 
 
-def im_detect_bbox(model, ims, target_scale, target_max_size, box_proposals=None):
+def im_detect_bbox(model, ims, target_scale, target_max_size, box_proposals=None, blob=None):
     """Boxes and class scores of every RoI of every image, in the original image's pixels.
 
     Returns (scores, boxes, im_scales, blob_conv): per-image lists of (R_i, C) probabilities and
@@ -240,9 +281,9 @@ def im_detect_bbox(model, ims, target_scale, target_max_size, box_proposals=None
                 box_proposals[i] = p[index, :]
                 inv_indices[i] = torch.as_tensor(inv_index.reshape(-1))
         out, im_info, im_scales = _forward(model, ims, target_scale, target_max_size,
-                                           rois=box_proposals)
+                                           rois=box_proposals, blob=blob)
     else:
-        out, im_info, im_scales = _forward(model, ims, target_scale, target_max_size)
+        out, im_info, im_scales = _forward(model, ims, target_scale, target_max_size, blob=blob)
 
     rois, cls_prob = out['rois'], out['cls_score']
     # Decoded in the original image's pixels (rois / im_scale) and clipped to it, as Detectron.

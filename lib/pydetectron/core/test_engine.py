@@ -28,7 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pydetectron.core.config import cfg, dump_cfg
-from pydetectron.core.test import im_detect_all_batch, im_proposals
+from pydetectron.core.test import (
+    im_detect_all_batch, im_proposals, model_device, prepare_image_blob)
 from pydetectron.datasets import task_evaluation
 from pydetectron.utils.errors import ImageError
 from pydetectron.utils.image_io import read_image
@@ -91,11 +92,15 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
         batches.append((first, inds, proposals))
     with tqdm(total=num_images, desc=desc, unit='im', file=sys.stderr,
               disable=_arg(args, 'quiet', False)) as bar:
-        for (first, inds, proposals), ims in _read_ahead(roidb, batches, skipped):
+        for (first, inds, proposals), ims, blob in _read_ahead(roidb, batches, skipped,
+                                                               prepare=_blob_maker(model)):
+            if proposals is not None:
+                proposals = [p for p, im in zip(proposals, ims) if im is not None]
             inds = [i for i, im in zip(inds, ims) if im is not None]
             ims = [im for im in ims if im is not None]
             results = im_detect_all_batch(model, ims, proposals, timers,
-                                          keypoint_names=dataset.keypoints) if ims else []
+                                          keypoint_names=dataset.keypoints,
+                                          blob=blob) if ims else []
             for i, im, (cls_boxes_i, cls_segms_i, cls_keyps_i) in zip(inds, ims, results):
                 extend_results(i, all_boxes, cls_boxes_i)
                 if cls_segms_i is not None:
@@ -126,10 +131,13 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
     return all_boxes, all_segms, all_keyps
 
 
-def _read_ahead(roidb, batches, skipped, workers=None, ahead=2):
-    """Yield ``(batch, images)`` for each ``(first, inds, proposals)`` batch, the images of the
-    next ``ahead`` batches being read by a thread pool while the model works on the current one
-    (decoding releases the GIL). Unreadable images are None (see ``_read_image``)."""
+def _read_ahead(roidb, batches, skipped, workers=None, ahead=2, prepare=None):
+    """Yield ``(batch, images, prepared)`` for each ``(first, inds, proposals)`` batch, the next
+    ``ahead`` batches being read by a thread pool while the model works on the current one
+    (decoding and resizing release the GIL). Unreadable images are None (see ``_read_image``).
+    ``prepare(images)``, called in the same thread on the batch's readable images, makes what
+    the model takes (``core.test.prepare_image_blob``); ``prepared`` is None without it or when
+    no image could be read."""
     if workers is None:
         workers = max(1, min(4, (os.cpu_count() or 1)))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -139,14 +147,31 @@ def _read_ahead(roidb, batches, skipped, workers=None, ahead=2):
         def submit():
             b = next(upcoming, None)
             if b is not None:
-                pending.append((b, [pool.submit(_read_image, roidb[i], skipped) for i in b[1]]))
+                pending.append((b, pool.submit(_read_batch, roidb, b[1], skipped, prepare)))
 
         for _ in range(ahead + 1):
             submit()
         while pending:
-            b, futures = pending.popleft()
+            b, future = pending.popleft()
             submit()
-            yield b, [f.result() for f in futures]
+            ims, prepared = future.result()
+            yield b, ims, prepared
+
+
+def _read_batch(roidb, inds, skipped, prepare):
+    ims = [_read_image(roidb[i], skipped) for i in inds]
+    readable = [im for im in ims if im is not None]
+    return ims, (prepare(readable) if prepare is not None and readable else None)
+
+
+def _blob_maker(model):
+    """What the reader threads make of a batch's images besides reading them: the network's
+    input blob (``prepare_image_blob``, page-locked for a CUDA model), when the test path takes
+    one blob at TEST.SCALE (not with box test-time augmentation, nor RetinaNet's path)."""
+    if cfg.TEST.BBOX_AUG.ENABLED or cfg.RETINANET.RETINANET_ON:
+        return None
+    pin = model_device(model).type == 'cuda'
+    return lambda ims: prepare_image_blob(ims, pin_memory=pin)
 
 
 def _read_image(entry, skipped):
