@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument('--cudnn-benchmark', action='store_true',
                    help="cuDNN autotuning on (test_net leaves it off: one search per blob size)")
     p.add_argument('--channels_last', action='store_true', help="the tools' --channels_last")
+    p.add_argument('--pipelines', type=int, default=None,
+                   help="batches test_net keeps in flight (default: test_net's choice)")
     return p.parse_args(argv)
 
 
@@ -195,6 +197,9 @@ def main(argv=None):
         tv_cpu_shim.maybe_install()
     import torch
     args.dataset = args.dataset or default_dataset()
+    if args.pipelines is not None:
+        from pydetectron.core import test_engine
+        test_engine._pipelines = lambda model: args.pipelines
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     impls = {}
     names = args.impl.split(',')

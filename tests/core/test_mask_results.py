@@ -159,3 +159,23 @@ def test_on_the_gpu_equals_detectrons_loop():
         assert differing <= 2e-6 * total
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_tf32_is_off_while_any_thread_pastes_and_restored_after_the_last():
+    """Two test_net threads paste masks at once: the user's TF32 setting comes back only when
+    both are done (a save/restore per call would leave it off), and TF32 off stays off."""
+    flag = torch.backends.cuda.matmul
+    saved = flag.allow_tf32
+    try:
+        for user in (True, False):
+            flag.allow_tf32 = user
+            a, b = mask_results._NoTF32(), mask_results._NoTF32()
+            a.__enter__()
+            assert flag.allow_tf32 is False
+            b.__enter__()
+            a.__exit__(None, None, None)
+            assert flag.allow_tf32 is False                  # b is still inside
+            b.__exit__(None, None, None)
+            assert flag.allow_tf32 is user
+    finally:
+        flag.allow_tf32 = saved

@@ -191,3 +191,40 @@ def test_test_net_hands_the_model_the_blob_its_readers_made(rect_setup, monkeypa
     for j in range(1, 4):
         for a, b in zip(with_blobs[0][j], without[0][j]):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_two_batches_in_flight_give_the_same_detections_in_order(rect_setup, monkeypatch):
+    """A CUDA model gets two batches in flight (threads on one stream); forced here on the CPU:
+    two batches do run at once, and every image gets its own detections, in roidb order."""
+    import threading
+    import time
+    dataset_name, args = rect_setup
+    model = _model()
+    alone = test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real = test_engine.im_detect_all_batch
+
+    def slow(*a, **kw):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real(*a, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(test_engine, 'im_detect_all_batch', slow)
+    monkeypatch.setattr(test_engine, '_pipelines', lambda model: 2)
+    together = test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
+    assert most[0] == 2
+    for res_a, res_t in zip(alone, together):
+        for j in range(1, 4):
+            assert len(res_a[j]) == len(res_t[j]) == 6
+            for a, b in zip(res_a[j], res_t[j]):
+                if isinstance(a, np.ndarray):
+                    np.testing.assert_array_equal(a, b)
+                else:
+                    assert a == b

@@ -26,6 +26,8 @@ one float32 step of the threshold can come out differently from OpenCV's. On the
 cases give OpenCV's RLE strings byte for byte; the CUDA test allows at most 2 differing pixels per
 million (``tests/core/test_mask_results.py``).
 """
+import threading
+
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
@@ -73,15 +75,37 @@ def _interp_matrix(starts, lengths, src_size, out_size, device):
     return mat
 
 
+class _NoTF32(object):
+    """TF32 matrix products off while any thread is inside (test_net runs two batches at once in
+    threads): the first to enter saves the user's setting, the last to leave restores it. The
+    setting is global, so while a thread is inside, the other thread's float32 products also run
+    in full precision (the default setting, TF32 off, is never changed)."""
+    _lock = threading.Lock()
+    _inside = 0
+    _saved = None
+
+    def __enter__(self):
+        with self._lock:
+            cls = type(self)
+            if cls._inside == 0:
+                cls._saved = torch.backends.cuda.matmul.allow_tf32
+                if cls._saved:
+                    torch.backends.cuda.matmul.allow_tf32 = False
+            cls._inside += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            cls = type(self)
+            cls._inside -= 1
+            if cls._inside == 0 and cls._saved:
+                torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def _exact_bmm(a, b):
     """a @ b in full float32 (no TF32, whatever the global setting)."""
     if a.is_cuda:
-        saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
+        with _NoTF32():
             return torch.bmm(a, b)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = saved
     return torch.bmm(a, b)
 
 

@@ -25,6 +25,7 @@ import pickle
 import sys
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from pydetectron.core.config import cfg, dump_cfg
@@ -90,17 +91,11 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
             inds = [inds[k] for k in keep]
             proposals = [proposals[k] for k in keep]
         batches.append((first, inds, proposals))
+    read = _read_ahead(roidb, batches, skipped, prepare=_blob_maker(model))
     with tqdm(total=num_images, desc=desc, unit='im', file=sys.stderr,
               disable=_arg(args, 'quiet', False)) as bar:
-        for (first, inds, proposals), ims, blob in _read_ahead(roidb, batches, skipped,
-                                                               prepare=_blob_maker(model)):
-            if proposals is not None:
-                proposals = [p for p, im in zip(proposals, ims) if im is not None]
-            inds = [i for i, im in zip(inds, ims) if im is not None]
-            ims = [im for im in ims if im is not None]
-            results = im_detect_all_batch(model, ims, proposals, timers,
-                                          keypoint_names=dataset.keypoints,
-                                          blob=blob) if ims else []
+        for (first, inds, ims), results in _detections(model, _readable(read), dataset.keypoints,
+                                                      timers, _pipelines(model)):
             for i, im, (cls_boxes_i, cls_segms_i, cls_keyps_i) in zip(inds, ims, results):
                 extend_results(i, all_boxes, cls_boxes_i)
                 if cls_segms_i is not None:
@@ -129,6 +124,69 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
                      cfg=dump_cfg()), det_file)
     logger.info('Wrote detections to: {}'.format(os.path.abspath(det_file)))
     return all_boxes, all_segms, all_keyps
+
+
+def _readable(read):
+    """(first, inds, ims, proposals, blob) of each batch read, its unreadable images (and their
+    proposals) left out."""
+    for (first, inds, proposals), ims, blob in read:
+        if proposals is not None:
+            proposals = [p for p, im in zip(proposals, ims) if im is not None]
+        inds = [i for i, im in zip(inds, ims) if im is not None]
+        yield first, inds, [im for im in ims if im is not None], proposals, blob
+
+
+def _pipelines(model):
+    """How many batches test_net keeps in flight: two for a CUDA model -- one thread launches a
+    batch's kernels while the other waits for the GPU's results or encodes masks on the host;
+    both use the same CUDA stream, so kernels run in the order they were launched and the GPU
+    is fed while either thread works -- one elsewhere."""
+    return 2 if model_device(model).type == 'cuda' else 1
+
+
+def _detections(model, batches, keypoint_names, timers, pipelines=1):
+    """Yield ``((first, inds, ims), results)`` for each ``(first, inds, ims, proposals, blob)``
+    of ``batches``, in order, with up to ``pipelines`` batches detected at once in threads
+    (``im_detect_all_batch``; each image's results do not depend on the others in flight)."""
+    def detect(ims, proposals, blob, own_timers):
+        if not ims:
+            return []
+        with torch.no_grad():
+            return im_detect_all_batch(model, ims, proposals, own_timers,
+                                       keypoint_names=keypoint_names, blob=blob)
+
+    if pipelines <= 1:
+        for first, inds, ims, proposals, blob in batches:
+            yield (first, inds, ims), detect(ims, proposals, blob, timers)
+        return
+    device = model_device(model)
+    init = (torch.cuda.set_device, (device,)) if device.type == 'cuda' else (None, ())
+    with concurrent.futures.ThreadPoolExecutor(pipelines, initializer=init[0],
+                                               initargs=init[1]) as pool:
+        pending = deque()
+
+        def oldest():
+            key, own_timers, future = pending.popleft()
+            results = future.result()
+            _add_timers(timers, own_timers)
+            return key, results
+
+        for first, inds, ims, proposals, blob in batches:
+            own_timers = defaultdict(Timer)
+            pending.append(((first, inds, ims), own_timers,
+                            pool.submit(detect, ims, proposals, blob, own_timers)))
+            if len(pending) >= pipelines:
+                yield oldest()
+        while pending:
+            yield oldest()
+
+
+def _add_timers(timers, more):
+    for name, t in more.items():
+        total = timers[name]
+        total.total_time += t.total_time
+        total.calls += t.calls
+        total.average_time = total.total_time / max(total.calls, 1)
 
 
 def _read_ahead(roidb, batches, skipped, workers=None, ahead=2, prepare=None):
