@@ -216,8 +216,14 @@ def main(argv=None):
     device = torch.device(args.device)
     label = {'ours': args.label or 'ours'}
     records = []
-    for name, impl in impls.items():     # warm-up pass (cudnn, allocator, caches)
-        impl.run()
+    for name, impl in impls.items():     # warm-up pass (cudnn, allocator, caches), reported
+        _sync(device)                     # as round -1: what a first pass over new sizes costs
+        t = time.perf_counter()
+        n, _ = impl.run()
+        _sync(device)
+        dt = time.perf_counter() - t
+        print(json.dumps({'impl': label.get(name, name), 'round': -1, 'images': n,
+                          'seconds': dt, 'ms_per_image': 1000 * dt / n}), flush=True)
     for r in range(args.rounds):
         for name, impl in impls.items():
             if device.type == 'cuda':
