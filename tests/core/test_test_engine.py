@@ -228,3 +228,47 @@ def test_two_batches_in_flight_give_the_same_detections_in_order(rect_setup, mon
                     np.testing.assert_array_equal(a, b)
                 else:
                     assert a == b
+
+
+@pytest.mark.cuda
+def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_path):
+    """A CUDA Mask R-CNN (random weights) over real photos: test_net's two threads on one
+    stream give the detections and masks of one batch at a time."""
+    import torch
+    from pydetectron.core.config import assert_and_infer_cfg, merge_cfg_from_file, \
+        merge_cfg_from_list
+    from pydetectron.modeling.model_builder import Generalized_RCNN
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    dataset = 'coco_json:%s:%s' % (
+        os.path.join(coco_mini, 'annotations', 'instances_val2017.json'),
+        os.path.join(coco_mini, 'images', 'val2017'))
+    reset_cfg()
+    try:
+        merge_cfg_from_file(os.path.join(root, 'configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml'))
+        merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False, 'TEST.SCALE', 320,
+                             'TEST.MAX_SIZE', 533, 'TEST.SCORE_THRESH', 0.0,
+                             'MODEL.NUM_CLASSES', 81])
+        assert_and_infer_cfg()
+        torch.manual_seed(0)
+        model = Generalized_RCNN().cuda().eval()
+        assert test_engine._pipelines(model) == 2
+        args = SimpleNamespace(quiet=True, vis=False, cuda=True)
+        two = test_engine.test_net(args, dataset, None, str(tmp_path), ind_range=(0, 6),
+                                   model=model)
+        one_at_a_time = test_engine._pipelines
+        test_engine._pipelines = lambda model: 1
+        try:
+            one = test_engine.test_net(args, dataset, None, str(tmp_path), ind_range=(0, 6),
+                                       model=model)
+        finally:
+            test_engine._pipelines = one_at_a_time
+    finally:
+        reset_cfg()
+    total = 0
+    for j in range(1, 81):
+        for a, b in zip(two[0][j], one[0][j]):
+            np.testing.assert_array_equal(a, b)
+            total += len(a)
+        for a, b in zip(two[1][j], one[1][j]):
+            assert a == b
+    assert total == 6 * 100
