@@ -272,3 +272,29 @@ def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_pat
         for a, b in zip(two[1][j], one[1][j]):
             assert a == b
     assert total == 6 * 100
+
+
+def test_rpn_proposals_read_ahead_keep_ids_aligned_past_an_unreadable_image(rect_setup):
+    """generate_rpn_on_range reads (and resizes) ahead like test_net: with two images a batch and
+    the third image's file corrupt, every image keeps its id, the corrupt one gets no proposals
+    and the others get what one image at a time gives."""
+    dataset_name, args = rect_setup
+    cfg.MODEL.RPN_ONLY = True
+    cfg.MODEL.MASK_ON = False
+    model = _model()
+    boxes1, scores1, ids1, _ = test_engine.generate_rpn_on_range(args, dataset_name, None,
+                                                                 args.output_dir, model=model)
+    roidb = test_engine.get_roidb_and_dataset(dataset_name, None, None)[0]
+    with open(roidb[2]['image'], 'rb') as f:
+        head = f.read(64)                  # the PNG's header and size stay, its pixels go
+    with open(roidb[2]['image'], 'wb') as f:
+        f.write(head)
+    cfg.TEST.IMS_PER_BATCH = 2
+    boxes2, scores2, ids2, _ = test_engine.generate_rpn_on_range(args, dataset_name, None,
+                                                                 args.output_dir, model=model)
+    assert ids2 == ids1 == [e['id'] for e in roidb]
+    assert boxes2[2].shape == (0, 4) and scores2[2].shape == (0,)
+    assert boxes1[2].shape[0] > 0
+    for k in (0, 1, 3, 4, 5):
+        np.testing.assert_array_equal(boxes2[k], boxes1[k])
+        np.testing.assert_array_equal(scores2[k], scores1[k])

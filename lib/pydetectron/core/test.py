@@ -303,10 +303,10 @@ def im_detect_bbox(model, ims, target_scale, target_max_size, box_proposals=None
     return scores_list, boxes_list, im_scales, out.get('blob_conv')
 
 
-def im_proposals(model, ims):
+def im_proposals(model, ims, blob=None):
     """RPN proposals of an RPN-only model -> per-image ((R_i, 4) boxes in image pixels, (R_i,)
-    scores), numpy, best first."""
-    out, _, im_scales = _forward(model, ims, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE)
+    scores), numpy, best first. ``blob``: the images' ``prepare_image_blob``, made ahead."""
+    out, _, im_scales = _forward(model, ims, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, blob=blob)
     rois, probs = out['rois'], out['rpn_roi_probs'].reshape(-1)
     results = []
     for i, inds in enumerate(_split_by_image(rois, len(ims))):

@@ -335,12 +335,16 @@ def generate_rpn_on_range(args, dataset_name, proposal_file, output_dir, ind_ran
     batch = _ims_per_batch()
     skipped = []
     desc = 'rpn_generate [{:d}, {:d}) of {:d}'.format(start_ind, end_ind, total)
-    for first in tqdm(range(0, len(roidb), batch), desc=desc, file=sys.stderr,
-                      disable=_arg(args, 'quiet', False)):
-        entries = roidb[first:first + batch]
-        ims = [_read_image(e, skipped) for e in entries]
+    batches = [(first, list(range(first, min(first + batch, len(roidb)))), None)
+               for first in range(0, len(roidb), batch)]
+    read = _read_ahead(roidb, batches, skipped, prepare=_blob_maker(model))
+    for (first, inds, _), ims, blob in tqdm(read, total=len(batches), desc=desc,
+                                            file=sys.stderr, disable=_arg(args, 'quiet', False)):
+        entries = [roidb[i] for i in inds]
         good = [k for k, im in enumerate(ims) if im is not None]
-        found = dict(zip(good, im_proposals(model, [ims[k] for k in good]) if good else []))
+        with torch.no_grad():
+            found = dict(zip(good, im_proposals(model, [ims[k] for k in good], blob=blob)
+                             if good else []))
         for k, entry in enumerate(entries):
             # an unreadable image has no proposals (an empty list keeps the ids aligned)
             b, s = found.get(k, (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)))
