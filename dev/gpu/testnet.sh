@@ -5,7 +5,8 @@
 # then ours alone with each entry of TESTNET_VARIANTS (benchmark_test_net.py arguments, entries
 # separated by ';', e.g. "--cudnn-benchmark;--channels_last"); then, with PYSPY=1, one pass of
 # ours sampled by py-spy (the carried .whl/py-spy; collapsed stacks, idle time included, in
-# $OUT/testnet_pyspy.txt).
+# $OUT/testnet_pyspy.txt); then, with COMPARE=1, dev/compare_device_host.py on the first 20
+# photos (the device post-processing against Detectron's host path; $OUT/compare.json).
 # Logs: $OUT/testnet*.log and .json. Environment: TESTNET_ROUNDS (3), TESTNET_TIMEOUT (s, 400),
 # TESTNET_ARGS (more arguments for every run).
 # CPU=1: 3 images at scale 200, one round; the torchvision half only with PYDETECTRON_TV_SHIM=1
@@ -58,5 +59,11 @@ if [ "${PYSPY:-0}" = 1 ]; then
         -o "$OUT/testnet_pyspy.txt" -- "$PY" dev/benchmark_test_net.py --device $DEV \
         --rounds 1 --impl ours $SMALL > "$OUT/testnet_pyspy.log" 2>&1 || status=$?
     tail -n 3 "$OUT/testnet_pyspy.log"
+fi
+if [ "${COMPARE:-0}" = 1 ]; then
+    # shellcheck disable=SC2086
+    timeout "${TESTNET_TIMEOUT:-400}" "$PY" dev/compare_device_host.py --device $DEV \
+        --max-images 20 $SMALL --json "$OUT/compare.json" > "$OUT/compare.log" 2>&1 || status=$?
+    grep '"summary"' "$OUT/compare.log" || tail -n 20 "$OUT/compare.log"
 fi
 exit $status
