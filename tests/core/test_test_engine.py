@@ -298,3 +298,13 @@ def test_rpn_proposals_read_ahead_keep_ids_aligned_past_an_unreadable_image(rect
     for k in (0, 1, 3, 4, 5):
         np.testing.assert_array_equal(boxes2[k], boxes1[k])
         np.testing.assert_array_equal(scores2[k], scores1[k])
+
+
+def test_pipelines_two_on_cuda_one_on_cpu_or_with_a_compiled_part(monkeypatch):
+    import torch
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    assert test_engine._pipelines(model) == 1                        # a CPU model
+    monkeypatch.setattr(test_engine, 'model_device', lambda m: torch.device('cuda', 0))
+    assert test_engine._pipelines(model) == 2
+    model[0].compile(backend='eager')            # --compile: one thread compiles and replays
+    assert test_engine._pipelines(model) == 1

@@ -140,8 +140,13 @@ def _pipelines(model):
     """How many batches test_net keeps in flight: two for a CUDA model -- one thread launches a
     batch's kernels while the other waits for the GPU's results or encodes masks on the host;
     both use the same CUDA stream, so kernels run in the order they were launched and the GPU
-    is fed while either thread works -- one elsewhere."""
-    return 2 if model_device(model).type == 'cuda' else 1
+    is fed while either thread works -- one elsewhere, and one for a model with a compiled part
+    (``--compile``: compilation and CUDA-graph replays belong to one thread)."""
+    if model_device(model).type != 'cuda':
+        return 1
+    if any(getattr(m, '_compiled_call_impl', None) is not None for m in model.modules()):
+        return 1
+    return 2
 
 
 def _detections(model, batches, keypoint_names, timers, pipelines=1):
