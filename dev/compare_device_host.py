@@ -29,6 +29,8 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_test_net import default_dataset  # noqa: E402  (coco_mini val2017)
 
 
 def parse_args(argv=None):
@@ -45,14 +47,6 @@ def parse_args(argv=None):
     p.add_argument('--device', default='cuda')
     p.add_argument('--json', default=None, help='write the summary here')
     return p.parse_args(argv)
-
-
-def _default_dataset():
-    data = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data', 'coco_mini'))
-    if not os.path.isdir(data):
-        data = os.path.join(ROOT, '.gpu_data', 'coco_mini')
-    return 'coco_json:%s:%s' % (os.path.join(data, 'annotations', 'instances_val2017.json'),
-                                os.path.join(data, 'images', 'val2017'))
 
 
 def _model(args, device):
@@ -134,7 +128,7 @@ def main(argv=None):
     import torch
     from pydetectron.core.test_engine import get_roidb_and_dataset
     from pydetectron.utils.image_io import read_image
-    args.dataset = args.dataset or _default_dataset()
+    args.dataset = args.dataset or default_dataset()
     device = torch.device(args.device)
     dataset, model, cfg = _model(args, device)
     roidb = get_roidb_and_dataset(dataset, None, (0, args.max_images))[0]
