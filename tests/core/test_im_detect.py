@@ -506,6 +506,99 @@ def test_device_postprocess_matches_numpy_path():
     np.testing.assert_allclose(dev[1], ref[1], rtol=1e-5, atol=1e-4)
 
 
+def _refined_case(seed, n=300, C=5):
+    """Clustered boxes (overlaps to vote and decay) with per-class jitter and Dirichlet scores."""
+    rng = np.random.RandomState(seed)
+    centres = rng.uniform(0, 200, (12, 2))
+    xy = centres[rng.randint(12, size=n)] + rng.normal(0, 6, (n, 2))
+    boxes = np.hstack((xy, xy + rng.uniform(20, 60, (n, 2)))).astype(np.float32)
+    boxes = np.tile(boxes, (1, C)) + rng.uniform(-3, 3, (n, 4 * C)).astype(np.float32)
+    scores = rng.dirichlet(np.ones(C) * 0.5, n).astype(np.float32)
+    return scores, boxes
+
+
+def _refined_on_device(scores, boxes, device):
+    from pydetectron.modeling import postprocess
+    soft = dict(sigma=cfg.TEST.SOFT_NMS.SIGMA, method=cfg.TEST.SOFT_NMS.METHOD) \
+        if cfg.TEST.SOFT_NMS.ENABLED else None
+    vote = dict(thresh=cfg.TEST.BBOX_VOTE.VOTE_TH,
+                scoring_method=cfg.TEST.BBOX_VOTE.SCORING_METHOD) \
+        if cfg.TEST.BBOX_VOTE.ENABLED else None
+    d = postprocess.box_results_soft_nms_vote(
+        torch.from_numpy(scores).to(device), torch.from_numpy(boxes).to(device),
+        score_thresh=cfg.TEST.SCORE_THRESH, nms_thresh=cfg.TEST.NMS,
+        detections_per_im=cfg.TEST.DETECTIONS_PER_IM, soft_nms=soft, bbox_vote=vote)
+    return test_mod._host_box_results(d)
+
+
+REFINED = [(soft, vote) for soft in (None, 'linear', 'gaussian', 'hard')
+           for vote in (None, 'ID', 'AVG', 'IOU_AVG', 'TEMP_AVG', 'GENERALIZED_AVG', 'QUASI_SUM')
+           if soft or vote]
+
+
+def _check_refined(soft, vote, device, seed):
+    C = 5
+    scores, boxes = _refined_case(seed, C=C)
+    cfg.MODEL.NUM_CLASSES = C
+    cfg.TEST.DETECTIONS_PER_IM = 60
+    cfg.TEST.SOFT_NMS.ENABLED = soft is not None
+    cfg.TEST.SOFT_NMS.METHOD = soft or 'linear'
+    cfg.TEST.BBOX_VOTE.ENABLED = vote is not None
+    cfg.TEST.BBOX_VOTE.SCORING_METHOD = vote or 'ID'
+    ref = test_mod.box_results_with_nms_and_limit(scores, boxes)
+    dev = _refined_on_device(scores, boxes, device)
+    assert sum(len(ref[2][j]) for j in range(1, C)) > 20
+    for j in range(1, C):
+        # each class's rows in Detectron's order (Soft-NMS's selection order, else RoI order)
+        assert dev[2][j].shape == ref[2][j].shape, (j, dev[2][j].shape, ref[2][j].shape)
+        np.testing.assert_allclose(dev[2][j], ref[2][j], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dev[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('soft, vote', REFINED)
+def test_soft_nms_and_box_voting_on_tensors_match_detectrons_numpy(soft, vote):
+    """postprocess.box_results_soft_nms_vote (what a CUDA model runs), here on CPU tensors,
+    against Detectron's numpy path, for every Soft-NMS method and voting scoring method."""
+    _check_refined(soft, vote, 'cpu', seed=7)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('soft, vote', REFINED)
+def test_soft_nms_and_box_voting_on_the_gpu_match_detectrons_numpy(soft, vote):
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _check_refined(soft, vote, 'cuda', seed=7)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_a_cuda_models_soft_nms_takes_the_device_path(monkeypatch):
+    """box_results_for_images sends CUDA tensors to the device code and CPU ones to numpy (the
+    device tensors faked: a CPU tensor that says it is on CUDA)."""
+    from pydetectron.modeling import postprocess
+    scores, boxes = _refined_case(1)
+    cfg.MODEL.NUM_CLASSES = 5
+    cfg.TEST.SOFT_NMS.ENABLED = True
+    calls = []
+    real = postprocess.box_results_soft_nms_vote
+    monkeypatch.setattr(postprocess, 'box_results_soft_nms_vote',
+                        lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+
+    class Cuda(torch.Tensor):
+        @property
+        def is_cuda(self):
+            return True
+
+    s, b = torch.from_numpy(scores), torch.from_numpy(boxes)
+    host = test_mod.box_results_for_images([s], [b])[0]
+    assert calls == []
+    dev = test_mod.box_results_for_images([s.as_subclass(Cuda)], [b.as_subclass(Cuda)])[0]
+    assert len(calls) == 1 and calls[0]['soft_nms'] == {'sigma': 0.5, 'method': 'linear'}
+    assert calls[0]['bbox_vote'] is None
+    np.testing.assert_allclose(dev[1], host[1], rtol=1e-5, atol=1e-4)
+
+
 def _prepared_blob_arrays(ims, scale, max_size):
     blob = test_mod.prepare_image_blob(ims, scale, max_size)
     assert (blob.scale, blob.max_size) == (scale, max_size)

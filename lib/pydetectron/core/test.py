@@ -13,9 +13,11 @@ box decoding with ``MODEL.BBOX_REG_WEIGHTS`` in the original image, class-wise N
 ``TEST.SCORE_THRESH`` and ``TEST.DETECTIONS_PER_IM``, soft-NMS, box voting, test-time
 augmentation of boxes, masks and keypoints with Detectron's merge heuristics (``core/test_aug.py``),
 mask pasting (``segm_results``) and keypoint decoding (``keypoint_results``). The network runs on
-the model's device; the plain box path stays there (the model's ``postprocess`` helpers), and so
-do the masks of a CUDA model (pasted and RLE-encoded by ``core/mask_results.py``); numpy takes
-over where Detectron's heuristics are defined on arrays (soft-NMS, voting, keypoints).
+the model's device; the box post-processing stays there (the model's ``postprocess`` helpers:
+plain NMS batched over images; soft-NMS and box voting class by class on a CUDA model), and so do
+a CUDA model's masks (pasted and RLE-encoded by ``core/mask_results.py``) and keypoints (decoded
+by ``core/keypoint_results.py``). A CPU model runs Detectron's numpy and OpenCV code for soft-NMS,
+voting, masks and keypoints (faster there than the batched tensor code).
 
 Shapes: N images in a batch; R RoIs over the batch, R_i of image i; C = MODEL.NUM_CLASSES;
 M = MRCNN.RESOLUTION; K keypoints of Hk x Wk heatmaps.
@@ -324,36 +326,51 @@ def im_proposals(model, ims, blob=None):
 def box_results_for_images(scores_list, boxes_list):
     """Per image: (scores (n,), boxes (n, 4), cls_boxes) after thresholding, NMS and the limit.
 
-    Plain NMS runs batched on the model's device; soft-NMS and box voting, defined on arrays by
-    Detectron, run in numpy image by image.
+    On the model's device: plain NMS batched over the images; soft-NMS and box voting (CUDA
+    models) class by class (``postprocess.box_results_soft_nms_vote``). A CPU model's soft-NMS and
+    box voting run Detectron's numpy code (``box_results_with_nms_and_limit``).
     """
     if cfg.TEST.SOFT_NMS.ENABLED or cfg.TEST.BBOX_VOTE.ENABLED:
-        return [box_results_with_nms_and_limit(s.cpu().numpy(), b.cpu().numpy())
-                for s, b in zip(scores_list, boxes_list)]
-    return _box_results_on_device(scores_list, boxes_list)
+        if not scores_list or not scores_list[0].is_cuda:
+            return [box_results_with_nms_and_limit(s.cpu().numpy(), b.cpu().numpy())
+                    for s, b in zip(scores_list, boxes_list)]
+        soft = dict(sigma=cfg.TEST.SOFT_NMS.SIGMA, method=cfg.TEST.SOFT_NMS.METHOD) \
+            if cfg.TEST.SOFT_NMS.ENABLED else None
+        # Detectron calls box_voting without beta (so 1.0): SCORING_METHOD_BETA has no effect
+        vote = dict(thresh=cfg.TEST.BBOX_VOTE.VOTE_TH,
+                    scoring_method=cfg.TEST.BBOX_VOTE.SCORING_METHOD, beta=1.0) \
+            if cfg.TEST.BBOX_VOTE.ENABLED else None
+        dets = [postprocess.box_results_soft_nms_vote(
+            s, b, score_thresh=cfg.TEST.SCORE_THRESH, nms_thresh=cfg.TEST.NMS,
+            detections_per_im=cfg.TEST.DETECTIONS_PER_IM, soft_nms=soft, bbox_vote=vote)
+            for s, b in zip(scores_list, boxes_list)]
+    else:
+        dets = _plain_box_results(scores_list, boxes_list)
+    return [_host_box_results(d) for d in dets]
 
 
-def _box_results_on_device(scores_list, boxes_list):
+def _plain_box_results(scores_list, boxes_list):
     """The plain path, all images in one call of the model's batched ``postprocess``; the same
     detections as ``box_results_with_nms_and_limit``, class by class, each class in RoI order."""
-    num_classes = cfg.MODEL.NUM_CLASSES
     im_inds = torch.cat([torch.full((s.shape[0],), i, dtype=torch.int64, device=s.device)
                          for i, s in enumerate(scores_list)])
-    dets = postprocess.box_results_with_nms_and_limit(
+    return postprocess.box_results_with_nms_and_limit(
         torch.cat(scores_list), torch.cat(boxes_list), im_inds, len(scores_list),
         score_thresh=cfg.TEST.SCORE_THRESH, nms_thresh=cfg.TEST.NMS,
         detections_per_im=cfg.TEST.DETECTIONS_PER_IM)
-    results = []
-    for d in dets:
-        boxes = d['boxes'].cpu().numpy().astype(np.float32, copy=False)
-        scores = d['scores'].cpu().numpy().astype(np.float32, copy=False)
-        classes = d['classes'].cpu().numpy()
-        cls_boxes = [[] for _ in range(num_classes)]
-        for j in range(1, num_classes):
-            sel = classes == j
-            cls_boxes[j] = np.hstack((boxes[sel], scores[sel, None])).astype(np.float32)
-        results.append((scores, boxes, cls_boxes))
-    return results
+
+
+def _host_box_results(d):
+    """A device result dict -> (scores (n,), boxes (n, 4), cls_boxes) numpy, Detectron's layout."""
+    num_classes = cfg.MODEL.NUM_CLASSES
+    boxes = d['boxes'].cpu().numpy().astype(np.float32, copy=False)
+    scores = d['scores'].cpu().numpy().astype(np.float32, copy=False)
+    classes = d['classes'].cpu().numpy()
+    cls_boxes = [[] for _ in range(num_classes)]
+    for j in range(1, num_classes):
+        sel = classes == j
+        cls_boxes[j] = np.hstack((boxes[sel], scores[sel, None])).astype(np.float32)
+    return scores, boxes, cls_boxes
 
 
 def box_results_with_nms_and_limit(scores, boxes):

@@ -12,7 +12,11 @@ Shapes: R RoIs of N images, C = NUM_CLASSES (class 0 is background), D detection
    class, each class's survivors in RoI order: Detectron's ``cython_nms.nms`` returns the kept
    indices in input order (``np.where(suppressed == 0)``) and the limit filters with ``np.where``,
    so ``cls_boxes[j]`` rows follow the rows of ``rois``, not the scores.
-Soft-NMS and box voting stay with ``core.test`` (they are rarely used and not batched here).
+3. ``box_results_soft_nms_vote``: the same for one image with TEST.SOFT_NMS and / or
+   TEST.BBOX_VOTE, class by class on the device: Detectron's Soft-NMS (``ops.soft_nms``, rows in
+   its selection order) or NMS (rows in RoI order), then each survivor replaced by the
+   score-weighted mean of its class's thresholded boxes overlapping it with IoU >= VOTE_TH, its
+   score by SCORING_METHOD (``utils.boxes.box_voting``), then the per-image limit.
 """
 from collections import namedtuple
 
@@ -21,7 +25,8 @@ import torch
 from pydetectron.modeling.generate_proposals import group_by_image, rank_within_image
 from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
 
-__all__ = ["PostprocessParams", "decode_boxes", "box_results_with_nms_and_limit", "detect"]
+__all__ = ["PostprocessParams", "decode_boxes", "box_results_with_nms_and_limit",
+           "box_results_soft_nms_vote", "detect"]
 
 
 class PostprocessParams(namedtuple("PostprocessParams", [
@@ -117,6 +122,87 @@ def box_results_with_nms_and_limit(scores, boxes, im_inds, num_images, score_thr
                         cls[order].split(counts)):
         results.append({"boxes": b, "scores": sc, "classes": k})
     return results
+
+
+def box_results_soft_nms_vote(scores, boxes, score_thresh=0.05, nms_thresh=0.5,
+                              detections_per_im=100, soft_nms=None, bbox_vote=None):
+    """One image's (R, C) scores and (R, 4C) boxes -> {'boxes', 'scores', 'classes'} on their
+    device, as ``core.test.box_results_with_nms_and_limit`` computes them in numpy.
+
+    ``soft_nms``: None (plain NMS) or a dict of ``sigma`` and ``method`` (Detectron calls it with
+    TEST.NMS as the overlap threshold and a score threshold of 0.0001); ``bbox_vote``: None or a
+    dict of ``thresh``, ``scoring_method`` and ``beta`` (Detectron passes none: 1.0).
+    """
+    from pydetectron import ops
+    scores, boxes = scores.float(), boxes.float()
+    r, c = scores.shape
+    cand = torch.nonzero(scores[:, 1:] > score_thresh)          # (roi, class - 1), host sync
+    cls = cand[:, 1] + 1
+    order = torch.argsort(cls, stable=True)                      # by class, RoI order within
+    roi_i, cls = cand[order, 0], cls[order]
+    cand_scores, cand_boxes = scores[roi_i, cls], boxes.view(r, c, 4)[roi_i, cls]
+    counts = torch.bincount(cls, minlength=c).tolist()           # host sync
+    kept_boxes, kept_scores, kept_classes = [], [], []
+    start = 0
+    for j in range(1, c):
+        b, s = cand_boxes[start:start + counts[j]], cand_scores[start:start + counts[j]]
+        start += counts[j]
+        if counts[j] == 0:
+            continue
+        if soft_nms is not None:
+            kb, ks, _ = ops.soft_nms(b, s, sigma=soft_nms["sigma"], overlap_thresh=nms_thresh,
+                                     score_thresh=0.0001, method=soft_nms["method"])
+        else:
+            keep = torch.sort(ops.nms(b, s, nms_thresh))[0]       # RoI order, as Detectron's
+            kb, ks = b[keep], s[keep]
+        if bbox_vote is not None and kb.shape[0] > 0:
+            kb, ks = _box_voting(kb, ks, b, s, bbox_vote["thresh"], bbox_vote["scoring_method"],
+                                 bbox_vote.get("beta", 1.0))
+        kept_boxes.append(kb)
+        kept_scores.append(ks)
+        kept_classes.append(torch.full((kb.shape[0],), j, dtype=torch.int64, device=kb.device))
+    if not kept_boxes:
+        return {"boxes": boxes.new_zeros((0, 4)), "scores": scores.new_zeros((0,)),
+                "classes": torch.zeros((0,), dtype=torch.int64, device=scores.device)}
+    out_b, out_s, out_c = torch.cat(kept_boxes), torch.cat(kept_scores), torch.cat(kept_classes)
+    if 0 < detections_per_im < out_s.shape[0]:
+        # every detection scoring >= the detections_per_im-th best (ties kept), order kept
+        thresh = torch.sort(out_s, descending=True)[0][detections_per_im - 1]
+        sel = out_s >= thresh
+        out_b, out_s, out_c = out_b[sel], out_s[sel], out_c[sel]
+    return {"boxes": out_b, "scores": out_s, "classes": out_c}
+
+
+def _box_voting(top_boxes, top_scores, all_boxes, all_scores, thresh, scoring_method, beta):
+    """``utils.boxes.box_voting`` on tensors: (K, 4) survivors refined by the (N, 4) thresholded
+    boxes of their class -> (K, 4) boxes, (K,) scores."""
+    from pydetectron.ops import box_iou
+    iou = box_iou(top_boxes, all_boxes)                          # (K, N)
+    voter = (iou >= thresh).to(all_scores.dtype)
+    w = voter * all_scores[None, :]
+    new_boxes = (w @ all_boxes) / w.sum(dim=1, keepdim=True)
+    n = voter.sum(dim=1)
+    if scoring_method == "ID":
+        new_scores = top_scores
+    elif scoring_method == "AVG":
+        new_scores = w.sum(dim=1) / n
+    elif scoring_method == "IOU_AVG":
+        wi = voter * iou
+        new_scores = (wi * all_scores[None, :]).sum(dim=1) / wi.sum(dim=1)
+    elif scoring_method == "TEMP_AVG":
+        p = torch.stack((all_scores, 1.0 - all_scores))            # (2, N)
+        x = torch.log(p / p.max(dim=0).values)
+        x_exp = torch.exp(x / beta)
+        soft = (x_exp / x_exp.sum(dim=0))[0]                       # (N,)
+        new_scores = (voter * soft[None, :]).sum(dim=1) / n
+    elif scoring_method == "GENERALIZED_AVG":
+        new_scores = ((voter * all_scores[None, :] ** beta).sum(dim=1) / n) ** (1.0 / beta)
+    elif scoring_method == "QUASI_SUM":
+        new_scores = w.sum(dim=1) / n ** beta
+    else:
+        raise ValueError("box voting: unknown scoring_method %r (expected one of ID, TEMP_AVG, "
+                         "AVG, IOU_AVG, GENERALIZED_AVG, QUASI_SUM)" % (scoring_method,))
+    return new_boxes, new_scores
 
 
 def _rois_for_detections(results, im_info):
