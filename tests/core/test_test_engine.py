@@ -271,7 +271,7 @@ def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_pat
             total += len(a)
         for a, b in zip(two[1][j], one[1][j]):
             assert a == b
-    assert total == 6 * 100
+    assert total >= 6 * 100      # DETECTIONS_PER_IM each, ties at the 100th score kept
 
 
 def test_rpn_proposals_read_ahead_keep_ids_aligned_past_an_unreadable_image(rect_setup):
