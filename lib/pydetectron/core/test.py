@@ -163,12 +163,8 @@ def get_image_blob(ims, target_scale, target_max_size):
     change how proposals are clipped; nor does ``SHAPE_BUCKETS``, which pads ``data`` (the
     batch's largest size, padded to the stride) further up to a bucket size.
     """
-    stride = blob_utils.coarsest_stride(cfg)
-    processed, im_scales, im_info = _scaled_images(ims, target_scale, target_max_size, stride)
-    # SHAPE_BUCKETS pads the blob further (CUDA graphs); im_info keeps the size above
-    data = blob_utils.im_list_to_blob(processed, stride=stride,
-                                      buckets=blob_utils.cfg_shape_buckets(training=False))
-    return data, np.array(im_info, dtype=np.float32), im_scales
+    blob = prepare_image_blob(ims, target_scale, target_max_size)
+    return blob.data.numpy(), blob.im_info.numpy(), blob.im_scales
 
 
 class ImageBlob(object):
@@ -186,30 +182,25 @@ class ImageBlob(object):
 def prepare_image_blob(ims, target_scale=None, target_max_size=None, pin_memory=False):
     """The network input of BGR images at one scale (``TEST.SCALE`` / ``TEST.MAX_SIZE`` by
     default), made on the host before the forward pass that takes it (``im_detect_all_batch``'s
-    ``blob``): the same arrays as ``get_image_blob``, ``data`` written straight into page-locked
-    memory with ``pin_memory`` (CUDA models)."""
+    ``blob``; ``get_image_blob`` gives the same as arrays), ``data`` written straight into
+    page-locked memory with ``pin_memory`` (CUDA models)."""
     scale = cfg.TEST.SCALE if target_scale is None else target_scale
     max_size = cfg.TEST.MAX_SIZE if target_max_size is None else target_max_size
     stride = blob_utils.coarsest_stride(cfg)
-    processed, im_scales, im_info = _scaled_images(ims, scale, max_size, stride)
-    buckets = blob_utils.cfg_shape_buckets(training=False)
-    shape = blob_utils.blob_shape(processed, stride, buckets)
-    data = torch.empty(shape, dtype=torch.float32, pin_memory=bool(pin_memory))
-    blob_utils.im_list_to_blob(processed, stride=stride, out=data.numpy(), buckets=buckets)
-    return ImageBlob(data, torch.from_numpy(np.array(im_info, dtype=np.float32)), im_scales,
-                     scale, max_size)
-
-
-def _scaled_images(ims, target_scale, target_max_size, stride):
     processed, im_scales, im_info = [], [], []
     for im in ims:
-        im_p, im_scale = blob_utils.prep_im_for_blob(im, cfg.PIXEL_MEANS, target_scale,
-                                                     target_max_size)
+        im_p, im_scale = blob_utils.prep_im_for_blob(im, cfg.PIXEL_MEANS, scale, max_size)
         processed.append(im_p)
         im_scales.append(im_scale)
         h, w = blob_utils.padded_size(im_p.shape[0], im_p.shape[1], stride)
         im_info.append((h, w, im_scale))
-    return processed, im_scales, im_info
+    # SHAPE_BUCKETS pads the blob further (CUDA graphs); im_info keeps the size above
+    buckets = blob_utils.cfg_shape_buckets(training=False)
+    data = torch.empty(blob_utils.blob_shape(processed, stride, buckets), dtype=torch.float32,
+                       pin_memory=bool(pin_memory))
+    blob_utils.im_list_to_blob(processed, stride=stride, out=data.numpy(), buckets=buckets)
+    return ImageBlob(data, torch.from_numpy(np.array(im_info, dtype=np.float32)), im_scales,
+                     scale, max_size)
 
 
 def _rois_blob(boxes_list, im_scales, device):
