@@ -23,7 +23,7 @@ from collections import namedtuple
 import torch
 
 from pydetectron.modeling.generate_proposals import group_by_image, rank_within_image
-from pydetectron.utils.boxes import BBOX_XFORM_CLIP, bbox_transform
+from pydetectron.utils.boxes import BBOX_XFORM_CLIP, BOX_VOTING_METHODS, bbox_transform
 
 __all__ = ["PostprocessParams", "decode_boxes", "box_results_with_nms_and_limit",
            "box_results_soft_nms_vote", "detect"]
@@ -89,12 +89,9 @@ def box_results_with_nms_and_limit(scores, boxes, im_inds, num_images, score_thr
     """
     from pydetectron.ops import batched_nms_mask
     scores, boxes = scores.float(), boxes.float()
-    r, c = scores.shape
+    c = scores.shape[1]
     im_inds = im_inds.to(torch.int64)
-    cand = torch.nonzero(scores[:, 1:] > score_thresh)  # (M, 2): roi, class - 1 (host sync 1)
-    roi_i, cls = cand[:, 0], cand[:, 1] + 1
-    cand_scores = scores[roi_i, cls]
-    cand_boxes = boxes.view(r, c, 4)[roi_i, cls]
+    roi_i, cls, cand_scores, cand_boxes = _candidates(scores, boxes, score_thresh)  # host sync 1
     cand_img = im_inds[roi_i]
     # Keep flags from here on (fixed sizes, no host sync) until the final selection.
     keep = batched_nms_mask(cand_boxes, cand_scores, cand_img * c + cls, nms_thresh)
@@ -124,6 +121,16 @@ def box_results_with_nms_and_limit(scores, boxes, im_inds, num_images, score_thr
     return results
 
 
+def _candidates(scores, boxes, score_thresh):
+    """The (RoI, class >= 1) pairs of (R, C) ``scores`` above ``score_thresh``, in (RoI, class)
+    order (nonzero: one host sync) -> their RoI indices, classes, scores and (M, 4) class boxes
+    taken from the (R, 4C) ``boxes``."""
+    r, c = scores.shape
+    cand = torch.nonzero(scores[:, 1:] > score_thresh)
+    roi_i, cls = cand[:, 0], cand[:, 1] + 1
+    return roi_i, cls, scores[roi_i, cls], boxes.view(r, c, 4)[roi_i, cls]
+
+
 def box_results_soft_nms_vote(scores, boxes, score_thresh=0.05, nms_thresh=0.5,
                               detections_per_im=100, soft_nms=None, bbox_vote=None):
     """One image's (R, C) scores and (R, 4C) boxes -> {'boxes', 'scores', 'classes'} on their
@@ -135,12 +142,10 @@ def box_results_soft_nms_vote(scores, boxes, score_thresh=0.05, nms_thresh=0.5,
     """
     from pydetectron import ops
     scores, boxes = scores.float(), boxes.float()
-    r, c = scores.shape
-    cand = torch.nonzero(scores[:, 1:] > score_thresh)          # (roi, class - 1), host sync
-    cls = cand[:, 1] + 1
+    c = scores.shape[1]
+    _, cls, cand_scores, cand_boxes = _candidates(scores, boxes, score_thresh)  # host sync
     order = torch.argsort(cls, stable=True)                      # by class, RoI order within
-    roi_i, cls = cand[order, 0], cls[order]
-    cand_scores, cand_boxes = scores[roi_i, cls], boxes.view(r, c, 4)[roi_i, cls]
+    cls, cand_scores, cand_boxes = cls[order], cand_scores[order], cand_boxes[order]
     counts = torch.bincount(cls, minlength=c).tolist()           # host sync
     kept_boxes, kept_scores, kept_classes = [], [], []
     start = 0
@@ -200,8 +205,8 @@ def _box_voting(top_boxes, top_scores, all_boxes, all_scores, thresh, scoring_me
     elif scoring_method == "QUASI_SUM":
         new_scores = w.sum(dim=1) / n ** beta
     else:
-        raise ValueError("box voting: unknown scoring_method %r (expected one of ID, TEMP_AVG, "
-                         "AVG, IOU_AVG, GENERALIZED_AVG, QUASI_SUM)" % (scoring_method,))
+        raise ValueError("box voting: unknown scoring_method %r (expected one of %s)"
+                         % (scoring_method, ", ".join(BOX_VOTING_METHODS)))
     return new_boxes, new_scores
 
 

@@ -270,6 +270,10 @@ def aspect_ratio(boxes, aspect_ratio):
     return out
 
 
+# Detectron's TEST.BBOX_VOTE.SCORING_METHOD values
+BOX_VOTING_METHODS = ('ID', 'TEMP_AVG', 'AVG', 'IOU_AVG', 'GENERALIZED_AVG', 'QUASI_SUM')
+
+
 def box_voting(top_dets, all_dets, thresh, scoring_method='ID', beta=1.0):
     """Refine (N, 5) ``top_dets`` (x1, y1, x2, y2, score; e.g. NMS survivors) by voting with
     (M, 5) ``all_dets`` (https://arxiv.org/abs/1505.01749) -> a new (N, 5) array.
@@ -283,10 +287,9 @@ def box_voting(top_dets, all_dets, thresh, scoring_method='ID', beta=1.0):
       'QUASI_SUM' sum(ws) / len(ws) ** beta.
     numpy only.
     """
-    methods = ('ID', 'TEMP_AVG', 'AVG', 'IOU_AVG', 'GENERALIZED_AVG', 'QUASI_SUM')
-    if scoring_method not in methods:
+    if scoring_method not in BOX_VOTING_METHODS:
         raise ValueError("box_voting: unknown scoring_method %r (expected one of %s)"
-                         % (scoring_method, ", ".join(methods)))
+                         % (scoring_method, ", ".join(BOX_VOTING_METHODS)))
     top_dets_out = np.array(top_dets, copy=True)
     all_boxes = np.asarray(all_dets)[:, :4]
     all_scores = np.asarray(all_dets)[:, 4]
