@@ -28,13 +28,6 @@ SMALL = ['--device', 'cpu', '--image_size', '64x96', '--objects', '2', '--no-pee
          'TEST.RPN_POST_NMS_TOP_N', '20', 'TEST.DETECTIONS_PER_IM', '5']
 
 
-@pytest.fixture
-def registry_env(monkeypatch):
-    # the catalog mirrors coco_json: registrations into this variable; restore it afterwards
-    monkeypatch.setenv('PYDETECTRON_REGISTERED_DATASETS',
-                       os.environ.get('PYDETECTRON_REGISTERED_DATASETS', '{}'))
-
-
 def _args(*extra):
     args = options.parse_args(SMALL + list(extra))
     args.device = torch.device('cpu')

@@ -11,13 +11,6 @@ sys.path.insert(0, os.path.join(ROOT, 'dev'))
 import compare_device_host  # noqa: E402
 
 
-@pytest.fixture
-def registry_env(monkeypatch):
-    # the catalog mirrors coco_json: registrations into this variable; restore it afterwards
-    monkeypatch.setenv('PYDETECTRON_REGISTERED_DATASETS',
-                       os.environ.get('PYDETECTRON_REGISTERED_DATASETS', '{}'))
-
-
 @pytest.mark.slow
 def test_device_code_gives_detectrons_detections_on_a_photo(coco_mini, registry_env, tmp_path):
     from pydetectron.core.config import reset_cfg

@@ -11,13 +11,6 @@ sys.path.insert(0, os.path.join(ROOT, 'dev'))
 import count_ops  # noqa: E402
 
 
-@pytest.fixture
-def registry_env(monkeypatch):
-    # the catalog mirrors coco_json: registrations into this variable; restore it afterwards
-    monkeypatch.setenv('PYDETECTRON_REGISTERED_DATASETS',
-                       os.environ.get('PYDETECTRON_REGISTERED_DATASETS', '{}'))
-
-
 @pytest.mark.slow
 def test_count_ops_attributes_a_steps_operators_to_source_files(registry_env, capsys):
     count_ops.main(['--image_size', '64x96', '--lines', '3'])
