@@ -276,7 +276,7 @@ def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_pat
 
 def test_rpn_proposals_read_ahead_keep_ids_aligned_past_an_unreadable_image(rect_setup):
     """generate_rpn_on_range reads (and resizes) ahead like test_net: with two images a batch and
-    the third image's file corrupt, every image keeps its id, the corrupt one gets no proposals
+    the third image's file truncated, every image keeps its id, the truncated one gets no proposals
     and the others get what one image at a time gives."""
     dataset_name, args = rect_setup
     cfg.MODEL.RPN_ONLY = True
