@@ -230,6 +230,43 @@ def test_two_batches_in_flight_give_the_same_detections_in_order(rect_setup, mon
                     assert a == b
 
 
+def test_detection_threads_are_kept_across_test_net_calls(rect_setup, monkeypatch):
+    """The threads that detect batches outlive a test_net call (cuDNN keeps its execution plans
+    per thread): a second call runs on the threads of the first, and a failing batch leaves none
+    of its batches running."""
+    import threading
+    dataset_name, args = rect_setup
+    model = _model()
+    real = test_engine.im_detect_all_batch
+    threads = []
+
+    def spy(*a, **kw):
+        threads.append(threading.get_ident())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(test_engine, 'im_detect_all_batch', spy)
+    monkeypatch.setattr(test_engine, '_pipelines', lambda model: 2)
+    test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
+    first, calls = set(threads), len(threads)
+    assert threading.get_ident() not in first and 1 <= len(first) <= 2
+    del threads[:]
+    test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
+    assert set(threads) <= first and len(threads) == calls
+
+    def fails_on_the_second(*a, **kw):
+        threads.append(threading.get_ident())
+        if len(threads) == 2:
+            raise RuntimeError('a bug in a batch')
+        return real(*a, **kw)
+
+    del threads[:]
+    monkeypatch.setattr(test_engine, 'im_detect_all_batch', fails_on_the_second)
+    with pytest.raises(RuntimeError, match='a bug in a batch'):
+        test_engine.test_net(args, dataset_name, None, args.output_dir, model=model)
+    pool = test_engine._detection_pool(test_engine.model_device(model), 2)
+    assert pool.submit(lambda: 1).result(timeout=5) == 1     # the pool still works
+
+
 @pytest.mark.cuda
 def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_path):
     """A CUDA Mask R-CNN (random weights) over real photos: test_net's two threads on one

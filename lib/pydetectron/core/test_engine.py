@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -164,18 +165,16 @@ def _detections(model, batches, keypoint_names, timers, pipelines=1):
         for first, inds, ims, proposals, blob in batches:
             yield (first, inds, ims), detect(ims, proposals, blob, timers)
         return
-    device = model_device(model)
-    init = (torch.cuda.set_device, (device,)) if device.type == 'cuda' else (None, ())
-    with concurrent.futures.ThreadPoolExecutor(pipelines, initializer=init[0],
-                                               initargs=init[1]) as pool:
-        pending = deque()
+    pool = _detection_pool(model_device(model), pipelines)
+    pending = deque()
 
-        def oldest():
-            key, own_timers, future = pending.popleft()
-            results = future.result()
-            _add_timers(timers, own_timers)
-            return key, results
+    def oldest():
+        key, own_timers, future = pending.popleft()
+        results = future.result()
+        _add_timers(timers, own_timers)
+        return key, results
 
+    try:
         for first, inds, ims, proposals, blob in batches:
             own_timers = defaultdict(Timer)
             pending.append(((first, inds, ims), own_timers,
@@ -184,6 +183,32 @@ def _detections(model, batches, keypoint_names, timers, pipelines=1):
                 yield oldest()
         while pending:
             yield oldest()
+    finally:
+        # (a batch that failed, or a caller that stopped early: the batches still in flight
+        # finish before test_net returns or raises, as they did on one thread)
+        for _, _, future in pending:
+            future.cancel()
+        concurrent.futures.wait([future for _, _, future in pending])
+
+
+_DETECTION_POOLS = {}
+_DETECTION_POOLS_LOCK = threading.Lock()
+
+
+def _detection_pool(device, threads):
+    """The threads that detect batches on ``device``, kept for the process: PyTorch keeps cuDNN's
+    execution plans per thread (one per convolution and input shape, built at its first use), so
+    threads made anew for each test_net call would build them again for every image size and
+    RoI count, every call."""
+    key = (str(device), threads)
+    with _DETECTION_POOLS_LOCK:
+        pool = _DETECTION_POOLS.get(key)
+        if pool is None:
+            init = (torch.cuda.set_device, (device,)) if device.type == 'cuda' else (None, ())
+            pool = concurrent.futures.ThreadPoolExecutor(
+                threads, thread_name_prefix='detect', initializer=init[0], initargs=init[1])
+            _DETECTION_POOLS[key] = pool
+        return pool
 
 
 def _add_timers(timers, more):
