@@ -254,3 +254,47 @@ def test_speed_options_reach_the_model(tmp_path, fresh_cfg, tiny_coco, monkeypat
     assert cfg.SHAPE_BUCKETS == 160     # a CUDA-graph mode pads the blobs to shape buckets
     assert train_net_step.parse_args(['--dataset', 'x', '--cfg', CFG, '--compile']).compile \
         == 'default'
+
+
+def _memory_format_chosen(tmp_path, dataset, monkeypatch, *flags, cuda=False):
+    from pydetectron.engine import speed_options
+    seen = []
+    monkeypatch.setattr(speed_options, 'apply_speed_options',
+                        lambda model, channels_last=False, compile_mode=None:
+                        seen.append(channels_last) or model)
+    args = ['--no_save'] + list(flags)
+    if cuda:
+        real_parse = train_net_step.parse_args
+        monkeypatch.setattr(train_net_step, 'parse_args', lambda argv: real_parse(
+            [a for a in argv if a != '--no_cuda']))
+    assert run_tool(tmp_path, dataset, *args, max_iter=1) == 0
+    return seen
+
+
+@pytest.mark.parametrize('flags, expected', [
+    ((), False), (('--amp',), False),                     # CPU: NCHW unless asked
+    (('--amp', '--channels_last'), True), (('--channels_last',), True),
+    (('--amp', '--no-channels_last'), False)])
+def test_memory_format_on_the_cpu(tmp_path, fresh_cfg, tiny_coco, monkeypatch, flags, expected):
+    assert _memory_format_chosen(tmp_path / 'm', tiny_coco, monkeypatch, *flags) == [expected]
+
+
+def test_memory_format_rule():
+    from pydetectron.engine.speed_options import training_channels_last as rule
+    assert rule(None, True, 'cuda') is True            # --amp on a GPU: NHWC by default
+    assert rule(None, True, torch.device('cuda', 1)) is True
+    assert rule(None, False, 'cuda') is False
+    assert rule(None, True, 'cpu') is False
+    assert rule(False, True, 'cuda') is False          # --no-channels_last wins
+    assert rule(True, False, 'cpu') is True
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('flags, expected', [
+    (('--amp',), True), ((), False), (('--amp', '--no-channels_last'), False)])
+def test_amp_on_the_gpu_trains_channels_last_by_default(tmp_path, fresh_cfg, tiny_coco,
+                                                        monkeypatch, flags, expected):
+    if not torch.cuda.is_available():
+        pytest.skip('needs CUDA')
+    assert _memory_format_chosen(tmp_path / 'g', tiny_coco, monkeypatch, *flags,
+                                 cuda=True) == [expected]

@@ -138,16 +138,13 @@ def _readable(read):
 
 
 def _pipelines(model):
-    """How many batches test_net keeps in flight: two for a CUDA model -- one thread launches a
-    batch's kernels while the other waits for the GPU's results or encodes masks on the host;
-    both use the same CUDA stream, so kernels run in the order they were launched and the GPU
-    is fed while either thread works -- one elsewhere, and one for a model with a compiled part
-    (``--compile``: compilation and CUDA-graph replays belong to one thread)."""
-    if model_device(model).type != 'cuda':
-        return 1
-    if any(getattr(m, '_compiled_call_impl', None) is not None for m in model.modules()):
-        return 1
-    return 2
+    """How many batches test_net keeps in flight: one, on every device. Two threads on one CUDA
+    stream (one launching a batch's kernels while the other waits for its results or encodes
+    masks) measured slower on an H100 -- 27.3 ms an image against 21.4 ms with one batch at a
+    time, coco_mini val2017 at 800 / 1333 (BENCHMARK.md, "test_net on real photos"): the two
+    threads' host work takes turns on the interpreter lock instead of overlapping. ``_detections``
+    keeps the threaded path, which ``dev/benchmark_test_net.py --pipelines N`` measures."""
+    return 1
 
 
 def _detections(model, batches, keypoint_names, timers, pipelines=1):

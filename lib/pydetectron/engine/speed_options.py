@@ -1,10 +1,13 @@
 """The tools' speed options: ``--channels_last`` and ``--compile [MODE]``.
 
 ``add_speed_arguments`` adds the flags to the test tools' parsers (test_net, infer_simple;
-train_net_step words their help for training); ``apply_speed_options`` applies them to a built
+train_net_step words their help for training, and its ``--channels_last`` is on by default with
+``--amp`` on a GPU: ``training_channels_last``); ``apply_speed_options`` applies them to a built
 model, for every tool and for the benchmarks in ``dev/`` alike, so that what is timed is what the
 tools run.
 """
+import argparse
+
 import torch
 
 from pydetectron.engine.compile_shapes import add_shape_buckets_argument, compile_options
@@ -14,8 +17,16 @@ def add_speed_arguments(parser, training=False):
     """The tools' ``--channels_last``, ``--compile [MODE]`` and ``--shape_buckets N`` (see
     apply_speed_options and engine.compile_shapes); ``training`` words the help for
     train_net_step."""
-    parser.add_argument('--channels_last', action='store_true',
-                        help='channels-last (NHWC) convolutions: faster on GPUs, in bf16 above all')
+    if training:
+        parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction,
+                            default=None,
+                            help='channels-last (NHWC) convolutions; default: on with --amp on a '
+                            'GPU (there, bf16 training steps in NCHW measured 1.6x slower than in '
+                            'NHWC), off otherwise')
+    else:
+        parser.add_argument('--channels_last', action='store_true',
+                            help='channels-last (NHWC) convolutions: faster on GPUs, in bf16 above '
+                            'all')
     parser.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
                         help='torch.compile the backbone + FPN in place (parameter names and '
                         'checkpoints are unchanged). MODE: default or max-autotune-no-cudagraphs '
@@ -25,6 +36,16 @@ def add_speed_arguments(parser, training=False):
                             'One GPU per process (torchrun for several)' if training else
                             'The first images pay the compilation'))
     add_shape_buckets_argument(parser)
+
+
+def training_channels_last(channels_last, amp, device):
+    """train_net_step's memory format: ``--channels_last`` / ``--no-channels_last`` as given;
+    unset (None), channels-last exactly when training in bf16 autocast (``--amp``) on a CUDA
+    device: there bf16 steps in NCHW were 1.6x slower than in NHWC, and slower than fp32, at 2
+    images a GPU on real photos (BENCHMARK.md, "--amp and the memory format")."""
+    if channels_last is not None:
+        return bool(channels_last)
+    return bool(amp) and torch.device(device).type == 'cuda'
 
 
 def apply_speed_options(model, channels_last=False, compile_mode=None):
