@@ -77,9 +77,10 @@ def _interp_matrix(starts, lengths, src_size, out_size, device):
 
 class _NoTF32(object):
     """TF32 matrix products off while any thread is inside (threads may post-process batches at
-    once: test_engine._detections with several pipelines, or a user's own threads): the first to enter saves the user's setting, the last to leave restores it. The
-    setting is global, so while a thread is inside, the other thread's float32 products also run
-    in full precision (the default setting, TF32 off, is never changed)."""
+    once: test_engine._detections with several pipelines, or a user's own threads): the first to
+    enter saves the user's setting, the last to leave restores it. The setting is global, so
+    while a thread is inside, the other threads' float32 products also run in full precision
+    (the default setting, TF32 off, is never changed)."""
     _lock = threading.Lock()
     _inside = 0
     _saved = None

@@ -21,8 +21,8 @@ def add_speed_arguments(parser, training=False):
         parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction,
                             default=None,
                             help='channels-last (NHWC) convolutions; default: on with --amp on a '
-                            'GPU (there, bf16 training steps in NCHW measured 1.6x slower than in '
-                            'NHWC), off otherwise')
+                            'GPU (bf16 steps there measured 1.6x slower in NCHW than in NHWC), '
+                            'off otherwise')
     else:
         parser.add_argument('--channels_last', action='store_true',
                             help='channels-last (NHWC) convolutions: faster on GPUs, in bf16 above '
@@ -41,7 +41,7 @@ def add_speed_arguments(parser, training=False):
 def training_channels_last(channels_last, amp, device):
     """train_net_step's memory format: ``--channels_last`` / ``--no-channels_last`` as given;
     unset (None), channels-last exactly when training in bf16 autocast (``--amp``) on a CUDA
-    device: there bf16 steps in NCHW were 1.6x slower than in NHWC, and slower than fp32, at 2
+    device: there bf16 steps were 1.6x slower in NCHW than in NHWC, and slower than fp32, at 2
     images a GPU on real photos (BENCHMARK.md, "--amp and the memory format")."""
     if channels_last is not None:
         return bool(channels_last)
