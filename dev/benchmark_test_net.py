@@ -52,6 +52,10 @@ def parse_args(argv=None):
     p.add_argument('--cudnn-benchmark', action='store_true',
                    help="cuDNN autotuning on (test_net leaves it off: one search per blob size)")
     p.add_argument('--channels_last', action='store_true', help="the tools' --channels_last")
+    p.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
+                   help="the tools' --compile [MODE] (ours; the first pass pays the compilation)")
+    p.add_argument('--shape_buckets', type=int, default=None, metavar='N',
+                   help="the tools' --shape_buckets N (ours; a CUDA-graph mode's default: 160)")
     p.add_argument('--pipelines', type=int, default=None,
                    help="batches test_net keeps in flight (default: test_net's choice)")
     return p.parse_args(argv)
@@ -95,14 +99,17 @@ class Ours:
             cfg.CUDA = self.device.type == 'cuda'
             assert_and_infer_cfg()
         else:
-            names = config_sequence.configure(yaml, [], overrides=keys, dataset=args.dataset,
-                                              split='test', cuda=self.device.type == 'cuda')
+            from pydetectron.engine.compile_shapes import set_shape_buckets
+            names = config_sequence.configure(
+                yaml, [], overrides=keys, dataset=args.dataset, split='test',
+                cuda=self.device.type == 'cuda',
+                after_merge=lambda c: set_shape_buckets(c, args))   # as test_net.py does
         self.dataset = names[0]
         torch.manual_seed(0)
         self.model = Generalized_RCNN().to(self.device).eval()
-        if args.channels_last:
+        if args.channels_last or args.compile:
             from pydetectron.engine.speed_options import apply_speed_options
-            apply_speed_options(self.model, channels_last=True)
+            apply_speed_options(self.model, args.channels_last, args.compile)
         self.out_dir = tempfile.mkdtemp(prefix='bench_test_net_')
         self.args = argparse.Namespace(quiet=True, vis=False, cuda=cfg.CUDA)
         self.max_images = args.max_images
