@@ -141,9 +141,10 @@ def _pipelines(model):
     """How many batches test_net keeps in flight: one, on every device. Two threads on one CUDA
     stream (one launching a batch's kernels while the other waits for its results or encodes
     masks) measured slower on an H100 -- 27.3 ms an image against 21.4 ms with one batch at a
-    time, coco_mini val2017 at 800 / 1333 (BENCHMARK.md, "test_net on real photos"): the two
-    threads' host work takes turns on the interpreter lock instead of overlapping. ``_detections``
-    keeps the threaded path, which ``dev/benchmark_test_net.py --pipelines N`` measures."""
+    time, coco_mini val2017 at 800 / 1333 (BENCHMARK.md, "test_net on real photos"); most likely
+    the two threads' host work takes turns on the interpreter lock instead of overlapping.
+    ``_detections`` keeps the threaded path, which ``dev/benchmark_test_net.py --pipelines N``
+    measures."""
     return 1
 
 

@@ -261,9 +261,10 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         raise CliError('--compile with %d GPUs in one process: the DataParallel copies the '
                          'model every step, compiled parts included; launch one process per GPU '
                          'with torchrun instead' % num_gpus)
-    channels_last = speed_options.training_channels_last(
-        getattr(args, 'channels_last', None), getattr(args, 'amp', False), device)
-    if channels_last and getattr(args, 'channels_last', None) is None:
+    asked = getattr(args, 'channels_last', None)
+    channels_last = speed_options.training_channels_last(asked, getattr(args, 'amp', False),
+                                                         device)
+    if channels_last and asked is None:
         logger.info('--amp on a GPU: channels-last convolutions (--no-channels_last to keep NCHW)')
     speed_options.apply_speed_options(model, channels_last, compile_mode)
     optimizer = build_optimizer(model, cfg.SOLVER)
