@@ -211,7 +211,12 @@ def main(argv=None):
     impls = {}
     names = args.impl.split(',')
     if 'ours' in names:
-        impls['ours'] = Ours(args)
+        from pydetectron.utils.errors import UserInputError
+        try:
+            impls['ours'] = Ours(args)
+        except UserInputError as e:     # a bad --shape_buckets, --compile, --dataset: one line
+            print('benchmark_test_net.py: error: %s' % e, file=sys.stderr)
+            raise SystemExit(2)
     paths = impls['ours'].images() if 'ours' in impls else None
     if 'torchvision' in names:
         tv = Torchvision(args)

@@ -66,3 +66,23 @@ def test_compile_mode_compiles_the_body_with_buckets(coco_mini, registry_env):
         assert plain.model.Conv_Body._compiled_call_impl is None
     finally:
         reset_cfg()
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--shape_buckets', '50'], '--shape_buckets 50: expected 0 (off) or a multiple of'),
+    (['--compile', 'bogus'], '--compile bogus: expected one of')])
+def test_a_bad_speed_flag_is_one_line_and_exit_2(coco_mini, registry_env, capsys, flags,
+                                                  message):
+    from pydetectron.core.config import reset_cfg
+    dataset = 'coco_json:%s:%s' % (
+        os.path.join(coco_mini, 'annotations', 'instances_val2017.json'),
+        os.path.join(coco_mini, 'images', 'val2017'))
+    try:
+        with pytest.raises(SystemExit) as e:
+            btn.main(['--device', 'cpu', '--impl', 'ours', '--max-images', '1',
+                      '--dataset', dataset] + flags)
+    finally:
+        reset_cfg()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('benchmark_test_net.py: error: ' + message) and '\n' not in err
