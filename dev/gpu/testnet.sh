@@ -6,7 +6,10 @@
 # separated by ';', e.g. "--cudnn-benchmark;--channels_last"); then, with PYSPY=1, one pass of
 # ours sampled by py-spy (the carried .whl/py-spy; collapsed stacks, idle time included, in
 # $OUT/testnet_pyspy.txt); then, with COMPARE=1, dev/compare_device_host.py on the first 20
-# photos (the device post-processing against Detectron's host path; $OUT/compare.json).
+# photos (the device post-processing against Detectron's host path; $OUT/compare.json); then,
+# for each entry of PROFILE (benchmark_test_net.py arguments, ';'-separated; "-" for none),
+# dev/profile_test_net.py: one pass under torch.profiler, its stages labelled
+# ($OUT/profile_<i>/summary.json, ops.txt, trace.json.gz).
 # Logs: $OUT/testnet*.log and .json. Environment: TESTNET_ROUNDS (3), TESTNET_TIMEOUT (s, 400),
 # TESTNET_ARGS (more arguments for every run).
 # CPU=1: 3 images at scale 200, one round; the torchvision half only with PYDETECTRON_TV_SHIM=1
@@ -65,5 +68,19 @@ if [ "${COMPARE:-0}" = 1 ]; then
     timeout "${TESTNET_TIMEOUT:-400}" "$PY" dev/compare_device_host.py --device $DEV \
         --max-images 20 $SMALL --json "$OUT/compare.json" > "$OUT/compare.log" 2>&1 || status=$?
     grep '"summary"' "$OUT/compare.log" || tail -n 20 "$OUT/compare.log"
+fi
+profile_one() {   # $1 index, $2 arguments
+    local args=$2 rc
+    [ "$args" = - ] && args=
+    echo "== testnet profile $1: $args"
+    # shellcheck disable=SC2086
+    timeout "${TESTNET_TIMEOUT:-400}" "$PY" dev/profile_test_net.py --out "$OUT/profile_$1" \
+        --device $DEV $SMALL $args > "$OUT/profile_$1.log" 2>&1
+    rc=$?
+    grep -A12 '"wall_ms_per_image"' "$OUT/profile_$1.log" || tail -n 30 "$OUT/profile_$1.log"
+    return $rc
+}
+if [ -n "${PROFILE:-}" ]; then
+    for_each_entry "$PROFILE" profile_one || status=$?
 fi
 exit $status

@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Where test_net's time goes on real photos: one pass of ``core.test_engine.test_net`` (what
+``tools/test_net.py`` runs, set up as ``dev/benchmark_test_net.py`` does it) under
+``torch.profiler``, after untimed passes, with its stages labelled.
+
+Stages (record_function ranges): the model's parts (``Conv_Body``, ``RPN``, ``Box_Head``,
+``Box_Outs``, ``Mask_Head``, ``Mask_Outs``), ``core.test``'s steps (``im_detect_bbox``,
+``box_results_for_images``, ``im_detect_mask``, ``_segms_of_image``) and ``core.mask_results``'
+(``paste_masks``, ``encode_masks``, ``_run_lengths``, pycocotools' ``frPyObjects``).
+
+Writes to DIR: ``summary.json`` (per image: the pass's wall time; the GPU's busy time, the union of
+its kernels and copies; the host's time blocked in synchronising calls; each stage's host and
+device time), ``ops.txt`` (the profiler's operator table by host time, and by device time) and
+``trace.json.gz`` (the Chrome trace).
+
+    python dev/profile_test_net.py --out prof --max-images 20
+"""
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark_test_net  # noqa: E402
+
+MODEL_PARTS = ('Conv_Body', 'RPN', 'Box_Head', 'Box_Outs', 'Mask_Head', 'Mask_Outs')
+TEST_STEPS = ('im_detect_bbox', 'box_results_for_images', 'im_detect_mask', '_segms_of_image')
+MASK_STEPS = ('paste_masks', 'encode_masks', '_run_lengths')
+# host calls that wait for the device
+SYNCS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize',
+         'cudaMemcpy', 'cudaMemcpyAsync')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--out', required=True, help='folder for summary.json, ops.txt, trace')
+    p.add_argument('--warmup', type=int, default=2, help='untimed passes before the profile')
+    p.add_argument('--no-trace', action='store_true', help='skip trace.json.gz')
+    args, rest = p.parse_known_args(argv)
+    return args, benchmark_test_net.parse_args(rest)
+
+
+def _wrap(module, name, record_function):
+    fn = getattr(module, name)
+
+    def wrapped(*a, **k):
+        with record_function('stage::' + name):
+            return fn(*a, **k)
+    setattr(module, name, wrapped)
+
+
+def label_stages(model):
+    """record_function ranges around the model's parts and the test path's steps."""
+    import pycocotools.mask as mask_util
+    from torch.profiler import record_function
+    from pydetectron.core import mask_results, test
+    for name in TEST_STEPS:
+        _wrap(test, name, record_function)
+    for name in MASK_STEPS:
+        _wrap(mask_results, name, record_function)
+    mask_results.mask_util = type('mask_util', (), {})()
+    frpy = mask_util.frPyObjects
+
+    def fr_py_objects(*a):
+        with record_function('stage::frPyObjects'):
+            return frpy(*a)
+    mask_results.mask_util.frPyObjects = fr_py_objects
+    for name in MODEL_PARTS:
+        part = getattr(model, name, None)
+        if part is None:
+            continue
+        ranges = []
+
+        def enter(mod, inputs, name=name, ranges=ranges):
+            r = record_function('stage::' + name)
+            r.__enter__()
+            ranges.append(r)
+
+        def leave(mod, inputs, output, ranges=ranges):
+            ranges.pop().__exit__(None, None, None)
+        part.register_forward_pre_hook(enter)
+        part.register_forward_hook(leave)
+
+
+def _union(intervals):
+    total, end = 0.0, None
+    for s, e in sorted(intervals):
+        if end is None or s > end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total
+
+
+def summarize(trace, images, wall_s):
+    """Per-image figures (ms) from a Chrome trace's events."""
+    events = [e for e in trace.get('traceEvents', []) if e.get('ph') == 'X']
+    gpu = [(e['ts'], e['ts'] + e['dur']) for e in events
+           if e.get('cat') in ('kernel', 'gpu_memcpy', 'gpu_memset')]
+    syncs, launches = {}, 0
+    for e in events:
+        if e.get('cat') == 'cuda_runtime':
+            if e['name'] in SYNCS:
+                s = syncs.setdefault(e['name'], [0, 0.0])
+                s[0] += 1
+                s[1] += e['dur']
+            elif 'Launch' in e['name']:
+                launches += 1
+    kernels = sum(1 for e in events if e.get('cat') == 'kernel')
+    per = 1000.0 / images   # us totals -> ms per image
+    return {
+        'images': images, 'wall_ms_per_image': 1000.0 * wall_s / images,
+        'gpu_busy_ms_per_image': _union(gpu) / 1000.0 / images,
+        'kernels_per_image': kernels / float(images),
+        'launches_per_image': launches / float(images),
+        'host_blocked_ms_per_image': sum(s[1] for s in syncs.values()) / 1000.0 / images,
+        'sync_calls_per_image': {k: round(v[0] / float(images), 1) for k, v in syncs.items()},
+        'sync_ms_per_image': {k: round(v[1] / 1000.0 / images, 3) for k, v in syncs.items()},
+        '_per': per,
+    }
+
+
+def stage_table(prof, images):
+    rows = {}
+    for a in prof.key_averages():
+        if a.key.startswith('stage::'):
+            dev = getattr(a, 'device_time_total', None)
+            if dev is None:
+                dev = getattr(a, 'cuda_time_total', 0.0)
+            rows[a.key[7:]] = {'calls_per_image': round(a.count / float(images), 2),
+                               'host_ms_per_image': round(a.cpu_time_total / 1000.0 / images, 3),
+                               'device_ms_per_image': round(dev / 1000.0 / images, 3)}
+    return rows
+
+
+def main(argv=None):
+    args, bargs = parse_args(argv)
+    sys.path.insert(0, os.path.join(benchmark_test_net.ROOT, 'lib'))
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    bargs.dataset = bargs.dataset or benchmark_test_net.default_dataset()
+    torch.backends.cudnn.benchmark = bool(bargs.cudnn_benchmark)
+    ours = benchmark_test_net.Ours(bargs)
+    device = torch.device(bargs.device)
+    label_stages(ours.model)
+    for _ in range(args.warmup):
+        n, _ = ours.run()
+    activities = [ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(ProfilerActivity.CUDA)
+    os.makedirs(args.out, exist_ok=True)
+    benchmark_test_net._sync(device)
+    with profile(activities=activities) as prof:
+        t = time.perf_counter()
+        n, per_image = ours.run()
+        benchmark_test_net._sync(device)
+        wall = time.perf_counter() - t
+    trace_path = os.path.join(args.out, 'trace.json')
+    prof.export_chrome_trace(trace_path)
+    with open(trace_path) as f:
+        trace = json.load(f)
+    summary = summarize(trace, n, wall)
+    summary.pop('_per')
+    summary['detections_per_image'] = per_image
+    summary['stages'] = stage_table(prof, n)
+    summary['device'] = (torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu')
+    summary['torch'] = torch.__version__
+    summary['argv'] = sys.argv[1:] if argv is None else list(argv)
+    with open(os.path.join(args.out, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    sort_dev = 'device_time_total' if device.type == 'cuda' else 'cpu_time_total'
+    with open(os.path.join(args.out, 'ops.txt'), 'w') as f:
+        f.write(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=60))
+        f.write('\n\n')
+        try:
+            f.write(prof.key_averages().table(sort_by=sort_dev, row_limit=40))
+        except (AttributeError, KeyError, ValueError):
+            f.write(prof.key_averages().table(sort_by='cuda_time_total', row_limit=40))
+    if args.no_trace:
+        os.remove(trace_path)
+    else:
+        with open(trace_path, 'rb') as src, gzip.open(trace_path + '.gz', 'wb') as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(trace_path)
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == '__main__':
+    main()
