@@ -26,7 +26,8 @@ CSRC = os.path.join("lib", "pydetectron", "ops", "csrc")
 # <op>_cpu.cpp files of a group of op folders: parsing the torch headers is ~3.5 s of each
 # unit's ~5 s, so one parse per group instead of one per file. Two groups (plus the binding
 # file) keep both cores of a small machine busy. The sources stay one file per op.
-CPU_GROUPS = (("nms", "soft_nms", "roi_pool", "box_iou"), ("roi_align", "polygon_mask"))
+CPU_GROUPS = (("nms", "soft_nms", "roi_pool", "box_iou", "paste_mask", "rle"),
+              ("roi_align", "polygon_mask"))
 
 
 def read_requirements(section):

@@ -66,8 +66,20 @@ def _case(seed, num_dets, im_h, im_w, num_classes=5):
     return cls_boxes, masks, ref
 
 
+@pytest.fixture(params=['op', 'products'])
+def pasting(request, monkeypatch):
+    """Both ways of pasting: the built op (ops.paste_masks_in_image) and the batched matrix
+    products that stand in for it without the extension."""
+    if request.param == 'op':
+        if not mask_results.paste_mask_op.has_kernel_for('cpu'):
+            pytest.skip('needs the built extension')
+    else:
+        monkeypatch.setattr(mask_results.paste_mask_op, 'has_kernel_for', lambda device: False)
+    return request.param
+
+
 @pytest.mark.parametrize('seed, im_h, im_w', [(0, 427, 640), (1, 640, 480), (2, 57, 33)])
-def test_segm_results_equal_detectrons_loop(seed, im_h, im_w):
+def test_segm_results_equal_detectrons_loop(seed, im_h, im_w, pasting):
     cls_boxes, masks, ref = _case(seed, 60, im_h, im_w)
     expected = _detectron_segms(cls_boxes, masks, im_h, im_w)
     got = mask_results.segm_results(cls_boxes, masks, ref, im_h, im_w, M, cls_specific=True)
@@ -90,6 +102,17 @@ def test_class_agnostic_masks_use_channel_zero():
     assert all(a['counts'] == b['counts'] for j in range(1, 5) for a, b in zip(got[j], expected[j]))
 
 
+def test_a_box_that_detectrons_slices_leave_empty_pastes_nothing(pasting):
+    # x1 < x0 after the expansion (a decoded box narrower than a pixel): w is taken as 1 for the
+    # resize, but Detectron's slice x0:x1 + 1 of the image is empty
+    boxes = np.array([[10, 5, 9, 20], [3, 8, 12, 7], [4, 4, 4, 4]], np.int64)
+    masks = torch.ones((3, M, M))
+    got = mask_results.paste_masks(masks, boxes, 30, 30)
+    assert got.shape == (3, 30, 30)
+    assert not got[0].any() and not got[1].any()
+    assert got[2].sum() == 1 and got[2, 4, 4]
+
+
 def test_threshold_is_strictly_greater():
     cls_boxes = [[], np.array([[0, 0, 27, 27, 1]], np.float32)]
     masks = np.full((1, 2, M, M), 0.5, np.float32)
@@ -100,8 +123,20 @@ def test_threshold_is_strictly_greater():
     assert mask_util.decode(got[1][0]).sum() > 0
 
 
+@pytest.fixture(params=['op', 'pycocotools'])
+def encoding(request, monkeypatch):
+    """Both ways of writing the strings: the built op (ops.rle_from_changes) and run lengths
+    handed to pycocotools, without the extension."""
+    if request.param == 'op':
+        if not mask_results.rle_op.has_kernel():
+            pytest.skip('needs the built extension')
+    else:
+        monkeypatch.setattr(mask_results.rle_op, 'has_kernel', lambda: False)
+    return request.param
+
+
 @pytest.mark.parametrize('h, w', [(1, 1), (5, 7), (64, 48)])
-def test_encode_masks_equals_pycocotools(h, w):
+def test_encode_masks_equals_pycocotools(h, w, encoding):
     rng = np.random.RandomState(h * w)
     binary = rng.rand(6, h, w) > 0.5
     binary[0] = False
@@ -115,7 +150,7 @@ def test_encode_masks_equals_pycocotools(h, w):
     assert mask_results.encode_masks(torch.zeros((0, h, w), dtype=torch.bool)) == []
 
 
-def test_encode_masks_equals_pycocotools_on_random_batches():
+def test_encode_masks_equals_pycocotools_on_random_batches(encoding):
     """Batches of 1 to 5 masks of 1 to 8 pixels a side, sparse to dense, all-zero and all-one:
     the runs of all the masks are cut apart in one pass, so each mask's neighbours matter."""
     rng = np.random.RandomState(0)

@@ -183,6 +183,32 @@ def test_cuda_batched_nms_mask_matches_cpu_without_host_sync(groups):
 
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("per_class,classes", [(1000, 80), (200, 7), (65, 3)])
+def test_cuda_class_wise_nms_of_detectron_s_test_path_matches_cpu(per_class, classes):
+    # Detectron's test path with TEST.SCORE_THRESH 0: every class holds every RoI (80 x 1000
+    # boxes in one call); class runs of 1000 span many 64-box blocks and start mid-block. Boxes
+    # cluster round a few centres so that suppression chains cross blocks; class ids are
+    # neither contiguous nor positive; scores tie.
+    g = torch.Generator().manual_seed(per_class + classes)
+    n = per_class * classes
+    k = max(2, n // 4000)
+    centres = torch.rand(k, 2, generator=g) * 700
+    xy = centres[torch.randint(0, k, (n,), generator=g)] + torch.randn(n, 2, generator=g) * 15
+    wh = torch.rand(n, 2, generator=g) * 60 + 40
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    scores = torch.randint(0, 500, (n,), generator=g).float() / 500
+    ids = torch.tensor([-3, 0, 7] + list(range(10, 10 + 3 * (classes - 3), 3)))[:classes]
+    idxs = ids[torch.randperm(n, generator=g) % classes]
+    expected = batched_nms_mask(boxes, scores, idxs, 0.5)
+    assert 0 < int(expected.sum()) < n // 2     # real suppression
+    mask = batched_nms_mask(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5)
+    assert torch.equal(mask.cpu(), expected)
+    assert torch.equal(batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu(),
+                       batched_nms(boxes, scores, idxs, 0.5))
+
+
+@pytest.mark.cuda
+@cuda
 @pytest.mark.parametrize("num", [1, 63, 64, 65, 1000, 12000])
 @pytest.mark.parametrize("thresh", [0.5, 0.7])
 def test_cuda_matches_cpu(num, thresh):

@@ -11,20 +11,25 @@ Detectron's rule (``core/test.py`` ``segm_results``), kept exactly:
 3. pixels > ``MRCNN.THRESH_BINARIZE`` are set, inside the part of the box within the image;
 4. the H x W mask is run-length encoded in column-major order (COCO's RLE).
 
-Here step 2 is two batched matrix products per chunk of detections, ``Ay @ P @ Ax^T``, where each
-row of the (w-wide) horizontal and (h-tall) vertical interpolation matrices holds OpenCV's two
-bilinear weights for that output pixel (and is zero outside the box): the products sum the same
-two terms per pass that ``cv2.resize`` sums, horizontally then vertically. Step 4 finds the
-positions where each flattened mask changes value on the device; the host turns those positions
-into run lengths and lets pycocotools compress them (the same string as ``mask.encode``).
+Steps 1-3 are one op, ``pydetectron.ops.paste_masks_in_image`` (a thread per pixel on CUDA; its
+arithmetic, each product and sum rounded on its own, in its docstring), whose output is already
+column-major per mask. Without the built op (or its kernel for the device) they are two batched
+matrix products per chunk of detections, ``Ay @ P @ Ax^T``, where each row of the (w-wide)
+horizontal and (h-tall) vertical interpolation matrices holds OpenCV's two bilinear weights for
+that output pixel (and is zero outside the box): the products sum the same two terms per pass
+that ``cv2.resize`` sums, horizontally then vertically. Step 4 finds the positions where each
+flattened mask changes value on the device; the host turns those positions into COCO's compressed
+strings (``ops.rle_from_changes``, one C++ call; without it, run lengths that pycocotools
+compresses), the same strings as ``mask.encode``.
 
 The bilinear weights follow OpenCV's float32 arithmetic: source coordinate
 ``float((x + 0.5) * scale - 0.5)`` with ``scale = 1 / (w / (M + 2))`` in float64, its floor as the
 left tap and the fraction as the right tap's weight, both clamped at the border. Matrix products
-may fuse a multiply with the add (one rounding instead of two), so a pixel whose value is within
-one float32 step of the threshold can come out differently from OpenCV's. On the CPU the tested
-cases give OpenCV's RLE strings byte for byte; the CUDA test allows at most 2 differing pixels per
-million (``tests/core/test_mask_results.py``).
+may fuse a multiply with the add (one rounding instead of two), and OpenCV's resize rounds in its
+own way, so a pixel whose value is within one float32 step of the threshold can come out
+differently from OpenCV's: the tests allow at most 2 differing pixels per million
+(``tests/core/test_mask_results.py``; the op measured 3 in 126 million against Detectron's cv2
+loop on random masks and boxes).
 """
 import threading
 
@@ -32,6 +37,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from pydetectron import ops
+from pydetectron.ops import paste_mask as paste_mask_op
+from pydetectron.ops import rle as rle_op
 from pydetectron.utils import boxes as box_utils
 
 __all__ = ['paste_boxes', 'paste_masks', 'encode_masks', 'segm_results']
@@ -48,13 +56,16 @@ def paste_boxes(ref_boxes, resolution):
     return box_utils.expand_boxes(boxes, scale).astype(np.int32).astype(np.int64)
 
 
-def _interp_matrix(starts, lengths, src_size, out_size, device):
+def _interp_matrix(starts, lengths, extents, src_size, out_size, device):
     """(D, out_size, src_size) float32: row p of detection d holds cv2.resize's bilinear weights
-    of output pixel p - starts[d] of a ``src_size`` -> ``lengths[d]`` resize (zero outside)."""
+    of output pixel p - starts[d] of a ``src_size`` -> ``lengths[d]`` resize, zero outside the
+    first ``extents[d]`` (<= lengths[d]; x1 - x0 + 1, which is < 1 for a box that Detectron's
+    slices leave empty) pixels."""
     starts = torch.as_tensor(starts, dtype=torch.int64, device=device).view(-1, 1)
     lengths = torch.as_tensor(lengths, dtype=torch.int64, device=device).view(-1, 1)
+    extents = torch.as_tensor(extents, dtype=torch.int64, device=device).view(-1, 1)
     pos = torch.arange(out_size, device=device, dtype=torch.int64).view(1, -1) - starts  # (D, n)
-    inside = (pos >= 0) & (pos < lengths)
+    inside = (pos >= 0) & (pos < extents)
     # OpenCV: scale = 1 / inv_scale (float64); f = float32((dst + 0.5) * scale - 0.5)
     scale = 1.0 / (lengths.to(torch.float64) / float(src_size))
     f = ((pos.to(torch.float64) + 0.5) * scale - 0.5).to(torch.float32)
@@ -113,15 +124,20 @@ def _exact_bmm(a, b):
 def paste_masks(masks, boxes, im_h, im_w, thresh=0.5):
     """(D, M, M) soft masks and (D, 4) int pasting boxes (``paste_boxes``) -> (D, H, W) bool.
 
-    ``masks`` may live on any device; the result is on the same device.
+    ``masks`` may live on any device; the result is on the same device (with the built op, a
+    transposed view of column-major storage, as ``encode_masks`` reads it).
     """
     masks = torch.as_tensor(masks)
     device = masks.device
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    if paste_mask_op.has_kernel_for(device):
+        return ops.paste_masks_in_image(
+            masks.to(torch.float32), torch.from_numpy(boxes).to(device, non_blocking=True),
+            int(im_h), int(im_w), float(thresh))
     d, m = masks.shape[0], masks.shape[-1]
     out = torch.zeros((d, im_h, im_w), dtype=torch.bool, device=device)
     if d == 0:
         return out
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     widths = np.maximum(boxes[:, 2] - boxes[:, 0] + 1, 1)
     heights = np.maximum(boxes[:, 3] - boxes[:, 1] + 1, 1)
     padded = torch.zeros((d, m + 2, m + 2), dtype=torch.float32, device=device)
@@ -129,8 +145,10 @@ def paste_masks(masks, boxes, im_h, im_w, thresh=0.5):
     chunk = max(1, _CHUNK_ELEMS // max(1, im_h * im_w))
     for lo in range(0, d, chunk):
         hi = min(lo + chunk, d)
-        ax = _interp_matrix(boxes[lo:hi, 0], widths[lo:hi], m + 2, im_w, device)  # (c, W, M+2)
-        ay = _interp_matrix(boxes[lo:hi, 1], heights[lo:hi], m + 2, im_h, device)  # (c, H, M+2)
+        ax = _interp_matrix(boxes[lo:hi, 0], widths[lo:hi], boxes[lo:hi, 2] - boxes[lo:hi, 0] + 1,
+                            m + 2, im_w, device)                              # (c, W, M+2)
+        ay = _interp_matrix(boxes[lo:hi, 1], heights[lo:hi], boxes[lo:hi, 3] - boxes[lo:hi, 1] + 1,
+                            m + 2, im_h, device)                              # (c, H, M+2)
         rows = _exact_bmm(padded[lo:hi], ax.transpose(1, 2))         # horizontal: (c, M+2, W)
         out[lo:hi] = _exact_bmm(ay, rows) > thresh                    # vertical: (c, H, W)
     return out
@@ -144,12 +162,17 @@ def encode_masks(binary):
     if d == 0:
         return []
     flat = binary.transpose(1, 2).reshape(d, h * w)                    # column-major per mask
-    first = flat[:, 0].cpu().numpy()
+    # (the first pixels' copy needs no wait of its own: nonzero's count, read next, waits for it)
+    first = flat[:, 0].to('cpu', non_blocking=flat.is_cuda)
     changes = torch.nonzero(flat[:, 1:] != flat[:, :-1])
     if h * w < 2 ** 31:
         changes = changes.to(torch.int32)
-    changes = changes.cpu().numpy()
-    return mask_util.frPyObjects(_run_lengths(first, changes, d, h * w, [h, w]), h, w)
+    changes = changes.cpu()
+    if rle_op.has_kernel():
+        strings = ops.rle_from_changes(first, changes, h, w)
+        return [{'size': [h, w], 'counts': s} for s in strings]
+    return mask_util.frPyObjects(_run_lengths(first.numpy(), changes.numpy(), d, h * w, [h, w]),
+                                 h, w)
 
 
 def _run_lengths(first, changes, d, total, size):

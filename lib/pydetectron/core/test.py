@@ -354,13 +354,18 @@ def _plain_box_results(scores_list, boxes_list):
 def _host_box_results(d):
     """A device result dict -> (scores (n,), boxes (n, 4), cls_boxes) numpy, Detectron's layout."""
     num_classes = cfg.MODEL.NUM_CLASSES
-    boxes = d['boxes'].cpu().numpy().astype(np.float32, copy=False)
-    scores = d['scores'].cpu().numpy().astype(np.float32, copy=False)
-    classes = d['classes'].cpu().numpy()
-    cls_boxes = [[] for _ in range(num_classes)]
-    for j in range(1, num_classes):
-        sel = classes == j
-        cls_boxes[j] = np.hstack((boxes[sel], scores[sel, None])).astype(np.float32)
+    # one copy to the host: x1, y1, x2, y2, score, class (class ids are exact in float32)
+    rows = torch.cat((d['boxes'].float(), d['scores'].float()[:, None],
+                      d['classes'].float()[:, None]), 1).cpu().numpy()
+    boxes, scores = rows[:, :4], rows[:, 4]
+    classes = rows[:, 5].astype(np.int64)
+    if classes.size and (classes.min() < 1 or classes.max() >= num_classes):
+        raise ValueError('box results: class ids must be in 1..%d, got %d..%d'
+                         % (num_classes - 1, classes.min(), classes.max()))
+    # Detectron's per-class arrays: each class's rows in their order here
+    order = np.argsort(classes, kind='stable')
+    per_class = np.split(rows[order, :5], np.cumsum(np.bincount(classes, minlength=num_classes)))
+    cls_boxes = [[]] + per_class[1:num_classes]
     return scores, boxes, cls_boxes
 
 

@@ -10,7 +10,9 @@
 
 #include "box_iou/box_iou.h"
 #include "nms/nms.h"
+#include "paste_mask/paste_mask.h"
 #include "polygon_mask/polygon_mask.h"
+#include "rle/rle.h"
 #include "roi_align/roi_align.h"
 #include "roi_align/roi_align_fpn.h"
 #include "roi_pool/roi_pool.h"
@@ -52,6 +54,12 @@ TORCH_LIBRARY(pydetectron, m) {
   m.def("polygon_masks_in_boxes(Tensor xy, Tensor poly_starts, Tensor poly_lengths, "
         "Tensor group_first, Tensor group_count, Tensor boxes, Tensor group, int resolution) "
         "-> Tensor");
+  // Detectron's mask pasting into the image, thresholded (paste_mask.h)
+  m.def("paste_masks_in_image(Tensor masks, Tensor boxes, int height, int width, "
+        "float threshold) -> Tensor");
+  // COCO's RLE strings from the change positions of flattened masks (rle.h; CPU only)
+  m.def("rle_from_changes(Tensor first, Tensor changes, int height, int width) "
+        "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(pydetectron, CPU, m) {
@@ -67,6 +75,8 @@ TORCH_LIBRARY_IMPL(pydetectron, CPU, m) {
   m.impl("_roi_align_fpn_backward", &pydetectron::roi_align_fpn_backward_cpu);
   m.impl("box_iou_batched", &pydetectron::box_iou_batched_cpu);
   m.impl("polygon_masks_in_boxes", &pydetectron::polygon_masks_in_boxes_cpu);
+  m.impl("paste_masks_in_image", &pydetectron::paste_masks_in_image_cpu);
+  m.impl("rle_from_changes", &pydetectron::rle_from_changes_cpu);
 }
 
 #ifdef WITH_CUDA
@@ -83,5 +93,6 @@ TORCH_LIBRARY_IMPL(pydetectron, CUDA, m) {
   m.impl("_roi_align_fpn_backward", &pydetectron::roi_align_fpn_backward_cuda);
   m.impl("box_iou_batched", &pydetectron::box_iou_batched_cuda);
   m.impl("polygon_masks_in_boxes", &pydetectron::polygon_masks_in_boxes_cuda);
+  m.impl("paste_masks_in_image", &pydetectron::paste_masks_in_image_cuda);
 }
 #endif
