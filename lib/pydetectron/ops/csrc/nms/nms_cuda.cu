@@ -301,12 +301,13 @@ std::pair<at::Tensor, at::Tensor> nms_keep_sorted(const at::Tensor& boxes, const
   if (idxs != nullptr) {  // class by class (see the top)
     auto removed = at::zeros({col_blocks}, boxes.options().dtype(at::kLong));
     AT_DISPATCH_FLOATING_TYPES(acc, "batched_nms_cuda", [&] {
-      nms_mask_classes_kernel<scalar_t><<<col_blocks, kBlockBits, 0, stream>>>(
+      nms_mask_classes_kernel<scalar_t><<<static_cast<unsigned int>(col_blocks), kBlockBits, 0,
+                                          stream>>>(
           n, col_blocks, static_cast<scalar_t>(iou_threshold), sorted_boxes.data_ptr<scalar_t>(),
           sorted_classes.data_ptr<int64_t>(), mask_words);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    nms_reduce_classes_kernel<<<col_blocks, 256, 0, stream>>>(
+    nms_reduce_classes_kernel<<<static_cast<unsigned int>(col_blocks), 256, 0, stream>>>(
         n, col_blocks, sorted_classes.data_ptr<int64_t>(), mask_words,
         reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()),
         keep_sorted.data_ptr<bool>());
@@ -325,7 +326,7 @@ std::pair<at::Tensor, at::Tensor> nms_keep_sorted(const at::Tensor& boxes, const
     const dim3 grid(col_blocks, col_blocks);
     nms_mask_kernel<scalar_t><<<grid, kBlockBits, 0, stream>>>(
         n, col_blocks, summary_words, static_cast<scalar_t>(iou_threshold),
-        sorted_boxes.data_ptr<scalar_t>(), nullptr, mask_words,
+        sorted_boxes.data_ptr<scalar_t>(), mask_words,
         reinterpret_cast<unsigned long long*>(summary.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
