@@ -56,6 +56,8 @@ def parse_args(argv=None):
                    help="the tools' --compile [MODE] (ours; the first pass pays the compilation)")
     p.add_argument('--shape_buckets', type=int, default=None, metavar='N',
                    help="the tools' --shape_buckets N (ours; a CUDA-graph mode's default: 160)")
+    p.add_argument('--cuda_graphs', action=argparse.BooleanOptionalAction, default=True,
+                   help="test_net.py's --cuda_graphs / --no-cuda_graphs (ours)")
     p.add_argument('--pipelines', type=int, default=None,
                    help="batches test_net keeps in flight (default: test_net's choice)")
     return p.parse_args(argv)
@@ -111,7 +113,8 @@ class Ours:
             from pydetectron.engine.speed_options import apply_speed_options
             apply_speed_options(self.model, args.channels_last, args.compile)
         self.out_dir = tempfile.mkdtemp(prefix='bench_test_net_')
-        self.args = argparse.Namespace(quiet=True, vis=False, cuda=cfg.CUDA)
+        self.args = argparse.Namespace(quiet=True, vis=False, cuda=cfg.CUDA,
+                                       cuda_graphs=args.cuda_graphs)
         self.max_images = args.max_images
 
     def images(self):

@@ -9,6 +9,7 @@
 name, or ``coco_json:<annotation_file>[:<image_dir>]``. The children of ``--multi-gpu-testing``
 call this script again with ``--range``.
 """
+import argparse
 import os
 import sys
 
@@ -55,6 +56,9 @@ def parse_args(argv=None):
                              'without running the model')
     parser.add_argument('--no_cuda', dest='cuda', action='store_false', help='run on the CPU')
     add_speed_arguments(parser)
+    parser.add_argument('--cuda_graphs', action=argparse.BooleanOptionalAction, default=True,
+                        help='on a GPU, replay the conv body as CUDA graphs, one per blob size '
+                        '(the same kernels, one launch; on by default)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser.parse_args(argv)
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pydetectron.core import cuda_graphs
 from pydetectron.core.config import cfg, dump_cfg
 from pydetectron.core.test import (
     im_detect_all_batch, im_proposals, model_device, prepare_image_blob)
@@ -93,10 +94,12 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
             proposals = [proposals[k] for k in keep]
         batches.append((first, inds, proposals))
     read = _read_ahead(roidb, batches, skipped, prepare=_blob_maker(model))
+    pipelines = _pipelines(model)
     with tqdm(total=num_images, desc=desc, unit='im', file=sys.stderr,
-              disable=_arg(args, 'quiet', False)) as bar:
+              disable=_arg(args, 'quiet', False)) as bar, \
+            cuda_graphs.conv_body_graphs(model, _use_cuda_graphs(args, pipelines)):
         for (first, inds, ims), results in _detections(model, _readable(read), dataset.keypoints,
-                                                      timers, _pipelines(model)):
+                                                      timers, pipelines):
             for i, im, (cls_boxes_i, cls_segms_i, cls_keyps_i) in zip(inds, ims, results):
                 extend_results(i, all_boxes, cls_boxes_i)
                 if cls_segms_i is not None:
@@ -135,6 +138,17 @@ def _readable(read):
             proposals = [p for p, im in zip(proposals, ims) if im is not None]
         inds = [i for i, im in zip(inds, ims) if im is not None]
         yield first, inds, [im for im in ims if im is not None], proposals, blob
+
+
+def _use_cuda_graphs(args, pipelines):
+    """Whether test_net replays the conv body as CUDA graphs (``core.cuda_graphs``; a CUDA
+    model only): unless ``args.cuda_graphs`` is False (test_net.py's ``--no-cuda_graphs``), with
+    one batch in flight and no test-time augmentation (the graphs' outputs last until the next
+    replay; augmentation keeps several scales' features)."""
+    if _arg(args, 'cuda_graphs', True) is False or pipelines != 1:
+        return False
+    return not (cfg.TEST.BBOX_AUG.ENABLED or cfg.TEST.MASK_AUG.ENABLED
+                or cfg.TEST.KPS_AUG.ENABLED)
 
 
 def _pipelines(model):
