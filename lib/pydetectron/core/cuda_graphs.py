@@ -50,7 +50,7 @@ class GraphedForward(object):
         self.max_graphs = max_graphs
         self.graphs = OrderedDict()     # key -> (static input, graph, static output)
         self.seen = set()
-        self.pool = None
+        self.pool = self.stream = None
         self.failed = False
         self.captures = self.replays = 0
 
@@ -76,20 +76,30 @@ class GraphedForward(object):
         return static_out
 
     def _capture(self, key, x):
+        # (not torch.cuda.graph: it empties the caching allocators, the page-locked one too --
+        # where test_net's reader threads keep their blobs -- at every capture)
         try:
             static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
             static_in.copy_(x)
-            side = torch.cuda.Stream(device=x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):       # warm-up on a side stream, as capture wants
-                self.forward(static_in)
-            torch.cuda.current_stream(x.device).wait_stream(side)
+            current = torch.cuda.current_stream(x.device)
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
+                # one capture stream for all the shapes: the warm-ups' freed blocks stay cached
+                # for that stream, to be used again by the next warm-up
+                self.stream = torch.cuda.Stream(device=x.device)
+            stream = self.stream
+            stream.wait_stream(current)
             graph = torch.cuda.CUDAGraph()
-            # (thread-local: test_net's reader threads keep making page-locked blobs meanwhile)
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode='thread_local'):
-                static_out = self.forward(static_in)
+            with torch.cuda.stream(stream):
+                self.forward(static_in)         # warm-up on the capture stream, as CUDA wants
+                stream.synchronize()
+                # (thread-local: test_net's reader threads keep making page-locked blobs)
+                graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
+                try:
+                    static_out = self.forward(static_in)
+                finally:
+                    graph.capture_end()
+            current.wait_stream(stream)
             _outputs(static_out, lambda t: t)
         except Exception as e:  # noqa: BLE001 -- any failure: eager from now on, said once
             self.failed = True
