@@ -267,10 +267,10 @@ def test_detection_threads_are_kept_across_test_net_calls(rect_setup, monkeypatc
     assert pool.submit(lambda: 1).result(timeout=5) == 1     # the pool still works
 
 
-@pytest.mark.cuda
-def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_path):
-    """A CUDA Mask R-CNN (random weights) over real photos: test_net's two threads on one
-    stream give the detections and masks of one batch at a time."""
+def _gpu_mask_rcnn_on_coco_mini(coco_mini):
+    """(the coco_mini val2017 dataset spec, a CUDA Mask R-CNN R-50-FPN of random weights) with
+    Detectron's config at TEST.SCALE 320 / MAX_SIZE 533 and TEST.SCORE_THRESH 0 (every image gets
+    DETECTIONS_PER_IM detections); the caller resets the config."""
     import torch
     from pydetectron.core.config import assert_and_infer_cfg, merge_cfg_from_file, \
         merge_cfg_from_list
@@ -280,14 +280,31 @@ def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_pat
         os.path.join(coco_mini, 'annotations', 'instances_val2017.json'),
         os.path.join(coco_mini, 'images', 'val2017'))
     reset_cfg()
+    merge_cfg_from_file(os.path.join(root, 'configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml'))
+    merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False, 'TEST.SCALE', 320,
+                         'TEST.MAX_SIZE', 533, 'TEST.SCORE_THRESH', 0.0, 'MODEL.NUM_CLASSES', 81])
+    assert_and_infer_cfg()
+    torch.manual_seed(0)
+    return dataset, Generalized_RCNN().cuda().eval()
+
+
+def _assert_same_results(got, want, images):
+    total = 0
+    for j in range(1, 81):
+        for a, b in zip(got[0][j], want[0][j]):
+            np.testing.assert_array_equal(a, b)
+            total += len(a)
+        for a, b in zip(got[1][j], want[1][j]):
+            assert a == b
+    assert total >= images * 100    # DETECTIONS_PER_IM each, ties at the 100th score kept
+
+
+@pytest.mark.cuda
+def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_path):
+    """A CUDA Mask R-CNN (random weights) over real photos: test_net's two threads on one
+    stream give the detections and masks of one batch at a time."""
     try:
-        merge_cfg_from_file(os.path.join(root, 'configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml'))
-        merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False, 'TEST.SCALE', 320,
-                             'TEST.MAX_SIZE', 533, 'TEST.SCORE_THRESH', 0.0,
-                             'MODEL.NUM_CLASSES', 81])
-        assert_and_infer_cfg()
-        torch.manual_seed(0)
-        model = Generalized_RCNN().cuda().eval()
+        dataset, model = _gpu_mask_rcnn_on_coco_mini(coco_mini)
         args = SimpleNamespace(quiet=True, vis=False, cuda=True)
         one = test_engine.test_net(args, dataset, None, str(tmp_path), ind_range=(0, 6),
                                    model=model)
@@ -300,14 +317,36 @@ def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_pat
             test_engine._pipelines = one_at_a_time
     finally:
         reset_cfg()
-    total = 0
-    for j in range(1, 81):
-        for a, b in zip(two[0][j], one[0][j]):
-            np.testing.assert_array_equal(a, b)
-            total += len(a)
-        for a, b in zip(two[1][j], one[1][j]):
-            assert a == b
-    assert total >= 6 * 100      # DETECTIONS_PER_IM each, ties at the 100th score kept
+    _assert_same_results(two, one, 6)
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_give_the_eager_detections(coco_mini, tmp_path, monkeypatch):
+    """The same model over 20 real photos (their blob sizes repeat, so graphs of the conv body
+    are captured and replayed), twice: the detections and masks of the eager body, and none of
+    the graphs' captures failed."""
+    from pydetectron.core import cuda_graphs
+    made = []
+
+    class Recorded(cuda_graphs.GraphedForward):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+    monkeypatch.setattr(cuda_graphs, 'GraphedForward', Recorded)
+    try:
+        dataset, model = _gpu_mask_rcnn_on_coco_mini(coco_mini)
+        eager = test_engine.test_net(SimpleNamespace(quiet=True, vis=False, cuda=True,
+                                                     cuda_graphs=False),
+                                     dataset, None, str(tmp_path), ind_range=(0, 20), model=model)
+        graphed = [test_engine.test_net(SimpleNamespace(quiet=True, vis=False, cuda=True),
+                                        dataset, None, str(tmp_path), ind_range=(0, 20),
+                                        model=model) for _ in range(2)]
+    finally:
+        reset_cfg()
+    assert len(made) == 2          # none for --no-cuda_graphs
+    assert all(g.captures > 0 and g.replays > 0 and not g.failed for g in made)
+    for run in graphed:
+        _assert_same_results(run, eager, 20)
 
 
 def test_rpn_proposals_read_ahead_keep_ids_aligned_past_an_unreadable_image(rect_setup):

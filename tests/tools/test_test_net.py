@@ -235,3 +235,14 @@ def test_on_the_gpu_in_one_and_in_child_processes(setup):
     n = torch.cuda.device_count()
     ranges = [f for f in os.listdir(multi) if re.match(r'detection_range_.*\.pkl$', f)]
     assert len(ranges) == min(n, 5)
+
+
+def test_cuda_graphs_flag():
+    spec = importlib.util.spec_from_file_location('test_net_tool', TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.parse_args(['--cfg', 'x.yaml']).cuda_graphs is True
+    assert tool.parse_args(['--cfg', 'x.yaml', '--no-cuda_graphs']).cuda_graphs is False
+    from pydetectron.utils.errors import CliError
+    with pytest.raises(CliError, match='--cuda_graphs/--no-cuda_graphs'):
+        tool.parse_args(['--cfg', 'x.yaml', '--cuda_graphs=3'])

@@ -28,6 +28,20 @@ namespace {
 constexpr int kBlockBits = 64;          // boxes per column block (bits of a mask word)
 constexpr int kReduceThreads = 1024;
 
+// Thread t < count copies box `first + t` (x1, y1, x2, y2) and its +1 area into `out[t]`.
+template <typename T>
+__device__ __forceinline__ void load_boxes(const T* __restrict__ boxes, int64_t first, int count,
+                                           T (*out)[5]) {
+  if (threadIdx.x < count) {
+    const T* b = boxes + (first + threadIdx.x) * 4;
+    out[threadIdx.x][0] = b[0];
+    out[threadIdx.x][1] = b[1];
+    out[threadIdx.x][2] = b[2];
+    out[threadIdx.x][3] = b[3];
+    out[threadIdx.x][4] = (b[2] - b[0] + 1) * (b[3] - b[1] + 1);
+  }
+}
+
 template <typename T>
 __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, int64_t summary_words,
                                 T threshold, const T* __restrict__ boxes,
@@ -40,14 +54,7 @@ __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, int64_t summary_w
   const int col_size = static_cast<int>(min(n - col_block * kBlockBits, int64_t(kBlockBits)));
 
   __shared__ T col_boxes[kBlockBits][5];  // x1, y1, x2, y2, area
-  if (threadIdx.x < col_size) {
-    const T* b = boxes + (col_block * kBlockBits + threadIdx.x) * 4;
-    col_boxes[threadIdx.x][0] = b[0];
-    col_boxes[threadIdx.x][1] = b[1];
-    col_boxes[threadIdx.x][2] = b[2];
-    col_boxes[threadIdx.x][3] = b[3];
-    col_boxes[threadIdx.x][4] = (b[2] - b[0] + 1) * (b[3] - b[1] + 1);
-  }
+  load_boxes(boxes, col_block * kBlockBits, col_size, col_boxes);
   __syncthreads();
   if (threadIdx.x >= row_size) return;
 
@@ -170,15 +177,9 @@ __global__ void nms_mask_classes_kernel(int64_t n, int64_t col_blocks, T thresho
     if (classes[col_block * kBlockBits] > last_class) break;  // the same for every thread
     const int col_size = static_cast<int>(min(n - col_block * kBlockBits, int64_t(kBlockBits)));
     __syncthreads();  // the previous column block's boxes are read
-    if (threadIdx.x < col_size) {
-      const T* c = boxes + (col_block * kBlockBits + threadIdx.x) * 4;
-      col_boxes[threadIdx.x][0] = c[0];
-      col_boxes[threadIdx.x][1] = c[1];
-      col_boxes[threadIdx.x][2] = c[2];
-      col_boxes[threadIdx.x][3] = c[3];
-      col_boxes[threadIdx.x][4] = (c[2] - c[0] + 1) * (c[3] - c[1] + 1);
+    load_boxes(boxes, col_block * kBlockBits, col_size, col_boxes);
+    if (threadIdx.x < col_size)
       col_classes[threadIdx.x] = classes[col_block * kBlockBits + threadIdx.x];
-    }
     __syncthreads();
     if (!row) continue;
     unsigned long long bits = 0;
