@@ -15,9 +15,11 @@
 #   perf    dev/benchmark.py once per entry of VARIANTS
 #   ab      dev/benchmark_ab.py (paired timing) once per entry of AB
 #   testnet dev/benchmark_test_net.py: test_net's path on real photos against torchvision's
-#           evaluation loop, then against the older copies named in BASES
+#           evaluation loop, then against the older copies named in BASES; PROFILE entries:
+#           dev/profile_test_net.py (its stages under torch.profiler)
 #   trainnet dev/benchmark_train_net.py: tools/train_net_step.py on real photos against a
-#           torchvision training loop (entries of TRAINNET)
+#           torchvision training loop (entries of TRAINNET); TRAINPROFILE entries:
+#           dev/profile_train_net.py (a step's stages under torch.profiler)
 #   multi   2+ GPUs: DataParallel against DistributedDataParallel training, test_net in one
 #           process against --multi-gpu-testing
 #   recompiles dev/count_recompiles.py: --compile's compilations and step times over 200 real

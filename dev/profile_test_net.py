@@ -52,23 +52,10 @@ def _wrap(module, name, record_function):
     setattr(module, name, wrapped)
 
 
-def label_stages(model):
-    """record_function ranges around the model's parts and the test path's steps."""
-    import pycocotools.mask as mask_util
+def label_parts(model, parts):
+    """record_function ranges around the forward passes of ``model``'s named parts."""
     from torch.profiler import record_function
-    from pydetectron.core import mask_results, test
-    for name in TEST_STEPS:
-        _wrap(test, name, record_function)
-    for name in MASK_STEPS:
-        _wrap(mask_results, name, record_function)
-    mask_results.mask_util = type('mask_util', (), {})()
-    frpy = mask_util.frPyObjects
-
-    def fr_py_objects(*a):
-        with record_function('stage::frPyObjects'):
-            return frpy(*a)
-    mask_results.mask_util.frPyObjects = fr_py_objects
-    for name in MODEL_PARTS:
+    for name in parts:
         part = getattr(model, name, None)
         if part is None:
             continue
@@ -85,6 +72,35 @@ def label_stages(model):
         part.register_forward_hook(leave)
 
 
+def label_stages(model):
+    """record_function ranges around the model's parts and the test path's steps."""
+    import pycocotools.mask as mask_util
+    from torch.profiler import record_function
+    from pydetectron.core import mask_results, test
+    for name in TEST_STEPS:
+        _wrap(test, name, record_function)
+    for name in MASK_STEPS:
+        _wrap(mask_results, name, record_function)
+    mask_results.mask_util = type('mask_util', (), {})()
+    frpy = mask_util.frPyObjects
+
+    def fr_py_objects(*a):
+        with record_function('stage::frPyObjects'):
+            return frpy(*a)
+    mask_results.mask_util.frPyObjects = fr_py_objects
+    label_parts(model, MODEL_PARTS)
+
+
+def load_tool(name):
+    """tools/<name>.py as a module (its main() runs the tool in this process)."""
+    import importlib.util
+    path = os.path.join(benchmark_test_net.ROOT, 'tools', name + '.py')
+    spec = importlib.util.spec_from_file_location(name + '_tool', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _union(intervals):
     total, end = 0.0, None
     for s, e in sorted(intervals):
@@ -97,8 +113,8 @@ def _union(intervals):
     return total
 
 
-def summarize(trace, images, wall_s):
-    """Per-image figures (ms) from a Chrome trace's events."""
+def summarize(trace, count, wall_s, unit='image'):
+    """Per-``unit`` figures (ms) from a Chrome trace's events over ``count`` units."""
     events = [e for e in trace.get('traceEvents', []) if e.get('ph') == 'X']
     gpu = [(e['ts'], e['ts'] + e['dur']) for e in events
            if e.get('cat') in ('kernel', 'gpu_memcpy', 'gpu_memset')]
@@ -112,30 +128,48 @@ def summarize(trace, images, wall_s):
             elif 'Launch' in e['name']:
                 launches += 1
     kernels = sum(1 for e in events if e.get('cat') == 'kernel')
-    per = 1000.0 / images   # us totals -> ms per image
+    n = float(count)
     return {
-        'images': images, 'wall_ms_per_image': 1000.0 * wall_s / images,
-        'gpu_busy_ms_per_image': _union(gpu) / 1000.0 / images,
-        'kernels_per_image': kernels / float(images),
-        'launches_per_image': launches / float(images),
-        'host_blocked_ms_per_image': sum(s[1] for s in syncs.values()) / 1000.0 / images,
-        'sync_calls_per_image': {k: round(v[0] / float(images), 1) for k, v in syncs.items()},
-        'sync_ms_per_image': {k: round(v[1] / 1000.0 / images, 3) for k, v in syncs.items()},
-        '_per': per,
+        unit + 's': count, 'wall_ms_per_' + unit: 1000.0 * wall_s / n,
+        'gpu_busy_ms_per_' + unit: _union(gpu) / 1000.0 / n,
+        'kernels_per_' + unit: kernels / n,
+        'launches_per_' + unit: launches / n,
+        'host_blocked_ms_per_' + unit: sum(s[1] for s in syncs.values()) / 1000.0 / n,
+        'sync_calls_per_' + unit: {k: round(v[0] / n, 1) for k, v in syncs.items()},
+        'sync_ms_per_' + unit: {k: round(v[1] / 1000.0 / n, 3) for k, v in syncs.items()},
     }
 
 
-def stage_table(prof, images):
+def stage_table(prof, count, unit='image'):
+    """Each labelled stage's calls, host and device time per ``unit``."""
     rows = {}
     for a in prof.key_averages():
-        if a.key.startswith('stage::'):
-            dev = getattr(a, 'device_time_total', None)
-            if dev is None:
-                dev = getattr(a, 'cuda_time_total', 0.0)
-            rows[a.key[7:]] = {'calls_per_image': round(a.count / float(images), 2),
-                               'host_ms_per_image': round(a.cpu_time_total / 1000.0 / images, 3),
-                               'device_ms_per_image': round(dev / 1000.0 / images, 3)}
+        if not a.key.startswith('stage::'):
+            continue
+        dev = getattr(a, 'device_time_total', None)
+        if dev is None:
+            dev = getattr(a, 'cuda_time_total', 0.0)
+        row = rows.setdefault(a.key[7:], {'calls_per_' + unit: 0.0, 'host_ms_per_' + unit: 0.0,
+                                          'device_ms_per_' + unit: 0.0})
+        # (a CUDA range appears twice: its host half, and its device half with no host time)
+        if a.cpu_time_total:
+            row['calls_per_' + unit] = round(a.count / float(count), 2)
+            row['host_ms_per_' + unit] = round(a.cpu_time_total / 1000.0 / count, 3)
+        row['device_ms_per_' + unit] = max(row['device_ms_per_' + unit],
+                                          round(dev / 1000.0 / count, 3))
     return rows
+
+
+def write_ops_table(prof, path, device):
+    """The profiler's operator tables: by host time, then by device time."""
+    with open(path, 'w') as f:
+        f.write(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=60))
+        f.write('\n\n')
+        sort = 'device_time_total' if device != 'cpu' else 'cpu_time_total'
+        try:
+            f.write(prof.key_averages().table(sort_by=sort, row_limit=40))
+        except (AttributeError, KeyError, ValueError):
+            f.write(prof.key_averages().table(sort_by='cuda_time_total', row_limit=40))
 
 
 def main(argv=None):
@@ -165,7 +199,6 @@ def main(argv=None):
     with open(trace_path) as f:
         trace = json.load(f)
     summary = summarize(trace, n, wall)
-    summary.pop('_per')
     summary['detections_per_image'] = per_image
     summary['stages'] = stage_table(prof, n)
     summary['device'] = (torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu')
@@ -173,14 +206,7 @@ def main(argv=None):
     summary['argv'] = sys.argv[1:] if argv is None else list(argv)
     with open(os.path.join(args.out, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
-    sort_dev = 'device_time_total' if device.type == 'cuda' else 'cpu_time_total'
-    with open(os.path.join(args.out, 'ops.txt'), 'w') as f:
-        f.write(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=60))
-        f.write('\n\n')
-        try:
-            f.write(prof.key_averages().table(sort_by=sort_dev, row_limit=40))
-        except (AttributeError, KeyError, ValueError):
-            f.write(prof.key_averages().table(sort_by='cuda_time_total', row_limit=40))
+    write_ops_table(prof, os.path.join(args.out, 'ops.txt'), device.type)
     if args.no_trace:
         os.remove(trace_path)
     else:

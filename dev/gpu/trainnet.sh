@@ -3,8 +3,11 @@
 # same images: frozen-BN Mask R-CNN R-50-FPN at batch 2 (two rounds), at batch 8, both in bf16
 # (--amp) at batch 8, then the GroupNorm scratch config at batch 2 (paired with the same frozen-BN
 # torchvision loop: torchvision has no GroupNorm Mask R-CNN). Logs: $OUT/trainnet_<i>.log and
-# .json. Environment: TRAINNET (entries of benchmark_train_net.py arguments separated by ';'; no
-# spaces inside one argument), TRAINNET_TIMEOUT (s per entry, 420).
+# .json; then, for each entry of TRAINPROFILE (dev/profile_train_net.py arguments, ';'-separated,
+# "-" for none), train_net_step.py's steps under torch.profiler ($OUT/trainprofile_<i>/summary.json,
+# ops.txt, trace.json.gz). Environment: TRAINNET (entries of benchmark_train_net.py arguments
+# separated by ';'; no spaces inside one argument; "-" for none), TRAINNET_TIMEOUT (s per entry,
+# 420).
 # CPU=1: one tiny entry at scale 200; the torchvision half only with PYDETECTRON_TV_SHIM=1 (and
 # PYTHONPATH holding a torchvision: dev/tv_cpu_shim.py's stand-in ops, a rehearsal, no numbers).
 GN_CFG=configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml
@@ -17,4 +20,22 @@ TRAINNET=${TRAINNET:---bs 2 --rounds 2;--bs 8 --rounds 1 --steps 64 --short 16;-
 trainnet_one() {   # $1 index, $2 arguments
     json_entry trainnet dev/benchmark_train_net.py "${TRAINNET_TIMEOUT:-420}" "$1" "$2"
 }
-for_each_entry "$TRAINNET" trainnet_one
+status=0
+if [ "$TRAINNET" != - ]; then
+    for_each_entry "$TRAINNET" trainnet_one || status=$?
+fi
+trainprofile_one() {   # $1 index, $2 arguments
+    local args=$2 rc
+    [ "$args" = - ] && args=
+    echo "== trainnet profile $1: $args"
+    # shellcheck disable=SC2086
+    timeout "${TRAINNET_TIMEOUT:-420}" "$PY" dev/profile_train_net.py --out "$OUT/trainprofile_$1" \
+        $args > "$OUT/trainprofile_$1.log" 2>&1
+    rc=$?
+    grep -A8 '"wall_ms_per_step"' "$OUT/trainprofile_$1.log" || tail -n 30 "$OUT/trainprofile_$1.log"
+    return $rc
+}
+if [ -n "${TRAINPROFILE:-}" ]; then
+    for_each_entry "$TRAINPROFILE" trainprofile_one || status=$?
+fi
+exit $status

@@ -1,0 +1,80 @@
+"""dev/profile_test_net.py and dev/profile_train_net.py: the per-unit figures from a trace, and a
+real (CPU) pass of each with its stages labelled."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, 'dev'))
+
+import profile_test_net  # noqa: E402
+import profile_train_net  # noqa: E402
+
+
+def test_summarize_takes_the_union_of_gpu_work_and_counts_host_waits():
+    ev = [
+        {'ph': 'X', 'cat': 'kernel', 'name': 'k', 'ts': 0, 'dur': 10},
+        {'ph': 'X', 'cat': 'kernel', 'name': 'k', 'ts': 5, 'dur': 10},     # overlaps: 0..15
+        {'ph': 'X', 'cat': 'kernel', 'name': 'k', 'ts': 20, 'dur': 5},
+        {'ph': 'X', 'cat': 'gpu_memcpy', 'name': 'm', 'ts': 30, 'dur': 2},
+        {'ph': 'X', 'cat': 'gpu_memset', 'name': 's', 'ts': 31, 'dur': 4},  # 30..35
+        {'ph': 'X', 'cat': 'cuda_runtime', 'name': 'cudaStreamSynchronize', 'ts': 0, 'dur': 7},
+        {'ph': 'X', 'cat': 'cuda_runtime', 'name': 'cudaMemcpyAsync', 'ts': 9, 'dur': 3},
+        {'ph': 'X', 'cat': 'cuda_runtime', 'name': 'cudaLaunchKernel', 'ts': 1, 'dur': 1},
+        {'ph': 'X', 'cat': 'cuda_runtime', 'name': 'cudaLaunchKernelExC', 'ts': 2, 'dur': 1},
+        {'ph': 'X', 'cat': 'cpu_op', 'name': 'aten::add', 'ts': 0, 'dur': 50},
+        {'ph': 'i', 'cat': 'kernel', 'name': 'instant', 'ts': 100},
+    ]
+    s = profile_test_net.summarize({'traceEvents': ev}, 2, 0.004, unit='step')
+    assert s['steps'] == 2 and s['wall_ms_per_step'] == pytest.approx(2.0)
+    assert s['gpu_busy_ms_per_step'] == pytest.approx((15 + 5 + 5) / 1000.0 / 2)
+    assert s['kernels_per_step'] == 1.5 and s['launches_per_step'] == 1.0
+    assert s['host_blocked_ms_per_step'] == pytest.approx(10 / 1000.0 / 2)
+    assert s['sync_calls_per_step'] == {'cudaStreamSynchronize': 0.5, 'cudaMemcpyAsync': 0.5}
+
+
+@pytest.mark.slow
+def test_a_training_step_is_profiled_with_its_stages(coco_mini, tmp_path):
+    summary = profile_train_net.main([
+        '--out', str(tmp_path / 'p'), '--data', coco_mini, '--device', 'cpu', '--scale', '160',
+        '--max-size', '267', '--bs', '1', '--nw', '0', '--warmup', '1', '--steps', '2',
+        '--no-trace'])
+    assert summary['steps'] == 2
+    stages = summary['stages']
+    for name in ('step', 'data', 'forward', 'Conv_Body', 'RPN', 'Box_Head', 'Mask_Head',
+                 'optimizer'):
+        assert stages[name]['calls_per_step'] == 1.0, name
+        assert stages[name]['host_ms_per_step'] > 0, name
+    assert stages['step']['host_ms_per_step'] > stages['forward']['host_ms_per_step']
+    assert os.path.exists(tmp_path / 'p' / 'summary.json')
+    assert os.path.exists(tmp_path / 'p' / 'ops.txt')
+
+
+@pytest.mark.slow
+def test_a_test_net_pass_is_profiled_with_its_stages(coco_mini, registry_env, tmp_path):
+    from pydetectron.core.config import reset_cfg
+    dataset = 'coco_json:%s:%s' % (
+        os.path.join(coco_mini, 'annotations', 'instances_val2017.json'),
+        os.path.join(coco_mini, 'images', 'val2017'))
+    try:
+        summary = profile_test_net.main([
+            '--out', str(tmp_path / 'p'), '--warmup', '0', '--device', 'cpu', '--scale', '160',
+            '--max-size', '267', '--max-images', '2', '--dataset', dataset])
+    finally:
+        reset_cfg()
+    assert summary['images'] == 2 and summary['detections_per_image'] == 100.0
+    for name in ('im_detect_bbox', 'Conv_Body', 'box_results_for_images', 'im_detect_mask',
+                 '_segms_of_image'):
+        assert summary['stages'][name]['calls_per_image'] == 1.0, name
+    assert os.path.exists(tmp_path / 'p' / 'trace.json.gz')
+
+
+def test_the_trainer_is_left_as_it_was(coco_mini, tmp_path):
+    from pydetectron.engine.trainer import Trainer
+    before = (Trainer._run_step, Trainer._next_batch, Trainer._forward)
+    with pytest.raises(SystemExit, match='training ended after 0 steps, before the 3 profiled'):
+        # a dataset folder without the annotations: the tool stops before any step
+        profile_train_net.main(['--out', str(tmp_path / 'p'), '--data', str(tmp_path),
+                                '--device', 'cpu', '--warmup', '1', '--steps', '2'])
+    assert (Trainer._run_step, Trainer._next_batch, Trainer._forward) == before
