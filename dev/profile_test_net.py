@@ -43,13 +43,14 @@ def parse_args(argv=None):
     return args, benchmark_test_net.parse_args(rest)
 
 
-def _wrap(module, name, record_function):
+def _wrap(module, name, record_function, undo):
     fn = getattr(module, name)
 
     def wrapped(*a, **k):
         with record_function('stage::' + name):
             return fn(*a, **k)
     setattr(module, name, wrapped)
+    undo.append(lambda: setattr(module, name, fn))
 
 
 def label_parts(model, parts):
@@ -73,22 +74,30 @@ def label_parts(model, parts):
 
 
 def label_stages(model):
-    """record_function ranges around the model's parts and the test path's steps."""
+    """record_function ranges around the model's parts and the test path's steps; returns a
+    function that takes the test path's ones away again."""
     import pycocotools.mask as mask_util
     from torch.profiler import record_function
     from pydetectron.core import mask_results, test
+    undo = []
     for name in TEST_STEPS:
-        _wrap(test, name, record_function)
+        _wrap(test, name, record_function, undo)
     for name in MASK_STEPS:
-        _wrap(mask_results, name, record_function)
-    mask_results.mask_util = type('mask_util', (), {})()
+        _wrap(mask_results, name, record_function, undo)
     frpy = mask_util.frPyObjects
 
     def fr_py_objects(*a):
         with record_function('stage::frPyObjects'):
             return frpy(*a)
-    mask_results.mask_util.frPyObjects = fr_py_objects
+    real_mask_util = mask_results.mask_util
+    mask_results.mask_util = type('mask_util', (), {'frPyObjects': staticmethod(fr_py_objects)})
+    undo.append(lambda: setattr(mask_results, 'mask_util', real_mask_util))
     label_parts(model, MODEL_PARTS)
+
+    def unlabel():
+        for f in reversed(undo):
+            f()
+    return unlabel
 
 
 def load_tool(name):
@@ -181,19 +190,22 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = bool(bargs.cudnn_benchmark)
     ours = benchmark_test_net.Ours(bargs)
     device = torch.device(bargs.device)
-    label_stages(ours.model)
-    for _ in range(args.warmup):
-        n, _ = ours.run()
-    activities = [ProfilerActivity.CPU]
-    if device.type == 'cuda':
-        activities.append(ProfilerActivity.CUDA)
-    os.makedirs(args.out, exist_ok=True)
-    benchmark_test_net._sync(device)
-    with profile(activities=activities) as prof:
-        t = time.perf_counter()
-        n, per_image = ours.run()
+    unlabel = label_stages(ours.model)
+    try:
+        for _ in range(args.warmup):
+            n, _ = ours.run()
+        activities = [ProfilerActivity.CPU]
+        if device.type == 'cuda':
+            activities.append(ProfilerActivity.CUDA)
+        os.makedirs(args.out, exist_ok=True)
         benchmark_test_net._sync(device)
-        wall = time.perf_counter() - t
+        with profile(activities=activities) as prof:
+            t = time.perf_counter()
+            n, per_image = ours.run()
+            benchmark_test_net._sync(device)
+            wall = time.perf_counter() - t
+    finally:
+        unlabel()
     trace_path = os.path.join(args.out, 'trace.json')
     prof.export_chrome_trace(trace_path)
     with open(trace_path) as f:

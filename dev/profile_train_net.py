@@ -143,8 +143,10 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
     import tempfile
+    from pydetectron.core.config import reset_cfg
     train_net_step = profile_test_net.load_tool('train_net_step')
-    state = {}
+    reset_cfg()             # the tool configures the global config from its defaults, as a
+    state = {}              # process of its own would
     restore = install(args, state)
     out_dir = tempfile.mkdtemp(prefix='profile_train_net_')
     try:
@@ -153,6 +155,7 @@ def main(argv=None):
         pass
     finally:
         restore()
+        reset_cfg()
         if 'prof' in state and 'wall' not in state:     # training stopped inside the profile
             state['prof'].__exit__(None, None, None)
     if 'prof' not in state or 'wall' not in state:

@@ -36,6 +36,8 @@ def test_summarize_takes_the_union_of_gpu_work_and_counts_host_waits():
 
 @pytest.mark.slow
 def test_a_training_step_is_profiled_with_its_stages(coco_mini, tmp_path):
+    from pydetectron.core.config import assert_and_infer_cfg
+    assert_and_infer_cfg()      # a frozen config left by another test: the script starts anew
     summary = profile_train_net.main([
         '--out', str(tmp_path / 'p'), '--data', coco_mini, '--device', 'cpu', '--scale', '160',
         '--max-size', '267', '--bs', '1', '--nw', '0', '--warmup', '1', '--steps', '2',
@@ -53,7 +55,9 @@ def test_a_training_step_is_profiled_with_its_stages(coco_mini, tmp_path):
 
 @pytest.mark.slow
 def test_a_test_net_pass_is_profiled_with_its_stages(coco_mini, registry_env, tmp_path):
+    from pydetectron.core import mask_results, test
     from pydetectron.core.config import reset_cfg
+    before = (test.im_detect_bbox, mask_results.paste_masks, mask_results.mask_util)
     dataset = 'coco_json:%s:%s' % (
         os.path.join(coco_mini, 'annotations', 'instances_val2017.json'),
         os.path.join(coco_mini, 'images', 'val2017'))
@@ -68,6 +72,7 @@ def test_a_test_net_pass_is_profiled_with_its_stages(coco_mini, registry_env, tm
                  '_segms_of_image'):
         assert summary['stages'][name]['calls_per_image'] == 1.0, name
     assert os.path.exists(tmp_path / 'p' / 'trace.json.gz')
+    assert (test.im_detect_bbox, mask_results.paste_masks, mask_results.mask_util) == before
 
 
 def test_the_trainer_is_left_as_it_was(coco_mini, tmp_path):
