@@ -32,7 +32,8 @@ trainprofile_one() {   # $1 index, $2 arguments
     timeout "${TRAINNET_TIMEOUT:-420}" "$PY" dev/profile_train_net.py --out "$OUT/trainprofile_$1" \
         $args > "$OUT/trainprofile_$1.log" 2>&1
     rc=$?
-    grep -A8 '"wall_ms_per_step"' "$OUT/trainprofile_$1.log" || tail -n 30 "$OUT/trainprofile_$1.log"
+    grep -A8 '"wall_ms_per_step"' "$OUT/trainprofile_$1.log" \
+        || tail -n 30 "$OUT/trainprofile_$1.log"
     return $rc
 }
 if [ -n "${TRAINPROFILE:-}" ]; then
