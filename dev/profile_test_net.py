@@ -188,7 +188,12 @@ def main(argv=None):
     from torch.profiler import ProfilerActivity, profile
     bargs.dataset = bargs.dataset or benchmark_test_net.default_dataset()
     torch.backends.cudnn.benchmark = bool(bargs.cudnn_benchmark)
-    ours = benchmark_test_net.Ours(bargs)
+    from pydetectron.utils.errors import UserInputError
+    try:
+        ours = benchmark_test_net.Ours(bargs)
+    except UserInputError as e:     # a bad --shape_buckets, --compile, --dataset: one line
+        print('profile_test_net.py: error: %s' % e, file=sys.stderr)
+        raise SystemExit(2)
     device = torch.device(bargs.device)
     unlabel = label_stages(ours.model)
     try:
@@ -206,20 +211,30 @@ def main(argv=None):
             wall = time.perf_counter() - t
     finally:
         unlabel()
-    trace_path = os.path.join(args.out, 'trace.json')
+    return write_profile(prof, args.out, n, wall, 'image', device.type, args.no_trace, argv,
+                         detections_per_image=per_image)
+
+
+def write_profile(prof, out, count, wall_s, unit, device_type, no_trace, argv, **extra):
+    """Write a finished profile of ``count`` units to ``out``: ``summary.json`` (``summarize``,
+    ``extra``, the stages, the device, torch and ``argv``), ``ops.txt`` and, unless
+    ``no_trace``, ``trace.json.gz``; print the summary and return it."""
+    import torch
+    os.makedirs(out, exist_ok=True)
+    trace_path = os.path.join(out, 'trace.json')
     prof.export_chrome_trace(trace_path)
     with open(trace_path) as f:
         trace = json.load(f)
-    summary = summarize(trace, n, wall)
-    summary['detections_per_image'] = per_image
-    summary['stages'] = stage_table(prof, n)
-    summary['device'] = (torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu')
+    summary = summarize(trace, count, wall_s, unit=unit)
+    summary.update(extra)
+    summary['stages'] = stage_table(prof, count, unit=unit)
+    summary['device'] = torch.cuda.get_device_name() if device_type == 'cuda' else 'cpu'
     summary['torch'] = torch.__version__
     summary['argv'] = sys.argv[1:] if argv is None else list(argv)
-    with open(os.path.join(args.out, 'summary.json'), 'w') as f:
+    with open(os.path.join(out, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
-    write_ops_table(prof, os.path.join(args.out, 'ops.txt'), device.type)
-    if args.no_trace:
+    write_ops_table(prof, os.path.join(out, 'ops.txt'), device_type)
+    if no_trace:
         os.remove(trace_path)
     else:
         with open(trace_path, 'rb') as src, gzip.open(trace_path + '.gz', 'wb') as dst:

@@ -20,8 +20,6 @@ each stage's host and device time), ``ops.txt`` and ``trace.json.gz``.
         --cfg configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml
 """
 import argparse
-import gzip
-import json
 import os
 import shutil
 import sys
@@ -141,7 +139,6 @@ def install(args, state):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
     import tempfile
     from pydetectron.core.config import reset_cfg
     train_net_step = profile_test_net.load_tool('train_net_step')
@@ -150,41 +147,23 @@ def main(argv=None):
     restore = install(args, state)
     out_dir = tempfile.mkdtemp(prefix='profile_train_net_')
     try:
-        train_net_step.main(tool_argv(args, out_dir))
+        rc = train_net_step.main(tool_argv(args, out_dir))
     except StopTraining:
-        pass
+        rc = 0
     finally:
         restore()
         reset_cfg()
+        shutil.rmtree(out_dir, ignore_errors=True)
         if 'prof' in state and 'wall' not in state:     # training stopped inside the profile
             state['prof'].__exit__(None, None, None)
+    if rc:          # the tool said why in one line (a bad flag, file or dataset: 2)
+        raise SystemExit(rc)
     if 'prof' not in state or 'wall' not in state:
         raise SystemExit('profile_train_net.py: training ended after %d steps, before the %d '
                          'profiled ones' % (state.get('done', 0), args.warmup + args.steps))
-    prof = state['prof']
-    os.makedirs(args.out, exist_ok=True)
-    trace_path = os.path.join(args.out, 'trace.json')
-    prof.export_chrome_trace(trace_path)
-    with open(trace_path) as f:
-        trace = json.load(f)
-    summary = profile_test_net.summarize(trace, args.steps, state['wall'], unit='step')
-    summary['stages'] = profile_test_net.stage_table(prof, args.steps, unit='step')
-    summary['images_per_step'] = args.bs
-    summary['device'] = (torch.cuda.get_device_name() if args.device != 'cpu' else 'cpu')
-    summary['torch'] = torch.__version__
-    summary['argv'] = sys.argv[1:] if argv is None else list(argv)
-    with open(os.path.join(args.out, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
-    profile_test_net.write_ops_table(prof, os.path.join(args.out, 'ops.txt'), args.device)
-    if args.no_trace:
-        os.remove(trace_path)
-    else:
-        with open(trace_path, 'rb') as src, gzip.open(trace_path + '.gz', 'wb') as dst:
-            shutil.copyfileobj(src, dst)
-        os.remove(trace_path)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    print(json.dumps(summary, indent=1))
-    return summary
+    return profile_test_net.write_profile(
+        state['prof'], args.out, args.steps, state['wall'], 'step',
+        'cpu' if args.device == 'cpu' else 'cuda', args.no_trace, argv, images_per_step=args.bs)
 
 
 if __name__ == '__main__':

@@ -33,11 +33,11 @@ __all__ = ['GraphedForward', 'conv_body_graphs', 'can_graph']
 MAX_GRAPHS = 16
 
 
-def _outputs(out, fn):
-    if torch.is_tensor(out):
-        return fn(out)
-    if isinstance(out, (list, tuple)) and all(torch.is_tensor(t) for t in out):
-        return type(out)(fn(t) for t in out)
+def _check_outputs(out):
+    """A graph's outputs must be tensors (a tensor, or a list or tuple of them)."""
+    if torch.is_tensor(out) or (isinstance(out, (list, tuple))
+                                and all(torch.is_tensor(t) for t in out)):
+        return
     raise TypeError('CUDA graphs: the conv body returned %s, not a tensor or a list of them'
                     % type(out).__name__)
 
@@ -100,7 +100,7 @@ class GraphedForward(object):
                 finally:
                     graph.capture_end()
             current.wait_stream(stream)
-            _outputs(static_out, lambda t: t)
+            _check_outputs(static_out)
         except Exception as e:  # noqa: BLE001 -- any failure: eager from now on, said once
             self.failed = True
             self.graphs.clear()
