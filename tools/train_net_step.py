@@ -15,6 +15,7 @@ Ctrl-C / SIGTERM save the last finished step and exit with 130 / 143; a NaN loss
 good step and exits with 3; a missing file, a bad config key or an unusable checkpoint exits
 with 2 and a message. The work is done by ``pydetectron.engine.launch``.
 """
+import argparse
 import os
 import sys
 
@@ -75,6 +76,10 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true',
                         help='bfloat16 autocast in the forward pass (CUDA, or CPU)')
     add_speed_arguments(parser, training=True)
+    parser.add_argument('--cuda_graphs', action=argparse.BooleanOptionalAction, default=True,
+                        help="replay the conv body's forward and backward as CUDA graphs, a pair "
+                        'per blob shape, captured the second time a shape comes (default: on; '
+                        'used with one GPU in the process and no --compile)')
     parser.add_argument('--seed', type=int, help='random seed (RNG_SEED)')
     parser.add_argument('--output_dir', help='the run folder: ckpt/, config.yaml, log.txt, '
                         'metrics.jsonl, classes.txt, eval/, TensorBoard events '

@@ -101,3 +101,117 @@ def test_graphs_equal_the_eager_body_and_keep_the_newest():
                                                           tuple(xs[2].shape)]
         assert 'forward' not in model.Conv_Body.__dict__
     assert model.Conv_Body(xs[0])[0].requires_grad       # autograd on: never a graph
+
+
+# -- training ----------------------------------------------------------------------------------
+
+class TrainBody(nn.Module):
+    """A body with a frozen first conv (FREEZE_AT), a trainable rest and two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.stem.requires_grad_(False)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
+
+    def forward(self, x):
+        y = torch.relu_(self.a(torch.relu(self.stem(x))))
+        return [y * 2, self.b(y) + torch.nn.functional.max_pool2d(y, 2)]
+
+
+class TrainModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.Conv_Body = TrainBody()
+
+
+def test_training_graphs_off_where_they_must_be(monkeypatch):
+    model = TrainModel().train()
+    assert not cuda_graphs.can_graph_training(model)             # a CPU model
+    with cuda_graphs.training_conv_body_graphs(model) as graphed:
+        assert graphed is None and 'forward' not in model.Conv_Body.__dict__
+    # on a GPU: not with a hook (a graph would skip it), a compiled body, nor when not enabled
+    monkeypatch.setattr(cuda_graphs, '_body_can_graph', lambda m: True)
+    assert cuda_graphs.can_graph_training(model)
+    handle = model.Conv_Body.a.register_forward_hook(lambda *a: None)
+    assert not cuda_graphs.can_graph_training(model)
+    handle.remove()
+    handle = model.Conv_Body.b.register_full_backward_hook(lambda *a: None)
+    assert not cuda_graphs.can_graph_training(model)
+    handle.remove()
+    handle = model.Conv_Body.register_forward_hook(lambda *a: None)   # runs around the graphs
+    assert cuda_graphs.can_graph_training(model)
+    handle.remove()
+    with cuda_graphs.training_conv_body_graphs(model, enabled=False) as graphed:
+        assert graphed is None
+    monkeypatch.undo()
+    model.Conv_Body.compile()
+    assert not cuda_graphs._body_can_graph(model)
+
+
+def test_train_net_step_uses_them_on_one_gpu_unless_told_not(monkeypatch):
+    sys_path = __import__('sys').path
+    import os
+    sys_path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'tools'))
+    import train_net_step
+    assert train_net_step.parse_args(['--cfg', 'x.yaml']).cuda_graphs is True
+    assert train_net_step.parse_args(['--cfg', 'x.yaml', '--no-cuda_graphs']).cuda_graphs is False
+
+
+def _train_steps(model, xs, order, amp, weights):
+    """SGD steps of ``model``'s body on ``xs[k]`` for k in ``order``: the loss weighs each output
+    by a fixed random map (the second output left out every third step: no gradient reaches it
+    there); returns each step's outputs and trainable parameters' gradients."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05,
+                          momentum=0.9)
+    record = []
+    for step, k in enumerate(order):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
+            outs = model.Conv_Body(xs[k].clone())
+            used = outs if step % 3 else outs[:1]
+            loss = sum((o.float() * w[k]).sum() for o, w in zip(used, weights))
+        loss.backward()
+        record.append(([o.detach().float().clone() for o in outs],
+                       [None if p.grad is None else p.grad.clone()
+                        for p in model.Conv_Body.parameters()]))
+        opt.step()
+    return record
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize('amp', [False, True])
+def test_training_graphs_give_the_eager_outputs_gradients_and_updates(amp):
+    import copy
+    torch.backends.cudnn.deterministic = True
+    torch.manual_seed(0)
+    model = TrainModel().cuda().train()
+    eager_model = copy.deepcopy(model)
+    shapes = [(2, 3, 32, 48), (2, 3, 64, 32), (2, 3, 40, 40)]
+    xs = [torch.randn(s, device='cuda') for s in shapes]
+    weights = [[torch.randn(2, 8, s[2], s[3], device='cuda') for s in shapes],
+               [torch.randn(2, 8, s[2] // 2, s[3] // 2, device='cuda') for s in shapes]]
+    # shape 0: eager, captured, replayed x2; 1: eager, captured; 2: eager, captured (the third
+    # pair: shape 0's goes); 0: captured again (1's goes); 2, 0: replayed; 1: captured again.
+    # The steps 3 and 9 replay without a gradient for the second output.
+    order = [0, 0, 0, 0, 1, 1, 2, 2, 0, 2, 0, 1]
+    want = _train_steps(eager_model, xs, order, amp, weights)
+    with cuda_graphs.training_conv_body_graphs(model, max_graphs=2) as graphed:
+        assert graphed is not None
+        got = _train_steps(model, xs, order, amp, weights)
+        assert not graphed.failed
+        assert (graphed.captures, graphed.replays) == (5, 9)
+    assert 'forward' not in model.Conv_Body.__dict__
+    for step, ((outs, grads), (outs_e, grads_e)) in enumerate(zip(got, want)):
+        for a, b in zip(outs, outs_e):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg='step %d output' % step)
+        assert grads[0] is None and grads_e[0] is None      # the frozen stem: no gradient
+        # b's weight: no gradient (as eager) where the second output is left out
+        assert [g is None for g in grads] == [True, True, False, False, step % 3 == 0]
+        for a, b in zip(grads, grads_e):
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=0, atol=0, msg='step %d grad' % step)
+    for p, q in zip(model.parameters(), eager_model.parameters()):
+        assert torch.equal(p, q)

@@ -178,3 +178,84 @@ def test_bilinear_interpolation_doubles_and_interpolates():
     assert set(dict(up.named_buffers())) == {"weight", "bias"} and not list(up.parameters())
     with pytest.raises(ValueError, match="even"):
         BilinearInterpolation2d(2, 2, 3)
+
+
+def _group_norm_reference(x, g, w, b, eps):
+    """GroupNorm written out: biased variance over each (image, group), then scale and bias."""
+    n, c = x.shape[:2]
+    xg = x.reshape(n, g, -1)
+    mean = xg.mean(2, keepdim=True)
+    var = ((xg - mean) ** 2).mean(2, keepdim=True)
+    y = ((xg - mean) / torch.sqrt(var + eps)).reshape(x.shape)
+    view = (1, c) + (1,) * (x.dim() - 2)
+    return y * w.reshape(view) + b.reshape(view)
+
+
+@pytest.mark.parametrize('shape, groups', [((2, 64, 12, 17), 32), ((3, 12, 5, 4, 3), 4),
+                                           ((1, 8, 9), 1)])
+def test_group_norm_statistics_path_equals_group_norm(shape, groups):
+    """The GPU path's function (plain torch ops: it runs on the CPU too) against GroupNorm
+    written out, in float64: output and the gradients of input, scale and bias."""
+    from pydetectron.nn.group_norm import _GroupNormFunction
+    torch.manual_seed(0)
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+    w = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    y = _GroupNormFunction.apply(x, w, b, groups, 1e-5)
+    want = _group_norm_reference(x, groups, w, b, 1e-5)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    for got, ref in zip(torch.autograd.grad(y, (x, w, b), g),
+                        torch.autograd.grad(want, (x, w, b), g, retain_graph=True)):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    w.requires_grad_(False)             # a frozen scale: no gradient asked for it
+    dx, db = torch.autograd.grad(_GroupNormFunction.apply(x, w, b, groups, 1e-5), (x, b), g)
+    torch.testing.assert_close(dx, torch.autograd.grad(want, x, g)[0], rtol=1e-10, atol=1e-10)
+
+
+def test_group_norm_takes_the_statistics_path_only_where_it_pays(monkeypatch):
+    from pydetectron.nn import group_norm as gn_module
+    gn = GroupNorm(64, -1, 32, 1e-5)
+    assert isinstance(gn, torch.nn.GroupNorm) and set(gn.state_dict()) == {'weight', 'bias'}
+    x = torch.randn(2, 64, 16, 16)
+    calls = []
+    monkeypatch.setattr(gn_module._GroupNormFunction, 'apply',
+                        lambda *a: calls.append(a) or F.group_norm(a[0], a[3], a[1], a[2], a[4]))
+    assert torch.equal(gn(x), F.group_norm(x, 32, gn.weight, gn.bias, 1e-5))
+    assert calls == []                                  # the CPU: PyTorch's GroupNorm
+    fast = gn_module._fast_path
+    big = torch.empty(2, 64, 64, 64)                    # 64 rows of 8192
+    monkeypatch.setattr(torch.Tensor, 'is_cuda', property(lambda t: True))
+    assert fast(big, gn.weight, gn.bias, 32)
+    assert not fast(big, None, gn.bias, 32) and not fast(big, gn.weight, None, 32)
+    assert not fast(big.to(memory_format=torch.channels_last), gn.weight, gn.bias, 32)
+    assert not fast(big.double(), gn.weight, gn.bias, 32)
+    assert not fast(torch.empty(512, 64, 14, 14), gn.weight, gn.bias, 32)   # RoIs: many rows
+    assert not fast(torch.empty(2, 64, 8, 8), gn.weight, gn.bias, 32)       # short rows
+    monkeypatch.setattr(torch, 'is_autocast_enabled', lambda device=None: device == 'cuda')
+    assert not fast(big, gn.weight, gn.bias, 32)        # autocast: PyTorch's float32 casts
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_cuda_group_norm_equals_pytorchs():
+    """On the GPU, at an FPN level's size for 2 images: output and gradients against PyTorch's
+    GroupNorm (float32; float64 on the CPU as the reference)."""
+    torch.manual_seed(0)
+    gn = GroupNorm(256, -1, 32, 1e-5).cuda()
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(2, 256, 100, 168, device='cuda') * 2 + 0.5).requires_grad_()
+    y = gn(x)
+    assert y.grad_fn is not None and 'GroupNormFunction' in type(y.grad_fn).__name__
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, gn.weight, gn.bias), g)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, gn.weight, gn.bias))
+    want = F.group_norm(x64, 32, w64, b64, 1e-5)
+    want_grads = torch.autograd.grad(want, (x64, w64, b64), g.double())
+    torch.testing.assert_close(y.double(), want, rtol=0, atol=2e-5)
+    for got, ref, tol in zip(grads, want_grads, (2e-5, 5e-2, 5e-2)):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=tol)
+    theirs = F.group_norm(x, 32, gn.weight, gn.bias, 1e-5)      # PyTorch's, in float32
+    torch.testing.assert_close(y, theirs, rtol=0, atol=2e-5)

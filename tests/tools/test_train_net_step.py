@@ -298,3 +298,53 @@ def test_amp_on_the_gpu_trains_channels_last_by_default(tmp_path, fresh_cfg, tin
         pytest.skip('needs CUDA')
     assert _memory_format_chosen(tmp_path / 'g', tiny_coco, monkeypatch, *flags,
                                  cuda=True) == [expected]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('cfg_file', [
+    'configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml',
+    'configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml'])
+def test_cuda_graphs_of_the_body_train_as_the_eager_body(tmp_path, fresh_cfg, coco_mini,
+                                                         monkeypatch, cfg_file):
+    """train_net_step on coco_mini's photos (16 steps of 2 at scale 256, whose blob shapes repeat:
+    graphs are captured and replayed) with and without --cuda_graphs: the same losses, step by
+    step (cuDNN's deterministic algorithms, so that the eager passes repeat themselves)."""
+    if not torch.cuda.is_available():
+        pytest.skip('needs CUDA')
+    from pydetectron.core import cuda_graphs
+    from pydetectron.core.config import reset_cfg
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = 'coco_json:%s:%s' % (
+        os.path.join(coco_mini, 'annotations', 'instances_train2017.json'),
+        os.path.join(coco_mini, 'images', 'train2017'))
+    trainers, graphed = [], []
+
+    class RecordedTrainer(launch.Trainer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            trainers.append(self)
+
+    class Recorded(cuda_graphs.TrainingGraphedForward):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            graphed.append(self)
+    monkeypatch.setattr(launch, 'Trainer', RecordedTrainer)
+    monkeypatch.setattr(cuda_graphs, 'TrainingGraphedForward', Recorded)
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
+    for flag in ('--no-cuda_graphs', '--cuda_graphs'):
+        reset_cfg()
+        args = train_net_step.parse_args([
+            '--dataset', spec, '--cfg', os.path.join(root, cfg_file), '--bs', '2', '--nw', '0',
+            '--no_save', '--skip-test', '--allow_random_frozen_bn', '--disp_interval', '8',
+            '--output_dir', str(tmp_path / flag), flag, '--set',
+            'MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', 'False', 'SOLVER.MAX_ITER', '2',
+            'TRAIN.SCALES', '(256,)', 'TRAIN.MAX_SIZE', '256', 'TRAIN.WEIGHTS', "''"])
+        assert launch.main(args) == 0
+    eager, graphs = trainers
+    assert len(graphed) == 1 and not graphed[0].failed
+    assert graphed[0].captures >= 2 and graphed[0].replays >= 6
+    assert len(eager.loss_history) == len(graphs.loss_history) == 16
+    diff = max(abs(a - b) / abs(b) for a, b in zip(graphs.loss_history, eager.loss_history))
+    print('losses: eager %s, graphs %s, largest relative difference %.3g'
+          % (eager.loss_history, graphs.loss_history, diff))
+    assert diff <= 1e-5

@@ -16,6 +16,16 @@ next image's, which test_net's one batch in flight is (test-time augmentation, w
 features of several scales, and several batches in flight do not get graphs). A shape that fails
 to capture turns the graphs off for the rest of the context, with a warning: the eager forward
 runs instead.
+
+Training (``training_conv_body_graphs(model)``, train_net_step on one GPU): the body's forward and
+its backward are captured as a pair of graphs per input layout (``TrainingGraphedForward``), the
+same way, and run as one autograd node: the forward graph reads the parameters in place (so the
+optimizer's updates are seen), the backward graph writes the gradients of the body's trainable
+parameters, which autograd accumulates into ``.grad`` as it would the eager ones; the heads'
+losses reach the body through the gradients of its outputs. Under autocast the captured forward
+casts the weights itself (autocast's weight cache off inside it), so each replay reads the
+weights of that step. One step's replays must be done (forward and backward) before the next
+shape's: the trainer's order.
 """
 from collections import OrderedDict
 import contextlib
@@ -25,7 +35,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['GraphedForward', 'conv_body_graphs', 'can_graph']
+__all__ = ['GraphedForward', 'TrainingGraphedForward', 'conv_body_graphs',
+           'training_conv_body_graphs', 'can_graph', 'can_graph_training']
 
 # Graphs kept: the blob shapes of COCO photos at 800 / 1333 (stride 32) -- coco_mini's val2017
 # has 16, four of them covering 63 of its 79 photos -- each graph holding its features (~85 MB
@@ -115,18 +126,214 @@ class GraphedForward(object):
         return self.graphs[key]
 
 
+def _outputs_as_list(out):
+    return [out] if torch.is_tensor(out) else list(out)
+
+
+def _like_outputs(kind, flat):
+    """``flat`` as the body returned them: one tensor (``kind`` None) or a list or tuple."""
+    return flat[0] if kind is None else kind(flat)
+
+
+class _Entry(object):
+    """One input layout's captured training graphs and their static tensors."""
+    __slots__ = ('static_in', 'params', 'forward_graph', 'backward_graph', 'structure',
+                 'outputs', 'grad_outputs', 'grads', 'differentiable', 'depends')
+
+
+class _ReplayBody(torch.autograd.Function):
+    """The body as one autograd node: forward and backward are replays of the captured graphs;
+    the inputs are the image blob (no gradient) and the trainable parameters."""
+
+    @staticmethod
+    def forward(ctx, entry, x, *params):
+        entry.static_in.copy_(x)
+        entry.forward_graph.replay()
+        ctx.entry = entry
+        return tuple(o.detach() for o in entry.outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        entry = ctx.entry
+        for g, static in zip(grads, entry.grad_outputs):
+            if g is None:
+                static.zero_()
+            else:
+                static.copy_(g)
+        entry.backward_graph.replay()
+        if all(g is not None for g in grads):
+            return (None, None) + tuple(entry.grads)
+        # as eager autograd: no gradient (None, not zeros) for a parameter none of whose
+        # outputs got one (the optimizer skips it: no momentum, no weight decay)
+        reached = set()
+        for g, depends in zip(grads, entry.depends):
+            if g is not None:
+                reached |= depends
+        return (None, None) + tuple(g if i in reached else None
+                                    for i, g in enumerate(entry.grads))
+
+
+class TrainingGraphedForward(object):
+    """``forward(x)`` of ``module`` in training as a forward and a backward CUDA graph per input
+    layout of ``x`` (and autocast state); see the module docstring."""
+
+    WARMUP = 2      # eager forward + backward passes on the capture stream before a capture
+
+    def __init__(self, module, forward, max_graphs=MAX_GRAPHS):
+        self.module, self.forward = module, forward
+        self.max_graphs = max_graphs
+        self.graphs = OrderedDict()     # key -> _Entry
+        self.seen = set()
+        self.pool = self.stream = None
+        self.failed = False
+        self.captures = self.replays = 0
+        self.depends = None     # per output: the indices of the parameters it depends on
+
+    def __call__(self, x, *args, **kwargs):
+        if (self.failed or args or kwargs or not torch.is_tensor(x) or not x.is_cuda
+                or x.requires_grad or not torch.is_grad_enabled() or not self.module.training):
+            return self.forward(x, *args, **kwargs)
+        autocast = torch.is_autocast_enabled('cuda')
+        key = (tuple(x.shape), x.dtype, x.stride(), x.device, autocast,
+               torch.get_autocast_dtype('cuda') if autocast else None)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if key not in self.seen:            # the first time: eager (and the warm-up)
+                self.seen.add(key)
+                return self.forward(x)
+            entry = self._capture(key, x)
+            if entry is None:
+                return self.forward(x)
+        else:
+            self.graphs.move_to_end(key)
+        self.replays += 1
+        if not entry.differentiable:
+            entry.static_in.copy_(x)
+            entry.forward_graph.replay()
+            return _like_outputs(entry.structure, [o.detach() for o in entry.outputs])
+        outs = _ReplayBody.apply(entry, x, *entry.params)
+        return _like_outputs(entry.structure, list(outs))
+
+    def _run(self, x, autocast_dtype):
+        # autocast's weight cache off: a cast served from it would be left out of the graph
+        ctx = (torch.autocast('cuda', dtype=autocast_dtype, cache_enabled=False)
+               if autocast_dtype is not None else contextlib.nullcontext())
+        with ctx:
+            return self.forward(x)
+
+    @staticmethod
+    def _dependencies(outs, params):
+        """Per output, the indices of ``params`` it depends on (the same for every shape)."""
+        depends = []
+        for o in outs:
+            grads = torch.autograd.grad(o, params, torch.zeros_like(o), allow_unused=True,
+                                        retain_graph=True)
+            depends.append(frozenset(i for i, g in enumerate(grads) if g is not None))
+        return depends
+
+    def _capture(self, key, x):
+        try:
+            entry = self._capture_entry(key, x)
+        except Exception as e:  # noqa: BLE001 -- any failure: eager from now on, said once
+            self.failed = True
+            self.graphs.clear()
+            logger.warning('CUDA graphs of the conv body are off for this training run: '
+                           'capturing a %s input failed (%s: %s); the eager forward and backward '
+                           'run instead', 'x'.join(str(s) for s in key[0]), type(e).__name__, e)
+            return None
+        while len(self.graphs) >= self.max_graphs:
+            self.graphs.popitem(last=False)
+        self.graphs[key] = entry
+        self.captures += 1
+        return entry
+
+    def _capture_entry(self, key, x):
+        autocast_dtype = key[5]
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        static_in.copy_(x)
+        current = torch.cuda.current_stream(x.device)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+            self.stream = torch.cuda.Stream(device=x.device)
+        stream = self.stream
+        stream.wait_stream(current)
+        entry = _Entry()
+        entry.static_in, entry.params, entry.depends = static_in, params, None
+        with torch.cuda.stream(stream):
+            # warm-ups on the capture stream, in this thread and autograd's (cuDNN and cuBLAS
+            # handles and workspaces are made there, not in the graph's memory)
+            for _ in range(self.WARMUP):
+                outs = _outputs_as_list(self._run(static_in, autocast_dtype))
+                _check_outputs(outs)
+                need = [o for o in outs if o.requires_grad]
+                if need and params:
+                    if self.depends is None and len(need) == len(outs):
+                        self.depends = self._dependencies(outs, params)
+                    torch.autograd.grad(need, params, [torch.zeros_like(o) for o in need],
+                                        allow_unused=True)
+                del outs, need
+            stream.synchronize()
+            entry.differentiable = bool(params)
+            forward_graph = torch.cuda.CUDAGraph()
+            # (thread-local: the loader's pin-memory thread keeps allocating page-locked memory)
+            forward_graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
+            try:
+                if entry.differentiable:
+                    out = self._run(static_in, autocast_dtype)
+                else:
+                    with torch.no_grad():
+                        out = self._run(static_in, autocast_dtype)
+            finally:
+                forward_graph.capture_end()
+            outs = _outputs_as_list(out)
+            _check_outputs(outs)
+            entry.forward_graph = forward_graph
+            entry.structure = None if torch.is_tensor(out) else type(out)
+            entry.backward_graph = entry.grad_outputs = entry.grads = None
+            if entry.differentiable:
+                if not all(o.requires_grad for o in outs):
+                    raise TypeError('an output of the conv body does not depend on its '
+                                    'trainable parameters')
+                entry.grad_outputs = [torch.empty_like(o) for o in outs]
+                backward_graph = torch.cuda.CUDAGraph()
+                backward_graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
+                try:
+                    grads = torch.autograd.grad(outs, params, entry.grad_outputs,
+                                                allow_unused=True)
+                finally:
+                    backward_graph.capture_end()
+                entry.backward_graph = backward_graph
+                entry.grads = list(grads)
+                entry.depends = self.depends
+            # the outputs kept without their autograd graph: its saved activations go back to
+            # the pool, for the next shapes' graphs
+            entry.outputs = [o.detach() for o in outs]
+            del out, outs
+        current.wait_stream(stream)
+        return entry
+
+
 def can_graph(model):
     """Whether test_net may replay ``model``'s conv body as CUDA graphs: a CUDA model in eval
     mode with a conv body that is not compiled (``--compile`` brings its own graphs)."""
-    body = getattr(model, 'Conv_Body', None)
-    if body is None or model.training:
-        return False
-    if type(body).__name__ == 'OptimizedModule' or \
-            getattr(body, '_compiled_call_impl', None) is not None:
-        return False
-    for p in model.parameters():
-        return p.is_cuda
-    return False
+    return not model.training and _body_can_graph(model)
+
+
+@contextlib.contextmanager
+def _routed(body, graphed):
+    """``body.forward`` routed through ``graphed`` while open; put back as it was after."""
+    had_own = 'forward' in body.__dict__
+    own = body.__dict__.get('forward')
+    body.forward = graphed
+    try:
+        yield graphed
+    finally:
+        if had_own:
+            body.forward = own
+        else:
+            del body.forward
+        graphed.graphs.clear()
 
 
 @contextlib.contextmanager
@@ -137,18 +344,56 @@ def conv_body_graphs(model, enabled=True, max_graphs=MAX_GRAPHS):
         yield None
         return
     body = model.Conv_Body
-    had_own = 'forward' in body.__dict__
-    own = body.__dict__.get('forward')
     graphed = GraphedForward(body, body.forward, max_graphs)
-    body.forward = graphed
     try:
-        yield graphed
+        with _routed(body, graphed):
+            yield graphed
     finally:
-        if had_own:
-            body.forward = own
-        else:
-            del body.forward
         if graphed.captures:
             logger.info('Conv body: %d CUDA graphs captured, %d replays', graphed.captures,
                         graphed.replays)
-        graphed.graphs.clear()
+
+
+def _body_can_graph(model):
+    body = getattr(model, 'Conv_Body', None)
+    if body is None:
+        return False
+    if type(body).__name__ == 'OptimizedModule' or \
+            getattr(body, '_compiled_call_impl', None) is not None:
+        return False
+    for p in model.parameters():
+        return p.is_cuda
+    return False
+
+
+def can_graph_training(model):
+    """Whether train_net_step may run ``model``'s conv body as CUDA graphs: a CUDA model (one
+    per process: not one that DataParallel copies to several GPUs each step) whose conv body is
+    not compiled and whose inner modules have no forward or backward hooks (a graph would skip
+    them; the body's own run around the graphs)."""
+    if not _body_can_graph(model):
+        return False
+    for m in list(model.Conv_Body.modules())[1:]:
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or \
+                getattr(m, '_backward_pre_hooks', None):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def training_conv_body_graphs(model, enabled=True, max_graphs=MAX_GRAPHS):
+    """While open, ``model.Conv_Body`` trains through a ``TrainingGraphedForward`` (yielded;
+    None when not ``enabled`` or not ``can_graph_training(model)``); in eval mode or without
+    autograd it runs eagerly (test_net's own graphs may route it meanwhile)."""
+    if not (enabled and can_graph_training(model)):
+        yield None
+        return
+    body = model.Conv_Body
+    graphed = TrainingGraphedForward(body, body.forward, max_graphs)
+    try:
+        with _routed(body, graphed):
+            yield graphed
+    finally:
+        if graphed.captures:
+            logger.info('Conv body in training: %d CUDA graph pairs captured, %d replays',
+                        graphed.captures, graphed.replays)
