@@ -215,3 +215,29 @@ def test_training_graphs_give_the_eager_outputs_gradients_and_updates(amp):
                 torch.testing.assert_close(a, b, rtol=0, atol=0, msg='step %d grad' % step)
     for p, q in zip(model.parameters(), eager_model.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.cuda
+@cuda
+def test_training_graphs_keep_within_their_memory_share(monkeypatch):
+    """A share of the GPU's memory smaller than one pair's tensors: one pair is kept at a time
+    (the older goes before the next capture), and the steps still equal the eager ones."""
+    import copy
+    torch.backends.cudnn.deterministic = True
+    monkeypatch.setattr(cuda_graphs.TrainingGraphedForward, 'MEMORY_FRACTION', 1e-12)
+    torch.manual_seed(1)
+    model = TrainModel().cuda().train()
+    eager_model = copy.deepcopy(model)
+    shapes = [(2, 3, 32, 48), (2, 3, 64, 32)]
+    xs = [torch.randn(s, device='cuda') for s in shapes]
+    weights = [[torch.randn(2, 8, s[2], s[3], device='cuda') for s in shapes],
+               [torch.randn(2, 8, s[2] // 2, s[3] // 2, device='cuda') for s in shapes]]
+    order = [0, 0, 1, 1, 0, 0]
+    want = _train_steps(eager_model, xs, order, False, weights)
+    with cuda_graphs.training_conv_body_graphs(model) as graphed:
+        got = _train_steps(model, xs, order, False, weights)
+        assert (graphed.captures, graphed.replays, len(graphed.graphs)) == (3, 4, 1)
+        assert graphed.entry_bytes > 0 and not graphed.failed
+    for (outs, grads), (outs_e, grads_e) in zip(got, want):
+        assert all(torch.equal(a, b) for a, b in zip(outs, outs_e))
+        assert all(torch.equal(a, b) for a, b in zip(grads[2:], grads_e[2:]))

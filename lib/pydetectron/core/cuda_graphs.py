@@ -178,10 +178,15 @@ class TrainingGraphedForward(object):
     layout of ``x`` (and autocast state); see the module docstring."""
 
     WARMUP = 2      # eager forward + backward passes on the capture stream before a capture
+    # The pairs' own tensors (input, outputs, gradients: ~0.5 GB a pair at 2 images of
+    # 800 x 1333 with FPN) are kept within this share of the GPU's memory: fewer pairs on a
+    # smaller GPU, the least recently used going first.
+    MEMORY_FRACTION = 0.25
 
     def __init__(self, module, forward, max_graphs=MAX_GRAPHS):
         self.module, self.forward = module, forward
         self.max_graphs = max_graphs
+        self.entry_bytes = 0    # the largest pair's own memory so far
         self.graphs = OrderedDict()     # key -> _Entry
         self.seen = set()
         self.pool = self.stream = None
@@ -232,6 +237,11 @@ class TrainingGraphedForward(object):
         return depends
 
     def _capture(self, key, x):
+        budget = self.MEMORY_FRACTION * torch.cuda.get_device_properties(x.device).total_memory
+        while self.graphs and (len(self.graphs) >= self.max_graphs or
+                               (len(self.graphs) + 1) * self.entry_bytes > budget):
+            self.graphs.popitem(last=False)
+        before = torch.cuda.memory_allocated(x.device)
         try:
             entry = self._capture_entry(key, x)
         except Exception as e:  # noqa: BLE001 -- any failure: eager from now on, said once
@@ -241,8 +251,7 @@ class TrainingGraphedForward(object):
                            'capturing a %s input failed (%s: %s); the eager forward and backward '
                            'run instead', 'x'.join(str(s) for s in key[0]), type(e).__name__, e)
             return None
-        while len(self.graphs) >= self.max_graphs:
-            self.graphs.popitem(last=False)
+        self.entry_bytes = max(self.entry_bytes, torch.cuda.memory_allocated(x.device) - before)
         self.graphs[key] = entry
         self.captures += 1
         return entry
