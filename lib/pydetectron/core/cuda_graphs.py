@@ -53,33 +53,51 @@ def _check_outputs(out):
                     % type(out).__name__)
 
 
-class GraphedForward(object):
-    """``forward(x)`` of ``module`` (inference) as one CUDA graph per input layout of ``x``."""
+class _GraphsByShape(object):
+    """The graphs of ``forward`` (``module``'s) by input key: the first input of a key runs
+    eagerly, the second is captured (``_capture``, by the subclass), at most ``max_graphs`` kept
+    (the least recently used goes); all in one memory pool, captured on one side stream."""
 
     def __init__(self, module, forward, max_graphs=MAX_GRAPHS):
         self.module, self.forward = module, forward
         self.max_graphs = max_graphs
-        self.graphs = OrderedDict()     # key -> (static input, graph, static output)
+        self.graphs = OrderedDict()
         self.seen = set()
         self.pool = self.stream = None
         self.failed = False
         self.captures = self.replays = 0
 
+    def _entry(self, key, x):
+        """``key``'s graphs, or None: the first time (eager, which is also the warm-up), or when
+        the capture failed."""
+        entry = self.graphs.get(key)
+        if entry is not None:
+            self.graphs.move_to_end(key)
+        elif key not in self.seen:
+            self.seen.add(key)
+        else:
+            entry = self._capture(key, x)
+        return entry
+
+    def _capture_stream(self, device):
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+            # one capture stream for all the shapes: the warm-ups' freed blocks stay cached
+            # for that stream, to be used again by the next warm-up
+            self.stream = torch.cuda.Stream(device=device)
+        return self.stream
+
+
+class GraphedForward(_GraphsByShape):
+    """``forward(x)`` of ``module`` (inference) as one CUDA graph per input layout of ``x``."""
+
     def __call__(self, x, *args, **kwargs):
         if (self.failed or args or kwargs or not torch.is_tensor(x) or not x.is_cuda
                 or torch.is_grad_enabled() or self.module.training):
             return self.forward(x, *args, **kwargs)
-        key = (tuple(x.shape), x.dtype, x.stride(), x.device)
-        entry = self.graphs.get(key)
+        entry = self._entry((tuple(x.shape), x.dtype, x.stride(), x.device), x)
         if entry is None:
-            if key not in self.seen:            # the first time: eager (and the warm-up)
-                self.seen.add(key)
-                return self.forward(x)
-            entry = self._capture(key, x)
-            if entry is None:
-                return self.forward(x)
-        else:
-            self.graphs.move_to_end(key)
+            return self.forward(x)
         static_in, graph, static_out = entry
         static_in.copy_(x)
         graph.replay()
@@ -93,12 +111,7 @@ class GraphedForward(object):
             static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
             static_in.copy_(x)
             current = torch.cuda.current_stream(x.device)
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-                # one capture stream for all the shapes: the warm-ups' freed blocks stay cached
-                # for that stream, to be used again by the next warm-up
-                self.stream = torch.cuda.Stream(device=x.device)
-            stream = self.stream
+            stream = self._capture_stream(x.device)
             stream.wait_stream(current)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.stream(stream):
@@ -173,7 +186,7 @@ class _ReplayBody(torch.autograd.Function):
                                     for i, g in enumerate(entry.grads))
 
 
-class TrainingGraphedForward(object):
+class TrainingGraphedForward(_GraphsByShape):
     """``forward(x)`` of ``module`` in training as a forward and a backward CUDA graph per input
     layout of ``x`` (and autocast state); see the module docstring."""
 
@@ -184,14 +197,8 @@ class TrainingGraphedForward(object):
     MEMORY_FRACTION = 0.25
 
     def __init__(self, module, forward, max_graphs=MAX_GRAPHS):
-        self.module, self.forward = module, forward
-        self.max_graphs = max_graphs
+        super().__init__(module, forward, max_graphs)
         self.entry_bytes = 0    # the largest pair's own memory so far
-        self.graphs = OrderedDict()     # key -> _Entry
-        self.seen = set()
-        self.pool = self.stream = None
-        self.failed = False
-        self.captures = self.replays = 0
         self.depends = None     # per output: the indices of the parameters it depends on
 
     def __call__(self, x, *args, **kwargs):
@@ -201,16 +208,9 @@ class TrainingGraphedForward(object):
         autocast = torch.is_autocast_enabled('cuda')
         key = (tuple(x.shape), x.dtype, x.stride(), x.device, autocast,
                torch.get_autocast_dtype('cuda') if autocast else None)
-        entry = self.graphs.get(key)
+        entry = self._entry(key, x)
         if entry is None:
-            if key not in self.seen:            # the first time: eager (and the warm-up)
-                self.seen.add(key)
-                return self.forward(x)
-            entry = self._capture(key, x)
-            if entry is None:
-                return self.forward(x)
-        else:
-            self.graphs.move_to_end(key)
+            return self.forward(x)
         self.replays += 1
         if not entry.differentiable:
             entry.static_in.copy_(x)
@@ -262,10 +262,7 @@ class TrainingGraphedForward(object):
         static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
         static_in.copy_(x)
         current = torch.cuda.current_stream(x.device)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-            self.stream = torch.cuda.Stream(device=x.device)
-        stream = self.stream
+        stream = self._capture_stream(x.device)
         stream.wait_stream(current)
         entry = _Entry()
         entry.static_in, entry.params, entry.depends = static_in, params, None
@@ -346,21 +343,29 @@ def _routed(body, graphed):
 
 
 @contextlib.contextmanager
+def _graphed_body(model, graphs_class, max_graphs, what):
+    """``model.Conv_Body`` routed through a ``graphs_class`` while open (yielded); its graphs
+    and their memory go when it closes."""
+    body = model.Conv_Body
+    graphed = graphs_class(body, body.forward, max_graphs)
+    try:
+        with _routed(body, graphed):
+            yield graphed
+    finally:
+        if graphed.captures:
+            logger.info('Conv body%s: %d CUDA graph%s captured, %d replays', what,
+                        graphed.captures, ' pairs' if what else 's', graphed.replays)
+
+
+@contextlib.contextmanager
 def conv_body_graphs(model, enabled=True, max_graphs=MAX_GRAPHS):
     """While open, ``model.Conv_Body`` runs through a ``GraphedForward`` (yielded; None when not
     ``enabled`` or not ``can_graph(model)``); its graphs and their memory go when it closes."""
     if not (enabled and can_graph(model)):
         yield None
         return
-    body = model.Conv_Body
-    graphed = GraphedForward(body, body.forward, max_graphs)
-    try:
-        with _routed(body, graphed):
-            yield graphed
-    finally:
-        if graphed.captures:
-            logger.info('Conv body: %d CUDA graphs captured, %d replays', graphed.captures,
-                        graphed.replays)
+    with _graphed_body(model, GraphedForward, max_graphs, '') as graphed:
+        yield graphed
 
 
 def _body_can_graph(model):
@@ -397,12 +402,5 @@ def training_conv_body_graphs(model, enabled=True, max_graphs=MAX_GRAPHS):
     if not (enabled and can_graph_training(model)):
         yield None
         return
-    body = model.Conv_Body
-    graphed = TrainingGraphedForward(body, body.forward, max_graphs)
-    try:
-        with _routed(body, graphed):
-            yield graphed
-    finally:
-        if graphed.captures:
-            logger.info('Conv body in training: %d CUDA graph pairs captured, %d replays',
-                        graphed.captures, graphed.replays)
+    with _graphed_body(model, TrainingGraphedForward, max_graphs, ' in training') as graphed:
+        yield graphed
