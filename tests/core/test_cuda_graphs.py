@@ -159,6 +159,73 @@ def test_train_net_step_uses_them_on_one_gpu_unless_told_not(monkeypatch):
     assert train_net_step.parse_args(['--cfg', 'x.yaml', '--no-cuda_graphs']).cuda_graphs is False
 
 
+class _EagerReplay(object):
+    """Stands in for a captured pair on the CPU: "replaying" the forward runs the body on the
+    static input and writes the static outputs; the backward writes the static gradients from
+    the static output gradients -- as the graphs do, in place."""
+
+    def __init__(self, entry, body):
+        self.entry, self.body, self.live = entry, body, None
+
+    def forward_replay(self):
+        with torch.enable_grad():
+            self.live = self.body(self.entry.static_in)
+        for static, o in zip(self.entry.outputs, self.live):
+            static.copy_(o.detach())
+
+    def backward_replay(self):
+        grads = torch.autograd.grad(self.live, self.entry.params, self.entry.grad_outputs,
+                                    allow_unused=True)
+        for static, g in zip(self.entry.grads, grads):
+            static.copy_(g)
+
+
+def test_the_replayed_body_is_one_autograd_node_as_eager():
+    """_ReplayBody's autograd plumbing (CPU, the graphs replaced by eager stand-ins): the
+    parameters' gradients accumulate into .grad as eager ones do (a copy, not the static
+    tensor), over two passes; an output left out of the loss gives its parameters no gradient
+    (None: the optimizer skips them), as eager autograd does."""
+    torch.manual_seed(0)
+    body = TrainBody()
+    params = [p for p in body.parameters() if p.requires_grad]
+    x = torch.randn(2, 3, 8, 12)
+    entry = cuda_graphs._Entry()
+    entry.static_in, entry.params = torch.zeros_like(x), params
+    with torch.no_grad():
+        outs = body(x)
+    entry.outputs = [torch.zeros_like(o) for o in outs]
+    entry.grad_outputs = [torch.zeros_like(o) for o in outs]
+    entry.grads = [torch.zeros_like(p) for p in params]
+    entry.depends = cuda_graphs.TrainingGraphedForward._dependencies(body(x), params)
+    assert entry.depends == [frozenset({0, 1}), frozenset({0, 1, 2})]
+    fake = _EagerReplay(entry, body)
+    entry.forward_graph = type('G', (), {'replay': staticmethod(fake.forward_replay)})()
+    entry.backward_graph = type('G', (), {'replay': staticmethod(fake.backward_replay)})()
+    w = [torch.randn_like(o) for o in outs]
+
+    def two_passes(run, second_only_first_output):
+        for p in params:
+            p.grad = None
+        for k in range(2):
+            got = run(x * (k + 1))
+            used = got[:1] if (k == 1 and second_only_first_output) else got
+            sum((o * wi).sum() for o, wi in zip(used, w)).backward()
+        return [None if p.grad is None else p.grad.clone() for p in params]
+
+    replay = lambda inp: cuda_graphs._ReplayBody.apply(entry, inp, *params)  # noqa: E731
+    for only_first in (False, True):
+        want = two_passes(body, only_first)
+        got = two_passes(replay, only_first)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert got[2].data_ptr() != entry.grads[2].data_ptr()     # copied out, not aliased
+    for p in params:
+        p.grad = None
+    out = replay(x)
+    (out[0] * w[0]).sum().backward()            # the second output left out: no gradient for b
+    assert params[0].grad is not None and params[2].grad is None
+
+
 def _train_steps(model, xs, order, amp, weights):
     """SGD steps of ``model``'s body on ``xs[k]`` for k in ``order``: the loss weighs each output
     by a fixed random map (the second output left out every third step: no gradient reaches it

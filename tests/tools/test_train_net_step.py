@@ -347,4 +347,4 @@ def test_cuda_graphs_of_the_body_train_as_the_eager_body(tmp_path, fresh_cfg, co
     diff = max(abs(a - b) / abs(b) for a, b in zip(graphs.loss_history, eager.loss_history))
     print('losses: eager %s, graphs %s, largest relative difference %.3g'
           % (eager.loss_history, graphs.loss_history, diff))
-    assert diff <= 1e-5
+    assert diff <= 1e-4

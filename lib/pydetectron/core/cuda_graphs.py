@@ -163,6 +163,7 @@ class _ReplayBody(torch.autograd.Function):
         entry.static_in.copy_(x)
         entry.forward_graph.replay()
         ctx.entry = entry
+        ctx.set_materialize_grads(False)    # an output without a gradient comes as None
         return tuple(o.detach() for o in entry.outputs)
 
     @staticmethod
