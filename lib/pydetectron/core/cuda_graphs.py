@@ -118,11 +118,8 @@ class GraphedForward(_GraphsByShape):
                 self.forward(static_in)         # warm-up on the capture stream, as CUDA wants
                 stream.synchronize()
                 # (thread-local: test_net's reader threads keep making page-locked blobs)
-                graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
-                try:
-                    static_out = self.forward(static_in)
-                finally:
-                    graph.capture_end()
+                static_out = _capture_into(graph, self.pool, 'thread_local',
+                                           lambda: self.forward(static_in))
             current.wait_stream(stream)
             _check_outputs(static_out)
         except Exception as e:  # noqa: BLE001 -- any failure: eager from now on, said once
@@ -137,6 +134,31 @@ class GraphedForward(_GraphsByShape):
         self.graphs[key] = (static_in, graph, static_out)
         self.captures += 1
         return self.graphs[key]
+
+
+def _capture_into(graph, pool, mode, run):
+    """``run()`` captured into ``graph`` (on the current stream, memory from ``pool``); returns
+    its result. A failed capture leaves CUDA's default generator as it was: CUDA ends the capture
+    with an error before PyTorch takes the generator out of its capture state, which would make
+    every later random draw on the device fail."""
+    generator = torch.cuda.default_generators[torch.cuda.current_device()]
+    saved = generator.clone_state()
+    graph.capture_begin(pool=pool, capture_error_mode=mode)
+    try:
+        out = run()
+    except BaseException:
+        try:
+            graph.capture_end()
+        except Exception:  # noqa: BLE001 -- the first error is the one to report
+            pass
+        generator.graphsafe_set_state(saved)
+        raise
+    try:
+        graph.capture_end()
+    except BaseException:
+        generator.graphsafe_set_state(saved)
+        raise
+    return out
 
 
 def _outputs_as_list(out):
@@ -192,6 +214,8 @@ class TrainingGraphedForward(_GraphsByShape):
     layout of ``x`` (and autocast state); see the module docstring."""
 
     WARMUP = 2      # eager forward + backward passes on the capture stream before a capture
+    # (thread-local: the loader's pin-memory thread keeps allocating page-locked memory)
+    CAPTURE_MODE = 'thread_local'
     # The pairs' own tensors (input, outputs, gradients: ~0.5 GB a pair at 2 images of
     # 800 x 1333 with FPN) are kept within this share of the GPU's memory: fewer pairs on a
     # smaller GPU, the least recently used going first.
@@ -243,21 +267,23 @@ class TrainingGraphedForward(_GraphsByShape):
                                (len(self.graphs) + 1) * self.entry_bytes > budget):
             self.graphs.popitem(last=False)
         before = torch.cuda.memory_allocated(x.device)
+        phase = ['warm-up']
         try:
-            entry = self._capture_entry(key, x)
+            entry = self._capture_entry(key, x, phase)
         except Exception as e:  # noqa: BLE001 -- any failure: eager from now on, said once
             self.failed = True
             self.graphs.clear()
             logger.warning('CUDA graphs of the conv body are off for this training run: '
-                           'capturing a %s input failed (%s: %s); the eager forward and backward '
-                           'run instead', 'x'.join(str(s) for s in key[0]), type(e).__name__, e)
+                           'capturing the %s of a %s input failed (%s: %s); the eager forward '
+                           'and backward run instead', phase[0], 'x'.join(str(s) for s in key[0]),
+                           type(e).__name__, e)
             return None
         self.entry_bytes = max(self.entry_bytes, torch.cuda.memory_allocated(x.device) - before)
         self.graphs[key] = entry
         self.captures += 1
         return entry
 
-    def _capture_entry(self, key, x):
+    def _capture_entry(self, key, x, phase):
         autocast_dtype = key[5]
         params = [p for p in self.module.parameters() if p.requires_grad]
         static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
@@ -267,6 +293,12 @@ class TrainingGraphedForward(_GraphsByShape):
         stream.wait_stream(current)
         entry = _Entry()
         entry.static_in, entry.params, entry.depends = static_in, params, None
+        try:
+            return self._capture_on(stream, entry, static_in, params, autocast_dtype, phase)
+        finally:
+            current.wait_stream(stream)
+
+    def _capture_on(self, stream, entry, static_in, params, autocast_dtype, phase):
         with torch.cuda.stream(stream):
             # warm-ups on the capture stream, in this thread and autograd's (cuDNN and cuBLAS
             # handles and workspaces are made there, not in the graph's memory)
@@ -283,16 +315,10 @@ class TrainingGraphedForward(_GraphsByShape):
             stream.synchronize()
             entry.differentiable = bool(params)
             forward_graph = torch.cuda.CUDAGraph()
-            # (thread-local: the loader's pin-memory thread keeps allocating page-locked memory)
-            forward_graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
-            try:
-                if entry.differentiable:
-                    out = self._run(static_in, autocast_dtype)
-                else:
-                    with torch.no_grad():
-                        out = self._run(static_in, autocast_dtype)
-            finally:
-                forward_graph.capture_end()
+            phase[0] = 'forward'
+            with torch.set_grad_enabled(entry.differentiable):
+                out = _capture_into(forward_graph, self.pool, self.CAPTURE_MODE,
+                                    lambda: self._run(static_in, autocast_dtype))
             outs = _outputs_as_list(out)
             _check_outputs(outs)
             entry.forward_graph = forward_graph
@@ -304,12 +330,11 @@ class TrainingGraphedForward(_GraphsByShape):
                                     'trainable parameters')
                 entry.grad_outputs = [torch.empty_like(o) for o in outs]
                 backward_graph = torch.cuda.CUDAGraph()
-                backward_graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
-                try:
-                    grads = torch.autograd.grad(outs, params, entry.grad_outputs,
-                                                allow_unused=True)
-                finally:
-                    backward_graph.capture_end()
+                phase[0] = 'backward'
+                grads = _capture_into(
+                    backward_graph, self.pool, self.CAPTURE_MODE,
+                    lambda: torch.autograd.grad(outs, params, entry.grad_outputs,
+                                                allow_unused=True))
                 entry.backward_graph = backward_graph
                 entry.grads = list(grads)
                 entry.depends = self.depends
@@ -317,7 +342,6 @@ class TrainingGraphedForward(_GraphsByShape):
             # the pool, for the next shapes' graphs
             entry.outputs = [o.detach() for o in outs]
             del out, outs
-        current.wait_stream(stream)
         return entry
 
 
