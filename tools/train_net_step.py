@@ -76,10 +76,11 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true',
                         help='bfloat16 autocast in the forward pass (CUDA, or CPU)')
     add_speed_arguments(parser, training=True)
-    parser.add_argument('--cuda_graphs', action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument('--cuda_graphs', action=argparse.BooleanOptionalAction, default=False,
                         help="replay the conv body's forward and backward as CUDA graphs, a pair "
-                        'per blob shape, captured the second time a shape comes (default: on; '
-                        'used with one GPU in the process and no --compile)')
+                        'per blob shape, captured the second time a shape comes (one GPU in the '
+                        'process, no --compile). Off by default: not yet shown faster, nor '
+                        'capturing under deterministic cuDNN (BENCHMARK.md)')
     parser.add_argument('--seed', type=int, help='random seed (RNG_SEED)')
     parser.add_argument('--output_dir', help='the run folder: ckpt/, config.yaml, log.txt, '
                         'metrics.jsonl, classes.txt, eval/, TensorBoard events '

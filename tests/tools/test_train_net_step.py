@@ -99,6 +99,25 @@ def test_shape_buckets_flag_reaches_the_config(tmp_path, fresh_cfg, tiny_coco):
     assert saved['SHAPE_BUCKETS'] == 64
 
 
+@pytest.mark.parametrize('flags, expected', [((), False), (('--cuda_graphs',), True),
+                                            (('--no-cuda_graphs',), False)])
+def test_cuda_graphs_flag_reaches_the_training_loop(tmp_path, fresh_cfg, tiny_coco, monkeypatch,
+                                                    flags, expected):
+    """--cuda_graphs (off by default) turns on the conv body's graphs around the training loop,
+    for the model itself (not its DataParallel wrapper)."""
+    import contextlib
+    from pydetectron.core import cuda_graphs
+    seen = []
+
+    @contextlib.contextmanager
+    def record(model, enabled=True):
+        seen.append((type(model).__name__, enabled))
+        yield None
+    monkeypatch.setattr(cuda_graphs, 'training_conv_body_graphs', record)
+    assert run_tool(tmp_path / 'a', tiny_coco, *flags, max_iter=1) == 0
+    assert seen == [('FakeDetector', expected)]
+
+
 def test_outputs_checkpoints_tensorboard_and_auto_resume(tmp_path, fresh_cfg, tiny_coco, capsys):
     from pydetectron.core.config import load_cfg, reset_cfg
     built = []
