@@ -227,6 +227,31 @@ def test_the_replayed_body_is_one_autograd_node_as_eager():
     assert params[0].grad is not None and params[2].grad is None
 
 
+def test_the_captured_passes_run_the_body_on_aliases_of_its_parameters():
+    """Warm-ups and captures run the body with its trainable parameters replaced by new leaves
+    on the same memory (fresh autograd nodes, made on the capture stream): the same outputs,
+    and gradients for the aliases equal to the parameters' own; nothing accumulates into
+    .grad."""
+    torch.manual_seed(0)
+    body = TrainBody().train()
+    graphed = cuda_graphs.TrainingGraphedForward(body, body.forward)
+    body.forward = graphed                  # routed, as in training
+    named = [(n, p) for n, p in body.named_parameters() if p.requires_grad]
+    aliases = {n: p.detach().requires_grad_() for n, p in named}
+    assert [a.data_ptr() for a in aliases.values()] == [p.data_ptr() for _, p in named]
+    x = torch.randn(2, 3, 8, 12)
+    got = graphed._run(x, None, aliases)
+    want = body(x)
+    w = [torch.randn_like(o) for o in want]
+    grads = torch.autograd.grad(sum((o * wi).sum() for o, wi in zip(got, w)),
+                                list(aliases.values()))
+    grads_want = torch.autograd.grad(sum((o * wi).sum() for o, wi in zip(want, w)),
+                                     [p for _, p in named])
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_want))
+    assert all(p.grad is None for p in body.parameters()) and not graphed.aliased
+
+
 def _train_steps(model, xs, order, amp, weights):
     """SGD steps of ``model``'s body on ``xs[k]`` for k in ``order``: the loss weighs each output
     by a fixed random map (the second output left out every third step: no gradient reaches it

@@ -225,10 +225,12 @@ class TrainingGraphedForward(_GraphsByShape):
         super().__init__(module, forward, max_graphs)
         self.entry_bytes = 0    # the largest pair's own memory so far
         self.depends = None     # per output: the indices of the parameters it depends on
+        self.aliased = False    # inside a warm-up or capture: the plain forward
 
     def __call__(self, x, *args, **kwargs):
-        if (self.failed or args or kwargs or not torch.is_tensor(x) or not x.is_cuda
-                or x.requires_grad or not torch.is_grad_enabled() or not self.module.training):
+        if (self.failed or self.aliased or args or kwargs or not torch.is_tensor(x)
+                or not x.is_cuda or x.requires_grad or not torch.is_grad_enabled()
+                or not self.module.training):
             return self.forward(x, *args, **kwargs)
         autocast = torch.is_autocast_enabled('cuda')
         key = (tuple(x.shape), x.dtype, x.stride(), x.device, autocast,
@@ -244,12 +246,21 @@ class TrainingGraphedForward(_GraphsByShape):
         outs = _ReplayBody.apply(entry, x, *entry.params)
         return _like_outputs(entry.structure, list(outs))
 
-    def _run(self, x, autocast_dtype):
+    def _run(self, x, autocast_dtype, aliases):
+        """The body on ``x`` with its trainable parameters replaced by ``aliases``: new leaf
+        tensors on the same memory, whose autograd nodes are made on the capture stream. (The
+        parameters' own nodes may date from an eager step on another stream -- while the
+        previous step's graph is still referenced -- and autograd would then make that stream
+        wait inside the capture, which invalidates it.)"""
         # autocast's weight cache off: a cast served from it would be left out of the graph
         ctx = (torch.autocast('cuda', dtype=autocast_dtype, cache_enabled=False)
                if autocast_dtype is not None else contextlib.nullcontext())
-        with ctx:
-            return self.forward(x)
+        self.aliased = True
+        try:
+            with ctx:
+                return torch.func.functional_call(self.module, aliases, (x,), strict=False)
+        finally:
+            self.aliased = False
 
     @staticmethod
     def _dependencies(outs, params):
@@ -285,7 +296,8 @@ class TrainingGraphedForward(_GraphsByShape):
 
     def _capture_entry(self, key, x, phase):
         autocast_dtype = key[5]
-        params = [p for p in self.module.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
         static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
         static_in.copy_(x)
         current = torch.cuda.current_stream(x.device)
@@ -294,54 +306,57 @@ class TrainingGraphedForward(_GraphsByShape):
         entry = _Entry()
         entry.static_in, entry.params, entry.depends = static_in, params, None
         try:
-            return self._capture_on(stream, entry, static_in, params, autocast_dtype, phase)
+            with torch.cuda.stream(stream):
+                aliases = {n: p.detach().requires_grad_() for n, p in named}
+                return self._capture_on(entry, static_in, aliases, autocast_dtype, phase)
         finally:
             current.wait_stream(stream)
 
-    def _capture_on(self, stream, entry, static_in, params, autocast_dtype, phase):
-        with torch.cuda.stream(stream):
-            # warm-ups on the capture stream, in this thread and autograd's (cuDNN and cuBLAS
-            # handles and workspaces are made there, not in the graph's memory)
-            for _ in range(self.WARMUP):
-                outs = _outputs_as_list(self._run(static_in, autocast_dtype))
-                _check_outputs(outs)
-                need = [o for o in outs if o.requires_grad]
-                if need and params:
-                    if self.depends is None and len(need) == len(outs):
-                        self.depends = self._dependencies(outs, params)
-                    torch.autograd.grad(need, params, [torch.zeros_like(o) for o in need],
-                                        allow_unused=True)
-                del outs, need
-            stream.synchronize()
-            entry.differentiable = bool(params)
-            forward_graph = torch.cuda.CUDAGraph()
-            phase[0] = 'forward'
-            with torch.set_grad_enabled(entry.differentiable):
-                out = _capture_into(forward_graph, self.pool, self.CAPTURE_MODE,
-                                    lambda: self._run(static_in, autocast_dtype))
-            outs = _outputs_as_list(out)
+    def _capture_on(self, entry, static_in, aliases, autocast_dtype, phase):
+        params = list(aliases.values())
+        stream = torch.cuda.current_stream()
+        # warm-ups on the capture stream, in this thread and autograd's (cuDNN and cuBLAS
+        # handles and workspaces are made there, not in the graph's memory)
+        for _ in range(self.WARMUP):
+            outs = _outputs_as_list(self._run(static_in, autocast_dtype, aliases))
             _check_outputs(outs)
-            entry.forward_graph = forward_graph
-            entry.structure = None if torch.is_tensor(out) else type(out)
-            entry.backward_graph = entry.grad_outputs = entry.grads = None
-            if entry.differentiable:
-                if not all(o.requires_grad for o in outs):
-                    raise TypeError('an output of the conv body does not depend on its '
-                                    'trainable parameters')
-                entry.grad_outputs = [torch.empty_like(o) for o in outs]
-                backward_graph = torch.cuda.CUDAGraph()
-                phase[0] = 'backward'
-                grads = _capture_into(
-                    backward_graph, self.pool, self.CAPTURE_MODE,
-                    lambda: torch.autograd.grad(outs, params, entry.grad_outputs,
-                                                allow_unused=True))
-                entry.backward_graph = backward_graph
-                entry.grads = list(grads)
-                entry.depends = self.depends
-            # the outputs kept without their autograd graph: its saved activations go back to
-            # the pool, for the next shapes' graphs
-            entry.outputs = [o.detach() for o in outs]
-            del out, outs
+            need = [o for o in outs if o.requires_grad]
+            if need and params:
+                if self.depends is None and len(need) == len(outs):
+                    self.depends = self._dependencies(outs, params)
+                torch.autograd.grad(need, params, [torch.zeros_like(o) for o in need],
+                                    allow_unused=True)
+            del outs, need
+        stream.synchronize()
+        entry.differentiable = bool(params)
+        forward_graph = torch.cuda.CUDAGraph()
+        phase[0] = 'forward'
+        with torch.set_grad_enabled(entry.differentiable):
+            out = _capture_into(forward_graph, self.pool, self.CAPTURE_MODE,
+                                lambda: self._run(static_in, autocast_dtype, aliases))
+        outs = _outputs_as_list(out)
+        _check_outputs(outs)
+        entry.forward_graph = forward_graph
+        entry.structure = None if torch.is_tensor(out) else type(out)
+        entry.backward_graph = entry.grad_outputs = entry.grads = None
+        if entry.differentiable:
+            if not all(o.requires_grad for o in outs):
+                raise TypeError('an output of the conv body does not depend on its '
+                                'trainable parameters')
+            entry.grad_outputs = [torch.empty_like(o) for o in outs]
+            backward_graph = torch.cuda.CUDAGraph()
+            phase[0] = 'backward'
+            grads = _capture_into(
+                backward_graph, self.pool, self.CAPTURE_MODE,
+                lambda: torch.autograd.grad(outs, params, entry.grad_outputs,
+                                            allow_unused=True))
+            entry.backward_graph = backward_graph
+            entry.grads = list(grads)
+            entry.depends = self.depends
+        # the outputs kept without their autograd graph: its saved activations go back to
+        # the pool, for the next shapes' graphs
+        entry.outputs = [o.detach() for o in outs]
+        del out, outs
         return entry
 
 
