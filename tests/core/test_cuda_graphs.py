@@ -77,6 +77,47 @@ def test_test_net_children_get_no_cuda_graphs(tmp_path, monkeypatch):
         assert ('--no-cuda_graphs' in commands[-1]) is expected
 
 
+def test_graphs_by_shape_capture_at_the_second_input_keep_the_newest_and_stop_on_a_failure(
+        caplog):
+    """The shared bookkeeping (CPU, a stand-in capture): eager the first time a key comes,
+    captured the second, the least recently used going when ``max_graphs`` or ``_room`` says
+    so; a failed capture turns the graphs off with one warning naming the phase and shape."""
+
+    class Graphs(cuda_graphs._GraphsByShape):
+        room = 10
+        fail = False
+
+        def _room(self, x):
+            return len(self.graphs) < self.room
+
+        def _captured(self, key, x, phase):
+            phase[0] = 'forward'
+            if self.fail:
+                raise RuntimeError('no capture')
+            return 'entry %s' % (key,)
+
+    g = Graphs(None, None, max_graphs=2)
+    x = torch.zeros(1)
+
+    def entry(k):                   # keys as the graphs make them: the input's shape first
+        return g._entry(((k, 3),), x)
+    assert [entry(k) for k in (1, 1, 1, 2, 2, 3, 3)] == [
+        None, 'entry ((1, 3),)', 'entry ((1, 3),)', None, 'entry ((2, 3),)', None,
+        'entry ((3, 3),)']
+    assert [k[0][0] for k in g.graphs] == [2, 3] and g.captures == 3   # max_graphs: 1 went
+    entry(2)                                                           # 2 is now the newest
+    g.room = 1
+    entry(4)
+    assert entry(4) == 'entry ((4, 3),)'
+    assert [k[0][0] for k in g.graphs] == [4]                          # _room: 3 and 2 went
+    g.fail = True
+    entry(5)
+    with caplog.at_level('WARNING'):
+        assert entry(5) is None
+    assert g.failed and not g.graphs and g.captures == 4
+    assert 'capturing the forward of a 5x3 input failed (RuntimeError: no capture)' in caplog.text
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 
 

@@ -55,8 +55,11 @@ def _check_outputs(out):
 
 class _GraphsByShape(object):
     """The graphs of ``forward`` (``module``'s) by input key: the first input of a key runs
-    eagerly, the second is captured (``_capture``, by the subclass), at most ``max_graphs`` kept
+    eagerly, the second is captured (``_captured``, by the subclass), at most ``max_graphs`` kept
     (the least recently used goes); all in one memory pool, captured on one side stream."""
+
+    # the warning's words when a capture fails: what runs, and what runs eagerly from then on
+    RUN, EAGER = 'run', 'forward runs'
 
     def __init__(self, module, forward, max_graphs=MAX_GRAPHS):
         self.module, self.forward = module, forward
@@ -79,13 +82,50 @@ class _GraphsByShape(object):
             entry = self._capture(key, x)
         return entry
 
-    def _capture_stream(self, device):
+    def _room(self, x):
+        """Whether one more entry fits beside the kept ones (besides ``max_graphs``)."""
+        return True
+
+    def _capture(self, key, x):
+        """``key``'s entry (``_captured``, by the subclass), kept as the newest, the least
+        recently used going first to make room; None when the capture failed, which turns the
+        graphs off (eager from then on, said once)."""
+        while self.graphs and (len(self.graphs) >= self.max_graphs or not self._room(x)):
+            self.graphs.popitem(last=False)
+        phase = ['warm-up']         # the subclass names the phase it is in
+        try:
+            entry = self._captured(key, x, phase)
+        except Exception as e:  # noqa: BLE001 -- any failure: eager from now on, said once
+            self.failed = True
+            self.graphs.clear()
+            logger.warning('CUDA graphs of the conv body are off for this %s: capturing the %s '
+                           'of a %s input failed (%s: %s); the eager %s instead', self.RUN,
+                           phase[0], 'x'.join(str(s) for s in key[0]), type(e).__name__, e,
+                           self.EAGER)
+            return None
+        self.graphs[key] = entry
+        self.captures += 1
+        return entry
+
+    @contextlib.contextmanager
+    def _on_capture_stream(self, x):
+        """(a static copy of ``x``, the capture stream), that stream current while open; it
+        waits for the current stream first, and the current stream waits for it after, failed
+        or not."""
+        static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        static_in.copy_(x)
+        current = torch.cuda.current_stream(x.device)
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
             # one capture stream for all the shapes: the warm-ups' freed blocks stay cached
             # for that stream, to be used again by the next warm-up
-            self.stream = torch.cuda.Stream(device=device)
-        return self.stream
+            self.stream = torch.cuda.Stream(device=x.device)
+        self.stream.wait_stream(current)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield static_in, self.stream
+        finally:
+            current.wait_stream(self.stream)
 
 
 class GraphedForward(_GraphsByShape):
@@ -104,36 +144,19 @@ class GraphedForward(_GraphsByShape):
         self.replays += 1
         return static_out
 
-    def _capture(self, key, x):
+    def _captured(self, key, x, phase):
         # (not torch.cuda.graph: it empties the caching allocators, the page-locked one too --
         # where test_net's reader threads keep their blobs -- at every capture)
-        try:
-            static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-            static_in.copy_(x)
-            current = torch.cuda.current_stream(x.device)
-            stream = self._capture_stream(x.device)
-            stream.wait_stream(current)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.stream(stream):
-                self.forward(static_in)         # warm-up on the capture stream, as CUDA wants
-                stream.synchronize()
-                # (thread-local: test_net's reader threads keep making page-locked blobs)
-                static_out = _capture_into(graph, self.pool, 'thread_local',
-                                           lambda: self.forward(static_in))
-            current.wait_stream(stream)
-            _check_outputs(static_out)
-        except Exception as e:  # noqa: BLE001 -- any failure: eager from now on, said once
-            self.failed = True
-            self.graphs.clear()
-            logger.warning('CUDA graphs of the conv body are off for this run: capturing a %s '
-                           'input failed (%s: %s); the eager forward runs instead',
-                           'x'.join(str(s) for s in key[0]), type(e).__name__, e)
-            return None
-        while len(self.graphs) >= self.max_graphs:
-            self.graphs.popitem(last=False)
-        self.graphs[key] = (static_in, graph, static_out)
-        self.captures += 1
-        return self.graphs[key]
+        graph = torch.cuda.CUDAGraph()
+        with self._on_capture_stream(x) as (static_in, stream):
+            self.forward(static_in)         # warm-up on the capture stream, as CUDA wants
+            stream.synchronize()
+            phase[0] = 'forward'
+            # (thread-local: test_net's reader threads keep making page-locked blobs)
+            static_out = _capture_into(graph, self.pool, 'thread_local',
+                                       lambda: self.forward(static_in))
+        _check_outputs(static_out)
+        return static_in, graph, static_out
 
 
 def _capture_into(graph, pool, mode, run):
@@ -213,6 +236,7 @@ class TrainingGraphedForward(_GraphsByShape):
     """``forward(x)`` of ``module`` in training as a forward and a backward CUDA graph per input
     layout of ``x`` (and autocast state); see the module docstring."""
 
+    RUN, EAGER = 'training run', 'forward and backward run'
     WARMUP = 2      # eager forward + backward passes on the capture stream before a capture
     # (thread-local: the loader's pin-memory thread keeps allocating page-locked memory)
     CAPTURE_MODE = 'thread_local'
@@ -272,49 +296,26 @@ class TrainingGraphedForward(_GraphsByShape):
             depends.append(frozenset(i for i, g in enumerate(grads) if g is not None))
         return depends
 
-    def _capture(self, key, x):
+    def _room(self, x):
         budget = self.MEMORY_FRACTION * torch.cuda.get_device_properties(x.device).total_memory
-        while self.graphs and (len(self.graphs) >= self.max_graphs or
-                               (len(self.graphs) + 1) * self.entry_bytes > budget):
-            self.graphs.popitem(last=False)
+        return (len(self.graphs) + 1) * self.entry_bytes <= budget
+
+    def _captured(self, key, x, phase):
         before = torch.cuda.memory_allocated(x.device)
-        phase = ['warm-up']
-        try:
-            entry = self._capture_entry(key, x, phase)
-        except Exception as e:  # noqa: BLE001 -- any failure: eager from now on, said once
-            self.failed = True
-            self.graphs.clear()
-            logger.warning('CUDA graphs of the conv body are off for this training run: '
-                           'capturing the %s of a %s input failed (%s: %s); the eager forward '
-                           'and backward run instead', phase[0], 'x'.join(str(s) for s in key[0]),
-                           type(e).__name__, e)
-            return None
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        entry = _Entry()
+        entry.params, entry.depends = [p for _, p in named], None
+        with self._on_capture_stream(x) as (static_in, stream):
+            entry.static_in = static_in
+            aliases = {n: p.detach().requires_grad_() for n, p in named}
+            self._capture_on(entry, stream, aliases, key[5], phase)
         self.entry_bytes = max(self.entry_bytes, torch.cuda.memory_allocated(x.device) - before)
-        self.graphs[key] = entry
-        self.captures += 1
         return entry
 
-    def _capture_entry(self, key, x, phase):
-        autocast_dtype = key[5]
-        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
-        params = [p for _, p in named]
-        static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-        static_in.copy_(x)
-        current = torch.cuda.current_stream(x.device)
-        stream = self._capture_stream(x.device)
-        stream.wait_stream(current)
-        entry = _Entry()
-        entry.static_in, entry.params, entry.depends = static_in, params, None
-        try:
-            with torch.cuda.stream(stream):
-                aliases = {n: p.detach().requires_grad_() for n, p in named}
-                return self._capture_on(entry, static_in, aliases, autocast_dtype, phase)
-        finally:
-            current.wait_stream(stream)
-
-    def _capture_on(self, entry, static_in, aliases, autocast_dtype, phase):
+    def _capture_on(self, entry, stream, aliases, autocast_dtype, phase):
+        """``entry``'s graphs, captured on ``stream`` (current) from its static input."""
+        static_in = entry.static_in
         params = list(aliases.values())
-        stream = torch.cuda.current_stream()
         # warm-ups on the capture stream, in this thread and autograd's (cuDNN and cuBLAS
         # handles and workspaces are made there, not in the graph's memory)
         for _ in range(self.WARMUP):
@@ -357,7 +358,6 @@ class TrainingGraphedForward(_GraphsByShape):
         # the pool, for the next shapes' graphs
         entry.outputs = [o.detach() for o in outs]
         del out, outs
-        return entry
 
 
 def can_graph(model):

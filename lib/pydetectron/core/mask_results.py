@@ -138,17 +138,18 @@ def paste_masks(masks, boxes, im_h, im_w, thresh=0.5):
     out = torch.zeros((d, im_h, im_w), dtype=torch.bool, device=device)
     if d == 0:
         return out
-    widths = np.maximum(boxes[:, 2] - boxes[:, 0] + 1, 1)
-    heights = np.maximum(boxes[:, 3] - boxes[:, 1] + 1, 1)
+    # x1 - x0 + 1 (< 1 for a box that Detectron's slices leave empty) and the resize's size
+    extents_x, extents_y = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+    widths, heights = np.maximum(extents_x, 1), np.maximum(extents_y, 1)
     padded = torch.zeros((d, m + 2, m + 2), dtype=torch.float32, device=device)
     padded[:, 1:-1, 1:-1] = masks.to(torch.float32)
     chunk = max(1, _CHUNK_ELEMS // max(1, im_h * im_w))
     for lo in range(0, d, chunk):
         hi = min(lo + chunk, d)
-        ax = _interp_matrix(boxes[lo:hi, 0], widths[lo:hi], boxes[lo:hi, 2] - boxes[lo:hi, 0] + 1,
-                            m + 2, im_w, device)                              # (c, W, M+2)
-        ay = _interp_matrix(boxes[lo:hi, 1], heights[lo:hi], boxes[lo:hi, 3] - boxes[lo:hi, 1] + 1,
-                            m + 2, im_h, device)                              # (c, H, M+2)
+        ax = _interp_matrix(boxes[lo:hi, 0], widths[lo:hi], extents_x[lo:hi], m + 2, im_w,
+                            device)                                           # (c, W, M+2)
+        ay = _interp_matrix(boxes[lo:hi, 1], heights[lo:hi], extents_y[lo:hi], m + 2, im_h,
+                            device)                                           # (c, H, M+2)
         rows = _exact_bmm(padded[lo:hi], ax.transpose(1, 2))         # horizontal: (c, M+2, W)
         out[lo:hi] = _exact_bmm(ay, rows) > thresh                    # vertical: (c, H, W)
     return out
