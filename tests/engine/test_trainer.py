@@ -142,6 +142,42 @@ def test_nan_loss_stops_and_keeps_last_good_state(tmp_path):
     assert len(t.loss_history) == 3
 
 
+def test_backward_is_queued_before_the_loss_values_are_read(monkeypatch):
+    """One process, no minibatch validity flag: the values go to the host behind the backward
+    pass (the device keeps working meanwhile), so every trainable parameter has its gradient
+    when they are read -- and the values read are the step's losses."""
+    from pydetectron.engine import trainer as trainer_mod
+    m, o, s = build()
+    seen = []
+
+    class Recording(trainer_mod._HostCopy):
+        def result(self):
+            got = super().result()
+            seen.append(([p.grad is not None for p in m.parameters() if p.requires_grad], got))
+            return got
+    monkeypatch.setattr(trainer_mod, '_HostCopy', Recording)
+    t = make_trainer(m, o, s, max_iter=3)
+    t.train(0)
+    assert len(seen) == 3
+    for grads, values in seen:
+        assert grads and all(grads)
+        assert len(values) == 3      # loss_cls, loss_bbox, accuracy_cls
+    assert t.loss_history == pytest.approx([v[0] + v[1] for _, v in seen], rel=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_host_copy_of_cuda_values_after_more_queued_work():
+    from pydetectron.engine.trainer import _HostCopy
+    x = torch.arange(5, dtype=torch.float32, device='cuda') * 1.5
+    pending = _HostCopy(x)
+    y = torch.randn(4096, 4096, device='cuda')
+    for _ in range(3):
+        y = y @ y                      # queued after the copy
+    x.fill_(-1)                        # later work does not reach the copied values
+    assert pending.result() == [0.0, 1.5, 3.0, 4.5, 6.0]
+
+
 def test_model_without_losses_gets_a_clear_error():
     class NoLoss(torch.nn.Module):
         def __init__(self):

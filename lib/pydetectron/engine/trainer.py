@@ -111,6 +111,26 @@ class TrainingDiverged(FloatingPointError):
     exit_code = 3
 
 
+class _HostCopy:
+    """A 1-D tensor's values on the host: its copy is queued now (to pinned memory, behind the
+    work that produces it) and waited for in ``result``, so that the host can queue more work
+    (the backward pass) in between instead of waiting for the device first."""
+
+    def __init__(self, values):
+        self.event = None
+        if values.device.type == 'cuda':
+            self.host = values.to('cpu', non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(values.device))
+        else:
+            self.host = values
+
+    def result(self):
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
+
+
 def _model_outputs(out):
     """Check the training-mode output contract; returns (losses, metrics) dicts."""
     if not isinstance(out, dict) or not isinstance(out.get('losses'), dict) or not out['losses']:
@@ -373,14 +393,25 @@ class Trainer:
                 values = torch.stack([v.detach().float().reshape(()) for v in
                                       list(losses.values()) + list(metrics.values())])
                 valid = out.get('minibatch_valid')
-                valid = (valid.detach().float().reshape(1).to(values.device) if valid is not None
-                         else values.new_ones(1))
-                flag = torch.tensor([1.0 if self.interrupt.requested else 0.0],
-                                    device=values.device)
-                values = torch.cat([values, valid, flag])
-                if self.reduce_values is not None:
-                    values = self.reduce_values(values)
-                values = values.cpu().tolist()
+                total_loss = None
+                if valid is None and not distributed:
+                    # Nothing to agree on before the backward pass (no other rank, no minibatch
+                    # to drop): it is queued first and the values are read while the device
+                    # still runs it. Backward changes no parameter, so a stop or a non-finite
+                    # loss found then still saves and leaves the weights of the last step.
+                    pending = _HostCopy(values)
+                    total_loss = sum(v.float().reshape(()) for v in losses.values())
+                    total_loss.backward()
+                    values = pending.result() + [1.0, 1.0 if self.interrupt.requested else 0.0]
+                else:
+                    valid = (valid.detach().float().reshape(1).to(values.device)
+                             if valid is not None else values.new_ones(1))
+                    flag = torch.tensor([1.0 if self.interrupt.requested else 0.0],
+                                        device=values.device)
+                    values = torch.cat([values, valid, flag])
+                    if self.reduce_values is not None:
+                        values = self.reduce_values(values)
+                    values = values.cpu().tolist()
                 stop_requested = values[-1] > 0
                 # averaged over devices and ranks: below 1 when any minibatch of the pass is
                 # invalid
@@ -408,8 +439,9 @@ class Trainer:
                     if not last_pass:
                         return False   # abandon: no update of this step has happened
                     self._stop_after_step = True
-                total_loss = sum(v.float().reshape(()) for v in losses.values())
-                total_loss.backward()
+                if total_loss is None:
+                    total_loss = sum(v.float().reshape(()) for v in losses.values())
+                    total_loss.backward()
             total += sum(loss_values.values())
             if self.stats is not None:
                 self.stats.UpdateIterStats(loss_values, metric_values, inner)
