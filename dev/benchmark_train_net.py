@@ -78,7 +78,9 @@ def parse_args(argv=None):
     p.add_argument('--amp', action='store_true',
                    help='both in bfloat16 autocast (ours: train_net_step.py --amp)')
     p.add_argument('--cfg', default=CONFIG, help='our config')
-    p.add_argument('--extra', default='', help='more train_net_step.py arguments for ours')
+    p.add_argument('--extra', action='append', default=[],
+                   help='more train_net_step.py arguments for ours (repeatable: '
+                   '--extra=--cuda_graphs --extra=--shape_buckets=160)')
     p.add_argument('--label', default=None, help='name of ours in the report')
     p.add_argument('--scale', type=int, default=800)
     p.add_argument('--max-size', type=int, default=1333)
@@ -96,7 +98,7 @@ def parse_args(argv=None):
     if not impls or any(i not in ('ours', 'torchvision') for i in impls):
         p.error("--impl: a comma-separated list of 'ours' and 'torchvision', got %r"
                 % args.impl)
-    extra = shlex.split(args.extra)
+    extra = [a for e in args.extra for a in shlex.split(e)]
     if '--amp' in extra:
         args.amp = True
     elif args.amp:

@@ -8,8 +8,9 @@ labelled.
 Stages (record_function ranges): ``step`` (one optimizer update), ``data`` (waiting for the
 loader's next minibatch), ``forward`` (the model call, targets and losses included), the model's
 parts (``Conv_Body``, ``RPN``, ``Box_Head``, ``Box_Outs``, ``Mask_Head``, ``Mask_Outs``) and
-``optimizer`` (``optimizer.step``); the backward pass is what is left of a step (autograd runs
-it in its own thread).
+``optimizer`` (``optimizer.step``), the steps of the targets and losses (``TARGET_STEPS``:
+``pack_gt``, ``rpn_anchor_targets_flat``, ``generate_proposal_labels``, ...); the backward pass
+is what is left of a step (autograd runs it in its own thread).
 
 Writes to DIR (as ``dev/profile_test_net.py`` does): ``summary.json`` (per step: the profiled
 wall time, the GPU's busy time, the host's time blocked in synchronising calls, kernel launches,
@@ -31,6 +32,16 @@ sys.path.insert(0, os.path.join(ROOT, 'lib'))
 import profile_test_net  # noqa: E402
 
 MODEL_PARTS = profile_test_net.MODEL_PARTS
+# the steps of the targets and losses (modeling.losses.generalized_rcnn_losses), labelled as
+# stages too: (module, function) pairs, looked up when called
+TARGET_STEPS = (('pydetectron.modeling.targets', 'pack_gt'),
+                ('pydetectron.modeling.targets', 'pack_polygons'),
+                ('pydetectron.modeling.losses', '_rpn_anchors'),
+                ('pydetectron.modeling.targets', 'rpn_anchor_targets_flat'),
+                ('pydetectron.modeling.losses', 'rpn_losses_flat'),
+                ('pydetectron.modeling.targets', 'generate_proposal_labels'),
+                ('pydetectron.modeling.losses', 'fast_rcnn_losses'),
+                ('pydetectron.modeling.losses', 'mask_rcnn_losses'))
 
 
 def parse_args(argv=None):
@@ -131,9 +142,35 @@ def install(args, state):
     Trainer._run_step = profiled_run_step
     Trainer._next_batch = labelled_next_batch
     Trainer._forward = labelled_forward
+    undo = [label_functions(TARGET_STEPS)]
 
     def restore():
         Trainer._run_step, Trainer._next_batch, Trainer._forward = run_step, next_batch, forward
+        undo[0]()
+    return restore
+
+
+def label_functions(steps):
+    """A ``stage::<name>`` range around each call of the module functions ``steps`` ((module,
+    name) pairs); returns the function that puts the originals back."""
+    import functools
+    import importlib
+    from torch.profiler import record_function
+    saved = []
+    for module_name, name in steps:
+        module = importlib.import_module(module_name)
+        fn = getattr(module, name)
+
+        @functools.wraps(fn)
+        def labelled(*a, _fn=fn, _label='stage::' + name, **k):
+            with record_function(_label):
+                return _fn(*a, **k)
+        setattr(module, name, labelled)
+        saved.append((module, name, fn))
+
+    def restore():
+        for module, name, fn in reversed(saved):
+            setattr(module, name, fn)
     return restore
 
 

@@ -27,6 +27,9 @@ def test_parse_args_defaults_and_amp_pairing():
     # --extra=--amp alone pairs the torchvision loop too
     args = btn.parse_args(['--extra=--amp'])
     assert args.amp and args.extra_args == ['--amp']
+    # repeatable, each one split as a shell would
+    args = btn.parse_args(['--extra=--cuda_graphs', '--extra=--shape_buckets 160'])
+    assert args.extra_args == ['--cuda_graphs', '--shape_buckets', '160']
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -37,6 +37,8 @@ def test_summarize_takes_the_union_of_gpu_work_and_counts_host_waits():
 @pytest.mark.slow
 def test_a_training_step_is_profiled_with_its_stages(coco_mini, tmp_path):
     from pydetectron.core.config import assert_and_infer_cfg
+    from pydetectron.modeling import losses, targets
+    before = (targets.generate_proposal_labels, losses.rpn_losses_flat)
     assert_and_infer_cfg()      # a frozen config left by another test: the script starts anew
     summary = profile_train_net.main([
         '--out', str(tmp_path / 'p'), '--data', coco_mini, '--device', 'cpu', '--scale', '160',
@@ -45,10 +47,15 @@ def test_a_training_step_is_profiled_with_its_stages(coco_mini, tmp_path):
     assert summary['steps'] == 2
     stages = summary['stages']
     for name in ('step', 'data', 'forward', 'Conv_Body', 'RPN', 'Box_Head', 'Mask_Head',
-                 'optimizer'):
+                 'optimizer', 'pack_gt', 'pack_polygons', '_rpn_anchors',
+                 'rpn_anchor_targets_flat', 'rpn_losses_flat', 'generate_proposal_labels',
+                 'fast_rcnn_losses', 'mask_rcnn_losses'):
         assert stages[name]['calls_per_step'] == 1.0, name
         assert stages[name]['host_ms_per_step'] > 0, name
     assert stages['step']['host_ms_per_step'] > stages['forward']['host_ms_per_step']
+    assert stages['forward']['host_ms_per_step'] > \
+        stages['generate_proposal_labels']['host_ms_per_step']
+    assert (targets.generate_proposal_labels, losses.rpn_losses_flat) == before
     assert os.path.exists(tmp_path / 'p' / 'summary.json')
     assert os.path.exists(tmp_path / 'p' / 'ops.txt')
 
