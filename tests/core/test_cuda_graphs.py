@@ -77,11 +77,13 @@ def test_test_net_children_get_no_cuda_graphs(tmp_path, monkeypatch):
         assert ('--no-cuda_graphs' in commands[-1]) is expected
 
 
-def test_graphs_by_shape_capture_at_the_second_input_keep_the_newest_and_stop_on_a_failure(
+def test_graphs_by_shape_capture_at_the_second_input_keep_the_first_and_stop_on_a_failure(
         caplog):
     """The shared bookkeeping (CPU, a stand-in capture): eager the first time a key comes,
-    captured the second, the least recently used going when ``max_graphs`` or ``_room`` says
-    so; a failed capture turns the graphs off with one warning naming the phase and shape."""
+    captured the second while fewer than ``max_graphs`` are kept and ``_room`` allows; a key
+    that comes when they are full runs eagerly and the kept ones stay (replacing them would
+    capture again and again on a dataset of many shapes); a failed capture turns the graphs
+    off with one warning naming the phase and shape."""
 
     class Graphs(cuda_graphs._GraphsByShape):
         room = 10
@@ -96,25 +98,24 @@ def test_graphs_by_shape_capture_at_the_second_input_keep_the_newest_and_stop_on
                 raise RuntimeError('no capture')
             return 'entry %s' % (key,)
 
-    g = Graphs(None, None, max_graphs=2)
     x = torch.zeros(1)
+    g = Graphs(None, None, max_graphs=2)
 
-    def entry(k):                   # keys as the graphs make them: the input's shape first
-        return g._entry(((k, 3),), x)
-    assert [entry(k) for k in (1, 1, 1, 2, 2, 3, 3)] == [
-        None, 'entry ((1, 3),)', 'entry ((1, 3),)', None, 'entry ((2, 3),)', None,
-        'entry ((3, 3),)']
-    assert [k[0][0] for k in g.graphs] == [2, 3] and g.captures == 3   # max_graphs: 1 went
-    entry(2)                                                           # 2 is now the newest
+    def entry(k, graphs=g):         # keys as the graphs make them: the input's shape first
+        return graphs._entry(((k, 3),), x)
+    e1, e2 = 'entry ((1, 3),)', 'entry ((2, 3),)'
+    assert [entry(k) for k in (1, 1, 1, 2, 2, 3, 3, 3, 1, 2)] == [
+        None, e1, e1, None, e2, None, None, None, e1, e2]
+    assert [k[0][0] for k in g.graphs] == [1, 2] and g.captures == 2   # max_graphs: 3 eager
+    g = Graphs(None, None, max_graphs=4)
     g.room = 1
-    entry(4)
-    assert entry(4) == 'entry ((4, 3),)'
-    assert [k[0][0] for k in g.graphs] == [4]                          # _room: 3 and 2 went
-    g.fail = True
-    entry(5)
+    assert [entry(k, g) for k in (4, 4, 5, 5, 4)] == [None, 'entry ((4, 3),)', None, None,
+                                                       'entry ((4, 3),)']
+    assert [k[0][0] for k in g.graphs] == [4] and g.captures == 1      # _room: 5 eager
+    g.room, g.fail = 10, True
     with caplog.at_level('WARNING'):
-        assert entry(5) is None
-    assert g.failed and not g.graphs and g.captures == 4
+        assert entry(5, g) is None
+    assert g.failed and not g.graphs and g.captures == 1
     assert 'capturing the forward of a 5x3 input failed (RuntimeError: no capture)' in caplog.text
 
 
@@ -123,7 +124,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 
 @pytest.mark.cuda
 @cuda
-def test_graphs_equal_the_eager_body_and_keep_the_newest():
+def test_graphs_equal_the_eager_body_and_keep_the_first():
     torch.manual_seed(0)
     model = Model().cuda().eval()
     xs = [torch.randn(1, 3, 32, 48, device='cuda'), torch.randn(1, 3, 64, 32, device='cuda'),
@@ -132,14 +133,14 @@ def test_graphs_equal_the_eager_body_and_keep_the_newest():
         expected = [[t.clone() for t in model.Conv_Body(x)] for x in xs]
         with cuda_graphs.conv_body_graphs(model, max_graphs=2) as graphed:
             assert graphed is not None
-            # shape 0: eager, captured, replayed; 1: eager, captured; 2: eager, captured (the
-            # third graph: shape 0's goes); 0: captured again (shape 1's goes); 2: replayed
+            # shape 0: eager, captured, replayed; 1: eager, captured; 2: eager twice (two
+            # graphs kept already); 0: replayed
             for step, k in enumerate([0, 0, 0, 1, 1, 2, 2, 0, 2]):
                 got = model.Conv_Body(xs[k].clone())
                 assert all(torch.equal(a, b) for a, b in zip(got, expected[k])), step
-            assert (graphed.captures, graphed.replays) == (4, 6)   # a capture replays at once
+            assert (graphed.captures, graphed.replays) == (2, 4)   # a capture replays at once
             assert [key[0] for key in graphed.graphs] == [tuple(xs[0].shape),
-                                                          tuple(xs[2].shape)]
+                                                          tuple(xs[1].shape)]
         assert 'forward' not in model.Conv_Body.__dict__
     assert model.Conv_Body(xs[0])[0].requires_grad       # autograd on: never a graph
 
@@ -327,16 +328,16 @@ def test_training_graphs_give_the_eager_outputs_gradients_and_updates(amp):
     xs = [torch.randn(s, device='cuda') for s in shapes]
     weights = [[torch.randn(2, 8, s[2], s[3], device='cuda') for s in shapes],
                [torch.randn(2, 8, s[2] // 2, s[3] // 2, device='cuda') for s in shapes]]
-    # shape 0: eager, captured, replayed x2; 1: eager, captured; 2: eager, captured (the third
-    # pair: shape 0's goes); 0: captured again (1's goes); 2, 0: replayed; 1: captured again.
-    # The steps 3 and 9 replay without a gradient for the second output.
+    # shape 0: eager, captured, replayed x2; 1: eager, captured; 2: eager throughout (two pairs
+    # kept already); 0 and 1: replayed. Step 3 replays without a gradient for the second output
+    # (steps 6 and 9 leave it out eagerly).
     order = [0, 0, 0, 0, 1, 1, 2, 2, 0, 2, 0, 1]
     want = _train_steps(eager_model, xs, order, amp, weights)
     with cuda_graphs.training_conv_body_graphs(model, max_graphs=2) as graphed:
         assert graphed is not None
         got = _train_steps(model, xs, order, amp, weights)
         assert not graphed.failed
-        assert (graphed.captures, graphed.replays) == (5, 9)
+        assert (graphed.captures, graphed.replays) == (2, 7)
     assert 'forward' not in model.Conv_Body.__dict__
     for step, ((outs, grads), (outs_e, grads_e)) in enumerate(zip(got, want)):
         for a, b in zip(outs, outs_e):
@@ -354,8 +355,9 @@ def test_training_graphs_give_the_eager_outputs_gradients_and_updates(amp):
 @pytest.mark.cuda
 @cuda
 def test_training_graphs_keep_within_their_memory_share(monkeypatch):
-    """A share of the GPU's memory smaller than one pair's tensors: one pair is kept at a time
-    (the older goes before the next capture), and the steps still equal the eager ones."""
+    """A share of the GPU's memory smaller than one pair's tensors: the first pair is kept (a
+    first capture always fits), the other shape trains eagerly, and the steps still equal the
+    eager ones."""
     import copy
     torch.backends.cudnn.deterministic = True
     monkeypatch.setattr(cuda_graphs.TrainingGraphedForward, 'MEMORY_FRACTION', 1e-12)
@@ -370,7 +372,7 @@ def test_training_graphs_keep_within_their_memory_share(monkeypatch):
     want = _train_steps(eager_model, xs, order, False, weights)
     with cuda_graphs.training_conv_body_graphs(model) as graphed:
         got = _train_steps(model, xs, order, False, weights)
-        assert (graphed.captures, graphed.replays, len(graphed.graphs)) == (3, 4, 1)
+        assert (graphed.captures, graphed.replays, len(graphed.graphs)) == (1, 3, 1)
         assert graphed.entry_bytes > 0 and not graphed.failed
     for (outs, grads), (outs_e, grads_e) in zip(got, want):
         assert all(torch.equal(a, b) for a, b in zip(outs, outs_e))

@@ -171,6 +171,7 @@ def test_host_copy_of_cuda_values_after_more_queued_work():
     from pydetectron.engine.trainer import _HostCopy
     x = torch.arange(5, dtype=torch.float32, device='cuda') * 1.5
     pending = _HostCopy(x)
+    assert pending.host.is_pinned()    # so the copy does not hold the host until it is done
     y = torch.randn(4096, 4096, device='cuda')
     for _ in range(3):
         y = y @ y                      # queued after the copy

@@ -9,8 +9,10 @@ forward's.
 ``conv_body_graphs(model)`` is a context manager that, while it is open, routes
 ``model.Conv_Body``'s forward through a ``GraphedForward``: one graph per input (shape, dtype,
 strides), captured the second time that input shape comes (the first time runs eagerly, which
-also warms the caches: folded weights, cuDNN's plans), at most ``max_graphs`` kept (the least
-recently used goes). All graphs share one memory pool, so the outputs of a replay are valid only
+also warms the caches: folded weights, cuDNN's plans), at most ``max_graphs`` of them: once that
+many are kept, other shapes run eagerly (none goes to make room: on a dataset of more shapes
+than that, replacing the least recently used one would capture again at nearly every image, each
+capture costing a few forward passes). All graphs share one memory pool, so the outputs of a replay are valid only
 until the next replay: the caller must be done with one image's features before it asks for the
 next image's, which test_net's one batch in flight is (test-time augmentation, which keeps the
 features of several scales, and several batches in flight do not get graphs). A shape that fails
@@ -55,8 +57,9 @@ def _check_outputs(out):
 
 class _GraphsByShape(object):
     """The graphs of ``forward`` (``module``'s) by input key: the first input of a key runs
-    eagerly, the second is captured (``_captured``, by the subclass), at most ``max_graphs`` kept
-    (the least recently used goes); all in one memory pool, captured on one side stream."""
+    eagerly, the second is captured (``_captured``, by the subclass) while fewer than
+    ``max_graphs`` are kept and ``_room`` allows; a key that comes when they are full runs
+    eagerly (the kept ones stay); all in one memory pool, captured on one side stream."""
 
     # the warning's words when a capture fails: what runs, and what runs eagerly from then on
     RUN, EAGER = 'run', 'forward runs'
@@ -71,15 +74,14 @@ class _GraphsByShape(object):
         self.captures = self.replays = 0
 
     def _entry(self, key, x):
-        """``key``'s graphs, or None: the first time (eager, which is also the warm-up), or when
-        the capture failed."""
+        """``key``'s graphs, or None: the first time (eager, which is also the warm-up), when
+        the kept graphs are full, or when the capture failed."""
         entry = self.graphs.get(key)
-        if entry is not None:
-            self.graphs.move_to_end(key)
-        elif key not in self.seen:
-            self.seen.add(key)
-        else:
-            entry = self._capture(key, x)
+        if entry is None:
+            if key not in self.seen:
+                self.seen.add(key)
+            elif len(self.graphs) < self.max_graphs and self._room(x):
+                entry = self._capture(key, x)
         return entry
 
     def _room(self, x):
@@ -87,11 +89,8 @@ class _GraphsByShape(object):
         return True
 
     def _capture(self, key, x):
-        """``key``'s entry (``_captured``, by the subclass), kept as the newest, the least
-        recently used going first to make room; None when the capture failed, which turns the
-        graphs off (eager from then on, said once)."""
-        while self.graphs and (len(self.graphs) >= self.max_graphs or not self._room(x)):
-            self.graphs.popitem(last=False)
+        """``key``'s entry (``_captured``, by the subclass), kept; None when the capture
+        failed, which turns the graphs off (eager from then on, said once)."""
         phase = ['warm-up']         # the subclass names the phase it is in
         try:
             entry = self._captured(key, x, phase)
@@ -242,7 +241,7 @@ class TrainingGraphedForward(_GraphsByShape):
     CAPTURE_MODE = 'thread_local'
     # The pairs' own tensors (input, outputs, gradients: ~0.5 GB a pair at 2 images of
     # 800 x 1333 with FPN) are kept within this share of the GPU's memory: fewer pairs on a
-    # smaller GPU, the least recently used going first.
+    # smaller GPU (the shapes beyond them train eagerly).
     MEMORY_FRACTION = 0.25
 
     def __init__(self, module, forward, max_graphs=MAX_GRAPHS):
