@@ -12,10 +12,11 @@ strides), captured the second time that input shape comes (the first time runs e
 also warms the caches: folded weights, cuDNN's plans), at most ``max_graphs`` of them: once that
 many are kept, other shapes run eagerly (none goes to make room: on a dataset of more shapes
 than that, replacing the least recently used one would capture again at nearly every image, each
-capture costing a few forward passes). All graphs share one memory pool, so the outputs of a replay are valid only
-until the next replay: the caller must be done with one image's features before it asks for the
-next image's, which test_net's one batch in flight is (test-time augmentation, which keeps the
-features of several scales, and several batches in flight do not get graphs). A shape that fails
+capture costing a few forward passes). All graphs share one memory pool, so the outputs of a
+replay are valid only until the next replay: the caller must be done with one image's features
+before it asks for the next image's, which test_net's one batch in flight is (test-time
+augmentation, which keeps the features of several scales, and several batches in flight do not
+get graphs). A shape that fails
 to capture turns the graphs off for the rest of the context, with a warning: the eager forward
 runs instead.
 
