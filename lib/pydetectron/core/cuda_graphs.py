@@ -16,9 +16,8 @@ capture costing a few forward passes). All graphs share one memory pool, so the 
 replay are valid only until the next replay: the caller must be done with one image's features
 before it asks for the next image's, which test_net's one batch in flight is (test-time
 augmentation, which keeps the features of several scales, and several batches in flight do not
-get graphs). A shape that fails
-to capture turns the graphs off for the rest of the context, with a warning: the eager forward
-runs instead.
+get graphs). A shape that fails to capture turns the graphs off for the rest of the context,
+with a warning: the eager forward runs instead.
 
 Training (``training_conv_body_graphs(model)``, train_net_step on one GPU): the body's forward and
 its backward are captured as a pair of graphs per input layout (``TrainingGraphedForward``), the
