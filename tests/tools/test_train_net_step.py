@@ -3,6 +3,7 @@ outputs (config.yaml, checkpoints, TensorBoard), auto-resume, --no_save, archite
 The model and loader are the engine tests' fakes, so this runs in seconds on the real config
 system, dataset catalog and training engine."""
 import glob
+import math
 import os
 import sys
 
@@ -326,8 +327,14 @@ def test_amp_on_the_gpu_trains_channels_last_by_default(tmp_path, fresh_cfg, tin
 def test_cuda_graphs_of_the_body_train_as_the_eager_body(tmp_path, fresh_cfg, coco_mini,
                                                          monkeypatch, cfg_file):
     """train_net_step on coco_mini's photos (16 steps of 2 at scale 256, whose blob shapes repeat:
-    graphs are captured and replayed) with and without --cuda_graphs: the same losses, step by
-    step (cuDNN's deterministic algorithms, so that the eager passes repeat themselves)."""
+    graphs are captured and replayed) with --cuda_graphs: every replayed forward equals the eager
+    body's on the same input with the parameters of that step (the optimizer's updates are seen),
+    bit for bit under cuDNN's deterministic algorithms; the run without them trains as long.
+
+    (Their loss histories are not compared: the eager run does not repeat itself -- RoIAlign's
+    backward adds with atomics -- and a last-bit change of the weights after one step moves the
+    RPN's proposals and the sampled RoIs, measured 1-11% apart from the second step on an H100.
+    ``tests/core/test_cuda_graphs.py`` compares gradients and updates on a body of its own.)"""
     if not torch.cuda.is_available():
         pytest.skip('needs CUDA')
     from pydetectron.core import cuda_graphs
@@ -347,6 +354,19 @@ def test_cuda_graphs_of_the_body_train_as_the_eager_body(tmp_path, fresh_cfg, co
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             graphed.append(self)
+            self.differences = []   # per replay: the largest difference from the eager body
+
+        def __call__(self, x, *a, **k):
+            replays = self.replays
+            out = super().__call__(x, *a, **k)
+            if self.replays > replays:
+                with torch.no_grad():
+                    ref = self.forward(x)
+                pairs = list(zip(out, ref)) if isinstance(out, (list, tuple)) else [(out, ref)]
+                assert len(pairs) > 1 and all(a.shape == b.shape for a, b in pairs)
+                self.differences.append(max((a.detach() - b).abs().max().item()
+                                            for a, b in pairs))
+            return out
     monkeypatch.setattr(launch, 'Trainer', RecordedTrainer)
     monkeypatch.setattr(cuda_graphs, 'TrainingGraphedForward', Recorded)
     monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
@@ -363,7 +383,8 @@ def test_cuda_graphs_of_the_body_train_as_the_eager_body(tmp_path, fresh_cfg, co
     assert len(graphed) == 1 and not graphed[0].failed
     assert graphed[0].captures >= 2 and graphed[0].replays >= 6
     assert len(eager.loss_history) == len(graphs.loss_history) == 16
-    diff = max(abs(a - b) / abs(b) for a, b in zip(graphs.loss_history, eager.loss_history))
-    print('losses: eager %s, graphs %s, largest relative difference %.3g'
-          % (eager.loss_history, graphs.loss_history, diff))
-    assert diff <= 1e-4
+    assert eager.loss_history[0] == graphs.loss_history[0]     # step 1: eager in both
+    assert all(math.isfinite(v) for v in eager.loss_history + graphs.loss_history)
+    print('losses: eager %s, graphs %s' % (eager.loss_history, graphs.loss_history))
+    assert len(graphed[0].differences) == graphed[0].replays
+    assert max(graphed[0].differences) == 0.0
