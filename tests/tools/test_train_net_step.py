@@ -100,11 +100,11 @@ def test_shape_buckets_flag_reaches_the_config(tmp_path, fresh_cfg, tiny_coco):
     assert saved['SHAPE_BUCKETS'] == 64
 
 
-@pytest.mark.parametrize('flags, expected', [((), False), (('--cuda_graphs',), True),
+@pytest.mark.parametrize('flags, expected', [((), True), (('--cuda_graphs',), True),
                                             (('--no-cuda_graphs',), False)])
 def test_cuda_graphs_flag_reaches_the_training_loop(tmp_path, fresh_cfg, tiny_coco, monkeypatch,
                                                     flags, expected):
-    """--cuda_graphs (off by default) turns on the conv body's graphs around the training loop,
+    """--cuda_graphs (on by default) turns on the conv body's graphs around the training loop,
     for the model itself (not its DataParallel wrapper)."""
     import contextlib
     from pydetectron.core import cuda_graphs
