@@ -5,6 +5,8 @@ One *step* is one optimizer update (the seed's ``train_net_step.py`` loop, 0-ind
     for step in [start_step, max_iter):
         iter_size times: next minibatch -> model(data, im_info, roidb) under autocast
                          -> {'losses': {...}, 'metrics': {...}} -> check finite -> backward
+                         (one process and no validity flag: backward queued first, the
+                         values read while the device runs it; backward changes no weight)
         LR of this step (lr_policy + momentum correction, ``solver.py``) -> optimizer.step()
         stats; checkpoint every ``snapshot_period`` steps and after the last step
 
