@@ -192,12 +192,12 @@ def test_training_graphs_off_where_they_must_be(monkeypatch):
     assert not cuda_graphs._body_can_graph(model)
 
 
-def test_train_net_step_flag_is_off_by_default():
+def test_train_net_step_flag_is_on_by_default():
     import os
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'tools'))
     import train_net_step
-    assert train_net_step.parse_args(['--cfg', 'x.yaml']).cuda_graphs is False
+    assert train_net_step.parse_args(['--cfg', 'x.yaml']).cuda_graphs is True
     assert train_net_step.parse_args(['--cfg', 'x.yaml', '--cuda_graphs']).cuda_graphs is True
     assert train_net_step.parse_args(['--cfg', 'x.yaml', '--no-cuda_graphs']).cuda_graphs is False
 
