@@ -142,11 +142,11 @@ def install(args, state):
     Trainer._run_step = profiled_run_step
     Trainer._next_batch = labelled_next_batch
     Trainer._forward = labelled_forward
-    undo = [label_functions(TARGET_STEPS)]
+    unlabel = label_functions(TARGET_STEPS)
 
     def restore():
         Trainer._run_step, Trainer._next_batch, Trainer._forward = run_step, next_batch, forward
-        undo[0]()
+        unlabel()
     return restore
 
 

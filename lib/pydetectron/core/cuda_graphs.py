@@ -29,7 +29,6 @@ casts the weights itself (autocast's weight cache off inside it), so each replay
 weights of that step. One step's replays must be done (forward and backward) before the next
 shape's: the trainer's order.
 """
-from collections import OrderedDict
 import contextlib
 import logging
 
@@ -67,7 +66,7 @@ class _GraphsByShape(object):
     def __init__(self, module, forward, max_graphs=MAX_GRAPHS):
         self.module, self.forward = module, forward
         self.max_graphs = max_graphs
-        self.graphs = OrderedDict()
+        self.graphs = {}              # key -> entry, in capture order
         self.seen = set()
         self.pool = self.stream = None
         self.failed = False

@@ -351,7 +351,7 @@ def main(args, build_model=default_model_builder, build_loader=default_loader_bu
         if evaluator is not None and resume_path:
             evaluation.catch_up(evaluator, model, start_step - 1, run, info)
         logger.info('Training starts !')
-        graphs = getattr(args, 'cuda_graphs', False) and not info.distributed and num_gpus == 1
+        graphs = getattr(args, 'cuda_graphs', True) and not info.distributed and num_gpus == 1
         with cuda_graphs.training_conv_body_graphs(ck.unwrap_model(model), enabled=graphs):
             last_step = trainer.train(start_step)
         logger.info('Training done: %s', trainer.last_checkpoint[1] if trainer.last_checkpoint

@@ -397,15 +397,15 @@ class Trainer:
                 stacked = torch.stack([v if v.dim() == 0 else v.reshape(()) for v in
                                        list(losses.values()) + list(metrics.values())])
                 values = stacked.detach().float()
+                total_loss = stacked[:len(losses)].float().sum()
                 valid = out.get('minibatch_valid')
-                total_loss = None
-                if valid is None and not distributed:
+                backward_first = valid is None and not distributed
+                if backward_first:
                     # Nothing to agree on before the backward pass (no other rank, no minibatch
                     # to drop): it is queued first and the values are read while the device
                     # still runs it. Backward changes no parameter, so a stop or a non-finite
                     # loss found then still saves and leaves the weights of the last step.
                     pending = _HostCopy(values)
-                    total_loss = stacked[:len(losses)].float().sum()
                     total_loss.backward()
                     values = pending.result() + [1.0, 1.0 if self.interrupt.requested else 0.0]
                 else:
@@ -426,7 +426,7 @@ class Trainer:
                 if not pass_valid:
                     # Detectron's loader draws the next minibatch in its place: nothing of this
                     # one trains, is counted as a pass or logged (it stays consumed).
-                    del out, losses, metrics, stacked
+                    del out, losses, metrics, stacked, total_loss
                     self._drop_invalid_minibatch(step)
                     if stop_requested:
                         if not self.interrupt.requested:
@@ -444,8 +444,7 @@ class Trainer:
                     if not last_pass:
                         return False   # abandon: no update of this step has happened
                     self._stop_after_step = True
-                if total_loss is None:
-                    total_loss = stacked[:len(losses)].float().sum()
+                if not backward_first:
                     total_loss.backward()
             total += sum(loss_values.values())
             if self.stats is not None:
