@@ -145,6 +145,38 @@ def test_multilevel_equals_levels_one_by_one_then_collect(params, top_n, per_ima
     assert torch.equal(scores, torch.cat([p for _, p in per_level]))
 
 
+@pytest.mark.parametrize("params,top_n", [
+    (ProposalParams(40, 25, 0.6, 4), 45), (ProposalParams(40, 25, 0.6, 4), 400),
+    (ProposalParams(30, 20, 0.0, 0), 16), (ProposalParams(50, 12, 0.5, 0), -1),
+    (ProposalParams(40, 25, 0.6, 4), None),
+    (ProposalParams(30, 8, 0.6, 0), None), (ProposalParams(30, 20, 0.0, 0), None)])
+def test_padded_proposals_are_the_proposals_then_flagged_rows(params, top_n):
+    """``padded`` (training): the valid rows come first and are the unpadded result; the
+    number of rows depends on the shapes and settings alone, not on the scores (top_n 400,
+    -1 and the first case without a collect step leave padding rows: fewer kept than rows)."""
+    im_info = torch.tensor([[48., 64., 1.], [40., 60., 0.5], [30., 50., 2.]])
+    counts = set()
+    for seed in (7, 8):
+        probs, deltas, anchors, strides = _pyramid_outputs(3, [(12, 16), (6, 8), (3, 4)], seed)
+        rois, scores = generate_multilevel_proposals(probs, deltas, im_info, anchors, strides,
+                                                     params, collect_top_n=top_n,
+                                                     per_image=False)
+        prois, pscores, valid = generate_multilevel_proposals(
+            probs, deltas, im_info, anchors, strides, params, collect_top_n=top_n,
+            per_image=False, padded=True)
+        n = rois.shape[0]
+        assert 0 < n <= prois.shape[0]
+        assert valid[:n].all() and not valid[n:].any()
+        assert torch.equal(prois[:n], rois) and torch.equal(pscores[:n], scores)
+        counts.add(prois.shape[0])
+    assert len(counts) == 1
+    if top_n is None and params.nms_thresh > 0:   # at most post_nms_top_n per image and map
+        assert counts == {3 * 3 * params.post_nms_top_n}
+    with pytest.raises(ValueError, match="per_image=False"):
+        generate_multilevel_proposals(probs, deltas, im_info, anchors, strides, params,
+                                      collect_top_n=10, per_image=True, padded=True)
+
+
 def test_nms_in_image_chunks_equals_one_call(monkeypatch):
     # Large batches run the NMS a few images at a time; the result must not change.
     from pydetectron.modeling import generate_proposals as gp
@@ -193,6 +225,19 @@ def test_multilevel_on_cuda_matches_cpu_with_one_host_sync():
         torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
         assert len(syncs) == 1, ["%s:%d" % (w.filename, w.lineno) for w in syncs]
+        if not per_image:   # training's padded rows: no host synchronisation at all
+            torch.cuda.set_sync_debug_mode("warn")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                padded = generate_multilevel_proposals(
+                    gpu[0], gpu[1], im_info_gpu, gpu[2], gpu[3], params, collect_top_n=top_n,
+                    per_image=False, padded=True)
+            torch.cuda.set_sync_debug_mode("default")
+            syncs = [w for w in caught if "synchroniz" in str(w.message)]
+            assert not syncs, ["%s:%d" % (w.filename, w.lineno) for w in syncs]
+            n = out[0].shape[0]
+            assert padded[2][:n].all() and not padded[2][n:].any()
+            assert torch.equal(padded[0][:n], out[0])
         # exp / division may differ by an ulp between the devices, which can flip an NMS
         # decision at the threshold now and then: the same proposals but for a fraction of 1%
         got_rois, got_scores = out[0].cpu(), out[1].cpu()

@@ -300,3 +300,115 @@ def test_precomputed_proposals_keep_their_original_boxes():
     assert torch.equal(rois_orig, torch.cat([orig[0][1:], orig[1]]))
     del roidb[1]['boxes_orig']
     assert _precomputed_proposals(roidb, 'cpu')[1] is None
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Fixed target shapes (no host synchronisation from the proposals to the losses)
+# ---------------------------------------------------------------------------------------------- #
+
+def test_fast_rcnn_losses_with_padding_rows_are_those_of_the_valid_rows():
+    g = torch.Generator().manual_seed(3)
+    R, K = 7, 4
+    score = torch.randn(R, K, generator=g)
+    pred = torch.randn(R, 4 * K, generator=g)
+    labels = torch.tensor([2, 0, 1, 0, 3, 0, 0], dtype=torch.int32)
+    targets = torch.randn(R, 4 * K, generator=g)
+    inside, _ = _inside_weights(labels, K)
+    valid = torch.tensor([True, True, True, False, True, False, True])
+    # padding rows: label -1, no box weights, any features
+    pad_labels = torch.where(valid, labels, -1)
+    pad_inside = inside * valid.unsqueeze(1)
+    s1, p1 = score.clone().requires_grad_(), pred.clone().requires_grad_()
+    cls, box, acc = losses.fast_rcnn_losses(s1, p1, pad_labels, targets, pad_inside, pad_inside,
+                                            valid)
+    s2, p2 = score[valid].clone().requires_grad_(), pred[valid].clone().requires_grad_()
+    cls_c, box_c, acc_c = losses.fast_rcnn_losses(s2, p2, labels[valid], targets[valid],
+                                                  inside[valid], inside[valid])
+    assert cls.item() == pytest.approx(cls_c.item(), rel=1e-6)
+    assert box.item() == pytest.approx(box_c.item(), rel=1e-6)
+    assert acc.item() == pytest.approx(acc_c.item(), rel=1e-6)
+    (cls + box).backward()
+    (cls_c + box_c).backward()
+    torch.testing.assert_close(s1.grad[valid], s2.grad, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(p1.grad[valid], p2.grad, rtol=1e-6, atol=1e-7)
+    assert s1.grad[~valid].abs().sum() == 0 and p1.grad[~valid].abs().sum() == 0
+
+
+def _inside_weights(labels, K):
+    w = torch.zeros(labels.shape[0], 4 * K)
+    for i, c in enumerate(labels.tolist()):
+        if c > 0:
+            w[i, 4 * c:4 * c + 4] = 1
+    return w, None
+
+
+def test_fixed_target_shapes_are_chosen_by_device_and_model(fresh_cfg):
+    from types import SimpleNamespace
+    m = SimpleNamespace(faster_rcnn=True, rpn_only=False, Keypoint_Head=None, RPN=object())
+    assert not losses.fixed_target_shapes(m, 'cpu')
+    assert losses.fixed_target_shapes(m, 'cuda')
+    m.fixed_target_shapes = True
+    assert losses.fixed_target_shapes(m, 'cpu')
+    assert not losses.fixed_target_shapes(m, 'cpu', rois=torch.zeros(1, 5))   # given RoIs
+    m.fixed_target_shapes = False
+    assert not losses.fixed_target_shapes(m, 'cuda')
+    for key, value in (('Keypoint_Head', object()), ('faster_rcnn', False), ('rpn_only', True)):
+        other = SimpleNamespace(**{**vars(m), key: value, 'fixed_target_shapes': True})
+        assert not losses.fixed_target_shapes(other, 'cuda')
+
+
+@pytest.mark.parametrize('config', ['configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml',
+                                    'configs/baselines/e2e_mask_rcnn_R-50-C4_1x.yaml'])
+def test_fixed_target_shapes_train_as_the_unpadded_targets(config, coco_mini, fresh_cfg,
+                                                            monkeypatch):
+    """The same step with padded proposals and fixed RoI slots (the CUDA default) and with the
+    unpadded targets: the same sampled RoIs and mask targets in the valid rows, the same
+    losses and gradients (the sums only in another order)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), 'targets'))
+    from _targets_coco import batch, load_roidb, pick_entries
+    from pydetectron.modeling import targets as T
+    model, cfg = _train_step(config, 'instances_train2017.json',
+                             ["TRAIN.BATCH_SIZE_PER_IM", 64])
+    entries = pick_entries(load_roidb(coco_mini), 2, min_gt=2)
+    gt, im_info = batch(entries, [0.25, 0.2] if 'FPN' in config else [0.15, 0.15])
+    H = int(-(-im_info[:, 0].max().item() // 32) * 32)
+    W = int(-(-im_info[:, 1].max().item() // 32) * 32)
+    data = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(0)) * 50
+    seen = []
+    real = T.generate_proposal_labels
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+    monkeypatch.setattr(T, 'generate_proposal_labels', spy)
+    runs = []
+    for fixed in (False, True):
+        model.fixed_target_shapes = fixed
+        model.target_generator = torch.Generator().manual_seed(5)
+        model.zero_grad()
+        out = model(data, im_info, gt)
+        sum(out['losses'].values()).backward()
+        runs.append((out, {n: p.grad.clone() for n, p in model.named_parameters()
+                           if p.grad is not None}))
+    compact, padded = seen
+    valid, mask_valid = padded['roi_valid'], padded['mask_roi_valid']
+    B = 64
+    assert padded['rois'].shape[0] == 2 * B and 'roi_valid' not in compact
+    assert padded['mask_rois'].shape[0] == 2 * round(0.25 * B)
+    assert not valid.all() and not mask_valid.all()   # padding rows were there
+    for key in ('rois', 'labels_int32', 'bbox_targets', 'bbox_inside_weights'):
+        assert torch.equal(padded[key][valid], compact[key]), key
+    assert (padded['labels_int32'][~valid] == -1).all()
+    for key in ('mask_rois', 'masks_int32', 'mask_labels_int32'):
+        assert torch.equal(padded[key][mask_valid], compact[key]), key
+    assert (padded['masks_int32'][~mask_valid] == -1).all()
+    (out_c, grads_c), (out_p, grads_p) = runs
+    for name, value in out_c['losses'].items():
+        assert out_p['losses'][name].item() == pytest.approx(value.item(), rel=1e-6), name
+    assert out_p['metrics']['accuracy_cls'].item() == out_c['metrics']['accuracy_cls'].item()
+    assert grads_c.keys() == grads_p.keys()
+    for name, gc in grads_c.items():
+        scale = gc.abs().max().clamp(min=1e-30)
+        assert ((grads_p[name] - gc).abs().max() / scale).item() < 4e-6, name

@@ -55,3 +55,48 @@ def test_cuda_matches_cpu(config):
         for key in dc:
             assert dg[key].device.type == "cuda"
             torch.testing.assert_close(dg[key].cpu(), dc[key], **close)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("config", ["configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml",
+                                    "configs/baselines/e2e_mask_rcnn_R-50-C4_1x.yaml"])
+def test_a_training_step_never_waits_for_the_gpu(config, coco_mini):
+    """On CUDA the targets take fixed shapes (``losses.fixed_target_shapes``): a whole training
+    step -- body, RPN and its targets, proposals, RoI sampling, mask targets, heads, losses and
+    backward -- queues its work without one host synchronisation."""
+    import sys
+    import warnings
+    sys.path.insert(0, os.path.join(ROOT, "tests", "modeling", "targets"))
+    from _targets_coco import batch, load_roidb, pick_entries
+    reset_cfg()
+    try:
+        merge_cfg_from_file(os.path.join(ROOT, config))
+        merge_cfg_from_list(["MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS", False])
+        assert_and_infer_cfg()
+        torch.manual_seed(0)
+        model = Generalized_RCNN().cuda().train()
+    finally:
+        reset_cfg()
+    entries = pick_entries(load_roidb(coco_mini), 2, min_gt=2)
+    gt, im_info = batch(entries, [0.5, 0.45])
+    H = int(-(-im_info[:, 0].max().item() // 32) * 32)
+    W = int(-(-im_info[:, 1].max().item() // 32) * 32)
+    data = (torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(0)) * 50).cuda()
+    im_info = im_info.cuda()
+    for step in range(3):   # the first steps fill the caches (anchors, layouts)
+        torch.cuda.synchronize()
+        if step == 2:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = model(data, im_info, gt)
+                total = sum(out["losses"].values())
+                model.zero_grad(set_to_none=True)
+                total.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert not syncs, ["%s:%d" % (w.filename, w.lineno) for w in syncs]
+    assert torch.isfinite(total).item()
+    assert 0 < out["metrics"]["accuracy_cls"].item() <= 1

@@ -243,7 +243,8 @@ def _rank_in_segments(flags, segment_start, no_flag):
 @torch.no_grad()
 def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_strides, params,
                                   collect_top_n=None, per_image=True,
-                                  bbox_xform_clip=BBOX_XFORM_CLIP, field_anchors=None):
+                                  bbox_xform_clip=BBOX_XFORM_CLIP, field_anchors=None,
+                                  padded=False):
     """Proposals of L feature maps (L = 1: a single-scale RPN) for a batch of images, collected.
 
     ``cls_probs`` (N, A, H_l, W_l) / ``bbox_pred`` (N, 4A, H_l, W_l) / ``anchors`` (A, 4) of
@@ -259,6 +260,12 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
     ``field_anchors``: each map's anchors at every cell, when the caller keeps them -- a
     ``FieldAnchors`` (its centres and sizes are then computed once) or a list of (K_l, 4)
     tensors; default: built from ``anchors`` and ``feat_strides``.
+
+    ``padded`` (training, ``per_image=False`` or no collect step): no host synchronisation at
+    all. The rows come in a number fixed by the shapes and settings alone -- every proposal the
+    settings could keep -- and a third output, ``valid`` (R_max,) bool, flags the proposals:
+    the valid rows come first, exactly the rows (and order) of the unpadded call, the others
+    are dropped candidates the caller must ignore.
     """
     num_maps = len(cls_probs)
     if not (len(bbox_pred) == len(anchors) == len(feat_strides) == num_maps) or num_maps == 0:
@@ -347,6 +354,11 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
         if 0 < params.post_nms_top_n < max(layout.pre_nms_counts):
             keep = keep & (_rank_in_segments(keep, layout.segment_start, layout.no_flag)
                            < params.post_nms_top_n)
+    if padded:
+        # (without NMS nothing bounds an image's proposals below its candidates)
+        bound = params.post_nms_top_n if params.nms_thresh > 0 else 0
+        return _padded_proposals(proposals, scores, keep, layout, N, bound, collect_top_n,
+                                 per_image)
     if collect_top_n is None:
         keep_inds = torch.nonzero(keep).squeeze(1)  # the one host synchronisation
     else:
@@ -368,6 +380,33 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
             keep_inds = keep_inds[torch.argsort(layout.im_inds[keep_inds], stable=True)]
     rois = torch.cat([layout.roi_batch_inds, proposals], dim=1)[keep_inds]
     return rois, scores[keep_inds]
+
+
+def _padded_proposals(proposals, scores, keep, layout, N, post_nms_top_n, collect_top_n,
+                      per_image):
+    """``generate_multilevel_proposals``' last step with ``padded``: (rois, scores, valid) in a
+    number of rows that depends on the shapes only. The kept candidates come first, in the
+    order the unpadded call returns them; then the dropped ones."""
+    if collect_top_n is None:
+        # kept candidates in their flat order (grouped by image, each map's best first); with
+        # NMS each image keeps at most post_nms_top_n of each map
+        order = torch.argsort((~keep).to(torch.uint8), stable=True)
+        limit = len(layout.pre_nms_counts) * N * post_nms_top_n if post_nms_top_n > 0 else 0
+        if 0 < limit < order.shape[0]:
+            order = order[:limit]
+    else:
+        if per_image and N > 1:
+            raise ValueError("generate_multilevel_proposals: padded needs per_image=False (the "
+                             "training collect step) or no collect step")
+        collect_scores = torch.where(keep, scores, layout.dropped_score)
+        order = torch.argsort(collect_scores, descending=True, stable=True)
+        if 0 < collect_top_n < order.shape[0]:
+            order = order[:collect_top_n]
+        if N > 1:  # grouped by image (stable: best first), the dropped ones last
+            im = torch.where(keep[order], layout.im_inds[order], N)
+            order = order[torch.argsort(im, stable=True)]
+    rois = torch.cat([layout.roi_batch_inds, proposals], dim=1)[order]
+    return rois, scores[order], keep[order]
 
 
 def generate_proposals(cls_probs, bbox_pred, im_info, anchors, feat_stride, params,

@@ -74,11 +74,16 @@ def smooth_l1_loss(bbox_pred, bbox_targets, bbox_inside_weights, bbox_outside_we
     """Detectron's SmoothL1Loss: sum(out * SL1(in * (pred - target))) / pred.shape[0], where
     SL1(x) = 0.5 x^2 / beta if |x| < beta else |x| - 0.5 beta."""
     _check_same('bbox_pred', bbox_pred, 'bbox_targets', bbox_targets)
+    N = max(bbox_pred.shape[0], 1)
+    return _smooth_l1_sum(bbox_pred, bbox_targets, bbox_inside_weights, bbox_outside_weights,
+                          beta) / N
+
+
+def _smooth_l1_sum(bbox_pred, bbox_targets, bbox_inside_weights, bbox_outside_weights, beta):
     diff = bbox_inside_weights * (bbox_pred - bbox_targets)
     abs_diff = diff.abs()
     per_elem = torch.where(abs_diff < beta, 0.5 * diff * diff / beta, abs_diff - 0.5 * beta)
-    N = max(bbox_pred.shape[0], 1)
-    return (bbox_outside_weights * per_elem).sum() / N
+    return (bbox_outside_weights * per_elem).sum()
 
 
 def rpn_losses_flat(rpn_cls_logits, rpn_bbox_pred, flat_targets, cls_activation,
@@ -152,11 +157,14 @@ def rpn_losses_flat(rpn_cls_logits, rpn_bbox_pred, flat_targets, cls_activation,
 
 
 def fast_rcnn_losses(cls_score, bbox_pred, labels_int32, bbox_targets, bbox_inside_weights,
-                     bbox_outside_weights):
+                     bbox_outside_weights, roi_valid=None):
     """(loss_cls, loss_bbox, accuracy_cls) of the box head.
 
     cls_score: (R, K) **logits**; bbox_pred: (R, 4K) (or (R, 8) class-agnostic) deltas; the rest
-    from ``fast_rcnn.sample_rois``.
+    from ``fast_rcnn.sample_rois``. ``roi_valid`` (R,) bool (``sample_rois(...,
+    fixed_slots=True)``): the rows flagged False are padding -- label -1, zero box weights --
+    and the losses and accuracy are those of the valid rows alone (their mean over the valid
+    count, as without padding).
     """
     labels = labels_int32.long()
     if cls_score.shape[0] != labels.shape[0]:
@@ -165,6 +173,15 @@ def fast_rcnn_losses(cls_score, bbox_pred, labels_int32, bbox_targets, bbox_insi
     if labels.numel() == 0:
         zero = cls_score.sum() * 0 + bbox_pred.sum() * 0
         return zero, zero, cls_score.new_zeros(())
+    if roi_valid is not None:
+        _check_same('roi_valid', roi_valid, 'labels_int32', labels)
+        count = roi_valid.sum().clamp(min=1).to(torch.float32)
+        loss_cls = F.cross_entropy(cls_score, labels, ignore_index=-1, reduction='sum') / count
+        _check_same('bbox_pred', bbox_pred, 'bbox_targets', bbox_targets)
+        loss_bbox = _smooth_l1_sum(bbox_pred, bbox_targets, bbox_inside_weights,
+                                   bbox_outside_weights, 1.0) / count
+        hit = (cls_score.detach().argmax(dim=1) == labels) & roi_valid
+        return loss_cls, loss_bbox, hit.sum().to(torch.float32) / count
     loss_cls = F.cross_entropy(cls_score, labels)
     loss_bbox = smooth_l1_loss(bbox_pred, bbox_targets, bbox_inside_weights,
                                bbox_outside_weights, beta=1.0)
@@ -249,6 +266,21 @@ def _precomputed_proposals(roidb, device):
     return torch.cat(rows).to(device), orig
 
 
+def fixed_target_shapes(model, device, rois=None):
+    """Whether this training step's RoI targets take fixed shapes (no host synchronisation from
+    the proposals to the losses: padded proposals, ``fixed_slots`` sampling): end-to-end Faster
+    / Mask R-CNN (RPN proposals, no given ``rois``, no keypoints). ``model.fixed_target_shapes``
+    chooses: None (default) = on a CUDA device, True / False = always / never when possible.
+    The sampled RoIs and the losses are the same either way (padding rows weigh nothing); the
+    RoI heads then run on BATCH_SIZE_PER_IM RoIs per image and its fg quota of mask RoIs."""
+    choice = getattr(model, 'fixed_target_shapes', None)
+    possible = (rois is None and model.faster_rcnn and not model.rpn_only
+                and model.Keypoint_Head is None and model.RPN is not None)
+    if not possible or choice is False:
+        return False
+    return True if choice else torch.device(device).type == 'cuda'
+
+
 def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, params, rois=None,
                             generator=None):
     """The training step of a ``Generalized_RCNN`` after its body and RPN: Detectron's targets
@@ -274,6 +306,7 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, params, r
     # (the ground-truth copies, the RPN targets and losses) while the body still runs; the
     # proposals then read their count on the host, and the rest follows.
     gt = T.pack_gt(roidb, device, with_keypoints=model.keypoints_on)
+    fixed = fixed_target_shapes(model, device, rois)
     polys = None
     if roi_params.mask_resolution is not None and not model.rpn_only:
         polys = T.pack_polygons(roidb, gt.valid.shape[1], device)
@@ -297,13 +330,14 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, params, r
         proposals = torch.as_tensor(rois, dtype=torch.float32, device=device)
     elif model.faster_rcnn:
         if 'rpn_rois' not in rpn_ret:
-            model.RPN.add_proposals(rpn_ret, im_info)
+            model.RPN.add_proposals(rpn_ret, im_info, padded=fixed)
         proposals = rpn_ret['rpn_rois']
     else:
         proposals, proposals_orig = _precomputed_proposals(roidb, device)
     blobs = T.generate_proposal_labels(proposals.detach(), roidb, im_info, roi_params, generator,
-                                       gt=gt,
-                                       polys=polys, rois_orig=proposals_orig)
+                                       gt=gt, polys=polys, rois_orig=proposals_orig,
+                                       rois_valid=rpn_ret.get('rpn_rois_valid') if fixed else None,
+                                       fixed_slots=fixed)
 
     share_res5 = params.share_res5 and model.Mask_Head is not None
     if share_res5:
@@ -315,14 +349,13 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, params, r
     cls_score, bbox_pred = model.Box_Outs(box_feat)
     loss_cls, loss_bbox, accuracy = fast_rcnn_losses(
         cls_score, bbox_pred, blobs['labels_int32'], blobs['bbox_targets'],
-        blobs['bbox_inside_weights'], blobs['bbox_outside_weights'])
+        blobs['bbox_inside_weights'], blobs['bbox_outside_weights'], blobs.get('roi_valid'))
     out_losses.update(loss_cls=loss_cls, loss_bbox=loss_bbox)
     metrics['accuracy_cls'] = accuracy
 
     if model.Mask_Head is not None:
         if share_res5:
-            mask_feat = model.Mask_Head.forward_from_res5(
-                res5_feat[blobs['roi_has_mask_int32'] > 0])
+            mask_feat = model.Mask_Head.forward_from_res5(res5_feat[blobs['mask_inds']])
         else:
             mask_feat = model.Mask_Head(blob_conv, blobs['mask_rois'])
         out_losses['loss_mask'] = mask_rcnn_losses(

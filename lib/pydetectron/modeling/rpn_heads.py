@@ -74,6 +74,12 @@ class RPNOutputs(nn.Module):
         return blob_mapping(self, names), []
 
 
+def _store_proposals(out, got):
+    out["rpn_rois"], out["rpn_roi_probs"] = got[0], got[1]
+    if len(got) == 3:
+        out["rpn_rois_valid"] = got[2]
+
+
 class _ProposalsMixin:
     def _proposal_params(self):
         return self.train_params if self.training else self.test_params
@@ -134,13 +140,15 @@ class single_scale_rpn_outputs(_ProposalsMixin, nn.Module):
             self.add_proposals(out, im_info)
         return out
 
-    def add_proposals(self, out, im_info):
-        """Add ``rpn_rois`` / ``rpn_roi_probs`` to ``out`` (this head's forward output)."""
+    def add_proposals(self, out, im_info, padded=False):
+        """Add ``rpn_rois`` / ``rpn_roi_probs`` to ``out`` (this head's forward output); with
+        ``padded`` also ``rpn_rois_valid`` (``generate_multilevel_proposals``' padded rows)."""
         probs, deltas = out["rpn_cls_probs"], out["rpn_bbox_pred"]
-        out["rpn_rois"], out["rpn_roi_probs"] = generate_multilevel_proposals(
+        got = generate_multilevel_proposals(
             [probs], [deltas], im_info, [self.anchors], [self.feat_stride],
             self._proposal_params(), bbox_xform_clip=self.bbox_xform_clip,
-            field_anchors=self.field_anchor_set([probs]))
+            field_anchors=self.field_anchor_set([probs]), padded=padded)
+        _store_proposals(out, got)
         return out
 
     def detectron_weight_mapping(self):
@@ -191,21 +199,23 @@ class fpn_rpn_outputs(_ProposalsMixin, nn.Module):
             self.add_proposals(out, im_info)
         return out
 
-    def add_proposals(self, out, im_info):
+    def add_proposals(self, out, im_info, padded=False):
         """Add the collected ``rpn_rois`` / ``rpn_roi_probs`` to ``out`` (this head's forward
-        output). Kept apart from ``forward`` so that training can queue the RPN targets and losses
-        on the device before the proposals' one host synchronisation."""
+        output); with ``padded`` (training only) also ``rpn_rois_valid``, and no host
+        synchronisation (``generate_multilevel_proposals``' padded rows). Kept apart from
+        ``forward`` so that training can queue the RPN targets and losses on the device first."""
         params = self._proposal_params()
         levels = range(self.k_min, self.k_max + 1)
         # Detectron: top N per image at test; top N of the whole minibatch in training.
         top_n = (int(params.post_nms_top_n * self.collect_scale + 0.5) if self.training
                  else params.post_nms_top_n)
-        out["rpn_rois"], out["rpn_roi_probs"] = generate_multilevel_proposals(
+        got = generate_multilevel_proposals(
             out["rpn_cls_probs"], out["rpn_bbox_pred"], im_info,
             [getattr(self, "anchors_fpn%d" % lvl) for lvl in levels],
             [2. ** lvl for lvl in levels], params, collect_top_n=top_n,
             per_image=not self.training, bbox_xform_clip=self.bbox_xform_clip,
-            field_anchors=self.field_anchor_set(out["rpn_cls_probs"]))
+            field_anchors=self.field_anchor_set(out["rpn_cls_probs"]), padded=padded)
+        _store_proposals(out, got)
         return out
 
     def detectron_weight_mapping(self):

@@ -237,6 +237,53 @@ def test_sampling_counts_membership_and_blobs(coco_case, batch_size, agnostic):
         assert (cls[fg.numpy()] == 1).all()
 
 
+@pytest.mark.parametrize('batch_size', [64, 4096])
+def test_fixed_slots_hold_the_unpadded_sample(coco_case, batch_size):
+    """``fixed_slots``: B rows per image; the valid ones are the unpadded sample in its order
+    (same generator), padding rows label -1 with no box weights. B = 64 fills every row; at
+    4096 every image has fewer candidates than rows. Padded proposals (``rois_valid`` False)
+    are never sampled."""
+    entries, scales, roidb, im_info, rois = coco_case
+    gt = pack_gt(roidb, 'cpu')
+    fp = fast_rcnn_params(crowd_filter_thresh=0.)
+    lab = label_proposals(rois, gt, im_info, fp)
+    params = fast_rcnn_params(batch_size_per_im=batch_size, num_classes=81)
+    compact = sample_rois(lab, 2, params, generator=torch.Generator().manual_seed(4))
+    fixed = sample_rois(lab, 2, params, generator=torch.Generator().manual_seed(4),
+                        fixed_slots=True)
+    valid = fixed['roi_valid']
+    assert valid.shape == (2 * batch_size,) and 'roi_valid' not in compact
+    assert int(valid.sum()) == compact['rois'].shape[0]
+    assert bool(valid.all()) == (batch_size == 64)      # full at 64, mostly padding at 4096
+    for key in compact:
+        assert torch.equal(fixed[key][valid], compact[key]), key
+    # each image's rows first: image 0's sample in rows [0, count_0), image 1's from B
+    counts = [int((compact['rois'][:, 0] == n).sum()) for n in range(2)]
+    assert valid.view(2, batch_size).sum(1).tolist() == counts
+    assert valid.view(2, batch_size)[:, :min(counts)].all()
+    assert (fixed['labels_int32'][~valid] == -1).all()
+    assert (fixed['bbox_inside_weights'][~valid] == 0).all()
+    assert (fixed['bbox_outside_weights'][~valid] == 0).all()
+    fg = [int((compact['labels_int32'][compact['rois'][:, 0] == n] > 0).sum()) for n in range(2)]
+    assert fixed['fg_count'].tolist() == fg
+    # the same proposals padded with dropped rows (flagged, anywhere): the same sample
+    junk = rois[:40].clone()
+    junk[:, 1:] += 3.
+    padded = torch.cat([rois, junk])
+    flags = torch.cat([torch.ones(rois.shape[0], dtype=torch.bool),
+                       torch.zeros(40, dtype=torch.bool)])
+    lab_p = label_proposals(padded, gt, im_info, fp, rois_valid=flags)
+    n_cand = lab.rois.shape[0]
+    assert torch.isinf(lab_p.max_overlaps[n_cand:]).all()
+    assert (lab_p.box_to_gt_ind_map[n_cand:] == -1).all()
+    assert (lab_p.max_classes[n_cand:] == 0).all()
+    again = sample_rois(lab_p, 2, params, generator=torch.Generator().manual_seed(4),
+                        fixed_slots=True)
+    assert (again['sampled_inds'][again['roi_valid']] < n_cand).all()
+    for key in compact:
+        assert torch.equal(again[key][again['roi_valid']], compact[key]), key
+
+
 def test_sampling_is_uniform_and_reproducible(coco_case):
     entries, scales, roidb, im_info, rois = coco_case
     gt = pack_gt(roidb, 'cpu')

@@ -171,6 +171,51 @@ def test_mask_targets_with_the_op_equal_the_torch_path(sampled, M, monkeypatch):
     assert (masks == 1).any() and (masks == 0).any() and (masks == -1).any()
 
 
+def test_fixed_slots_give_the_unpadded_targets_in_their_valid_rows(sampled):
+    """``fixed_slots`` (B rows per image, fg first, padding labelled -1): the mask RoIs are the
+    first F rows of each image, and the valid ones hold exactly the unpadded targets -- image
+    2 without fg lends its first RoI as an ignored one there too."""
+    entries, scales, broidb, im_info, gt, blobs = sampled
+    polys = pack_polygons(broidb, gt.valid.shape[1], 'cpu')
+    rois, labels = blobs['rois'], blobs['labels_int32'].clone()
+    labels[rois[:, 0] == 2] = 0
+    N, B, M = 3, 160, 14
+    # each image's rows fg first (stable), then padding rows (any RoI, label -1) up to B
+    rows, pad_rows = [], []
+    for n in range(N):
+        idx = torch.nonzero(rois[:, 0] == n).flatten()
+        idx = idx[torch.sort((labels[idx] == 0).long(), stable=True).indices]
+        assert idx.numel() < B
+        rows.append(idx)
+        pad_rows.append(torch.cat([idx, torch.zeros(B - idx.numel(), dtype=torch.long)]))
+    order = torch.cat(rows)
+    fg_count = torch.tensor([int((labels[r] > 0).sum()) for r in rows])
+    assert fg_count[2] == 0 and (fg_count[:2] > 0).all()
+    F = int(fg_count.max()) + 3
+    slot = torch.cat(pad_rows)
+    slot_labels = torch.cat([torch.cat([labels[r], torch.full((B - r.numel(),), -1,
+                                                               dtype=torch.int32)])
+                             for r in rows])
+    compact = mask_rcnn_targets(rois[order], labels[order], polys, gt, im_info, resolution=M)
+    fixed = mask_rcnn_targets(rois[slot], slot_labels, polys, gt, im_info, resolution=M,
+                              fixed_slots=(B, F, fg_count))
+    valid = fixed['mask_roi_valid']
+    assert valid.shape == (N * F,) and int(valid.sum()) == compact['mask_rois'].shape[0]
+    assert valid.view(N, F)[2].tolist() == [True] + [False] * (F - 1)     # the lent RoI
+    assert torch.equal(fixed['mask_inds'][valid],
+                       torch.cat([n * B + torch.arange(int(max(c, 1)))
+                                  for n, c in enumerate(fg_count.tolist())]))
+    for key in ('mask_rois', 'masks_int32', 'mask_labels_int32'):
+        assert torch.equal(fixed[key][valid], compact[key]), key
+    assert (fixed['masks_int32'][~valid] == -1).all()
+    assert (fixed['mask_labels_int32'][~valid] == 0).all()
+    has = fixed['roi_has_mask_int32'].view(N, B)
+    assert torch.equal(has[:, :F].reshape(-1) > 0, valid) and (has[:, F:] == 0).all()
+    with pytest.raises(ValueError, match='fixed_slots'):
+        mask_rcnn_targets(rois[slot], slot_labels, polys, gt, im_info, resolution=M,
+                          fixed_slots=(B + 1, F, fg_count))
+
+
 def test_rasterizer_is_pixel_exact_on_random_polygons():
     rng = np.random.RandomState(0)
     polys, M = [], 28

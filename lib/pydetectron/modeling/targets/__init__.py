@@ -51,7 +51,7 @@ class RoiTargetParams(namedtuple("RoiTargetParams", [
 
 
 def generate_proposal_labels(rois, roidb, im_info, params, generator=None, gt=None, polys=None,
-                             rois_orig=None):
+                             rois_orig=None, rois_valid=None, fixed_slots=False):
     """Training blobs for the RoI heads from the RPN proposals ``rois`` (R, 5) (blob scale).
 
     roidb: the loader's per-image ground-truth dicts of this blob; im_info: (N, 3); params: a
@@ -64,18 +64,34 @@ def generate_proposal_labels(rois, roidb, im_info, params, generator=None, gt=No
     roi_has_mask_int32, masks_int32 (R_m, M, M), mask_labels_int32; with keypoints
     (``params.keypoints``) keypoint_rois, keypoint_locations_int32, keypoint_weights,
     keypoint_loss_normalizer, keypoint_minibatch_valid. All on ``rois.device``.
+
+    ``rois_valid`` (R,) bool flags the proposals of padded ``rois`` (the RPN's ``padded``
+    proposals); ``fixed_slots`` (without keypoints) samples into fixed rows, no host
+    synchronisation: BATCH_SIZE_PER_IM RoIs per image and round(FG_FRACTION x
+    BATCH_SIZE_PER_IM) (at least 1) mask RoIs, flagged by ``roi_valid`` / ``mask_roi_valid``
+    (``sample_rois``, ``mask_rcnn_targets``); the losses ignore the padding rows.
     """
     device = rois.device
     if gt is None:
         gt = pack_gt(roidb, device, with_keypoints=params.keypoints is not None)
     N = gt.valid.shape[0]
-    labels = label_proposals(rois, gt, im_info, params.fast_rcnn, rois_orig=rois_orig)
-    blobs = sample_rois(labels, N, params.fast_rcnn, generator=generator)
+    if fixed_slots and params.keypoints is not None:
+        raise ValueError('generate_proposal_labels: fixed_slots has no keypoint targets')
+    labels = label_proposals(rois, gt, im_info, params.fast_rcnn, rois_orig=rois_orig,
+                             rois_valid=rois_valid)
+    blobs = sample_rois(labels, N, params.fast_rcnn, generator=generator,
+                        fixed_slots=fixed_slots)
     if params.mask_resolution is not None:
         if polys is None:
             polys = pack_polygons(roidb, gt.valid.shape[1], device)
+        mask_slots = None
+        if 'roi_valid' in blobs:
+            fr = params.fast_rcnn
+            B = int(fr.batch_size_per_im)
+            mask_slots = (B, min(max(int(round(fr.fg_fraction * B)), 1), B), blobs['fg_count'])
         blobs.update(mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], polys, gt, im_info,
-                                       params.mask_resolution, rois_orig=blobs['sampled_boxes']))
+                                       params.mask_resolution, rois_orig=blobs['sampled_boxes'],
+                                       fixed_slots=mask_slots))
     if params.keypoints is not None:
         blobs.update(keypoint_rcnn_targets(labels, gt, N, params.keypoints, generator=generator))
     return blobs

@@ -88,7 +88,7 @@ def _check_rois(rois):
                          % (tuple(rois.shape),))
 
 
-def label_proposals(rois, gt, im_info, params, rois_orig=None):
+def label_proposals(rois, gt, im_info, params, rois_orig=None, rois_valid=None):
     """Detectron's roidb fields for the proposals ``rois`` plus the ground truth.
 
     rois: (R, 5) float (batch index, x1, y1, x2, y2) in blob scale, on the model's device.
@@ -97,6 +97,8 @@ def label_proposals(rois, gt, im_info, params, rois_orig=None):
     rois_orig: (R, 4) the same proposals at the original scale when they come from the roidb
     (Fast R-CNN's precomputed proposals: the loader's ``boxes_orig`` rows); default: rois times
     ``1 / im_scale`` (the RPN's proposals, as ``add_proposals``).
+    rois_valid: (R,) bool, False for padding rows of ``rois`` (the RPN's padded proposals):
+    they get overlap -inf, class 0 and no gt box, so they are never sampled.
     Returns ``ProposalLabels`` (see the module docstring).
     """
     crowd_filter_thresh, bbox_thresh = params.crowd_filter_thresh, params.bbox_thresh
@@ -171,6 +173,14 @@ def label_proposals(rois, gt, im_info, params, rois_orig=None):
         covered = (ioa.max(dim=1).values > crowd_filter_thresh) & ~is_gt
         max_overlaps = torch.where(covered, -1., max_overlaps)
         max_classes = torch.where(covered, 0, max_classes)
+    if rois_valid is not None:
+        if tuple(rois_valid.shape) != (rois.shape[0],):
+            raise ValueError('rois_valid must be (R,) with R = %d rois, got shape %s'
+                             % (rois.shape[0], tuple(rois_valid.shape)))
+        ok = torch.cat([is_gt[:N * G], rois_valid.to(device=device, dtype=torch.bool)])
+        max_overlaps = torch.where(ok, max_overlaps, float('-inf'))
+        max_classes = torch.where(ok, max_classes, 0)
+        box_to_gt = torch.where(ok, box_to_gt, -1)
 
     # Box-regression targets toward the most overlapping non-crowd gt box.
     iou_nc = iou.masked_fill(~(gt_valid & ~gt_crowd), -1.)
@@ -186,9 +196,15 @@ def label_proposals(rois, gt, im_info, params, rois_orig=None):
                           target_cls.long(), targets, cand_orig)
 
 
-def sample_rois(labels, num_images, params, generator=None):
+def sample_rois(labels, num_images, params, generator=None, fixed_slots=False):
     """Sample each image's training RoIs from ``labels`` (a ``ProposalLabels``) with the
     sampling fields of ``params`` (a ``FastRcnnTargetParams``).
+
+    ``fixed_slots``: no host synchronisation -- each image gets ``BATCH_SIZE_PER_IM`` rows
+    (S = N x BATCH_SIZE_PER_IM), its sampled RoIs first, in the same order as without, then
+    padding rows; ``roi_valid`` (S,) bool flags the RoIs, padding rows have label -1 and zero
+    box weights (``losses.fast_rcnn_losses`` ignores them), and ``fg_count`` (N,) int64 gives
+    each image's foreground RoIs (its first rows).
 
     Returns a dict of Detectron's blobs, RoIs image by image, each image's fg before its bg:
       rois (S, 5) float32 blob scale; labels_int32 (S,) int32;
@@ -213,22 +229,40 @@ def sample_rois(labels, num_images, params, generator=None):
     # Python's round() is numpy's round-half-to-even, which Detectron uses here.
     fg_per_im = int(round(fg_fraction * batch_size_per_im))
 
-    fg = random_subset(overlaps >= fg_thresh, batch, fg_per_im, num_images, generator)
+    # One draw per candidate ranks both the fg and the bg candidates when the two sets are
+    # disjoint (the subsets stay independent), so the draws of the first C candidates do not
+    # depend on how many (padding) candidates follow them.
+    C = overlaps.shape[0]
+    u = torch.rand(C, dtype=torch.float64, device=device, generator=generator)
+    fg = random_subset(overlaps >= fg_thresh, batch, fg_per_im, num_images, uniforms=u)
     fg_count = torch.zeros(num_images, dtype=torch.long, device=device).scatter_add_(
         0, batch, fg.long())                                                   # (N,)
     bg_cand = (overlaps < bg_thresh_hi) & (overlaps >= bg_thresh_lo) & ~fg
-    bg = random_subset(bg_cand, batch, batch_size_per_im - fg_count, num_images, generator)
+    if bg_thresh_hi > fg_thresh:   # the sets overlap: the bg draws must be fresh
+        u = torch.rand(C, dtype=torch.float64, device=device, generator=generator)
+    bg = random_subset(bg_cand, batch, batch_size_per_im - fg_count, num_images, uniforms=u)
 
-    # The only host sync: the number of sampled RoIs. Order: image, then fg before bg.
-    keep = torch.nonzero(fg | bg, as_tuple=False).flatten()
-    order = torch.sort(batch[keep] * 2 + bg[keep].long(), stable=True).indices
-    keep = keep[order]
+    valid = None
+    if fixed_slots and overlaps.shape[0] > 0:
+        keep, valid = _fixed_slots(fg, bg, batch, num_images, batch_size_per_im)
+    else:
+        # The only host sync: the number of sampled RoIs. Order: image, then fg before bg.
+        keep = torch.nonzero(fg | bg, as_tuple=False).flatten()
+        order = torch.sort(batch[keep] * 2 + bg[keep].long(), stable=True).indices
+        keep = keep[order]
 
     sampled_labels = torch.where(fg[keep], labels.max_classes[keep], 0)
+    target_classes = labels.bbox_target_classes[keep]
+    if valid is not None:
+        sampled_labels = torch.where(valid, sampled_labels, -1)
+        target_classes = torch.where(valid, target_classes, 0)
     num_reg = 2 if cls_agnostic_bbox_reg else num_classes
-    bbox_targets, inside_w = expand_bbox_targets(
-        labels.bbox_targets[keep], labels.bbox_target_classes[keep], num_reg)
-    return {
+    bbox_targets, inside_w = expand_bbox_targets(labels.bbox_targets[keep], target_classes,
+                                                 num_reg)
+    extra = {}
+    if valid is not None:
+        extra = {'roi_valid': valid, 'fg_count': fg_count}
+    return {**extra,
         'rois': labels.rois[keep],
         'labels_int32': sampled_labels.to(torch.int32),
         'bbox_targets': bbox_targets,
@@ -238,6 +272,25 @@ def sample_rois(labels, num_images, params, generator=None):
         'box_to_gt_ind_map': labels.box_to_gt_ind_map[keep],
         'sampled_boxes': labels.boxes_orig[keep],
     }
+
+
+def _fixed_slots(fg, bg, batch, num_images, slots_per_im):
+    """(N * slots_per_im,) candidate rows and validity flags: image n's sampled candidates
+    (``fg | bg``, at most ``slots_per_im``) in rows n * slots_per_im + 0, 1, ..., fg before bg,
+    each in candidate order (``sample_rois``' order), then padding rows (a valid candidate
+    index, flagged False)."""
+    chosen = fg | bg
+    C = chosen.shape[0]
+    device = chosen.device
+    key = torch.where(chosen, batch * 2 + bg.long(), 2 * num_images)
+    order = torch.sort(key, stable=True).indices
+    count = torch.zeros(num_images, dtype=torch.long, device=device).scatter_add_(
+        0, batch, chosen.long())                                               # (N,)
+    start = torch.cumsum(count, 0) - count
+    j = torch.arange(slots_per_im, device=device)
+    pos = (start.unsqueeze(1) + j).clamp_(max=C - 1)                           # (N, B)
+    valid = (j < count.unsqueeze(1)).view(-1)
+    return order[pos.view(-1)], valid
 
 
 def expand_bbox_targets(targets, classes, num_reg_classes):

@@ -120,7 +120,8 @@ def polygon_boxes(polys, num_gt):
     return torch.where(has.unsqueeze(1), boxes, torch.zeros_like(boxes)), has
 
 
-def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution, rois_orig=None):
+def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution, rois_orig=None,
+                      fixed_slots=None):
     """Detectron's mask blobs for the sampled RoIs.
 
     rois: (S, 5) sampled RoIs (blob scale), labels_int32: (S,) their classes (the output of
@@ -129,6 +130,13 @@ def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution, rois_o
     the side of the mask targets (``MRCNN.RESOLUTION``); rois_orig: (S, 4)
     the RoIs at the original image scale (``sample_rois``' ``sampled_boxes``; default: rois
     times 1 / im_scale).
+
+    ``fixed_slots``: for ``sample_rois(..., fixed_slots=True)``'s output (B rows per image,
+    labels -1 on padding rows), (B, F, fg_count) with F >= each image's foreground count
+    (``round(FG_FRACTION * BATCH_SIZE_PER_IM)``, at least 1) and ``fg_count`` (N,) its
+    ``fg_count``: the mask RoIs are then the first F rows of every image (R_m = N x F, no host
+    synchronisation), those beyond its mask RoIs flagged False in ``mask_roi_valid`` (R_m,)
+    with an all -1 target and class 0, so the loss ignores them.
     """
     M = int(resolution)
     device = rois.device
@@ -147,24 +155,28 @@ def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution, rois_o
 
     # Images without a fg RoI lend their first sampled RoI as an ignored mask RoI.
     fg = labels > 0
-    fg_per_im = torch.zeros(N, dtype=torch.long, device=device).scatter_add_(0, batch, fg.long())
-    first = torch.full((N,), S, dtype=torch.long, device=device).scatter_reduce(
-        0, batch, torch.arange(S, device=device), reduce='amin')
-    lend = (fg_per_im == 0) & (first < S)                            # (N,)
-    dummy = torch.zeros(S, dtype=torch.int32, device=device).scatter_reduce_(
-        0, first.clamp(max=max(S - 1, 0)), lend.to(torch.int32), reduce='amax') > 0 \
-        if S > 0 else fg.clone()
-    has_mask = fg | dummy
-    mask_inds = torch.nonzero(has_mask, as_tuple=False).flatten()   # host sync: R_m
+    mask_valid = None
+    if fixed_slots is None:
+        fg_per_im = torch.zeros(N, dtype=torch.long, device=device).scatter_add_(
+            0, batch, fg.long())
+        first = torch.full((N,), S, dtype=torch.long, device=device).scatter_reduce(
+            0, batch, torch.arange(S, device=device), reduce='amin')
+        lend = (fg_per_im == 0) & (first < S)                        # (N,)
+        dummy = torch.zeros(S, dtype=torch.int32, device=device).scatter_reduce_(
+            0, first.clamp(max=max(S - 1, 0)), lend.to(torch.int32), reduce='amax') > 0 \
+            if S > 0 else fg.clone()
+        has_mask = fg | dummy
+        mask_inds = torch.nonzero(has_mask, as_tuple=False).flatten()   # host sync: R_m
+        mb = batch[mask_inds]
+    else:
+        mask_inds, has_mask, mask_valid, mb = _fixed_mask_slots(labels, N, *fixed_slots)
     mask_rois = rois[mask_inds]
     mask_labels = torch.where(fg[mask_inds], labels[mask_inds], 0)
     is_fg = fg[mask_inds]
-    R_m = mask_inds.numel()
 
     # Match each mask RoI to the non-crowd object whose polygon box overlaps it most, at the
     # original scale.
     poly_box, has_poly = polygon_boxes(polys, N * G)                 # (N*G, 4), (N*G,)
-    mb = mask_rois[:, 0].long()
     inv_scale = (1. / im_info[:, 2].double()).float()
     if rois_orig is None:
         roi_orig = mask_rois[:, 1:5] * inv_scale[mb].unsqueeze(1)    # (R_m, 4)
@@ -185,13 +197,39 @@ def mask_rcnn_targets(rois, labels_int32, polys, gt, im_info, resolution, rois_o
     masks = _rasterize_for_rois(frame, match, matched, polys, N * G, M)  # (R_m, M, M)
     masks = torch.where(matched.view(-1, 1, 1), masks.to(torch.int32),
                         torch.full_like(masks, -1, dtype=torch.int32))
-    return {
+    out = {
         'mask_rois': mask_rois,
         'roi_has_mask_int32': has_mask.to(torch.int32),
         'masks_int32': masks,
         'mask_labels_int32': mask_labels.to(torch.int32),
+        'mask_inds': mask_inds,
     }
+    if mask_valid is not None:
+        out['mask_roi_valid'] = mask_valid
+    return out
 
+
+def _fixed_mask_slots(labels, N, B, F, fg_count):
+    """``mask_rcnn_targets``' mask RoIs with ``fixed_slots`` (B, F, fg_count): the first F of
+    each image's B rows -> (mask_inds (N * F,), has_mask (N * B,) bool, valid (N * F,) bool,
+    image of each mask RoI (N * F,)). An image's mask RoIs are its fg rows, or its first row
+    when it has RoIs but no fg (lent as an ignored one, as the unpadded path does)."""
+    device = labels.device
+    if labels.shape[0] != N * B:
+        raise ValueError('mask_rcnn_targets: fixed_slots of %d rows for %d images, but %d RoIs'
+                         % (B, N, labels.shape[0]))
+    if not 1 <= F <= B:
+        raise ValueError('mask_rcnn_targets: fixed_slots needs 1 <= F <= B, got F = %d, B = %d'
+                         % (F, B))
+    rows = (labels >= 0).view(N, B)                                  # the sampled (valid) rows
+    lend = (fg_count == 0) & rows[:, 0]                              # (N,)
+    j = torch.arange(F, device=device)
+    valid = (j < fg_count.unsqueeze(1)) | ((j == 0) & lend.unsqueeze(1))     # (N, F)
+    has_mask = torch.zeros((N, B), dtype=torch.bool, device=device)
+    has_mask[:, :F] = valid
+    mask_inds = (torch.arange(N, device=device) * B).unsqueeze(1) + j          # (N, F)
+    image = torch.arange(N, device=device).repeat_interleave(F)
+    return mask_inds.view(-1), has_mask.view(-1), valid.view(-1), image
 
 def _rasterize_for_rois(boxes, match, matched, polys, num_gt, M):
     """(R, M, M) bool: the polygons of object ``match[r]`` inside box r (for matched rows).

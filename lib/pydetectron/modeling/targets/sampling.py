@@ -9,12 +9,14 @@ inputs' device) or torch's global RNG, with no host synchronisation.
 import torch
 
 
-def random_subset(mask, group, quota, num_groups, generator=None):
+def random_subset(mask, group, quota, num_groups, generator=None, uniforms=None):
     """For each group g, choose ``min(quota[g], count)`` of the elements where ``mask`` is True
     and ``group == g``, uniformly at random without replacement.
 
     mask: (E,) bool candidates; group: (E,) int64 in [0, num_groups); quota: (num_groups,) int64
-    (or an int for all groups). Returns an (E,) bool mask of the chosen elements.
+    (or an int for all groups). ``uniforms``: (E,) float64 draws in [0, 1) to rank the elements
+    by (default: drawn here from ``generator``); two calls on disjoint candidate sets may share
+    them and stay independent. Returns an (E,) bool mask of the chosen elements.
     """
     E = mask.numel()
     device = mask.device
@@ -26,8 +28,9 @@ def random_subset(mask, group, quota, num_groups, generator=None):
     # non-candidates go to an extra group num_groups after all of them. float64 keeps the
     # 53-bit mantissa well ahead of any realistic number of groups.
     gid = torch.where(mask, group, torch.full_like(group, num_groups))
-    keys = gid.to(torch.float64) + torch.rand(E, dtype=torch.float64, device=device,
-                                              generator=generator)
+    if uniforms is None:
+        uniforms = torch.rand(E, dtype=torch.float64, device=device, generator=generator)
+    keys = gid.to(torch.float64) + uniforms
     order = torch.argsort(keys)
     gid_sorted = gid[order]
     # (bincount would sync the host on CUDA to size its output; scatter_add does not.)
