@@ -19,6 +19,10 @@ each stage's host and device time), ``ops.txt`` and ``trace.json.gz``.
     python dev/profile_train_net.py --out prof --bs 2 --warmup 30 --steps 10
     python dev/profile_train_net.py --out prof_gn \
         --cfg configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml
+
+``--no-profile`` times the same steps without the profiler (its overhead out: the wall time a
+step alone); ``--targets fixed|unpadded`` chooses the RoI targets' shapes (the model's
+``fixed_target_shapes``; default auto: fixed on CUDA) for an A/B of the two in one process.
 """
 import argparse
 import os
@@ -57,6 +61,11 @@ def parse_args(argv=None):
     p.add_argument('--max-size', type=int, default=1333)
     p.add_argument('--device', default='cuda')
     p.add_argument('--no-trace', action='store_true', help='skip trace.json.gz')
+    p.add_argument('--no-profile', action='store_true',
+                   help='time the steps without the profiler (summary.json: the wall time only)')
+    p.add_argument('--targets', choices=('auto', 'fixed', 'unpadded'), default='auto',
+                   help="the RoI targets' shapes (the model's fixed_target_shapes: auto = fixed "
+                        "on CUDA; fixed; unpadded: sized on the host, a synchronisation each)")
     p.add_argument('extra', nargs='*', help='more train_net_step.py arguments (after --)')
     return p.parse_args(argv)
 
@@ -110,6 +119,8 @@ def install(args, state):
         if not state.get('labelled'):
             state['labelled'] = True
             model = getattr(self.model, 'module', self.model)
+            model.fixed_target_shapes = {'auto': None, 'fixed': True,
+                                         'unpadded': False}[args.targets]
             profile_test_net.label_parts(model, MODEL_PARTS)
             opt_step = self.optimizer.step
 
@@ -123,8 +134,9 @@ def install(args, state):
             if args.device != 'cpu':
                 activities.append(ProfilerActivity.CUDA)
             sync()
-            state['prof'] = profile(activities=activities)
-            state['prof'].__enter__()
+            state['prof'] = None if args.no_profile else profile(activities=activities)
+            if state['prof'] is not None:
+                state['prof'].__enter__()
             state['t0'] = time.perf_counter()
         if done >= args.warmup:
             with record_function('stage::step'):
@@ -135,7 +147,8 @@ def install(args, state):
         if state['done'] == args.warmup + args.steps:
             sync()
             state['wall'] = time.perf_counter() - state['t0']
-            state['prof'].__exit__(None, None, None)
+            if state['prof'] is not None:
+                state['prof'].__exit__(None, None, None)
             raise StopTraining()
         return out
 
@@ -191,13 +204,23 @@ def main(argv=None):
         restore()
         reset_cfg()
         shutil.rmtree(out_dir, ignore_errors=True)
-        if 'prof' in state and 'wall' not in state:     # training stopped inside the profile
+        if state.get('prof') is not None and 'wall' not in state:   # stopped inside it
             state['prof'].__exit__(None, None, None)
     if rc:          # the tool said why in one line (a bad flag, file or dataset: 2)
         raise SystemExit(rc)
     if 'prof' not in state or 'wall' not in state:
         raise SystemExit('profile_train_net.py: training ended after %d steps, before the %d '
                          'profiled ones' % (state.get('done', 0), args.warmup + args.steps))
+    if args.no_profile:
+        import json
+        os.makedirs(args.out, exist_ok=True)
+        summary = {'steps': args.steps, 'wall_ms_per_step': 1000. * state['wall'] / args.steps,
+                   'images_per_step': args.bs, 'targets': args.targets,
+                   'argv': sys.argv[1:] if argv is None else list(argv)}
+        with open(os.path.join(args.out, 'summary.json'), 'w') as f:
+            json.dump(summary, f, indent=1)
+        print(json.dumps(summary, indent=1))
+        return summary
     return profile_test_net.write_profile(
         state['prof'], args.out, args.steps, state['wall'], 'step',
         'cpu' if args.device == 'cpu' else 'cuda', args.no_trace, argv, images_per_step=args.bs)

@@ -60,6 +60,28 @@ def test_a_training_step_is_profiled_with_its_stages(coco_mini, tmp_path):
     assert os.path.exists(tmp_path / 'p' / 'ops.txt')
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('targets', ['fixed', 'unpadded'])
+def test_steps_timed_without_the_profiler_with_the_targets_chosen(coco_mini, tmp_path, targets,
+                                                                  monkeypatch):
+    from pydetectron.core.config import assert_and_infer_cfg
+    from pydetectron.modeling import targets as T
+    seen = []
+    real = T.generate_proposal_labels
+    monkeypatch.setattr(T, 'generate_proposal_labels',
+                        lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    assert_and_infer_cfg()
+    summary = profile_train_net.main([
+        '--out', str(tmp_path / 'p'), '--data', coco_mini, '--device', 'cpu', '--scale', '160',
+        '--max-size', '267', '--bs', '1', '--nw', '0', '--warmup', '1', '--steps', '2',
+        '--no-profile', '--targets', targets])
+    assert summary['steps'] == 2 and summary['wall_ms_per_step'] > 0
+    assert 'stages' not in summary and summary['targets'] == targets
+    assert os.listdir(tmp_path / 'p') == ['summary.json']
+    assert len(seen) == 3      # a warm-up step and the timed ones, all with the choice
+    assert all(('roi_valid' in b) == (targets == 'fixed') for b in seen)
+
+
 def test_a_bad_speed_flag_is_one_line_and_exit_2(coco_mini, registry_env, capsys):
     from pydetectron.core.config import reset_cfg
     try:
