@@ -28,7 +28,8 @@ each image at test time, of the whole minibatch in training (Detectron's behavio
 
 Here all images and maps go through these steps together, in a flat layout of the F candidates
 (``_CandidateLayout``), with keep flags instead of boolean indexing: on the GPU the only host
-synchronisation is the final count of proposals.
+synchronisation is the final count of proposals, and training's ``padded`` rows (a count fixed by
+the shapes, the dropped candidates flagged) have none.
 
 What is kept between calls, and why (measured on the CPU, one thread: R-50-FPN's RPN on one
 coco_mini image at 800 x 1216, test settings, ~10 ms a call with both kept; on a GPU each

@@ -29,6 +29,12 @@ DistributedDataParallel (gradients averaged) already average, so there is no suc
 Every loss is a scalar tensor connected to its input even when there is nothing to learn from
 (it is then 0), so that backward always reaches every parameter.
 
+Fixed target shapes (``fixed_target_shapes``, the default on CUDA for end-to-end Faster / Mask
+R-CNN): the proposals, the sampled RoIs and the mask RoIs come in counts fixed by the shapes and
+the config (padding rows flagged), so a step queues its whole forward and backward without
+waiting for the device; the padding rows weigh nothing and each loss keeps its normaliser (the
+count of valid RoIs), so the values are those of the unpadded targets.
+
 No function here reads the global config: the settings are arguments, and the model reads them
 from the config once, when it is built (``GeneralizedRcnnLossParams.from_cfg``).
 """
@@ -303,8 +309,9 @@ def generalized_rcnn_losses(model, blob_conv, rpn_ret, im_info, roidb, params, r
     roi_params = params.roi_targets
     device = im_info.device
     # Order matters on the GPU: everything up to the proposals is queued without a host sync
-    # (the ground-truth copies, the RPN targets and losses) while the body still runs; the
-    # proposals then read their count on the host, and the rest follows.
+    # (the ground-truth copies, the RPN targets and losses) while the body still runs. With
+    # fixed target shapes (the CUDA default) nothing after it syncs either; otherwise the
+    # proposals, the sampled RoIs and the mask RoIs each read their count on the host.
     gt = T.pack_gt(roidb, device, with_keypoints=model.keypoints_on)
     fixed = fixed_target_shapes(model, device, rois)
     polys = None

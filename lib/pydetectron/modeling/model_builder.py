@@ -228,9 +228,10 @@ class Generalized_RCNN(nn.Module):
         blob_conv = self.Conv_Body(data)
         rpn_ret = None
         if self.RPN is not None:
-            # The proposals (end-to-end Faster R-CNN) come later, in training_losses: their count
-            # is read on the host, so everything that does not need them (ground-truth copies,
-            # RPN targets and losses) is queued on the device first, while the body still runs.
+            # The proposals (end-to-end Faster R-CNN) come later, in training_losses: unless the
+            # targets take fixed shapes (on CUDA: losses.fixed_target_shapes) their count is read
+            # on the host, so everything that does not need them (ground-truth copies, RPN
+            # targets and losses) is queued on the device first, while the body still runs.
             rpn_ret = self.RPN(self._rpn_levels(blob_conv), im_info, need_proposals=False)
         return self.training_losses(self._roi_levels(blob_conv), rpn_ret, im_info, roidb, rois)
 
