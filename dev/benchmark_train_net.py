@@ -44,6 +44,11 @@ against torchvision's standard one, not a like-for-like GroupNorm comparison.
     python dev/benchmark_train_net.py --bs 2 \
         --cfg configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml --label 'ours GN'
 
+Two commits on one machine: ``--tree DIR`` runs ``DIR/tools/train_net_step.py`` (another copy,
+e.g. ``git archive <commit> tools lib | tar -x -C .bench_tree``, with pydetectron._C copied into
+``DIR/lib/pydetectron``: dev/gpu/trainnet.sh does that for the folders in TREES), configs and
+data from this checkout.
+
 CPU rehearsal (torchvision's compiled ops built for another torch: dev/tv_cpu_shim.py, never
 for numbers):
 
@@ -82,6 +87,10 @@ def parse_args(argv=None):
                    help='more train_net_step.py arguments for ours (repeatable: '
                    '--extra=--cuda_graphs --extra=--shape_buckets=160)')
     p.add_argument('--label', default=None, help='name of ours in the report')
+    p.add_argument('--tree', default=None,
+                   help="ours from another copy of the project (a folder with its tools/ and "
+                        "lib/, its pydetectron._C built or copied in): an A/B of two commits "
+                        "on one machine")
     p.add_argument('--scale', type=int, default=800)
     p.add_argument('--max-size', type=int, default=1333)
     p.add_argument('--device', default='cuda')
@@ -92,6 +101,9 @@ def parse_args(argv=None):
             p.error('--%s must be >= 1' % name)
     if args.warmup < 0 or args.nw < 0:
         p.error('--warmup and --nw must be >= 0')
+    if args.tree is not None and not os.path.isfile(
+            os.path.join(args.tree, 'tools', 'train_net_step.py')):
+        p.error('--tree %s: no tools/train_net_step.py there' % args.tree)
     if args.short >= args.steps:
         p.error('--short (%d) must be below --steps (%d)' % (args.short, args.steps))
     impls = args.impl.split(',')
@@ -153,7 +165,7 @@ def run_ours(args, max_iter, out_dir):
     each "[Step k / N]" line, timed as it arrives (the child's output unbuffered)]}."""
     spec = 'coco_json:%s:%s' % (os.path.join(args.data, 'annotations', 'instances_train2017.json'),
                                 os.path.join(args.data, 'images', 'train2017'))
-    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train_net_step.py'),
+    cmd = [sys.executable, os.path.join(args.tree or ROOT, 'tools', 'train_net_step.py'),
            '--dataset', spec, '--cfg', os.path.join(ROOT, args.cfg), '--bs', str(args.bs),
            '--nw', str(args.nw), '--no_save', '--skip-test', '--allow_random_frozen_bn',
            '--output_dir', out_dir, '--disp_interval', '20',

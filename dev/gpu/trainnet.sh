@@ -7,7 +7,8 @@
 # "-" for none), train_net_step.py's steps under torch.profiler ($OUT/trainprofile_<i>/summary.json,
 # ops.txt, trace.json.gz). Environment: TRAINNET (entries of benchmark_train_net.py arguments
 # separated by ';'; no spaces inside one argument; "-" for none), TRAINNET_TIMEOUT (s per entry,
-# 420).
+# 420), TREES (other copies of the project for entries with --tree DIR: this build's
+# pydetectron._C is copied into each DIR/lib/pydetectron first).
 # CPU=1: one tiny entry at scale 200; the torchvision half only with PYDETECTRON_TV_SHIM=1 (and
 # PYTHONPATH holding a torchvision: dev/tv_cpu_shim.py's stand-in ops, a rehearsal, no numbers).
 GN_CFG=configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml
@@ -17,6 +18,9 @@ if [ "$CPU" = 1 ]; then
     TRAINNET=${TRAINNET:---device cpu --impl $IMPL --rounds 1 --steps 6 --short 3 --warmup 1 --scale 200 --max-size 333 --nw 1}
 fi
 TRAINNET=${TRAINNET:---bs 2 --rounds 2;--bs 8 --rounds 1 --steps 64 --short 16;--bs 8 --amp --rounds 1 --steps 64 --short 16;--bs 2 --rounds 1 --cfg $GN_CFG --label ours_GN}
+for t in ${TREES:-}; do
+    cp lib/pydetectron/_C*.so "$t/lib/pydetectron/" || exit 1
+done
 trainnet_one() {   # $1 index, $2 arguments
     json_entry trainnet dev/benchmark_train_net.py "${TRAINNET_TIMEOUT:-420}" "$1" "$2"
 }

@@ -143,6 +143,27 @@ def test_run_ours_command_and_its_counts(tmp_path, monkeypatch):
         '/data/coco_mini/images/train2017')
 
 
+def test_run_ours_from_another_tree(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_popen(cmd, stdout, stderr, text, env):
+        seen['cmd'] = cmd
+        return types.SimpleNamespace(stdout=iter(_console(8, 8, 1.0, 10).splitlines(True)),
+                                     wait=lambda: 0)
+    monkeypatch.setattr(subprocess, 'Popen', fake_popen)
+    tree = tmp_path / 'other'
+    (tree / 'tools').mkdir(parents=True)
+    (tree / 'tools' / 'train_net_step.py').write_text('')
+    args = btn.parse_args(['--device', 'cpu', '--tree', str(tree), '--data', '/d'])
+    btn.run_ours(args, 8, str(tmp_path / 'run'))
+    assert seen['cmd'][1] == os.path.join(str(tree), 'tools', 'train_net_step.py')
+    assert seen['cmd'][seen['cmd'].index('--cfg') + 1] == os.path.join(ROOT, btn.CONFIG)
+    with pytest.raises(SystemExit) as e:
+        btn.parse_args(['--tree', str(tmp_path)])
+    assert e.value.code == 2
+    assert '--tree %s: no tools/train_net_step.py there' % tmp_path in capsys.readouterr().err
+
+
 def _trainnet_entries(cpu, env=None):
     # dev/gpu/trainnet.sh with for_each_entry replaced by a printer of its list
     script = ('for_each_entry() { printf "%%s" "$1"; }; CPU=%d; . dev/gpu/trainnet.sh'
