@@ -355,17 +355,25 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
         if 0 < params.post_nms_top_n < max(layout.pre_nms_counts):
             keep = keep & (_rank_in_segments(keep, layout.segment_start, layout.no_flag)
                            < params.post_nms_top_n)
-    if padded:
-        # (without NMS nothing bounds an image's proposals below its candidates)
-        bound = params.post_nms_top_n if params.nms_thresh > 0 else 0
-        return _padded_proposals(proposals, scores, keep, layout, N, bound, collect_top_n,
-                                 per_image)
     if collect_top_n is None:
-        keep_inds = torch.nonzero(keep).squeeze(1)  # the one host synchronisation
+        if padded:
+            # the kept candidates first, in their flat order (grouped by image, each map's best
+            # first); with NMS an image keeps at most post_nms_top_n of each map (without it,
+            # nothing bounds an image's proposals below its candidates)
+            order = torch.argsort((~keep).to(torch.uint8), stable=True)
+            bound = params.post_nms_top_n if params.nms_thresh > 0 else 0
+            limit = len(layout.pre_nms_counts) * N * bound
+            if 0 < limit < order.shape[0]:
+                order = order[:limit]
+        else:
+            order = torch.nonzero(keep).squeeze(1)  # the one host synchronisation
     else:
         # The collect step ranks the kept boxes (dropped ones rank last) and its ranking is also
         # the output order: per image, best first (test time); in training, the minibatch's best
         # first, then grouped by image (stable: each image's boxes stay best first).
+        if padded and per_image and N > 1:
+            raise ValueError("generate_multilevel_proposals: padded needs per_image=False (the "
+                             "training collect step) or no collect step")
         collect_scores = torch.where(keep, scores, layout.dropped_score)
         if per_image and N > 1:
             # grouped by image, each image's Q candidates (kept or not) together
@@ -376,38 +384,19 @@ def generate_multilevel_proposals(cls_probs, bbox_pred, im_info, anchors, feat_s
             collect_order = torch.argsort(collect_scores, descending=True, stable=True)
             if 0 < collect_top_n < collect_order.shape[0]:
                 collect_order = collect_order[:collect_top_n]
-        keep_inds = collect_order[keep[collect_order]]  # the one host synchronisation
-        if not per_image and N > 1:
-            keep_inds = keep_inds[torch.argsort(layout.im_inds[keep_inds], stable=True)]
-    rois = torch.cat([layout.roi_batch_inds, proposals], dim=1)[keep_inds]
-    return rois, scores[keep_inds]
-
-
-def _padded_proposals(proposals, scores, keep, layout, N, post_nms_top_n, collect_top_n,
-                      per_image):
-    """``generate_multilevel_proposals``' last step with ``padded``: (rois, scores, valid) in a
-    number of rows that depends on the shapes only. The kept candidates come first, in the
-    order the unpadded call returns them; then the dropped ones."""
-    if collect_top_n is None:
-        # kept candidates in their flat order (grouped by image, each map's best first); with
-        # NMS each image keeps at most post_nms_top_n of each map
-        order = torch.argsort((~keep).to(torch.uint8), stable=True)
-        limit = len(layout.pre_nms_counts) * N * post_nms_top_n if post_nms_top_n > 0 else 0
-        if 0 < limit < order.shape[0]:
-            order = order[:limit]
-    else:
-        if per_image and N > 1:
-            raise ValueError("generate_multilevel_proposals: padded needs per_image=False (the "
-                             "training collect step) or no collect step")
-        collect_scores = torch.where(keep, scores, layout.dropped_score)
-        order = torch.argsort(collect_scores, descending=True, stable=True)
-        if 0 < collect_top_n < order.shape[0]:
-            order = order[:collect_top_n]
-        if N > 1:  # grouped by image (stable: best first), the dropped ones last
-            im = torch.where(keep[order], layout.im_inds[order], N)
-            order = order[torch.argsort(im, stable=True)]
+        if padded:
+            order = collect_order
+            if N > 1:  # grouped by image (stable: best first), the dropped ones last
+                im = torch.where(keep[order], layout.im_inds[order], N)
+                order = order[torch.argsort(im, stable=True)]
+        else:
+            order = collect_order[keep[collect_order]]  # the one host synchronisation
+            if not per_image and N > 1:
+                order = order[torch.argsort(layout.im_inds[order], stable=True)]
     rois = torch.cat([layout.roi_batch_inds, proposals], dim=1)[order]
-    return rois, scores[order], keep[order]
+    if padded:   # a number of rows fixed by the shapes: the kept ones first, then the dropped
+        return rois, scores[order], keep[order]
+    return rois, scores[order]
 
 
 def generate_proposals(cls_probs, bbox_pred, im_info, anchors, feat_stride, params,

@@ -24,7 +24,8 @@ it is built.
 from collections import namedtuple
 
 from pydetectron.modeling.targets.fast_rcnn import (  # noqa: F401
-    FastRcnnTargetParams, ProposalLabels, expand_bbox_targets, label_proposals, sample_rois)
+    FastRcnnTargetParams, ProposalLabels, expand_bbox_targets, fg_rois_per_image,
+    label_proposals, sample_rois)
 from pydetectron.modeling.targets.gt import GtBatch, pack_gt  # noqa: F401
 from pydetectron.modeling.targets.keypoint_rcnn import (  # noqa: F401
     KeypointTargetParams, keypoint_rcnn_targets, keypoints_to_heatmap_labels)
@@ -86,9 +87,9 @@ def generate_proposal_labels(rois, roidb, im_info, params, generator=None, gt=No
             polys = pack_polygons(roidb, gt.valid.shape[1], device)
         mask_slots = None
         if 'roi_valid' in blobs:
-            fr = params.fast_rcnn
-            B = int(fr.batch_size_per_im)
-            mask_slots = (B, min(max(int(round(fr.fg_fraction * B)), 1), B), blobs['fg_count'])
+            B = int(params.fast_rcnn.batch_size_per_im)
+            mask_slots = (B, min(max(fg_rois_per_image(params.fast_rcnn), 1), B),
+                          blobs['fg_count'])
         blobs.update(mask_rcnn_targets(blobs['rois'], blobs['labels_int32'], polys, gt, im_info,
                                        params.mask_resolution, rois_orig=blobs['sampled_boxes'],
                                        fixed_slots=mask_slots))

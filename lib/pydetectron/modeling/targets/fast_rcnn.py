@@ -215,7 +215,6 @@ def sample_rois(labels, num_images, params, generator=None, fixed_slots=False):
     """
     fg_thresh, bg_thresh_hi, bg_thresh_lo = params.fg_thresh, params.bg_thresh_hi, \
         params.bg_thresh_lo
-    fg_fraction = params.fg_fraction
     batch_size_per_im = int(params.batch_size_per_im)
     num_classes = int(params.num_classes)
     cls_agnostic_bbox_reg = params.cls_agnostic_bbox_reg
@@ -226,8 +225,7 @@ def sample_rois(labels, num_images, params, generator=None, fixed_slots=False):
     device = labels.rois.device
     batch = labels.rois[:, 0].long()
     overlaps = labels.max_overlaps
-    # Python's round() is numpy's round-half-to-even, which Detectron uses here.
-    fg_per_im = int(round(fg_fraction * batch_size_per_im))
+    fg_per_im = fg_rois_per_image(params)
 
     # One draw per candidate ranks both the fg and the bg candidates when the two sets are
     # disjoint (the subsets stay independent), so the draws of the first C candidates do not
@@ -272,6 +270,13 @@ def sample_rois(labels, num_images, params, generator=None, fixed_slots=False):
         'box_to_gt_ind_map': labels.box_to_gt_ind_map[keep],
         'sampled_boxes': labels.boxes_orig[keep],
     }
+
+
+def fg_rois_per_image(params):
+    """Detectron's foreground quota of an image's sample: round(FG_FRACTION x
+    BATCH_SIZE_PER_IM) (``params``: a ``FastRcnnTargetParams`` or ``KeypointTargetParams``).
+    Python's round() is numpy's round-half-to-even, which Detectron uses here."""
+    return int(round(params.fg_fraction * int(params.batch_size_per_im)))
 
 
 def _fixed_slots(fg, bg, batch, num_images, slots_per_im):
