@@ -231,8 +231,6 @@ def write_profile(prof, out, count, wall_s, unit, device_type, no_trace, argv, *
     summary['device'] = torch.cuda.get_device_name() if device_type == 'cuda' else 'cpu'
     summary['torch'] = torch.__version__
     summary['argv'] = sys.argv[1:] if argv is None else list(argv)
-    with open(os.path.join(out, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
     write_ops_table(prof, os.path.join(out, 'ops.txt'), device_type)
     if no_trace:
         os.remove(trace_path)
@@ -240,8 +238,16 @@ def write_profile(prof, out, count, wall_s, unit, device_type, no_trace, argv, *
         with open(trace_path, 'rb') as src, gzip.open(trace_path + '.gz', 'wb') as dst:
             shutil.copyfileobj(src, dst)
         os.remove(trace_path)
-    print(json.dumps(summary, indent=1))
+    write_summary(out, summary)
     return summary
+
+
+def write_summary(out, summary):
+    """``summary`` to ``out``/summary.json (the folder made if needed), and printed."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == '__main__':

@@ -212,14 +212,10 @@ def main(argv=None):
         raise SystemExit('profile_train_net.py: training ended after %d steps, before the %d '
                          'profiled ones' % (state.get('done', 0), args.warmup + args.steps))
     if args.no_profile:
-        import json
-        os.makedirs(args.out, exist_ok=True)
         summary = {'steps': args.steps, 'wall_ms_per_step': 1000. * state['wall'] / args.steps,
                    'images_per_step': args.bs, 'targets': args.targets,
                    'argv': sys.argv[1:] if argv is None else list(argv)}
-        with open(os.path.join(args.out, 'summary.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
-        print(json.dumps(summary, indent=1))
+        profile_test_net.write_summary(args.out, summary)
         return summary
     return profile_test_net.write_profile(
         state['prof'], args.out, args.steps, state['wall'], 'step',
