@@ -40,6 +40,10 @@ def test_off_for_a_cpu_model_and_the_forward_is_left_as_it_was():
         assert model.Conv_Body.forward == forward
     assert 'forward' not in model.Conv_Body.__dict__
     assert not cuda_graphs.can_graph(Model().train())
+    model.test_front_possible = lambda: True
+    with cuda_graphs.conv_body_graphs(model, front=True) as graphed:
+        assert graphed is None and 'test_front' not in model.__dict__
+    assert not cuda_graphs.can_graph_front(model)
 
 
 def test_when_test_net_uses_them():
@@ -143,6 +147,33 @@ def test_graphs_equal_the_eager_body_and_keep_the_first():
                                                           tuple(xs[1].shape)]
         assert 'forward' not in model.Conv_Body.__dict__
     assert model.Conv_Body(xs[0])[0].requires_grad       # autograd on: never a graph
+
+
+@pytest.mark.cuda
+@cuda
+def test_a_front_of_two_inputs_is_graphed_by_both_and_runs_the_body_eagerly_inside():
+    """A graphed function of two tensors (test_front's blob and im_info): keyed by both
+    layouts, both copied in at each replay; while it warms up and captures, the body's own
+    graphs (routed by conv_body_graphs) run eagerly: its work goes into the outer graph."""
+    torch.manual_seed(0)
+    model = Model().cuda().eval()
+    body = model.Conv_Body
+
+    def front(x, scale):
+        return [t * scale for t in model.Conv_Body(x)]
+    x = torch.randn(1, 3, 32, 48, device='cuda')
+    scales = [torch.tensor([2.], device='cuda'), torch.tensor([3.], device='cuda'),
+              torch.tensor([5.], device='cuda'), torch.tensor([[7.]], device='cuda')]
+    with torch.no_grad(), cuda_graphs.conv_body_graphs(model) as body_graphs:
+        graphed = cuda_graphs.GraphedForward(model, front)
+        # eager, captured, replayed, eager (another layout of the second input)
+        for s in scales:
+            got = graphed(x.clone(), s)
+            want = [t * s for t in Body.forward(body, x)]
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+        assert (graphed.captures, graphed.replays) == (1, 2) and not graphed.failed
+        assert len(graphed.graphs) == 1 and list(graphed.graphs)[0][0] == tuple(x.shape)
+        assert body_graphs.captures == 0
 
 
 # -- training ----------------------------------------------------------------------------------

@@ -299,6 +299,63 @@ def _assert_same_results(got, want, images):
     assert total >= images * 100    # DETECTIONS_PER_IM each, ties at the 100th score kept
 
 
+def test_fronts_queued_ahead_give_the_detections_of_one_image_at_a_time(coco_mini):
+    """``_detections(..., ahead=True)`` (test_net with the front's CUDA graphs: each image's
+    front queued before the previous image's results are made) on a CPU Mask R-CNN of random
+    weights over real photos: the batches come back in order with the boxes and masks of one
+    image at a time, and a batch with no image to run (an unreadable file) stays in its
+    place."""
+    from collections import defaultdict
+
+    import torch
+    from pydetectron.core import test as core_test
+    from pydetectron.core.config import merge_cfg_from_list
+    from pydetectron.modeling.model_builder import Generalized_RCNN
+    from pydetectron.utils.timer import Timer
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    reset_cfg()
+    try:
+        from pydetectron.core.config import assert_and_infer_cfg, merge_cfg_from_file
+        merge_cfg_from_file(os.path.join(root, 'configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml'))
+        merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False, 'TEST.SCALE', 160,
+                             'TEST.MAX_SIZE', 267, 'TEST.SCORE_THRESH', 0.0,
+                             'TEST.DETECTIONS_PER_IM', 20, 'MODEL.NUM_CLASSES', 81])
+        assert_and_infer_cfg()
+        torch.manual_seed(0)
+        model = Generalized_RCNN().eval()
+        model.padded_test_front = True          # the CUDA path's forward, on the CPU
+        folder = os.path.join(coco_mini, 'images', 'val2017')
+        ims = [cv2.imread(os.path.join(folder, n)) for n in sorted(os.listdir(folder))[:4]]
+        batches = [(i, [i], [im], None, core_test.prepare_image_blob([im]))
+                   for i, im in enumerate(ims)]
+        batches.insert(2, (9, [], [], None, None))             # its one image unreadable
+        fronts = []
+        real = core_test.FrontAhead
+
+        def recorded(*a):
+            fronts.append(real(*a))
+            return fronts[-1]
+        test_engine.FrontAhead = recorded
+        try:
+            got = list(test_engine._detections(model, iter(batches), None,
+                                               defaultdict(Timer), 1, ahead=True))
+        finally:
+            test_engine.FrontAhead = real
+        want = list(test_engine._detections(model, iter(batches), None, defaultdict(Timer), 1))
+    finally:
+        reset_cfg()
+    assert len(fronts) == 4
+    assert [k[0] for k, _ in got] == [k[0] for k, _ in want] == [0, 1, 9, 2, 3]
+    for (_, g), (_, w) in zip(got, want):
+        assert len(g) == len(w)
+        for (boxes_g, segms_g, _), (boxes_w, segms_w, _) in zip(g, w):
+            assert sum(len(b) for b in boxes_w) == 20
+            for a, b in zip(boxes_g, boxes_w):
+                np.testing.assert_array_equal(a, b)
+            for a, b in zip(segms_g, segms_w):
+                assert a == b
+
+
 @pytest.mark.cuda
 def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_path):
     """A CUDA Mask R-CNN (random weights) over real photos: test_net's two threads on one
@@ -322,9 +379,10 @@ def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_pat
 
 @pytest.mark.cuda
 def test_cuda_graphs_give_the_eager_detections(coco_mini, tmp_path, monkeypatch):
-    """The same model over 20 real photos (their blob sizes repeat, so graphs of the conv body
-    are captured and replayed), twice: the detections and masks of the eager body, and none of
-    the graphs' captures failed."""
+    """The same model over 20 real photos (their blob sizes repeat, so graphs of the test front
+    -- body, RPN, proposals, box head -- are captured and replayed, each image's front queued
+    on a side stream before the previous image's results), twice: the detections and masks of
+    the eager path, and none of the graphs' captures failed."""
     from pydetectron.core import cuda_graphs
     made = []
 
@@ -344,6 +402,8 @@ def test_cuda_graphs_give_the_eager_detections(coco_mini, tmp_path, monkeypatch)
     finally:
         reset_cfg()
     assert len(made) == 2          # none for --no-cuda_graphs
+    # the graphs of the front (body, RPN, proposals, box head), each image's queued ahead
+    assert all(g.routes == 'test_front' for g in made)
     assert all(g.captures > 0 and g.replays > 0 and not g.failed for g in made)
     for run in graphed:
         _assert_same_results(run, eager, 20)

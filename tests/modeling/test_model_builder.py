@@ -37,6 +37,37 @@ def random_blob(n, h, w, seed=0):
     return torch.randn(n, 3, h, w, generator=g) * 5.  # small enough that no RPN score saturates
 
 
+@pytest.mark.parametrize("config", ["configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml",
+                                    "configs/baselines/e2e_mask_rcnn_R-50-C4_1x.yaml"])
+def test_the_padded_test_front_gives_the_forward_of_the_unpadded_proposals(config):
+    """``test_front`` (the CUDA default: padded proposals, no host synchronisation) on a CPU
+    model whose NMS leaves fewer proposals than its fixed rows: the padding rows come last and
+    ``front_outputs`` drops them, leaving the unpadded forward's rois, scores and deltas."""
+    model = build(config, ["TEST.RPN_PRE_NMS_TOP_N", 200, "TEST.RPN_POST_NMS_TOP_N", 300,
+                           "TEST.RPN_NMS_THRESH", 0.3])
+    data, im_info = random_blob(1, 128, 192), torch.tensor([[128., 192., 0.5]])
+    with torch.no_grad():
+        assert not model.uses_test_front(data)              # a CPU model: the unpadded path
+        want = model(data, im_info)
+        front = model.test_front(data, im_info)
+        model.padded_test_front = True
+        assert model.uses_test_front(data) and not model.uses_test_front(data.repeat(2, 1, 1, 1))
+        got = model(data, im_info)
+    valid = front[-4]
+    n = want["rois"].shape[0]
+    # fixed rows: FPN's collect keeps 300, C4's NMS keeps at most 300 of its 200 candidates
+    assert valid.shape == (300 if cfg.FPN.FPN_ON else 200,)
+    assert 0 < n < valid.shape[0] and valid[:n].all() and not valid[n:].any()
+    for k in ("rois", "cls_score", "cls_logits", "bbox_pred"):
+        assert torch.equal(got[k], want[k]), k
+        assert torch.equal(front[("rois", "valid", "cls_score", "cls_logits",
+                                  "bbox_pred").index(k) - 5][:n], want[k]), k
+    levels = want["blob_conv"] if cfg.FPN.FPN_ON else [want["blob_conv"]]
+    got_levels = got["blob_conv"] if cfg.FPN.FPN_ON else [got["blob_conv"]]
+    assert len(front) == len(levels) + 5
+    assert all(torch.equal(a, b) for a, b in zip(got_levels, levels))
+
+
 def test_configs_are_found():
     assert len(CONFIGS) >= 30 and any("gn_baselines" in c for c in CONFIGS)
 

@@ -31,6 +31,7 @@ shape's: the trainer's order.
 """
 import contextlib
 import logging
+import threading
 
 import torch
 
@@ -107,11 +108,13 @@ class _GraphsByShape(object):
 
     @contextlib.contextmanager
     def _on_capture_stream(self, x):
-        """(a static copy of ``x``, the capture stream), that stream current while open; it
-        waits for the current stream first, and the current stream waits for it after, failed
-        or not."""
-        static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-        static_in.copy_(x)
+        """(a static copy of ``x`` -- a tensor, or a tuple of them: a tuple of copies --, the
+        capture stream), that stream current while open; it waits for the current stream first,
+        and the current stream waits for it after, failed or not."""
+        static_in = tuple(_static_copy(t) for t in x) if isinstance(x, tuple) else \
+            _static_copy(x)
+        if isinstance(x, tuple):
+            x = x[0]
         current = torch.cuda.current_stream(x.device)
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
@@ -126,33 +129,62 @@ class _GraphsByShape(object):
             current.wait_stream(self.stream)
 
 
-class GraphedForward(_GraphsByShape):
-    """``forward(x)`` of ``module`` (inference) as one CUDA graph per input layout of ``x``."""
+def _static_copy(x):
+    static = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    static.copy_(x)
+    return static
 
-    def __call__(self, x, *args, **kwargs):
-        if (self.failed or args or kwargs or not torch.is_tensor(x) or not x.is_cuda
+
+class _Outer(threading.local):
+    depth = 0   # > 0 while a graph of an outer function warms up or captures in this thread
+
+
+_OUTER = _Outer()
+
+
+@contextlib.contextmanager
+def _as_outer():
+    """While open, the graphs of this thread run their forward eagerly: an outer function's
+    graph (``test_front``'s) is warming up or capturing, and takes the inner ones' work in."""
+    _OUTER.depth += 1
+    try:
+        yield
+    finally:
+        _OUTER.depth -= 1
+
+
+class GraphedForward(_GraphsByShape):
+    """``forward(*xs)`` of ``module`` (inference) as one CUDA graph per layout of its input
+    tensors ``xs`` (the conv body's blob; ``test_front``'s blob and im_info)."""
+
+    def __call__(self, *xs, **kwargs):
+        if (self.failed or kwargs or not xs or _OUTER.depth
+                or not all(torch.is_tensor(x) and x.is_cuda for x in xs)
                 or torch.is_grad_enabled() or self.module.training):
-            return self.forward(x, *args, **kwargs)
-        entry = self._entry((tuple(x.shape), x.dtype, x.stride(), x.device), x)
+            return self.forward(*xs, **kwargs)
+        # the first input's layout, then the others' (key[0]: the first input's shape)
+        key = sum(((tuple(x.shape), x.dtype, x.stride(), x.device) for x in xs), ())
+        entry = self._entry(key, xs)
         if entry is None:
-            return self.forward(x)
+            return self.forward(*xs)
         static_in, graph, static_out = entry
-        static_in.copy_(x)
+        for s, x in zip(static_in, xs):
+            s.copy_(x)
         graph.replay()
         self.replays += 1
         return static_out
 
-    def _captured(self, key, x, phase):
+    def _captured(self, key, xs, phase):
         # (not torch.cuda.graph: it empties the caching allocators, the page-locked one too --
         # where test_net's reader threads keep their blobs -- at every capture)
         graph = torch.cuda.CUDAGraph()
-        with self._on_capture_stream(x) as (static_in, stream):
-            self.forward(static_in)         # warm-up on the capture stream, as CUDA wants
+        with self._on_capture_stream(tuple(xs)) as (static_in, stream), _as_outer():
+            self.forward(*static_in)        # warm-up on the capture stream, as CUDA wants
             stream.synchronize()
             phase[0] = 'forward'
             # (thread-local: test_net's reader threads keep making page-locked blobs)
             static_out = _capture_into(graph, self.pool, 'thread_local',
-                                       lambda: self.forward(static_in))
+                                       lambda: self.forward(*static_in))
         _check_outputs(static_out)
         return static_in, graph, static_out
 
@@ -365,18 +397,18 @@ def can_graph(model):
 
 
 @contextlib.contextmanager
-def _routed(body, graphed):
-    """``body.forward`` routed through ``graphed`` while open; put back as it was after."""
-    had_own = 'forward' in body.__dict__
-    own = body.__dict__.get('forward')
-    body.forward = graphed
+def _routed(owner, graphed, name='forward'):
+    """``owner.<name>`` routed through ``graphed`` while open; put back as it was after."""
+    had_own = name in owner.__dict__
+    own = owner.__dict__.get(name)
+    setattr(owner, name, graphed)
     try:
         yield graphed
     finally:
         if had_own:
-            body.forward = own
+            setattr(owner, name, own)
         else:
-            del body.forward
+            delattr(owner, name)
         graphed.graphs.clear()
 
 
@@ -395,14 +427,41 @@ def _graphed_body(model, graphs_class, max_graphs, what):
                         graphed.captures, ' pairs' if what else 's', graphed.replays)
 
 
+def can_graph_front(model):
+    """Whether test_net may replay ``model.test_front`` (body, RPN, proposals, box head) as CUDA
+    graphs: ``can_graph(model)``, a model whose test path has that front
+    (``Generalized_RCNN.test_front_possible``) and no module with forward hooks (a graph would
+    skip them)."""
+    if not can_graph(model) or not getattr(model, 'test_front_possible', lambda: False)():
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 @contextlib.contextmanager
-def conv_body_graphs(model, enabled=True, max_graphs=MAX_GRAPHS):
+def conv_body_graphs(model, enabled=True, max_graphs=MAX_GRAPHS, front=False):
     """While open, ``model.Conv_Body`` runs through a ``GraphedForward`` (yielded; None when not
-    ``enabled`` or not ``can_graph(model)``); its graphs and their memory go when it closes."""
+    ``enabled`` or not ``can_graph(model)``); its graphs and their memory go when it closes.
+
+    ``front`` (test_net at one image a batch): ``model.test_front`` -- the body, the RPN, the
+    padded proposals and the box head, one graph per blob size -- is routed instead, where
+    ``can_graph_front(model)``; the yielded object's ``routes`` says which ('test_front' or
+    'Conv_Body'). Its replays' outputs, too, last until the next replay."""
     if not (enabled and can_graph(model)):
         yield None
         return
+    if front and can_graph_front(model):
+        graphed = GraphedForward(model, model.test_front, max_graphs)
+        graphed.routes = 'test_front'
+        try:
+            with _routed(model, graphed, 'test_front'):
+                yield graphed
+        finally:
+            if graphed.captures:
+                logger.info('Test front (body, RPN, box head): %d CUDA graphs captured, %d '
+                            'replays', graphed.captures, graphed.replays)
+        return
     with _graphed_body(model, GraphedForward, max_graphs, '') as graphed:
+        graphed.routes = 'Conv_Body'
         yield graphed
 
 

@@ -62,7 +62,7 @@ def im_detect_all(model, im, box_proposals=None, timers=None, keypoint_names=Non
 
 
 def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_names=None,
-                        blob=None):
+                        blob=None, ahead=None):
     """``im_detect_all`` over a list of images sharing the network's forward passes.
 
     The results equal image-by-image results when the images share one blob size, to float
@@ -73,6 +73,8 @@ def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_na
 
     ``blob``: the images' ``prepare_image_blob(ims)``, made ahead (test_net makes it in its
     reader threads while the model works on the previous batch); None makes it here.
+    ``ahead``: the ``FrontAhead`` of that blob (test_net queues the next image's front before it
+    post-processes this one), whose outputs replace the forward pass here.
     """
     if timers is None:
         timers = defaultdict(Timer)
@@ -99,7 +101,8 @@ def im_detect_all_batch(model, ims, box_proposals=None, timers=None, keypoint_na
         scores, boxes, im_scales, blob_conv = im_detect_bbox_aug(model, ims, box_proposals)
     else:
         scores, boxes, im_scales, blob_conv = im_detect_bbox(
-            model, ims, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, box_proposals, blob=blob)
+            model, ims, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, box_proposals, blob=blob,
+            ahead=ahead)
     timers['im_detect_bbox'].toc()
 
     # Class-wise NMS and the per-image limit. The boxes of each image come back flattened in
@@ -213,9 +216,60 @@ def _rois_blob(boxes_list, im_scales, device):
     return torch.from_numpy(np.vstack(rois).astype(np.float32)).to(device)
 
 
-def _forward(model, ims, target_scale, target_max_size, rois=None, blob=None):
+class FrontAhead(object):
+    """``model.test_front`` (body, RPN, proposals, box head) of one image's blob, queued now --
+    on a CUDA model on a side stream, after what the current stream has queued -- and read
+    later (``outputs``, or ``im_detect_all_batch(..., ahead=...)``). test_net queues the next
+    image's front before it post-processes the current one, so that the GPU runs the one (a
+    single CUDA-graph replay, ``core.cuda_graphs``) while the host does the other.
+
+    The front's outputs are copied when they come from a graph replay (the next replay
+    overwrites them); the side stream waits for the current one before each front, so memory
+    freed by the post-processing is not reused under it."""
+
+    _streams = {}
+
+    def __init__(self, model, blob):
+        self.blob = blob
+        self.event = None
+        device = model_device(model)
+        with torch.no_grad():
+            if device.type != 'cuda':
+                self._run(model, device)
+                return
+            stream = self._streams.get(device)
+            if stream is None:
+                stream = self._streams[device] = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                self._run(model, device)
+                self.event = torch.cuda.Event()
+                self.event.record(stream)
+        self.device = device
+
+    def _run(self, model, device):
+        data = self.blob.data.to(device, non_blocking=True)
+        self.im_info = self.blob.im_info.to(device, non_blocking=True)
+        front = model.test_front
+        replays = getattr(front, 'replays', None)
+        out = front(data, self.im_info)
+        if replays is not None and front.replays != replays:
+            out = tuple(t.clone() for t in out)
+        self.front = out
+
+    def outputs(self, model):
+        """(the model's output dict, im_info (1, 3), im_scales), read on the current stream."""
+        if self.event is not None:
+            torch.cuda.current_stream(self.device).wait_event(self.event)
+        return model.front_outputs(self.front), self.im_info, self.blob.im_scales
+
+
+def _forward(model, ims, target_scale, target_max_size, rois=None, blob=None, ahead=None):
     """One forward pass over the images -> (the model's output dict, im_info (N, 3), im_scales).
-    ``blob``: their ``prepare_image_blob`` made ahead (used when made for this scale)."""
+    ``blob``: their ``prepare_image_blob`` made ahead (used when made for this scale);
+    ``ahead``: their ``FrontAhead`` (its outputs, no forward pass here)."""
+    if ahead is not None:
+        return ahead.outputs(model)
     if blob is None or (blob.scale, blob.max_size) != (target_scale, target_max_size):
         blob = prepare_image_blob(ims, target_scale, target_max_size)
     device = model_device(model)
@@ -245,11 +299,14 @@ def im_conv_body_only(model, ims, target_scale, target_max_size):
 
 def _split_by_image(rois, num_images):
     """Indices of the rows of (R, 5) rois that belong to each image (rois are image by image)."""
+    if num_images == 1:
+        return [slice(None)]
     batch_inds = rois[:, 0].round().long()
     return [torch.nonzero(batch_inds == i).squeeze(1) for i in range(num_images)]
 
 
-def im_detect_bbox(model, ims, target_scale, target_max_size, box_proposals=None, blob=None):
+def im_detect_bbox(model, ims, target_scale, target_max_size, box_proposals=None, blob=None,
+                   ahead=None):
     """Boxes and class scores of every RoI of every image, in the original image's pixels.
 
     Returns (scores, boxes, im_scales, blob_conv): per-image lists of (R_i, C) probabilities and
@@ -276,7 +333,8 @@ def im_detect_bbox(model, ims, target_scale, target_max_size, box_proposals=None
         out, im_info, im_scales = _forward(model, ims, target_scale, target_max_size,
                                            rois=box_proposals, blob=blob)
     else:
-        out, im_info, im_scales = _forward(model, ims, target_scale, target_max_size, blob=blob)
+        out, im_info, im_scales = _forward(model, ims, target_scale, target_max_size, blob=blob,
+                                           ahead=ahead)
 
     rois, cls_prob = out['rois'], out['cls_score']
     # Decoded in the original image's pixels (rois / im_scale) and clipped to it, as Detectron.

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pydetectron.core import cuda_graphs
 from pydetectron.core.config import cfg, dump_cfg
 from pydetectron.core.test import (
-    im_detect_all_batch, im_proposals, model_device, prepare_image_blob)
+    FrontAhead, im_detect_all_batch, im_proposals, model_device, prepare_image_blob)
 from pydetectron.datasets import task_evaluation
 from pydetectron.utils.errors import ImageError
 from pydetectron.utils.image_io import read_image
@@ -97,9 +97,12 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
     pipelines = _pipelines(model)
     with tqdm(total=num_images, desc=desc, unit='im', file=sys.stderr,
               disable=_arg(args, 'quiet', False)) as bar, \
-            cuda_graphs.conv_body_graphs(model, _use_cuda_graphs(args, pipelines)):
+            cuda_graphs.conv_body_graphs(model, _use_cuda_graphs(args, pipelines),
+                                         front=batch == 1) as graphed:
+        # with the front's graphs, the next image's front is queued before this one's results
+        ahead = getattr(graphed, 'routes', None) == 'test_front'
         for (first, inds, ims), results in _detections(model, _readable(read), dataset.keypoints,
-                                                      timers, pipelines):
+                                                      timers, pipelines, ahead):
             for i, im, (cls_boxes_i, cls_segms_i, cls_keyps_i) in zip(inds, ims, results):
                 extend_results(i, all_boxes, cls_boxes_i)
                 if cls_segms_i is not None:
@@ -162,20 +165,37 @@ def _pipelines(model):
     return 1
 
 
-def _detections(model, batches, keypoint_names, timers, pipelines=1):
+def _detections(model, batches, keypoint_names, timers, pipelines=1, ahead=False):
     """Yield ``((first, inds, ims), results)`` for each ``(first, inds, ims, proposals, blob)``
     of ``batches``, in order, with up to ``pipelines`` batches detected at once in threads
-    (``im_detect_all_batch``; each image's results do not depend on the others in flight)."""
-    def detect(ims, proposals, blob, own_timers):
+    (``im_detect_all_batch``; each image's results do not depend on the others in flight).
+
+    ``ahead`` (one batch in flight): each batch of one image that goes through the model's
+    ``test_front`` has its front queued (``core.test.FrontAhead``) before the previous batch's
+    results are made, and only then read: the device runs the one while the host makes the
+    other. The results are the same."""
+    def detect(ims, proposals, blob, own_timers, front=None):
         if not ims:
             return []
         with torch.no_grad():
             return im_detect_all_batch(model, ims, proposals, own_timers,
-                                       keypoint_names=keypoint_names, blob=blob)
+                                       keypoint_names=keypoint_names, blob=blob, ahead=front)
 
     if pipelines <= 1:
+        queued = None
         for first, inds, ims, proposals, blob in batches:
-            yield (first, inds, ims), detect(ims, proposals, blob, timers)
+            front = None
+            if (ahead and len(ims) == 1 and proposals is None and blob is not None
+                    and model.test_front_possible()):
+                front = FrontAhead(model, blob)
+            if queued is not None:
+                yield queued[0], detect(*queued[1:])
+            queued = ((first, inds, ims), ims, proposals, blob, timers, front)
+            if front is None:   # nothing queued: this batch's results now
+                yield queued[0], detect(*queued[1:])
+                queued = None
+        if queued is not None:
+            yield queued[0], detect(*queued[1:])
         return
     pool = _detection_pool(model_device(model), pipelines)
     pending = deque()

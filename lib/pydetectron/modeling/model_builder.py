@@ -198,6 +198,8 @@ class Generalized_RCNN(nn.Module):
         return self._forward_test(data, im_info, rois)
 
     def _forward_test(self, data, im_info, rois=None):
+        if rois is None and self.uses_test_front(data):
+            return self.front_outputs(self.test_front(data, im_info))
         blob_conv = self.Conv_Body(data)
         out = {}
         if rois is not None and self.rpn_only:
@@ -223,6 +225,50 @@ class Generalized_RCNN(nn.Module):
         out["cls_logits"] = cls_logits
         out["bbox_pred"] = bbox_pred
         return out
+
+    def uses_test_front(self, data):
+        """Whether inference on ``data`` runs through ``test_front``: one image of an end-to-end
+        Faster / Mask / Keypoint R-CNN (RPN proposals, box head). ``self.padded_test_front``
+        chooses: None (default) = on a CUDA device, True / False = always / never when
+        possible. The detections are the same either way (``test_front``)."""
+        choice = getattr(self, "padded_test_front", None)
+        if data.shape[0] != 1 or not self.test_front_possible() or choice is False:
+            return False
+        return True if choice else data.is_cuda
+
+    def test_front_possible(self):
+        """Whether this model's test path has a ``test_front``: an RPN and a box head."""
+        return (self.RPN is not None and self.faster_rcnn and not self.rpn_only
+                and self.RetinaNet is None)
+
+    def test_front(self, data, im_info):
+        """The front of the test path -- body, RPN, proposals, box head -- for one image, in
+        shapes fixed by the blob's and the config alone and with no host synchronisation, so
+        that it can be queued ahead and replayed as one CUDA graph (``core.cuda_graphs``).
+
+        The proposals are ``generate_multilevel_proposals``' padded rows: the image's proposals
+        first, exactly the unpadded ones in their order, then dropped candidates, flagged by
+        ``valid``; the box head runs on every row. Returns a flat tuple of tensors:
+        (*roi_levels, rois, valid, cls_score, cls_logits, bbox_pred), roi_levels being the
+        body's RoI levels (one tensor for a C4 model). ``front_outputs`` makes ``forward``'s
+        dict of it, the padding rows dropped."""
+        blob_conv = self.Conv_Body(data)
+        rpn_ret = self.RPN(self._rpn_levels(blob_conv), im_info, need_proposals=False)
+        self.RPN.add_proposals(rpn_ret, im_info, padded=True)
+        rois, valid = rpn_ret["rpn_rois"], rpn_ret["rpn_rois_valid"]
+        levels = self._roi_levels(blob_conv)
+        cls_logits, bbox_pred = self.Box_Outs.logits_and_deltas(self.Box_Head(levels, rois))
+        levels = tuple(levels) if self.multilevel else (levels,)
+        return levels + (rois, valid, torch.softmax(cls_logits, dim=1), cls_logits, bbox_pred)
+
+    def front_outputs(self, front):
+        """``forward``'s inference dict from ``test_front``'s tuple: its rows of valid proposals
+        (one host synchronisation: their count)."""
+        levels, (rois, valid, cls_score, cls_logits, bbox_pred) = front[:-5], front[-5:]
+        keep = torch.nonzero(valid).squeeze(1)
+        return {"blob_conv": list(levels) if self.multilevel else levels[0],
+                "rois": rois[keep], "cls_score": cls_score[keep],
+                "cls_logits": cls_logits[keep], "bbox_pred": bbox_pred[keep]}
 
     def _forward_train(self, data, im_info, roidb, rois=None):
         blob_conv = self.Conv_Body(data)
