@@ -12,7 +12,9 @@ backward and an SGD step each. It prints one JSON line: the number of graphs dyn
 shapes the body saw and those Detectron's stride padding alone would give, the extra pixels of
 the bucket padding, and the step times (the first step, the median of the second half).
 
-``--compile off`` runs the same steps uncompiled (the step time to compare with).
+``--compile off`` runs the same steps uncompiled (the step time to compare with);
+``--one-batch`` trains every step on the first batch, one blob shape (the step time of
+fixed-size images, to compare the real shapes' with).
 ``--automatic`` compiles as the tools did before this change (no ``dynamic=True``: torch's
 automatic dynamic shapes) for comparison. ``--backend eager`` or ``aot_eager`` traces with dynamo
 but skips Inductor's code generation (fast on a CPU; dynamo's guards and recompilations are the
@@ -60,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument('--lr', type=float, default=0.0025 / 3)
     p.add_argument('--shapes-only', action='store_true',
                    help='only the blob shapes of --steps loader batches (no model)')
+    p.add_argument('--one-batch', action='store_true',
+                   help='every step on the first batch: one blob shape, the fixed-size '
+                        'reference for the step times of the real, varied shapes')
     p.add_argument('--device', default='cuda')
     p.add_argument('--json', default=None)
     return p.parse_args(argv)
@@ -161,7 +166,7 @@ def main(argv=None):
     shapes, stride_shapes, pixels, stride_pixels, times, nonfinite = {}, {}, 0, 0, [], 0
     batch = first
     for step in range(args.steps):
-        if step:
+        if step and not args.one_batch:
             try:
                 batch = next(batches)
             except StopIteration:
@@ -190,7 +195,7 @@ def main(argv=None):
     del batches
     result = {
         'device': torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu',
-        'torch': torch.__version__, 'steps': args.steps, 'bs': args.bs,
+        'torch': torch.__version__, 'steps': args.steps, 'bs': args.bs, 'one_batch': args.one_batch,
         'scale': args.scale, 'max_size': args.max_size, 'compile': args.compile,
         'backend': args.backend, 'compile_options': options, 'automatic': args.automatic,
         'shape_buckets': int(cfg.SHAPE_BUCKETS),

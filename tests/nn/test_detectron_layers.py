@@ -213,6 +213,49 @@ def test_group_norm_statistics_path_equals_group_norm(shape, groups):
     torch.testing.assert_close(dx, torch.autograd.grad(want, x, g)[0], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize('shape, groups', [((2, 64, 12, 17), 32), ((3, 12, 5, 4), 4),
+                                           ((1, 8, 9, 2), 1), ((5, 16, 7, 7), 2)])
+def test_group_norm_channels_last_path_equals_group_norm(shape, groups):
+    """The channels-last GPU path's function (plain torch ops: it runs on the CPU too) against
+    GroupNorm written out, in float64: a channels-last output, and channels-last input
+    gradients; the gradients of the scale and bias; a frozen scale asks for none."""
+    from pydetectron.nn.group_norm import _GroupNormNHWCFunction
+    torch.manual_seed(0)
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    y = _GroupNormNHWCFunction.apply(x, w, b, groups, 1e-5)
+    want = _group_norm_reference(x, groups, w, b, 1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)                       # (an NCHW gradient: made channels-last)
+    grads = torch.autograd.grad(y, (x, w, b), g)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    for got, ref in zip(grads, torch.autograd.grad(want, (x, w, b), g, retain_graph=True)):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    w.requires_grad_(False)
+    dx, db = torch.autograd.grad(_GroupNormNHWCFunction.apply(x, w, b, groups, 1e-5), (x, b), g)
+    torch.testing.assert_close(dx, torch.autograd.grad(want, x, g)[0], rtol=1e-10, atol=1e-10)
+
+
+def test_group_norm_takes_the_channels_last_path_for_channels_last_cuda_inputs(monkeypatch):
+    from pydetectron.nn import group_norm as gn_module
+    gn = GroupNorm(64, -1, 32, 1e-5)
+    monkeypatch.setattr(torch.Tensor, 'is_cuda', property(lambda t: True))
+    nhwc = gn_module._nhwc_path
+    x = torch.empty(512, 64, 14, 14).to(memory_format=torch.channels_last)   # RoIs too
+    assert nhwc(x, gn.weight, gn.bias)
+    assert not nhwc(torch.empty(512, 64, 14, 14), gn.weight, gn.bias)        # NCHW
+    assert not nhwc(torch.empty(2, 64, 1, 1).to(memory_format=torch.channels_last),
+                    gn.weight, gn.bias)                   # both layouts at once: NCHW's paths
+    assert not nhwc(x.double(), gn.weight, gn.bias)
+    assert not nhwc(x, None, gn.bias) and not nhwc(x, gn.weight, None)
+    assert not nhwc(torch.empty(2, 64, 9), gn.weight, gn.bias)
+    monkeypatch.setattr(torch, 'is_autocast_enabled', lambda device=None: device == 'cuda')
+    assert not nhwc(x, gn.weight, gn.bias)
+
+
 def test_group_norm_takes_the_statistics_path_only_where_it_pays(monkeypatch):
     from pydetectron.nn import group_norm as gn_module
     gn = GroupNorm(64, -1, 32, 1e-5)
@@ -259,3 +302,29 @@ def test_cuda_group_norm_equals_pytorchs():
         torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=tol)
     theirs = F.group_norm(x, 32, gn.weight, gn.bias, 1e-5)      # PyTorch's, in float32
     torch.testing.assert_close(y, theirs, rtol=0, atol=2e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+@pytest.mark.parametrize('shape', [(2, 256, 100, 168), (512, 256, 14, 14)])
+def test_cuda_channels_last_group_norm_equals_pytorchs(shape):
+    """A channels-last input on the GPU (an FPN level of 2 images; a mask head's RoIs): output
+    and gradients, kept channels-last, against PyTorch's GroupNorm in float64."""
+    torch.manual_seed(0)
+    gn = GroupNorm(256, -1, 32, 1e-5).cuda()
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(shape, device='cuda') * 2 + 0.5).to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y = gn(x)
+    assert 'NHWC' in type(y.grad_fn).__name__ and y.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, gn.weight, gn.bias), g)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, gn.weight, gn.bias))
+    want = F.group_norm(x64, 32, w64, b64, 1e-5)
+    want_grads = torch.autograd.grad(want, (x64, w64, b64), g.double())
+    torch.testing.assert_close(y.double(), want, rtol=0, atol=2e-5)
+    for got, ref, tol in zip(grads, want_grads, (2e-5, 5e-2, 5e-2)):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=tol)

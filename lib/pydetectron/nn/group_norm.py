@@ -78,6 +78,72 @@ class _GroupNormFunction(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
+class _GroupNormNHWCFunction(torch.autograd.Function):
+    """Affine GroupNorm of a channels-last (N, C, H, W) tensor, kept channels-last: PyTorch's
+    GroupNorm makes such an input contiguous (NCHW) and returns NCHW, so every channels-last
+    convolution around it would transpose its tensors back and forth. Here the statistics come
+    from ``torch.var_mean`` over the (N, HW, G, C/G) view of the NHWC memory; the output is
+    ``x * a + b`` with per-(image, channel) a and b (channels-last, as ``x``); the backward pass
+    reduces over HW per (image, channel) -- sums of dy and of dy * x -- and forms dx as
+    ``dy * A + x * B + C`` (PyTorch's GroupNorm backward, the same terms)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps):
+        n, c, h, w = x.shape
+        g = num_groups
+        nhwc = x.permute(0, 2, 3, 1)                                       # a view: contiguous
+        var, mean = torch.var_mean(nhwc.reshape(n, h * w, g, c // g), dim=(1, 3), correction=0)
+        rstd = var.add_(eps).rsqrt_()                                       # (N, G)
+        scale = rstd.view(n, g, 1) * weight.view(1, g, c // g)              # (N, G, C/G)
+        shift = torch.addcmul(bias.view(1, g, c // g), mean.view(n, g, 1), scale, value=-1)
+        y = torch.addcmul(shift.view(n, 1, 1, c), nhwc, scale.view(n, 1, 1, c))   # NHWC
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.num_groups = num_groups
+        return y.permute(0, 3, 1, 2)                                        # channels-last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        g = ctx.num_groups
+        cg = c // g
+        dy = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        xs = x.permute(0, 2, 3, 1)
+        sum_dy = dy.sum(dim=(1, 2))                                         # (N, C)
+        sum_dy_x = (dy * xs).sum(dim=(1, 2))                                # (N, C)
+        mean_c = mean.repeat_interleave(cg, dim=1)                          # (N, C)
+        rstd_c = rstd.repeat_interleave(cg, dim=1)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            # with s = sum over the group of w * sum(dy * x), t = sum of w * sum(dy):
+            # dx = rstd * w * dy + B * x + C, B = (t * mean - s) * rstd^3 / D,
+            # C = -B * mean - t * rstd / D, D = C/G x H x W
+            d = float(cg * h * w)
+            s = (sum_dy_x * weight).view(n, g, cg).sum(2)                   # (N, G)
+            t = (sum_dy * weight).view(n, g, cg).sum(2)
+            b_coef = (t * mean - s) * rstd.pow(3) / d
+            c_coef = -b_coef * mean - t * rstd / d
+            a_coef = rstd_c * weight                                        # (N, C)
+            dx = torch.addcmul(c_coef.repeat_interleave(cg, dim=1).view(n, 1, 1, c), xs,
+                               b_coef.repeat_interleave(cg, dim=1).view(n, 1, 1, c))
+            dx.addcmul_(dy, a_coef.view(n, 1, 1, c))
+            dx = dx.permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            dw = ((sum_dy_x - mean_c * sum_dy) * rstd_c).sum(0)
+        if ctx.needs_input_grad[2]:
+            db = sum_dy.sum(0)
+        return dx, dw, db, None, None
+
+
+def _nhwc_path(x, weight, bias):
+    return (x.is_cuda and x.dim() == 4 and x.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and weight is not None and bias is not None
+            and weight.dtype == bias.dtype == torch.float32
+            and not torch.is_autocast_enabled('cuda'))
+
+
 # The statistics kernel of PyTorch's GroupNorm gives each (image, group) row one thread block:
 # below this many rows (of at least MIN_ROW elements) the GPU is mostly idle and var_mean,
 # which splits a row over blocks, is faster; above it (e.g. the heads' GroupNorm over 512 RoIs
@@ -101,6 +167,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     autocast: there PyTorch's casts to float32 apply)."""
     if _fast_path(x, weight, bias, num_groups):
         return _GroupNormFunction.apply(x, weight, bias, num_groups, eps)
+    if _nhwc_path(x, weight, bias):
+        return _GroupNormNHWCFunction.apply(x, weight, bias, num_groups, eps)
     return nn.functional.group_norm(x, num_groups, weight, bias, eps)
 
 
