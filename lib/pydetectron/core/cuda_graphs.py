@@ -19,6 +19,14 @@ augmentation, which keeps the features of several scales, and several batches in
 get graphs). A shape that fails to capture turns the graphs off for the rest of the context,
 with a warning: the eager forward runs instead.
 
+test_net at one image a batch routes ``model.test_front`` instead (``conv_body_graphs(model,
+front=True)``): the body, the RPN head, the padded proposals (no host synchronisation:
+``generate_multilevel_proposals(..., padded=True)``) and the box head, one graph of two inputs
+(blob, im_info) per blob size, so that an image's whole front is one replay; test_net queues the
+next image's front on a side stream before it makes the current image's results
+(``core.test.FrontAhead``), and the graphs of the body alone, if routed too, run eagerly inside
+it (``_as_outer``).
+
 Training (``training_conv_body_graphs(model)``, train_net_step on one GPU): the body's forward and
 its backward are captured as a pair of graphs per input layout (``TrainingGraphedForward``), the
 same way, and run as one autograd node: the forward graph reads the parameters in place (so the

@@ -26,7 +26,10 @@ as the RoIs the heads sample from (the RPN still gets its losses).
 ``mask_net(blob_conv, rois)`` -> (R, C, M, M) mask probabilities, ``mask_logits`` the logits they
 come from; ``keypoint_net(blob_conv, rois)`` -> (R, K, Hk, Wk) heatmap logits;
 ``conv_body_only(data)`` -> 'blob_conv' alone;
-``detect(data, im_info)`` runs the whole test path on the device.
+``detect(data, im_info)`` runs the whole test path on the device. One image on a CUDA device goes
+through ``test_front`` (body, RPN, padded proposals, box head: fixed shapes, no host
+synchronisation, one CUDA graph in test_net) and ``front_outputs`` (the padding rows dropped): the
+same outputs.
 
 Training (``model.train()``): the body and the RPN run here (proposals with TRAIN.* settings,
 collected per minibatch for FPN); ``training_losses`` adds the targets and losses (``modeling.losses``):
