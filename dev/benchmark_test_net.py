@@ -58,6 +58,7 @@ def parse_args(argv=None):
                    help="the tools' --shape_buckets N (ours; a CUDA-graph mode's default: 160)")
     p.add_argument('--cuda_graphs', action=argparse.BooleanOptionalAction, default=True,
                    help="test_net.py's --cuda_graphs / --no-cuda_graphs (ours)")
+    p.add_argument('--front_graphs', action='store_true', help="test_net.py's --front_graphs")
     p.add_argument('--pipelines', type=int, default=None,
                    help="batches test_net keeps in flight (default: test_net's choice)")
     return p.parse_args(argv)
@@ -114,7 +115,8 @@ class Ours:
             apply_speed_options(self.model, args.channels_last, args.compile)
         self.out_dir = tempfile.mkdtemp(prefix='bench_test_net_')
         self.args = argparse.Namespace(quiet=True, vis=False, cuda=cfg.CUDA,
-                                       cuda_graphs=args.cuda_graphs)
+                                       cuda_graphs=args.cuda_graphs,
+                                       front_graphs=args.front_graphs)
         self.max_images = args.max_images
 
     def images(self):

@@ -75,10 +75,12 @@ def test_test_net_children_get_no_cuda_graphs(tmp_path, monkeypatch):
     script = tmp_path / 'test_net.py'
     script.write_text('')
     for flag, expected in ((False, True), (True, False), (None, False)):
-        args = SimpleNamespace(test_net_file=str(script), cuda=False, nproc=2, cuda_graphs=flag)
+        args = SimpleNamespace(test_net_file=str(script), cuda=False, nproc=2, cuda_graphs=flag,
+                               front_graphs=not flag)
         with pytest.raises(Stop):
             inference.process_in_parallel('detection', 4, args, str(tmp_path), {})
         assert ('--no-cuda_graphs' in commands[-1]) is expected
+        assert ('--front_graphs' in commands[-1]) is (not flag)
 
 
 def test_graphs_by_shape_capture_at_the_second_input_keep_the_first_and_stop_on_a_failure(

@@ -299,8 +299,34 @@ def _assert_same_results(got, want, images):
     assert total >= images * 100    # DETECTIONS_PER_IM each, ties at the 100th score kept
 
 
+def test_front_graphs_are_asked_for_with_the_flag_at_one_image_a_batch(rect_setup, monkeypatch):
+    """test_net asks conv_body_graphs for the front's graphs with --front_graphs and one image
+    a batch only, and queues fronts ahead exactly when the front is what got routed."""
+    import contextlib
+    from pydetectron.core import cuda_graphs
+    dataset_name, args = rect_setup
+    asked, aheads = [], []
+
+    @contextlib.contextmanager
+    def graphs(model, enabled=True, max_graphs=16, front=False):
+        asked.append(front)
+        yield SimpleNamespace(routes='test_front' if front else 'Conv_Body')
+    real = test_engine._detections
+
+    def detections(*a):
+        aheads.append(a[-1])
+        return real(*a[:-1], False)         # (the fake model has no front to queue)
+    monkeypatch.setattr(cuda_graphs, 'conv_body_graphs', graphs)
+    monkeypatch.setattr(test_engine, '_detections', detections)
+    for flag, batch in ((None, 1), (True, 1), (True, 2)):
+        cfg.TEST.IMS_PER_BATCH = batch
+        args.front_graphs = flag
+        test_engine.test_net(args, dataset_name, None, args.output_dir, model=_model())
+    assert asked == [False, True, False] and aheads == [False, True, False]
+
+
 def test_fronts_queued_ahead_give_the_detections_of_one_image_at_a_time(coco_mini):
-    """``_detections(..., ahead=True)`` (test_net with the front's CUDA graphs: each image's
+    """``_detections(..., ahead=True)`` (test_net --front_graphs: each image's
     front queued before the previous image's results are made) on a CPU Mask R-CNN of random
     weights over real photos: the batches come back in order with the boxes and masks of one
     image at a time, and a batch with no image to run (an unreadable file) stays in its
@@ -323,7 +349,7 @@ def test_fronts_queued_ahead_give_the_detections_of_one_image_at_a_time(coco_min
         assert_and_infer_cfg()
         torch.manual_seed(0)
         model = Generalized_RCNN().eval()
-        model.padded_test_front = True          # the CUDA path's forward, on the CPU
+        model.padded_test_front = True          # the front's forward, on the CPU
         folder = os.path.join(coco_mini, 'images', 'val2017')
         ims = [cv2.imread(os.path.join(folder, n)) for n in sorted(os.listdir(folder))[:4]]
         batches = [(i, [i], [im], None, core_test.prepare_image_blob([im]))
@@ -379,10 +405,9 @@ def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_pat
 
 @pytest.mark.cuda
 def test_cuda_graphs_give_the_eager_detections(coco_mini, tmp_path, monkeypatch):
-    """The same model over 20 real photos (their blob sizes repeat, so graphs of the test front
-    -- body, RPN, proposals, box head -- are captured and replayed, each image's front queued
-    on a side stream before the previous image's results), twice: the detections and masks of
-    the eager path, and none of the graphs' captures failed."""
+    """The same model over 20 real photos (their blob sizes repeat, so graphs of the conv body
+    are captured and replayed), twice: the detections and masks of the eager body, and none of
+    the graphs' captures failed."""
     from pydetectron.core import cuda_graphs
     made = []
 
@@ -402,11 +427,45 @@ def test_cuda_graphs_give_the_eager_detections(coco_mini, tmp_path, monkeypatch)
     finally:
         reset_cfg()
     assert len(made) == 2          # none for --no-cuda_graphs
-    # the graphs of the front (body, RPN, proposals, box head), each image's queued ahead
-    assert all(g.routes == 'test_front' for g in made)
+    assert all(g.routes == 'Conv_Body' for g in made)
     assert all(g.captures > 0 and g.replays > 0 and not g.failed for g in made)
     for run in graphed:
         _assert_same_results(run, eager, 20)
+
+
+@pytest.mark.cuda
+def test_front_graphs_give_the_eager_front_detections(coco_mini, tmp_path, monkeypatch):
+    """--front_graphs over 20 real photos, twice: graphs of the whole front (body, RPN, padded
+    proposals, box head) captured and replayed, each image's front queued on a side stream
+    before the previous image's results are made -- the detections and masks of the same front
+    run eagerly one image at a time (``padded_test_front``), none of the captures failed; and
+    the eager front's detections are those of the unpadded path."""
+    from pydetectron.core import cuda_graphs
+    made = []
+
+    class Recorded(cuda_graphs.GraphedForward):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+    monkeypatch.setattr(cuda_graphs, 'GraphedForward', Recorded)
+    try:
+        dataset, model = _gpu_mask_rcnn_on_coco_mini(coco_mini)
+
+        def run(**flags):
+            return test_engine.test_net(SimpleNamespace(quiet=True, vis=False, cuda=True, **flags),
+                                        dataset, None, str(tmp_path), ind_range=(0, 20),
+                                        model=model)
+        unpadded = run(cuda_graphs=False)
+        model.padded_test_front = True
+        eager = run(cuda_graphs=False)
+        del model.padded_test_front
+        graphed = [run(front_graphs=True) for _ in range(2)]
+    finally:
+        reset_cfg()
+    assert len(made) == 2 and all(g.routes == 'test_front' for g in made)
+    assert all(g.captures > 0 and g.replays > 0 and not g.failed for g in made)
+    for got in graphed + [unpadded]:
+        _assert_same_results(got, eager, 20)
 
 
 def test_rpn_proposals_read_ahead_keep_ids_aligned_past_an_unreadable_image(rect_setup):

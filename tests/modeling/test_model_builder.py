@@ -40,14 +40,14 @@ def random_blob(n, h, w, seed=0):
 @pytest.mark.parametrize("config", ["configs/baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml",
                                     "configs/baselines/e2e_mask_rcnn_R-50-C4_1x.yaml"])
 def test_the_padded_test_front_gives_the_forward_of_the_unpadded_proposals(config):
-    """``test_front`` (the CUDA default: padded proposals, no host synchronisation) on a CPU
-    model whose NMS leaves fewer proposals than its fixed rows: the padding rows come last and
+    """``test_front`` (test_net's --front_graphs: padded proposals, no host synchronisation) on
+    a model whose NMS leaves fewer proposals than its fixed rows: the padding rows come last and
     ``front_outputs`` drops them, leaving the unpadded forward's rois, scores and deltas."""
     model = build(config, ["TEST.RPN_PRE_NMS_TOP_N", 200, "TEST.RPN_POST_NMS_TOP_N", 300,
                            "TEST.RPN_NMS_THRESH", 0.3])
     data, im_info = random_blob(1, 128, 192), torch.tensor([[128., 192., 0.5]])
     with torch.no_grad():
-        assert not model.uses_test_front(data)              # a CPU model: the unpadded path
+        assert not model.uses_test_front(data)              # by default: the unpadded path
         want = model(data, im_info)
         front = model.test_front(data, im_info)
         model.padded_test_front = True

@@ -15,7 +15,7 @@ decides which processes do it, with which model, and gathers their files.
 ``args`` is the test tool's namespace; the fields read are ``output_dir``, ``load_ckpt``,
 ``load_detectron``, ``cuda`` (default: CUDA when available), ``nproc``, ``test_net_file`` (the
 script children run; default ``tools/test_net.py`` of this checkout), ``channels_last``,
-``compile``, ``cuda_graphs``, ``vis`` and ``quiet``.
+``compile``, ``cuda_graphs``, ``front_graphs``, ``vis`` and ``quiet``.
 """
 import logging
 import os
@@ -284,6 +284,8 @@ def process_in_parallel(tag, total_range_size, args, output_dir, opts):
             cmd += ['--channels_last']
         if _arg(args, 'cuda_graphs') is False:
             cmd += ['--no-cuda_graphs']
+        if _arg(args, 'front_graphs'):
+            cmd += ['--front_graphs']
         if _arg(args, 'compile'):
             cmd += ['--compile', args.compile]
         if _arg(args, 'compile') or _arg(args, 'shape_buckets') is not None:

@@ -26,10 +26,10 @@ as the RoIs the heads sample from (the RPN still gets its losses).
 ``mask_net(blob_conv, rois)`` -> (R, C, M, M) mask probabilities, ``mask_logits`` the logits they
 come from; ``keypoint_net(blob_conv, rois)`` -> (R, K, Hk, Wk) heatmap logits;
 ``conv_body_only(data)`` -> 'blob_conv' alone;
-``detect(data, im_info)`` runs the whole test path on the device. One image on a CUDA device goes
-through ``test_front`` (body, RPN, padded proposals, box head: fixed shapes, no host
-synchronisation, one CUDA graph in test_net) and ``front_outputs`` (the padding rows dropped): the
-same outputs.
+``detect(data, im_info)`` runs the whole test path on the device. ``test_front`` (body, RPN, padded
+proposals, box head: fixed shapes, no host synchronisation; one CUDA graph in test_net with
+``--front_graphs``) and ``front_outputs`` (the padding rows dropped) give the same outputs for one
+image (``padded_test_front = True`` makes ``forward`` take that path).
 
 Training (``model.train()``): the body and the RPN run here (proposals with TRAIN.* settings,
 collected per minibatch for FPN); ``training_losses`` adds the targets and losses (``modeling.losses``):
@@ -230,14 +230,13 @@ class Generalized_RCNN(nn.Module):
         return out
 
     def uses_test_front(self, data):
-        """Whether inference on ``data`` runs through ``test_front``: one image of an end-to-end
-        Faster / Mask / Keypoint R-CNN (RPN proposals, box head). ``self.padded_test_front``
-        chooses: None (default) = on a CUDA device, True / False = always / never when
-        possible. The detections are the same either way (``test_front``)."""
-        choice = getattr(self, "padded_test_front", None)
-        if data.shape[0] != 1 or not self.test_front_possible() or choice is False:
-            return False
-        return True if choice else data.is_cuda
+        """Whether ``forward`` in inference on ``data`` runs through ``test_front``: one image
+        of an end-to-end Faster / Mask / Keypoint R-CNN (RPN proposals, box head) when
+        ``self.padded_test_front`` is True (default False: the unpadded proposals, whose count
+        the host reads). The detections are the same either way (``test_front``); test_net's
+        ``--front_graphs`` calls ``test_front`` itself."""
+        return (bool(getattr(self, "padded_test_front", False)) and data.shape[0] == 1
+                and self.test_front_possible())
 
     def test_front_possible(self):
         """Whether this model's test path has a ``test_front``: an RPN and a box head."""
