@@ -403,11 +403,8 @@ def test_two_batches_in_flight_on_the_gpu_equal_one_at_a_time(coco_mini, tmp_pat
     _assert_same_results(two, one, 6)
 
 
-@pytest.mark.cuda
-def test_cuda_graphs_give_the_eager_detections(coco_mini, tmp_path, monkeypatch):
-    """The same model over 20 real photos (their blob sizes repeat, so graphs of the conv body
-    are captured and replayed), twice: the detections and masks of the eager body, and none of
-    the graphs' captures failed."""
+def _record_graphs(monkeypatch):
+    """The list of every ``cuda_graphs.GraphedForward`` made from now on (in this test)."""
     from pydetectron.core import cuda_graphs
     made = []
 
@@ -416,6 +413,15 @@ def test_cuda_graphs_give_the_eager_detections(coco_mini, tmp_path, monkeypatch)
             super().__init__(*a, **k)
             made.append(self)
     monkeypatch.setattr(cuda_graphs, 'GraphedForward', Recorded)
+    return made
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_give_the_eager_detections(coco_mini, tmp_path, monkeypatch):
+    """The same model over 20 real photos (their blob sizes repeat, so graphs of the conv body
+    are captured and replayed), twice: the detections and masks of the eager body, and none of
+    the graphs' captures failed."""
+    made = _record_graphs(monkeypatch)
     try:
         dataset, model = _gpu_mask_rcnn_on_coco_mini(coco_mini)
         eager = test_engine.test_net(SimpleNamespace(quiet=True, vis=False, cuda=True,
@@ -440,14 +446,7 @@ def test_front_graphs_give_the_eager_front_detections(coco_mini, tmp_path, monke
     before the previous image's results are made -- the detections and masks of the same front
     run eagerly one image at a time (``padded_test_front``), none of the captures failed; and
     the eager front's detections are those of the unpadded path."""
-    from pydetectron.core import cuda_graphs
-    made = []
-
-    class Recorded(cuda_graphs.GraphedForward):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            made.append(self)
-    monkeypatch.setattr(cuda_graphs, 'GraphedForward', Recorded)
+    made = _record_graphs(monkeypatch)
     try:
         dataset, model = _gpu_mask_rcnn_on_coco_mini(coco_mini)
 

@@ -279,6 +279,17 @@ def test_group_norm_takes_the_statistics_path_only_where_it_pays(monkeypatch):
     assert not fast(big, gn.weight, gn.bias, 32)        # autocast: PyTorch's float32 casts
 
 
+def _assert_float64_group_norm(gn, x, y, g, grads):
+    """``y = gn(x)`` and its gradients (x, scale, bias) for ``g``, against PyTorch's GroupNorm
+    of the same tensors in float64."""
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, gn.weight, gn.bias))
+    want = F.group_norm(x64, 32, w64, b64, 1e-5)
+    want_grads = torch.autograd.grad(want, (x64, w64, b64), g.double())
+    torch.testing.assert_close(y.double(), want, rtol=0, atol=2e-5)
+    for got, ref, tol in zip(grads, want_grads, (2e-5, 5e-2, 5e-2)):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=tol)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 def test_cuda_group_norm_equals_pytorchs():
@@ -294,12 +305,7 @@ def test_cuda_group_norm_equals_pytorchs():
     assert y.grad_fn is not None and 'GroupNormFunction' in type(y.grad_fn).__name__
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, (x, gn.weight, gn.bias), g)
-    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, gn.weight, gn.bias))
-    want = F.group_norm(x64, 32, w64, b64, 1e-5)
-    want_grads = torch.autograd.grad(want, (x64, w64, b64), g.double())
-    torch.testing.assert_close(y.double(), want, rtol=0, atol=2e-5)
-    for got, ref, tol in zip(grads, want_grads, (2e-5, 5e-2, 5e-2)):
-        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=tol)
+    _assert_float64_group_norm(gn, x, y, g, grads)
     theirs = F.group_norm(x, 32, gn.weight, gn.bias, 1e-5)      # PyTorch's, in float32
     torch.testing.assert_close(y, theirs, rtol=0, atol=2e-5)
 
@@ -322,9 +328,4 @@ def test_cuda_channels_last_group_norm_equals_pytorchs(shape):
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, (x, gn.weight, gn.bias), g)
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
-    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, gn.weight, gn.bias))
-    want = F.group_norm(x64, 32, w64, b64, 1e-5)
-    want_grads = torch.autograd.grad(want, (x64, w64, b64), g.double())
-    torch.testing.assert_close(y.double(), want, rtol=0, atol=2e-5)
-    for got, ref, tol in zip(grads, want_grads, (2e-5, 5e-2, 5e-2)):
-        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=tol)
+    _assert_float64_group_norm(gn, x, y, g, grads)
