@@ -68,16 +68,13 @@ def decode_boxes(rois, bbox_pred, num_classes, im_info, im_sizes=None, bbox_reg=
         pred = bbox_transform(boxes, deltas, weights, clip)
         if cls_agnostic_bbox_reg:
             pred = pred.repeat(1, num_classes)
-    sizes = _original_sizes(im_info, im_sizes)[im_inds]  # (R, 2)
-    h_max = (sizes[:, 0:1] - 1)
-    w_max = (sizes[:, 1:2] - 1)
-    zero = pred.new_zeros(())
-    pred = pred.clone()
-    pred[:, 0::4] = torch.maximum(torch.minimum(pred[:, 0::4], w_max), zero)
-    pred[:, 1::4] = torch.maximum(torch.minimum(pred[:, 1::4], h_max), zero)
-    pred[:, 2::4] = torch.maximum(torch.minimum(pred[:, 2::4], w_max), zero)
-    pred[:, 3::4] = torch.maximum(torch.minimum(pred[:, 3::4], h_max), zero)
-    return pred
+    # Detectron's clip, max(min(x, width - 1), 0) and the same for y, on the (x, y) pairs of
+    # every box at once: the same float operations per element, a few operators in all
+    sizes = _original_sizes(im_info, im_sizes)[im_inds]  # (R, 2) (height, width)
+    r, k = pred.shape
+    xy_max = (sizes.flip(1) - 1).view(r, 1, 2)               # (width - 1, height - 1)
+    pred = torch.maximum(torch.minimum(pred.reshape(r, k // 2, 2), xy_max), pred.new_zeros(()))
+    return pred.view(r, k)
 
 
 def box_results_with_nms_and_limit(scores, boxes, im_inds, num_images, score_thresh=0.05,

@@ -35,7 +35,7 @@ def map_rois_to_fpn_levels(rois, k_min, k_max, canonical_scale=224, canonical_le
         raise ValueError("map_rois_to_fpn_levels: `k_min` (%d) must be <= `k_max` (%d)"
                          % (k_min, k_max))
     boxes = rois[:, 1:5] if rois.size(1) == 5 else rois
-    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)  # (K,)
+    area = (boxes[:, 2:4] - boxes[:, 0:2] + 1).prod(1)                   # (K,): w * h
     lvls = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_scale + 1e-6))
     lvls = torch.nan_to_num(lvls, nan=float(k_min))
     return lvls.clamp(k_min, k_max).to(torch.int64)
