@@ -204,6 +204,9 @@ def _bbox_transform_tensor(boxes, deltas, w_xy, w_wh, clip):
 
 def bbox_transform_inv(boxes, gt_boxes, weights=(1.0, 1.0, 1.0, 1.0)):
     """[t] Encode (N, 4) ``gt_boxes`` relative to (N, 4) ``boxes``: the (N, 4) regression targets."""
+    wx, wy, ww, wh = weights
+    if _is_tensor(boxes) and _is_tensor(gt_boxes) and wx == wy and ww == wh:
+        return _bbox_transform_inv_tensor(boxes, gt_boxes, wx, ww)
     ex_w = boxes[:, 2] - boxes[:, 0] + 1.0
     ex_h = boxes[:, 3] - boxes[:, 1] + 1.0
     ex_ctr_x = boxes[:, 0] + 0.5 * ex_w
@@ -214,12 +217,26 @@ def bbox_transform_inv(boxes, gt_boxes, weights=(1.0, 1.0, 1.0, 1.0)):
     gt_ctr_x = gt_boxes[:, 0] + 0.5 * gt_w
     gt_ctr_y = gt_boxes[:, 1] + 0.5 * gt_h
 
-    wx, wy, ww, wh = weights
     dx = wx * (gt_ctr_x - ex_ctr_x) / ex_w
     dy = wy * (gt_ctr_y - ex_ctr_y) / ex_h
     dw = ww * _log(gt_w / ex_w)
     dh = wh * _log(gt_h / ex_h)
     return _stack_cols([dx, dy, dw, dh], boxes)
+
+
+def _bbox_transform_inv_tensor(boxes, gt_boxes, w_xy, w_wh):
+    """``bbox_transform_inv`` of tensors with the x and y weights equal (as are Detectron's): the
+    same float operations on (N, 2) pairs, a third of the operators (host time on a GPU), the
+    same bits (a weight of 1 is left out: multiplying by 1 is exact)."""
+    ex_ctr, ex_size = box_centres_sizes(boxes)
+    gt_ctr, gt_size = box_centres_sizes(gt_boxes)
+    d_ctr = gt_ctr - ex_ctr
+    if w_xy != 1:
+        d_ctr = w_xy * d_ctr
+    d_size = torch.log(gt_size / ex_size)
+    if w_wh != 1:
+        d_size = w_wh * d_size
+    return torch.cat([d_ctr / ex_size, d_size], dim=1)
 
 
 def bbox_overlaps(boxes, query_boxes):
