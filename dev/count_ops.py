@@ -5,6 +5,7 @@ on the device.
 
     python dev/count_ops.py                        # Mask R-CNN training step, by file
     python dev/count_ops.py --infer --lines 30     # one inference, the 30 busiest lines
+    python dev/count_ops.py --fixed-targets        # the step's targets as a GPU makes them
 
 Operators issued outside pydetectron's code (autograd's backward, the optimizer) are counted
 under "backward / optimizer".
@@ -49,6 +50,9 @@ def main(argv=None):
     p.add_argument('--batch', type=int, default=2, help='images per step')
     p.add_argument('--infer', action='store_true', help='count one model.detect of one image')
     p.add_argument('--lines', type=int, default=0, help='also list the N busiest source lines')
+    p.add_argument('--fixed-targets', action='store_true',
+                   help="the training targets in fixed shapes, as on a GPU (the model's "
+                        "fixed_target_shapes; the CPU default is the unpadded targets)")
     p.add_argument('--amp', action='store_true',
                    help='the training step under bfloat16 autocast (as train_net_step --amp)')
     a = p.parse_args(argv)
@@ -60,6 +64,8 @@ def main(argv=None):
         names = models.configure(a.model, spec, a.batch, args)
         data, im_info, gt = models.load_batch(names, a.batch, args.device)
         model = models.build_ours(args.device)
+        if a.fixed_targets:
+            model.fixed_target_shapes = True
         if a.infer:
             model.eval()
 

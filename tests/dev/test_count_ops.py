@@ -31,3 +31,21 @@ def test_count_ops_attributes_a_steps_operators_to_source_files(registry_env, ca
     else:
         assert per_file['lib/pydetectron/modeling/targets/rasterize.py'] > 0
     assert per_file['backward / optimizer'] > 0
+
+
+@pytest.mark.parametrize('flags, fixed', [((), None), (('--fixed-targets',), True)])
+def test_fixed_targets_flag_sets_the_models_choice(registry_env, capsys, monkeypatch, flags,
+                                                   fixed):
+    """--fixed-targets counts the step with the training targets in fixed shapes (the GPU's
+    default; the CPU's is the unpadded targets): the model's ``fixed_target_shapes``."""
+    built = []
+    real = count_ops.models.build_ours
+
+    def build(*a, **k):
+        built.append(real(*a, **k))
+        return built[-1]
+    monkeypatch.setattr(count_ops.models, 'build_ours', build)
+    monkeypatch.setattr(count_ops.timing, 'train_step_fn', lambda *a: (lambda: None))
+    count_ops.main(['--image_size', '64x96'] + list(flags))
+    assert getattr(built[0], 'fixed_target_shapes', None) is fixed
+    assert 'training step, 2 image(s) of 64x96' in capsys.readouterr().out
