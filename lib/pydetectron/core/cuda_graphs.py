@@ -119,11 +119,10 @@ class _GraphsByShape(object):
         """(a static copy of ``x`` -- a tensor, or a tuple of them: a tuple of copies --, the
         capture stream), that stream current while open; it waits for the current stream first,
         and the current stream waits for it after, failed or not."""
-        static_in = tuple(_static_copy(t) for t in x) if isinstance(x, tuple) else \
-            _static_copy(x)
-        if isinstance(x, tuple):
-            x = x[0]
-        current = torch.cuda.current_stream(x.device)
+        xs = x if isinstance(x, tuple) else (x,)
+        copies = tuple(_static_copy(t) for t in xs)
+        static_in = copies if isinstance(x, tuple) else copies[0]
+        current = torch.cuda.current_stream(xs[0].device)
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
             # one capture stream for all the shapes: the warm-ups' freed blocks stay cached
@@ -186,7 +185,7 @@ class GraphedForward(_GraphsByShape):
         # (not torch.cuda.graph: it empties the caching allocators, the page-locked one too --
         # where test_net's reader threads keep their blobs -- at every capture)
         graph = torch.cuda.CUDAGraph()
-        with self._on_capture_stream(tuple(xs)) as (static_in, stream), _as_outer():
+        with self._on_capture_stream(xs) as (static_in, stream), _as_outer():
             self.forward(*static_in)        # warm-up on the capture stream, as CUDA wants
             stream.synchronize()
             phase[0] = 'forward'
@@ -421,18 +420,20 @@ def _routed(owner, graphed, name='forward'):
 
 
 @contextlib.contextmanager
-def _graphed_body(model, graphs_class, max_graphs, what):
-    """``model.Conv_Body`` routed through a ``graphs_class`` while open (yielded); its graphs
-    and their memory go when it closes."""
-    body = model.Conv_Body
-    graphed = graphs_class(body, body.forward, max_graphs)
+def _graphed(owner, name, graphs_class, max_graphs, what):
+    """``owner.<name>`` (the conv body's ``forward``, a model's ``test_front``) routed through a
+    ``graphs_class`` while open (yielded, its ``routes`` naming what it routes); its graphs and
+    their memory go when it closes. ``what`` names them in the closing log line."""
+    graphed = graphs_class(owner, getattr(owner, name), max_graphs)
+    graphed.routes = 'Conv_Body' if name == 'forward' else name
     try:
-        with _routed(body, graphed):
+        with _routed(owner, graphed, name):
             yield graphed
     finally:
         if graphed.captures:
-            logger.info('Conv body%s: %d CUDA graph%s captured, %d replays', what,
-                        graphed.captures, ' pairs' if what else 's', graphed.replays)
+            logger.info('%s: %d CUDA graph%s captured, %d replays', what, graphed.captures,
+                        ' pairs' if isinstance(graphed, TrainingGraphedForward) else 's',
+                        graphed.replays)
 
 
 def can_graph_front(model):
@@ -458,18 +459,10 @@ def conv_body_graphs(model, enabled=True, max_graphs=MAX_GRAPHS, front=False):
         yield None
         return
     if front and can_graph_front(model):
-        graphed = GraphedForward(model, model.test_front, max_graphs)
-        graphed.routes = 'test_front'
-        try:
-            with _routed(model, graphed, 'test_front'):
-                yield graphed
-        finally:
-            if graphed.captures:
-                logger.info('Test front (body, RPN, box head): %d CUDA graphs captured, %d '
-                            'replays', graphed.captures, graphed.replays)
-        return
-    with _graphed_body(model, GraphedForward, max_graphs, '') as graphed:
-        graphed.routes = 'Conv_Body'
+        owner, name, what = model, 'test_front', 'Test front (body, RPN, box head)'
+    else:
+        owner, name, what = model.Conv_Body, 'forward', 'Conv body'
+    with _graphed(owner, name, GraphedForward, max_graphs, what) as graphed:
         yield graphed
 
 
@@ -507,5 +500,6 @@ def training_conv_body_graphs(model, enabled=True, max_graphs=MAX_GRAPHS):
     if not (enabled and can_graph_training(model)):
         yield None
         return
-    with _graphed_body(model, TrainingGraphedForward, max_graphs, ' in training') as graphed:
+    with _graphed(model.Conv_Body, 'forward', TrainingGraphedForward, max_graphs,
+                  'Conv body in training') as graphed:
         yield graphed

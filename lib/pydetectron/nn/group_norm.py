@@ -112,8 +112,7 @@ class _GroupNormNHWCFunction(torch.autograd.Function):
         xs = x.permute(0, 2, 3, 1)
         sum_dy = dy.sum(dim=(1, 2))                                         # (N, C)
         sum_dy_x = (dy * xs).sum(dim=(1, 2))                                # (N, C)
-        mean_c = mean.repeat_interleave(cg, dim=1)                          # (N, C)
-        rstd_c = rstd.repeat_interleave(cg, dim=1)
+        rstd_c = rstd.repeat_interleave(cg, dim=1)                          # (N, C)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             # with s = sum over the group of w * sum(dy * x), t = sum of w * sum(dy):
@@ -130,18 +129,24 @@ class _GroupNormNHWCFunction(torch.autograd.Function):
             dx.addcmul_(dy, a_coef.view(n, 1, 1, c))
             dx = dx.permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
+            mean_c = mean.repeat_interleave(cg, dim=1)
             dw = ((sum_dy_x - mean_c * sum_dy) * rstd_c).sum(0)
         if ctx.needs_input_grad[2]:
             db = sum_dy.sum(0)
         return dx, dw, db, None, None
 
 
-def _nhwc_path(x, weight, bias):
-    return (x.is_cuda and x.dim() == 4 and x.dtype == torch.float32
-            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-            and weight is not None and bias is not None
+def _float32_cuda_affine(x, weight, bias):
+    """What both GPU paths below need: a float32 CUDA input with a float32 scale and bias,
+    outside autocast (there PyTorch's casts to float32 apply)."""
+    return (x.is_cuda and x.dtype == torch.float32 and weight is not None and bias is not None
             and weight.dtype == bias.dtype == torch.float32
             and not torch.is_autocast_enabled('cuda'))
+
+
+def _nhwc_path(x, weight, bias):
+    return (_float32_cuda_affine(x, weight, bias) and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 
 
 # The statistics kernel of PyTorch's GroupNorm gives each (image, group) row one thread block:
@@ -153,10 +158,7 @@ MIN_ROW = 4096
 
 
 def _fast_path(x, weight, bias, num_groups):
-    return (x.is_cuda and x.dim() >= 3 and x.dtype == torch.float32 and x.is_contiguous()
-            and weight is not None and bias is not None
-            and weight.dtype == bias.dtype == torch.float32
-            and not torch.is_autocast_enabled('cuda')
+    return (_float32_cuda_affine(x, weight, bias) and x.dim() >= 3 and x.is_contiguous()
             and 0 < x.shape[0] * num_groups <= MAX_ROWS
             and x.numel() >= x.shape[0] * num_groups * MIN_ROW)
 
