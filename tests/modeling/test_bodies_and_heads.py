@@ -63,7 +63,8 @@ def test_fpn_levels_p6_and_lateral_init():
     levels = fpn(x)
     assert [tuple(p.shape[-2:]) for p in levels] == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
     assert fpn.spatial_scale == [1 / 4., 1 / 8., 1 / 16., 1 / 32., 1 / 64.]
-    assert torch.equal(levels[4], levels[3][:, :, ::2, ::2])  # P6: stride-2 max pool, kernel 1
+    # P6: Detectron's max pool of kernel 1, stride 2 over P5 (here of an even and an odd side)
+    assert torch.equal(levels[4], torch.nn.functional.max_pool2d(levels[3], 1, stride=2))
     assert torch.all(fpn.inner[1].conv.weight == 0)  # ZERO_INIT_LATERAL
     with pytest.raises(ValueError, match="COARSEST_STRIDE"):
         fpn(torch.randn(1, 3, 72, 96))

@@ -135,7 +135,11 @@ class FPN(nn.Module):
             inners.append(top)
         outs = [self.posthoc[i](inners[i]) for i in range(n)]  # coarsest first
         if self.p6_from_maxpool:
-            outs.insert(0, F.max_pool2d(outs[0], kernel_size=1, stride=2))
+            # Detectron's P6: a max pool of kernel 1 and stride 2 over P5, i.e. every other row
+            # and column. Taken as a strided view: the same values and gradients, and under
+            # torch.compile's dynamic shapes no guard on the parity of P5's size (the pool's
+            # output-size rule branches on it: a recompilation per parity on real data).
+            outs.insert(0, outs[0][:, :, ::2, ::2])
         if len(self.extra) > 0:
             y = stages[0]
             for i, conv in enumerate(self.extra):
