@@ -234,6 +234,12 @@ def test_group_norm_channels_last_path_equals_group_norm(shape, groups):
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
     for got, ref in zip(grads, torch.autograd.grad(want, (x, w, b), g, retain_graph=True)):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    # the ReLU after a GroupNorm runs in place on its output (as the GN bodies and heads do)
+    relu_grads = torch.autograd.grad(
+        torch.relu_(_GroupNormNHWCFunction.apply(x, w, b, groups, 1e-5)), (x, w, b), g)
+    for got, ref in zip(relu_grads, torch.autograd.grad(torch.relu(want), (x, w, b), g,
+                                                        retain_graph=True)):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
     w.requires_grad_(False)
     dx, db = torch.autograd.grad(_GroupNormNHWCFunction.apply(x, w, b, groups, 1e-5), (x, b), g)
     torch.testing.assert_close(dx, torch.autograd.grad(want, x, g)[0], rtol=1e-10, atol=1e-10)

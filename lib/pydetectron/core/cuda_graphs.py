@@ -127,7 +127,7 @@ class _GraphsByShape(object):
             self.pool = torch.cuda.graph_pool_handle()
             # one capture stream for all the shapes: the warm-ups' freed blocks stay cached
             # for that stream, to be used again by the next warm-up
-            self.stream = torch.cuda.Stream(device=x.device)
+            self.stream = torch.cuda.Stream(device=xs[0].device)
         self.stream.wait_stream(current)
         try:
             with torch.cuda.stream(self.stream):

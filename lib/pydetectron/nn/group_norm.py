@@ -96,10 +96,14 @@ class _GroupNormNHWCFunction(torch.autograd.Function):
         rstd = var.add_(eps).rsqrt_()                                       # (N, G)
         scale = rstd.view(n, g, 1) * weight.view(1, g, c // g)              # (N, G, C/G)
         shift = torch.addcmul(bias.view(1, g, c // g), mean.view(n, g, 1), scale, value=-1)
-        y = torch.addcmul(shift.view(n, 1, 1, c), nhwc, scale.view(n, 1, 1, c))   # NHWC
+        # the output is a channels-last tensor of its own (not a view of an NHWC one: the
+        # ReLU after a GroupNorm runs in place, which autograd forbids on a Function's view)
+        y = torch.empty_like(x, memory_format=torch.channels_last)
+        torch.addcmul(shift.view(n, 1, 1, c), nhwc, scale.view(n, 1, 1, c),
+                      out=y.permute(0, 2, 3, 1))
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.num_groups = num_groups
-        return y.permute(0, 3, 1, 2)                                        # channels-last
+        return y
 
     @staticmethod
     @once_differentiable
