@@ -170,6 +170,33 @@ def test_bad_arguments_name_the_argument():
         op(feats, rois, levels[:-1], SCALES, 7, 7, 2, False)
 
 
+def _channels_last(feats):
+    out = [f.detach().clone().to(memory_format=torch.channels_last).requires_grad_(True)
+           for f in feats]
+    assert all(not f.is_contiguous() for f in out)
+    return out
+
+
+def _is_channels_last(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_channels_last_maps_give_the_same_outputs_and_channels_last_gradients():
+    """Maps laid out channels-last (as channels-last convolutions leave the FPN levels): the
+    same output as their NCHW copies, and gradients of the same values, laid out channels-last
+    (so that they add to the other branches' gradients of those maps in one layout)."""
+    feats, rois, levels = _pyramid(seed=31, channels=5)
+    nchw = [f.clone().requires_grad_(True) for f in feats]
+    nhwc = _channels_last(feats)
+    out = roi_align_fpn(nhwc, rois, levels, (7, 5), SCALES, 2, False)
+    ref = roi_align_fpn(nchw, rois, levels, (7, 5), SCALES, 2, False)
+    assert torch.equal(out, ref) and out.abs().sum() > 0
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
+    for level, (a, b) in enumerate(zip(_grads(out, nhwc, grad), _grads(ref, nchw, grad))):
+        assert _is_channels_last(a) and b.is_contiguous(), level
+        assert torch.equal(a, b), level
+
+
 def test_opcheck_and_torch_compile():
     feats, rois, levels = _pyramid(seed=9, dtype=torch.float32, num_rois=10)
     feats = [f.requires_grad_(True) for f in feats]
@@ -183,6 +210,15 @@ def test_opcheck_and_torch_compile():
     g_c = torch.autograd.grad(compiled(feats, rois, levels), feats)
     g_e = torch.autograd.grad(f(feats, rois, levels), feats)
     for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b)
+    # channels-last maps: the fake kernels give the real ones' layouts
+    nhwc = _channels_last(feats)
+    torch.library.opcheck(torch.ops.pydetectron.roi_align_fpn.default,
+                          (nhwc, rois, levels, SCALES, 2, 2, 2, False))
+    g_c = torch.autograd.grad(torch.compile(f, backend="aot_eager", fullgraph=True)(
+        nhwc, rois, levels), nhwc)
+    for a, b in zip(g_c, g_e):
+        assert _is_channels_last(a)
         torch.testing.assert_close(a, b)
 
 
@@ -236,6 +272,29 @@ def test_cuda_dtypes_match_cpu(dtype):
         assert b.grad.dtype == dtype
         torch.testing.assert_close(b.grad.cpu().float(), a.grad.float(), rtol=tol * 4,
                                    atol=tol * 4)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_channels_last_maps_are_read_in_place(dtype):
+    """Channels-last maps on CUDA, read in their layout (no copy to NCHW): the same bits as
+    their NCHW copies forward (the same arithmetic, other addresses), and channels-last
+    gradients equal to the NCHW ones up to the order of the float32 atomic adds."""
+    feats, rois, levels = _pyramid(seed=22, dtype=torch.float32, num_rois=200, channels=70)
+    feats = [f.to(dtype).cuda() for f in feats]
+    rois, levels = rois.cuda(), levels.cuda()
+    nchw = [f.clone().requires_grad_(True) for f in feats]
+    nhwc = _channels_last(feats)
+    for sampling_ratio in (0, 2):
+        out = roi_align_fpn(nhwc, rois, levels, 7, SCALES, sampling_ratio)
+        ref = roi_align_fpn(nchw, rois, levels, 7, SCALES, sampling_ratio)
+        assert torch.equal(out, ref) and out.abs().sum() > 0
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(out)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2      # (bf16: one rounding of the sum)
+        for level, (a, b) in enumerate(zip(_grads(out, nhwc, grad), _grads(ref, nchw, grad))):
+            assert _is_channels_last(a) and a.dtype == dtype, level
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 @pytest.mark.cuda

@@ -10,7 +10,8 @@ Shapes: ``features`` L <= 8 maps (N, C, H_l, W_l) of one dtype, N, C and device;
 = (batch_index, x1, y1, x2, y2); ``levels`` (K,) integer; output (K, C, PH, PW). Gradients flow
 to every feature map (zeros where no RoI reads). A level index outside [0, L) raises on the CPU;
 on CUDA (where checking would cost a synchronisation) such a RoI outputs 0 and passes back no
-gradient, as a batch index outside [0, N) does.
+gradient, as a batch index outside [0, N) does. Channels-last maps (channels-last convolutions)
+are read in place on CUDA, and their gradients come back channels-last (on the CPU too).
 """
 import torch
 
@@ -83,6 +84,13 @@ def roi_align_fpn(features, rois, levels, output_size, spatial_scales, sampling_
                                                bool(aligned))
 
 
+def _channels_last(x):
+    """Whether a 4-D map is laid out channels-last (and not also contiguous, as maps of one
+    channel or one pixel are)."""
+    return (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
 def _register():
     """Autograd and fake kernels for the C++ ops (called once, when the extension loads)."""
 
@@ -103,8 +111,10 @@ def _register():
     @torch.library.register_fake("pydetectron::_roi_align_fpn_backward")
     def _roi_align_fpn_backward_fake(grad, rois, levels, spatial_scales, pooled_height,
                                      pooled_width, batch_size, channels, heights, widths,
-                                     sampling_ratio, aligned):
-        return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
+                                     sampling_ratio, aligned, channels_last=False):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return [grad.new_empty((batch_size, channels, h, w)).contiguous(memory_format=fmt)
+                for h, w in zip(heights, widths)]
 
     def setup_context(ctx, inputs, output):
         features, rois, levels, spatial_scales, ph, pw, sampling_ratio, aligned = inputs
@@ -112,6 +122,8 @@ def _register():
         ctx.args = (spatial_scales, ph, pw, sampling_ratio, aligned)
         ctx.batch_channels = (features[0].size(0), features[0].size(1))
         ctx.sizes = ([f.size(2) for f in features], [f.size(3) for f in features])
+        # channels-last levels (channels-last convolutions) get channels-last gradients
+        ctx.channels_last = _channels_last(features[0])
 
     def backward(ctx, grad):
         rois, levels = ctx.saved_tensors
@@ -120,7 +132,7 @@ def _register():
         heights, widths = ctx.sizes
         grads = torch.ops.pydetectron._roi_align_fpn_backward(
             grad, rois, levels, spatial_scales, ph, pw, n, c, heights, widths, sampling_ratio,
-            aligned)
+            aligned, ctx.channels_last)
         return list(grads), None, None, None, None, None, None, None
 
     torch.library.register_autograd("pydetectron::roi_align_fpn", backward,

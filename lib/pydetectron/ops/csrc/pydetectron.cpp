@@ -46,8 +46,8 @@ TORCH_LIBRARY(pydetectron, m) {
         "int pooled_height, int pooled_width, int sampling_ratio, bool aligned) -> Tensor");
   m.def("_roi_align_fpn_backward(Tensor grad, Tensor rois, Tensor levels, "
         "float[] spatial_scales, int pooled_height, int pooled_width, int batch_size, "
-        "int channels, int[] heights, int[] widths, int sampling_ratio, bool aligned) "
-        "-> Tensor[]");
+        "int channels, int[] heights, int[] widths, int sampling_ratio, bool aligned, "
+        "bool channels_last=False) -> Tensor[]");
   // the training targets' batched box IoU / IoA (box_iou.h)
   m.def("box_iou_batched(Tensor boxes, Tensor query_boxes, bool over_first_area) -> Tensor");
   // Mask R-CNN's mask targets: an object's polygons rasterized inside each box (polygon_mask.h)

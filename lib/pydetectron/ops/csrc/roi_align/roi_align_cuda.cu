@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* in = input + (batch_ok ? g.batch : 0) * channels * height * width;
   scalar_t* out = output + n * channels * pooled_height * pooled_width;
   roi_align_cuda::forward_roi(in, out, g, batch_ok, height, width, pooled_height, pooled_width,
-                              c_begin, c_end);
+                              c_begin, c_end, roi_align_cuda::nchw_strides(height, width));
 }
 
 template <typename scalar_t>
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* gout = grad + n * channels * pooled_height * pooled_width;
   acc_t<scalar_t>* gin = grad_input + g.batch * channels * height * width;
   roi_align_cuda::backward_roi(gout, gin, g, height, width, pooled_height, pooled_width, c_begin,
-                               c_end);
+                               c_end, roi_align_cuda::nchw_strides(height, width));
 }
 
 }  // namespace

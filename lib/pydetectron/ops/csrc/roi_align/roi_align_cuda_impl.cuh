@@ -69,18 +69,30 @@ __device__ __forceinline__ AxisTaps<T> bin_axis_taps(T start, T bin_size, int p,
   return a;
 }
 
+// Where element (c, y, x) of one image lies in its map, in elements from the image's start:
+// c * c + y * y + x * x. NCHW maps (contiguous): {H * W, W, 1}; channels-last (NHWC) maps, as
+// channels-last convolutions leave the FPN levels: {1, W * C, C}.
+struct MapStrides {
+  int64_t c, y, x;
+};
+
+__host__ __device__ __forceinline__ MapStrides nchw_strides(int64_t height, int64_t width) {
+  return {height * width, width, 1};
+}
+
 // The forward work of one block: channels [c_begin, c_end) of one RoI with geometry `g`.
-// `in` is the RoI's image in its map, (C, H, W); `out` the RoI's output, (C, PH, PW). A RoI that
-// cannot be pooled (`ok` false: a batch index or level out of range) outputs 0.
+// `in` is the RoI's image in its map, (C, H, W) laid out by `s`; `out` the RoI's output,
+// (C, PH, PW). A RoI that cannot be pooled (`ok` false: a batch index or level out of range)
+// outputs 0.
 template <typename scalar_t>
 __device__ __forceinline__ void forward_roi(const scalar_t* __restrict__ in,
                                             scalar_t* __restrict__ out,
                                             const RoIAlignGeometry<acc_t<scalar_t>>& g, bool ok,
                                             int64_t height, int64_t width, int pooled_height,
-                                            int pooled_width, int64_t c_begin, int64_t c_end) {
+                                            int pooled_width, int64_t c_begin, int64_t c_end,
+                                            const MapStrides s) {
   using T = acc_t<scalar_t>;
   const int bins = pooled_height * pooled_width;
-  const int64_t plane_size = height * width;
   for (int bin = threadIdx.x; bin < bins; bin += blockDim.x) {
     const int ph = bin / pooled_width;
     const int pw = bin - ph * pooled_width;
@@ -93,17 +105,17 @@ __device__ __forceinline__ void forward_roi(const scalar_t* __restrict__ in,
       const AxisTaps<T> ty = bin_axis_taps(g.start_h, g.bin_h, ph, g.grid_h, height, false);
       const AxisTaps<T> tx = bin_axis_taps(g.start_w, g.bin_w, pw, g.grid_w, width, false);
       for (int64_t c = c_begin + threadIdx.y; c < c_end; c += blockDim.y) {
-        const scalar_t* plane = in + c * plane_size;
+        const scalar_t* plane = in + c * s.c;
         T sum = 0;
 #pragma unroll
         for (int iy = 0; iy < kMaxGrid; ++iy) {
           if (ty.idx[2 * iy] < 0) continue;
-          const scalar_t* row_low = plane + ty.idx[2 * iy] * static_cast<int>(width);
-          const scalar_t* row_high = plane + ty.idx[2 * iy + 1] * static_cast<int>(width);
+          const scalar_t* row_low = plane + ty.idx[2 * iy] * s.y;
+          const scalar_t* row_high = plane + ty.idx[2 * iy + 1] * s.y;
 #pragma unroll
           for (int ix = 0; ix < kMaxGrid; ++ix) {
             if (tx.idx[2 * ix] < 0) continue;
-            const int x_low = tx.idx[2 * ix], x_high = tx.idx[2 * ix + 1];
+            const int64_t x_low = tx.idx[2 * ix] * s.x, x_high = tx.idx[2 * ix + 1] * s.x;
             sum += ty.w[2 * iy] * tx.w[2 * ix] * static_cast<T>(row_low[x_low]) +
                    ty.w[2 * iy] * tx.w[2 * ix + 1] * static_cast<T>(row_low[x_high]) +
                    ty.w[2 * iy + 1] * tx.w[2 * ix] * static_cast<T>(row_high[x_low]) +
@@ -115,22 +127,23 @@ __device__ __forceinline__ void forward_roi(const scalar_t* __restrict__ in,
     } else {
       // Large adaptive grids: taps recomputed per channel (they do not fit in registers).
       for (int64_t c = c_begin + threadIdx.y; c < c_end; c += blockDim.y) {
-        const scalar_t* plane = in + c * plane_size;
+        const scalar_t* plane = in + c * s.c;
         T sum = 0;
         for (int iy = 0; iy < g.grid_h; ++iy) {
           const AxisTap<T> ty =
               axis_tap(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height);
           if (!ty.valid) continue;
-          const scalar_t* row_low = plane + ty.low * width;
-          const scalar_t* row_high = plane + ty.high * width;
+          const scalar_t* row_low = plane + ty.low * s.y;
+          const scalar_t* row_high = plane + ty.high * s.y;
           for (int ix = 0; ix < g.grid_w; ++ix) {
             const AxisTap<T> tx =
                 axis_tap(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width);
             if (!tx.valid) continue;
-            sum += ty.w_low * tx.w_low * static_cast<T>(row_low[tx.low]) +
-                   ty.w_low * tx.w_high * static_cast<T>(row_low[tx.high]) +
-                   ty.w_high * tx.w_low * static_cast<T>(row_high[tx.low]) +
-                   ty.w_high * tx.w_high * static_cast<T>(row_high[tx.high]);
+            const int64_t x_low = tx.low * s.x, x_high = tx.high * s.x;
+            sum += ty.w_low * tx.w_low * static_cast<T>(row_low[x_low]) +
+                   ty.w_low * tx.w_high * static_cast<T>(row_low[x_high]) +
+                   ty.w_high * tx.w_low * static_cast<T>(row_high[x_low]) +
+                   ty.w_high * tx.w_high * static_cast<T>(row_high[x_high]);
           }
         }
         out[c * bins + bin] = static_cast<scalar_t>(sum / g.count);
@@ -139,25 +152,26 @@ __device__ __forceinline__ void forward_roi(const scalar_t* __restrict__ in,
   }
 }
 
-// Adds the gradient `top` of one bin of one channel into `plane` (H x W, accumulation type).
+// Adds the gradient `top` of one bin of one channel into `plane` (H x W laid out by `s`,
+// accumulation type).
 template <typename T>
-__device__ __forceinline__ void scatter_bin(T* plane, int64_t width, const AxisTaps<T>& ty,
+__device__ __forceinline__ void scatter_bin(T* plane, const MapStrides& s, const AxisTaps<T>& ty,
                                             const AxisTaps<T>& tx, T top) {
 #pragma unroll
   for (int r = 0; r < kTaps; ++r) {
     if (ty.w[r] == static_cast<T>(0)) continue;
-    T* row = plane + ty.idx[r] * static_cast<int>(width);
+    T* row = plane + ty.idx[r] * s.y;
     const T gy = top * ty.w[r];
 #pragma unroll
     for (int q = 0; q < kTaps; ++q) {
       if (tx.w[q] == static_cast<T>(0)) continue;
-      atomic_add(row + tx.idx[q], gy * tx.w[q]);
+      atomic_add(row + tx.idx[q] * s.x, gy * tx.w[q]);
     }
   }
 }
 
 template <typename T>
-__device__ void scatter_bin_generic(T* plane, int64_t height, int64_t width,
+__device__ void scatter_bin_generic(T* plane, int64_t height, int64_t width, const MapStrides& s,
                                     const RoIAlignGeometry<T>& g, int ph, int pw, T top) {
   for (int iy = 0; iy < g.grid_h; ++iy) {
     const AxisTap<T> ty = axis_tap(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height);
@@ -165,26 +179,27 @@ __device__ void scatter_bin_generic(T* plane, int64_t height, int64_t width,
     for (int ix = 0; ix < g.grid_w; ++ix) {
       const AxisTap<T> tx = axis_tap(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width);
       if (!tx.valid) continue;
-      atomic_add(plane + ty.low * width + tx.low, top * (ty.w_low * tx.w_low));
-      atomic_add(plane + ty.low * width + tx.high, top * (ty.w_low * tx.w_high));
-      atomic_add(plane + ty.high * width + tx.low, top * (ty.w_high * tx.w_low));
-      atomic_add(plane + ty.high * width + tx.high, top * (ty.w_high * tx.w_high));
+      atomic_add(plane + ty.low * s.y + tx.low * s.x, top * (ty.w_low * tx.w_low));
+      atomic_add(plane + ty.low * s.y + tx.high * s.x, top * (ty.w_low * tx.w_high));
+      atomic_add(plane + ty.high * s.y + tx.low * s.x, top * (ty.w_high * tx.w_low));
+      atomic_add(plane + ty.high * s.y + tx.high * s.x, top * (ty.w_high * tx.w_high));
     }
   }
 }
 
 // The backward work of one block (the forward layout): channels [c_begin, c_end) of one RoI's
-// output gradient `gout` (C, PH, PW) added into `gin`, the (C, H, W) gradient planes of its image.
+// output gradient `gout` (C, PH, PW) added into `gin`, the (C, H, W) gradient planes of its image
+// (laid out by `s`).
 // The caller skips RoIs that cannot be pooled.
 template <typename scalar_t>
 __device__ __forceinline__ void backward_roi(const scalar_t* __restrict__ gout,
                                              acc_t<scalar_t>* __restrict__ gin,
                                              const RoIAlignGeometry<acc_t<scalar_t>>& g,
                                              int64_t height, int64_t width, int pooled_height,
-                                             int pooled_width, int64_t c_begin, int64_t c_end) {
+                                             int pooled_width, int64_t c_begin, int64_t c_end,
+                                             const MapStrides s) {
   using T = acc_t<scalar_t>;
   const int bins = pooled_height * pooled_width;
-  const int64_t plane_size = height * width;
   for (int bin = threadIdx.x; bin < bins; bin += blockDim.x) {
     const int ph = bin / pooled_width;
     const int pw = bin - ph * pooled_width;
@@ -194,13 +209,13 @@ __device__ __forceinline__ void backward_roi(const scalar_t* __restrict__ gout,
       for (int64_t c = c_begin + threadIdx.y; c < c_end; c += blockDim.y) {
         const T top = static_cast<T>(gout[c * bins + bin]) / g.count;
         if (top == static_cast<T>(0)) continue;
-        scatter_bin(gin + c * plane_size, width, ty, tx, top);
+        scatter_bin(gin + c * s.c, s, ty, tx, top);
       }
     } else {
       for (int64_t c = c_begin + threadIdx.y; c < c_end; c += blockDim.y) {
         const T top = static_cast<T>(gout[c * bins + bin]) / g.count;
         if (top == static_cast<T>(0)) continue;
-        scatter_bin_generic(gin + c * plane_size, height, width, g, ph, pw, top);
+        scatter_bin_generic(gin + c * s.c, height, width, s, g, ph, pw, top);
       }
     }
   }

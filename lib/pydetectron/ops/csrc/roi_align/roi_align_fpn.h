@@ -29,12 +29,13 @@ at::Tensor roi_align_fpn_forward_cpu(const at::TensorList features, const at::Te
                                      int64_t sampling_ratio, bool aligned);
 
 // grad (K, C, PH, PW) -> one gradient (batch_size, channels, heights[l], widths[l]) per level,
-// dtype of grad, zeros where no RoI reads.
+// dtype of grad, zeros where no RoI reads; channels-last with `channels_last` (the forward's
+// maps were), else contiguous.
 std::vector<at::Tensor> roi_align_fpn_backward_cpu(
     const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels,
     at::ArrayRef<double> spatial_scales, int64_t pooled_height, int64_t pooled_width,
     int64_t batch_size, int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
-    int64_t sampling_ratio, bool aligned);
+    int64_t sampling_ratio, bool aligned, bool channels_last);
 
 #ifdef WITH_CUDA
 at::Tensor roi_align_fpn_forward_cuda(const at::TensorList features, const at::Tensor& rois,
@@ -46,7 +47,7 @@ std::vector<at::Tensor> roi_align_fpn_backward_cuda(
     const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels,
     at::ArrayRef<double> spatial_scales, int64_t pooled_height, int64_t pooled_width,
     int64_t batch_size, int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
-    int64_t sampling_ratio, bool aligned);
+    int64_t sampling_ratio, bool aligned, bool channels_last);
 #endif
 
 // `levels` (K,) int64 beside `rois` (K, 5), on the device of `ref`.
@@ -122,29 +123,38 @@ inline void check_map_size(int64_t height, int64_t width, size_t level, const ch
               " (", height, "x", width, " cells) is too large (H * W must be < 2^31)");
 }
 
-// The forward's maps, each contiguous and of a size the kernels can index.
-inline std::vector<at::Tensor> contiguous_fpn_maps(const at::TensorList features,
-                                                   const char* op) {
+// The forward's maps, each of a size the kernels can index, and contiguous; with
+// `keep_channels_last` (the CUDA kernel, which reads either layout) a channels-last map is kept
+// as it is rather than copied to NCHW.
+inline std::vector<at::Tensor> contiguous_fpn_maps(const at::TensorList features, const char* op,
+                                                   bool keep_channels_last = false) {
   std::vector<at::Tensor> maps;
   maps.reserve(features.size());
   for (size_t l = 0; l < features.size(); ++l) {
-    check_map_size(features[l].size(2), features[l].size(3), l, op);
-    maps.push_back(features[l].contiguous());
+    const at::Tensor& f = features[l];
+    check_map_size(f.size(2), f.size(3), l, op);
+    const bool keep =
+        f.is_contiguous() ||
+        (keep_channels_last && f.is_contiguous(at::MemoryFormat::ChannelsLast));
+    maps.push_back(keep ? f : f.contiguous());
   }
   return maps;
 }
 
-// The backward's zero gradients, (N, C, H_l, W_l) per level in the accumulation dtype `acc`.
+// The backward's zero gradients, (N, C, H_l, W_l) per level in the accumulation dtype `acc`,
+// channels-last with `channels_last`.
 inline std::vector<at::Tensor> zero_fpn_grads(const at::Tensor& grad, at::ScalarType acc,
                                               int64_t batch_size, int64_t channels,
                                               at::IntArrayRef heights, at::IntArrayRef widths,
-                                              const char* op) {
+                                              const char* op, bool channels_last = false) {
   std::vector<at::Tensor> grads;
   grads.reserve(heights.size());
+  const auto format =
+      channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   for (size_t l = 0; l < heights.size(); ++l) {
     check_map_size(heights[l], widths[l], l, op);
-    grads.push_back(at::zeros({batch_size, channels, heights[l], widths[l]},
-                              grad.options().dtype(acc)));
+    grads.push_back(at::empty({batch_size, channels, heights[l], widths[l]},
+                              grad.options().dtype(acc), format).zero_());
   }
   return grads;
 }

@@ -70,7 +70,7 @@ std::vector<at::Tensor> roi_align_fpn_backward_cpu(
     const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels,
     at::ArrayRef<double> spatial_scales, int64_t pooled_height, int64_t pooled_width,
     int64_t batch_size, int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
-    int64_t sampling_ratio, bool aligned) {
+    int64_t sampling_ratio, bool aligned, bool channels_last) {
   constexpr const char* op = "roi_align_fpn_backward";
   check_fpn_backward_inputs(grad, rois, levels, spatial_scales, pooled_height, pooled_width,
                             channels, heights, widths, op);
@@ -103,7 +103,11 @@ std::vector<at::Tensor> roi_align_fpn_backward_cpu(
                                         static_cast<int>(sampling_ratio), aligned, data.data());
     });
   }
-  for (auto& g : grad_inputs) g = g.to(grad.scalar_type());
+  // (accumulated NCHW here; channels-last when the forward's maps were, as on CUDA)
+  for (auto& g : grad_inputs) {
+    g = g.to(grad.scalar_type());
+    if (channels_last) g = g.contiguous(at::MemoryFormat::ChannelsLast);
+  }
   return grad_inputs;
 }
 
