@@ -59,12 +59,12 @@ def parse_args(argv=None):
     parser.add_argument('--cuda_graphs', action=argparse.BooleanOptionalAction, default=True,
                         help='on a GPU, replay the conv body as CUDA graphs, one per blob size '
                         '(the same kernels, one launch; on by default)')
-    parser.add_argument('--front_graphs', action='store_true',
+    parser.add_argument('--front_graphs', action=argparse.BooleanOptionalAction, default=True,
                         help='with --cuda_graphs at one image a batch: replay the whole front -- '
                         'conv body, RPN, proposals (padded: no host synchronisation), box head -- '
                         'as one CUDA graph per blob size, each image\'s front queued on a side '
-                        'stream before the previous image\'s results are made (not yet timed on '
-                        'a GPU: off by default)')
+                        'stream before the previous image\'s results are made (on by default; '
+                        '--no-front_graphs: graphs of the conv body only)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser.parse_args(argv)
 
