@@ -80,7 +80,7 @@ def test_test_net_children_get_no_cuda_graphs(tmp_path, monkeypatch):
         with pytest.raises(Stop):
             inference.process_in_parallel('detection', 4, args, str(tmp_path), {})
         assert ('--no-cuda_graphs' in commands[-1]) is expected
-        assert ('--no-front_graphs' in commands[-1]) is (flag is True)
+        assert ('--front_graphs' in commands[-1]) is (not flag)
 
 
 def test_graphs_by_shape_capture_at_the_second_input_keep_the_first_and_stop_on_a_failure(

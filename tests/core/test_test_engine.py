@@ -300,9 +300,8 @@ def _assert_same_results(got, want, images):
 
 
 def test_front_graphs_are_asked_for_with_the_flag_at_one_image_a_batch(rect_setup, monkeypatch):
-    """test_net asks conv_body_graphs for the front's graphs by default (--front_graphs) at one
-    image a batch only, not with --no-front_graphs, and queues fronts ahead exactly when the
-    front is what got routed."""
+    """test_net asks conv_body_graphs for the front's graphs with --front_graphs and one image
+    a batch only, and queues fronts ahead exactly when the front is what got routed."""
     import contextlib
     from pydetectron.core import cuda_graphs
     dataset_name, args = rect_setup
@@ -319,7 +318,7 @@ def test_front_graphs_are_asked_for_with_the_flag_at_one_image_a_batch(rect_setu
         return real(*a[:-1], False)         # (the fake model has no front to queue)
     monkeypatch.setattr(cuda_graphs, 'conv_body_graphs', graphs)
     monkeypatch.setattr(test_engine, '_detections', detections)
-    for flag, batch in ((False, 1), (None, 1), (True, 2)):
+    for flag, batch in ((None, 1), (True, 1), (True, 2)):
         cfg.TEST.IMS_PER_BATCH = batch
         args.front_graphs = flag
         test_engine.test_net(args, dataset_name, None, args.output_dir, model=_model())
@@ -420,16 +419,15 @@ def _record_graphs(monkeypatch):
 @pytest.mark.cuda
 def test_cuda_graphs_give_the_eager_detections(coco_mini, tmp_path, monkeypatch):
     """The same model over 20 real photos (their blob sizes repeat, so graphs of the conv body
-    are captured and replayed; --no-front_graphs), twice: the detections and masks of the eager
-    body, and none of the graphs' captures failed."""
+    are captured and replayed), twice: the detections and masks of the eager body, and none of
+    the graphs' captures failed."""
     made = _record_graphs(monkeypatch)
     try:
         dataset, model = _gpu_mask_rcnn_on_coco_mini(coco_mini)
         eager = test_engine.test_net(SimpleNamespace(quiet=True, vis=False, cuda=True,
                                                      cuda_graphs=False),
                                      dataset, None, str(tmp_path), ind_range=(0, 20), model=model)
-        graphed = [test_engine.test_net(SimpleNamespace(quiet=True, vis=False, cuda=True,
-                                                        front_graphs=False),
+        graphed = [test_engine.test_net(SimpleNamespace(quiet=True, vis=False, cuda=True),
                                         dataset, None, str(tmp_path), ind_range=(0, 20),
                                         model=model) for _ in range(2)]
     finally:
@@ -460,7 +458,7 @@ def test_front_graphs_give_the_eager_front_detections(coco_mini, tmp_path, monke
         model.padded_test_front = True
         eager = run(cuda_graphs=False)
         del model.padded_test_front
-        graphed = [run() for _ in range(2)]          # (the default: --front_graphs)
+        graphed = [run(front_graphs=True) for _ in range(2)]
     finally:
         reset_cfg()
     assert len(made) == 2 and all(g.routes == 'test_front' for g in made)

@@ -243,8 +243,8 @@ def test_cuda_graphs_flag():
     spec.loader.exec_module(tool)
     assert tool.parse_args(['--cfg', 'x.yaml']).cuda_graphs is True
     assert tool.parse_args(['--cfg', 'x.yaml', '--no-cuda_graphs']).cuda_graphs is False
-    assert tool.parse_args(['--cfg', 'x.yaml']).front_graphs is True
-    assert tool.parse_args(['--cfg', 'x.yaml', '--no-front_graphs']).front_graphs is False
+    assert tool.parse_args(['--cfg', 'x.yaml']).front_graphs is False
+    assert tool.parse_args(['--cfg', 'x.yaml', '--front_graphs']).front_graphs is True
     from pydetectron.utils.errors import CliError
     with pytest.raises(CliError, match='--cuda_graphs/--no-cuda_graphs'):
         tool.parse_args(['--cfg', 'x.yaml', '--cuda_graphs=3'])

@@ -98,7 +98,7 @@ def test_net(args, dataset_name, proposal_file, output_dir, ind_range=None, gpu_
     with tqdm(total=num_images, desc=desc, unit='im', file=sys.stderr,
               disable=_arg(args, 'quiet', False)) as bar, \
             cuda_graphs.conv_body_graphs(model, _use_cuda_graphs(args, pipelines),
-                                         front=batch == 1 and _arg(args, 'front_graphs', True)
+                                         front=batch == 1 and _arg(args, 'front_graphs', False)
                                          ) as graphed:
         # with the front's graphs, the next image's front is queued before this one's results
         ahead = getattr(graphed, 'routes', None) == 'test_front'

@@ -284,8 +284,8 @@ def process_in_parallel(tag, total_range_size, args, output_dir, opts):
             cmd += ['--channels_last']
         if _arg(args, 'cuda_graphs') is False:
             cmd += ['--no-cuda_graphs']
-        if _arg(args, 'front_graphs') is False:
-            cmd += ['--no-front_graphs']
+        if _arg(args, 'front_graphs'):
+            cmd += ['--front_graphs']
         if _arg(args, 'compile'):
             cmd += ['--compile', args.compile]
         if _arg(args, 'compile') or _arg(args, 'shape_buckets') is not None:
