@@ -14,7 +14,9 @@ the bucket padding, and the step times (the first step, the median of the second
 
 ``--compile off`` runs the same steps uncompiled (the step time to compare with);
 ``--one-batch`` trains every step on the first batch, one blob shape (the step time of
-fixed-size images, to compare the real shapes' with).
+fixed-size images, to compare the real shapes' with); ``--one-batch HxW`` on the first batch
+whose blob is H x W (the commonest real shape, for steps of equal pixels). The record has each
+run's median step time and its median per megapixel of blob.
 ``--automatic`` compiles as the tools did before this change (no ``dynamic=True``: torch's
 automatic dynamic shapes) for comparison. ``--backend eager`` or ``aot_eager`` traces with dynamo
 but skips Inductor's code generation (fast on a CPU; dynamo's guards and recompilations are the
@@ -62,12 +64,37 @@ def parse_args(argv=None):
     p.add_argument('--lr', type=float, default=0.0025 / 3)
     p.add_argument('--shapes-only', action='store_true',
                    help='only the blob shapes of --steps loader batches (no model)')
-    p.add_argument('--one-batch', action='store_true',
-                   help='every step on the first batch: one blob shape, the fixed-size '
-                        'reference for the step times of the real, varied shapes')
+    p.add_argument('--one-batch', nargs='?', const='first', default=None, metavar='HxW',
+                   type=one_batch_shape,
+                   help='every step on one batch: one blob shape, the fixed-size reference '
+                        'for the step times of the real, varied shapes; the first batch, or '
+                        'with HxW the first whose blob is H x W (e.g. 800x1216, the most '
+                        'common at 800 / 1333: the same pixels as the real steps of that shape)')
     p.add_argument('--device', default='cuda')
     p.add_argument('--json', default=None)
     return p.parse_args(argv)
+
+
+def one_batch_shape(text):
+    """--one-batch's value: 'first', or a blob shape HxW -> (H, W)."""
+    if text == 'first':
+        return text
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError('expected HxW (e.g. 800x1216), got %r' % text)
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError('expected a positive H x W, got %r' % text)
+    return h, w
+
+
+def first_batch_of_shape(batches, shape, limit=1000):
+    """The first of ``batches`` whose blob is ``shape`` (H, W); SystemExit after ``limit``."""
+    for _, batch in zip(range(limit), batches):
+        if tuple(batch['data'][0].shape[-2:]) == shape:
+            return batch
+    raise SystemExit('count_recompiles.py: --one-batch %dx%d: no batch of that blob shape in %d '
+                     'batches' % (shape + (limit,)))
 
 
 def default_data():
@@ -127,6 +154,11 @@ def compile_body(model, args):
     return options
 
 
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
 def main(argv=None):
     args = parse_args(argv)
     args.data = args.data or default_data()
@@ -145,7 +177,10 @@ def main(argv=None):
     roidb, ratio_list, ratio_index = combined_roidb_for_training(names)
     loader = build_train_loader(roidb, ratio_list, ratio_index, args.bs, 1, args.nw, seed=0)
     batches = iter(loader)
-    first = next(batches)
+    if isinstance(args.one_batch, tuple):
+        first = first_batch_of_shape(_cycle(loader), args.one_batch)
+    else:
+        first = next(batches)
     options = model = None
     if not args.shapes_only:
         torch.manual_seed(0)
@@ -164,6 +199,7 @@ def main(argv=None):
     counters.clear()
     stride = blob_utils.coarsest_stride(cfg)
     shapes, stride_shapes, pixels, stride_pixels, times, nonfinite = {}, {}, 0, 0, [], 0
+    megapixels = []
     batch = first
     for step in range(args.steps):
         if step and not args.one_batch:
@@ -179,6 +215,7 @@ def main(argv=None):
         stride_shapes[(sh, sw)] = stride_shapes.get((sh, sw), 0) + 1
         pixels += h * w
         stride_pixels += sh * sw
+        megapixels.append(data.shape[0] * h * w / 1e6)
         if model is None:
             continue
         t = time.perf_counter()
@@ -195,7 +232,9 @@ def main(argv=None):
     del batches
     result = {
         'device': torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu',
-        'torch': torch.__version__, 'steps': args.steps, 'bs': args.bs, 'one_batch': args.one_batch,
+        'torch': torch.__version__, 'steps': args.steps, 'bs': args.bs,
+        'one_batch': ('%dx%d' % args.one_batch if isinstance(args.one_batch, tuple)
+                      else args.one_batch is not None),
         'scale': args.scale, 'max_size': args.max_size, 'compile': args.compile,
         'backend': args.backend, 'compile_options': options, 'automatic': args.automatic,
         'shape_buckets': int(cfg.SHAPE_BUCKETS),
@@ -210,6 +249,11 @@ def main(argv=None):
         'first_step_s': round(times[0], 3) if times else None,
         'median_step_s_second_half':
             round(statistics.median(times[len(times) // 2:]), 4) if times else None,
+        # a step's time over its blob's pixels (all images): real shapes against one shape of
+        # other pixels
+        'median_ms_per_megapixel_second_half':
+            round(statistics.median(1e3 * t / mp for t, mp in zip(
+                times[len(times) // 2:], megapixels[len(times) // 2:])), 3) if times else None,
         'nonfinite_losses': nonfinite,
     }
     print(json.dumps(result), flush=True)
