@@ -70,8 +70,8 @@ __device__ __forceinline__ AxisTaps<T> bin_axis_taps(T start, T bin_size, int p,
 }
 
 // Where element (c, y, x) of one image lies in its map, in elements from the image's start:
-// c * c + y * y + x * x. NCHW maps (contiguous): {H * W, W, 1}; channels-last (NHWC) maps, as
-// channels-last convolutions leave the FPN levels: {1, W * C, C}.
+// c * s.c + y * s.y + x * s.x. NCHW maps (contiguous): {H * W, W, 1}; channels-last (NHWC) maps,
+// as channels-last convolutions leave the FPN levels: {1, W * C, C}.
 struct MapStrides {
   int64_t c, y, x;
 };
