@@ -176,10 +176,11 @@ def main(argv=None):
     device = torch.device(args.device)
     roidb, ratio_list, ratio_index = combined_roidb_for_training(names)
     loader = build_train_loader(roidb, ratio_list, ratio_index, args.bs, 1, args.nw, seed=0)
-    batches = iter(loader)
     if isinstance(args.one_batch, tuple):
-        first = first_batch_of_shape(_cycle(loader), args.one_batch)
+        batches = _cycle(loader)
+        first = first_batch_of_shape(batches, args.one_batch)
     else:
+        batches = iter(loader)
         first = next(batches)
     options = model = None
     if not args.shapes_only:
