@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from pydetectron.ops._utils import channels_last_only
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["get_group_gn", "GroupNorm", "GroupNorm2d", "group_norm"]
@@ -149,8 +151,7 @@ def _float32_cuda_affine(x, weight, bias):
 
 
 def _nhwc_path(x, weight, bias):
-    return (_float32_cuda_affine(x, weight, bias) and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+    return _float32_cuda_affine(x, weight, bias) and channels_last_only(x)
 
 
 # The statistics kernel of PyTorch's GroupNorm gives each (image, group) row one thread block:

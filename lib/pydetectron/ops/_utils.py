@@ -1,4 +1,5 @@
-"""Argument checks and normalisation shared by the op wrappers.
+"""Argument checks and normalisation shared by the op wrappers (and the channels-last test
+that the GroupNorm module shares with them).
 
 The C++ kernels check the same things; checking here first gives the Python exception types
 (ValueError / TypeError) and keeps bad input from ever reaching a kernel.
@@ -65,3 +66,10 @@ def check_boxes_and_scores(boxes, scores, op):
     if scores.device != boxes.device:
         raise ValueError("%s: `scores` is on %s but `boxes` is on %s; both must be on the same "
                          "device" % (op, scores.device, boxes.device))
+
+
+def channels_last_only(x):
+    """Whether a 4-D tensor is laid out channels-last (NHWC in memory) and not also contiguous
+    (as tensors of one channel or one pixel are, which both layouts describe)."""
+    return (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))

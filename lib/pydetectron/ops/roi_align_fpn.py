@@ -16,7 +16,7 @@ are read in place on CUDA, and their gradients come back channels-last (on the C
 import torch
 
 from pydetectron.ops import _ext
-from pydetectron.ops._utils import check_rois, floating, pair
+from pydetectron.ops._utils import channels_last_only, check_rois, floating, pair
 
 MAX_LEVELS = 8  # the levels one CUDA launch carries in its argument struct
 
@@ -84,13 +84,6 @@ def roi_align_fpn(features, rois, levels, output_size, spatial_scales, sampling_
                                                bool(aligned))
 
 
-def _channels_last(x):
-    """Whether a 4-D map is laid out channels-last (and not also contiguous, as maps of one
-    channel or one pixel are)."""
-    return (x.dim() == 4 and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last))
-
-
 def _register():
     """Autograd and fake kernels for the C++ ops (called once, when the extension loads)."""
 
@@ -123,7 +116,7 @@ def _register():
         ctx.batch_channels = (features[0].size(0), features[0].size(1))
         ctx.sizes = ([f.size(2) for f in features], [f.size(3) for f in features])
         # channels-last levels (channels-last convolutions) get channels-last gradients
-        ctx.channels_last = _channels_last(features[0])
+        ctx.channels_last = channels_last_only(features[0])
 
     def backward(ctx, grad):
         rois, levels = ctx.saved_tensors
