@@ -27,7 +27,7 @@ CSRC = os.path.join("lib", "pydetectron", "ops", "csrc")
 # unit's ~5 s, so one parse per group instead of one per file. Two groups (plus the binding
 # file) keep both cores of a small machine busy. The sources stay one file per op.
 CPU_GROUPS = (("nms", "soft_nms", "roi_pool", "box_iou", "paste_mask", "rle"),
-              ("roi_align", "polygon_mask"))
+              ("roi_align", "polygon_mask", "group_norm"))
 
 
 def read_requirements(section):

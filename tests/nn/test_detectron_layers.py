@@ -330,8 +330,73 @@ def test_cuda_channels_last_group_norm_equals_pytorchs(shape):
     x = (torch.randn(shape, device='cuda') * 2 + 0.5).to(memory_format=torch.channels_last)
     x.requires_grad_()
     y = gn(x)
-    assert 'NHWC' in type(y.grad_fn).__name__ and y.is_contiguous(memory_format=torch.channels_last)
+    # the extension's fused kernel (pydetectron.ops.group_norm_nhwc)
+    assert 'group_norm_nhwc' in type(y.grad_fn).__name__
+    assert y.is_contiguous(memory_format=torch.channels_last)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, (x, gn.weight, gn.bias), g)
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
     _assert_float64_group_norm(gn, x, y, g, grads)
+    # with its ReLU in the same pass: the gradient passes where the output is positive
+    y = gn.forward_relu(x)
+    assert 'group_norm_nhwc' in type(y.grad_fn).__name__
+    grads = torch.autograd.grad(y, (x, gn.weight, gn.bias), g)
+    plain = gn(x)
+    assert torch.equal(y, plain.clamp_min(0))
+    _assert_float64_group_norm(gn, x, plain, g * (plain > 0), grads)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_group_norm_forward_relu_equals_relu_of_forward(channels_last, monkeypatch):
+    """``GroupNorm2d.forward_relu`` is ``relu(gn(x))`` (on the CPU: PyTorch's GroupNorm, then the
+    ReLU), values and gradients; a module with forward hooks still runs them."""
+    torch.manual_seed(0)
+    gn = GroupNorm(32, -1, 8, 1e-5)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 32, 6, 7)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y = gn.forward_relu(x)
+    want = F.relu(F.group_norm(x, 8, gn.weight, gn.bias, 1e-5))
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-6)
+    g = torch.randn_like(y)
+    for got, ref in zip(torch.autograd.grad(y, (x, gn.weight, gn.bias), g),
+                        torch.autograd.grad(want, (x, gn.weight, gn.bias), g)):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    seen = []
+    gn.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+    y = gn.forward_relu(x)
+    assert len(seen) == 1 and (seen[0] < 0).any() and torch.equal(y, seen[0].clamp_min(0))
+
+
+def test_group_norm_fuses_the_relu_on_the_channels_last_cuda_path(monkeypatch):
+    """On the NHWC path with the extension's kernel, ``group_norm(..., relu=True)`` is one call
+    of ``group_norm_nhwc`` with ``relu=True`` (no separate ReLU); without the kernel, the torch
+    function then a ReLU."""
+    from pydetectron.nn import group_norm as gn_module
+    gn = GroupNorm(16, -1, 4, 1e-5)
+    x = torch.randn(2, 16, 5, 5).to(memory_format=torch.channels_last)
+    calls = []
+
+    def fake_op(x, w, b, groups, eps, relu):
+        calls.append((groups, eps, relu))
+        y = F.group_norm(x, groups, w, b, eps)
+        return (y.clamp_min(0) if relu else y), None, None
+
+    monkeypatch.setattr(gn_module, '_nhwc_path', lambda x, w, b: True)
+    monkeypatch.setattr(gn_module, 'group_norm_nhwc', fake_op)
+    monkeypatch.setattr(gn_module, '_fused_nhwc', lambda x: True)
+    y = gn.forward_relu(x)
+    assert calls == [(4, 1e-5, True)] and (y >= 0).all()
+    gn(x)
+    assert calls[-1] == (4, 1e-5, False)
+    monkeypatch.setattr(gn_module, '_fused_nhwc', lambda x: False)
+    y = gn.forward_relu(x)
+    assert len(calls) == 2
+    # the torch ops' NHWC function, then an in-place ReLU
+    assert 'NHWC' in type(y.grad_fn.next_functions[0][0]).__name__
+    torch.testing.assert_close(y, F.relu(F.group_norm(x, 4, gn.weight, gn.bias, 1e-5)),
+                               rtol=0, atol=1e-6)

@@ -25,7 +25,8 @@ from torch import nn
 
 from pydetectron.modeling.registry import CONV_BODY, ROI_BOX_HEAD
 from pydetectron.modeling.weight_mapping import blob_mapping, merge_mappings
-from pydetectron.nn.affine import AffineChannel2d, conv_then_norm, freeze_affine_channels
+from pydetectron.nn.affine import (AffineChannel2d, conv_norm_relu, conv_then_norm,
+                                   freeze_affine_channels)
 from pydetectron.nn.group_norm import GroupNorm
 from pydetectron.nn.init import XavierFill
 
@@ -113,7 +114,7 @@ class ResNetStem(nn.Module):
         self._norm_blob = "conv1_gn" if self.use_gn else "res_conv1_bn"
 
     def forward(self, x):
-        x = F.relu(conv_then_norm(x, self.conv1, self.conv1_norm), inplace=True)
+        x = conv_norm_relu(x, self.conv1, self.conv1_norm)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
     def detectron_weight_mapping(self):
@@ -155,8 +156,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         # conv_then_norm folds a frozen AffineChannel into its conv (one kernel fewer per conv).
-        y = F.relu(conv_then_norm(x, self.branch2a, self.branch2a_norm), inplace=True)
-        y = F.relu(conv_then_norm(y, self.branch2b, self.branch2b_norm), inplace=True)
+        y = conv_norm_relu(x, self.branch2a, self.branch2a_norm)
+        y = conv_norm_relu(y, self.branch2b, self.branch2b_norm)
         y = conv_then_norm(y, self.branch2c, self.branch2c_norm)
         shortcut = x if self.branch1 is None else conv_then_norm(x, self.branch1, self.branch1_norm)
         return F.relu(y.add_(shortcut), inplace=True)  # y is a fresh conv output: add in place

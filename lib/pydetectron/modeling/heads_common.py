@@ -75,7 +75,8 @@ class ConvStack(nn.ModuleList):
             if self.nested:
                 x = layer.conv(x)
                 if self.use_gn:
-                    x = layer.gn(x)
+                    x = layer.gn.forward_relu(x)      # the ReLU in GroupNorm's pass where it can
+                    continue
             else:
                 x = layer(x)
             x = F.relu(x, inplace=True)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pydetectron.nn.group_norm import GroupNorm2d
+
 __all__ = ["AffineChannel2d", "freeze_affine_channels", "conv_then_norm"]
 
 
@@ -104,6 +106,14 @@ def conv_then_norm(x, conv, norm):
         bias = norm.bias if compiling else _cached_cast(norm, dtype)
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return norm(conv(x))
+
+
+def conv_norm_relu(x, conv, norm):
+    """``relu(norm(conv(x)))`` (in place): ``conv_then_norm`` then a ReLU, except that a
+    GroupNorm2d applies its ReLU in its own pass where it can (``GroupNorm2d.forward_relu``)."""
+    if isinstance(norm, GroupNorm2d) and not _has_hooks(conv):
+        return norm.forward_relu(conv(x))
+    return F.relu(conv_then_norm(x, conv, norm), inplace=True)
 
 
 def _has_hooks(module):

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from pydetectron.ops import _ext
 from pydetectron.ops._utils import channels_last_only
+from pydetectron.ops.group_norm import group_norm_nhwc
 
 logger = logging.getLogger(__name__)
 
@@ -168,25 +170,45 @@ def _fast_path(x, weight, bias, num_groups):
             and x.numel() >= x.shape[0] * num_groups * MIN_ROW)
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
-    """``torch.nn.functional.group_norm``, with the GPU statistics of the module docstring for a
-    contiguous float32 CUDA input of few (image, group) rows, with a scale and a bias (outside
-    autocast: there PyTorch's casts to float32 apply)."""
+def _fused_nhwc(x):
+    """The extension's GroupNorm (+ ReLU) kernel for this device (on CUDA: the NHWC path)."""
+    return _ext.has_kernel("group_norm_nhwc", x.device)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, relu=False):
+    """``torch.nn.functional.group_norm`` (then a ReLU with ``relu``), with the GPU statistics
+    of the module docstring for a contiguous float32 CUDA input of few (image, group) rows, and
+    the extension's fused NHWC kernel (``pydetectron.ops.group_norm_nhwc``, the ReLU in the
+    same pass) for a channels-last one; both need a scale and a bias and stay outside autocast
+    (there PyTorch's casts to float32 apply)."""
     if _fast_path(x, weight, bias, num_groups):
-        return _GroupNormFunction.apply(x, weight, bias, num_groups, eps)
-    if _nhwc_path(x, weight, bias):
-        return _GroupNormNHWCFunction.apply(x, weight, bias, num_groups, eps)
-    return nn.functional.group_norm(x, num_groups, weight, bias, eps)
+        y = _GroupNormFunction.apply(x, weight, bias, num_groups, eps)
+    elif _nhwc_path(x, weight, bias):
+        if _fused_nhwc(x):
+            return group_norm_nhwc(x, weight, bias, num_groups, eps, relu)[0]
+        y = _GroupNormNHWCFunction.apply(x, weight, bias, num_groups, eps)
+    else:
+        y = nn.functional.group_norm(x, num_groups, weight, bias, eps)
+    return nn.functional.relu(y, inplace=True) if relu else y
 
 
 class GroupNorm2d(nn.GroupNorm):
     """``torch.nn.GroupNorm`` (same parameters, state and results) whose forward is
-    ``group_norm`` above."""
+    ``group_norm`` above; ``forward_relu`` is ``relu(forward(x))`` (fused on the NHWC path)."""
 
     def forward(self, x):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             return super().forward(x)           # PyTorch's own error message
         return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def forward_relu(self, x):
+        """``relu(self(x))``: one pass on the NHWC path; the module's hooks, if any, run as
+        for ``self(x)`` (then the ReLU is separate)."""
+        if (x.dim() < 2 or x.shape[1] != self.num_channels or self._forward_hooks
+                or self._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks):
+            return nn.functional.relu(self(x), inplace=True)
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, relu=True)
 
 
 def GroupNorm(dim, dim_per_gp=-1, num_groups=32, eps=1e-5):

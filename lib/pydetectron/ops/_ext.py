@@ -12,7 +12,7 @@ _MISSING_MSG = (
 
 # The op modules whose `_register()` adds autograd and fake kernels to the C++ ops.
 _PYTHON_HALVES = ("roi_align", "roi_align_fpn", "roi_pool", "nms", "soft_nms", "polygon_mask",
-                  "box_iou_batched", "paste_mask")
+                  "box_iou_batched", "paste_mask", "group_norm")
 
 _state = {"loaded": False, "error": None}
 

@@ -1,0 +1,379 @@
+// group_norm_nhwc on CUDA. x is read as (N, HW, C) rows, C contiguous:
+//   1. partial statistics: blocks of 32 channels x 8 rows, each over a chunk of rows of one image,
+//      Welford per thread and Chan's combination across the block -> (mean, M2, count) per
+//      (image, chunk, channel);
+//   2. one block per (image, group) combines its chunks and channels -> mean, rstd, and the
+//      per-(image, channel) scale and shift;
+//   3. y = fma(x, scale, shift) (ReLU'd), one elementwise pass.
+// The backward: the same chunked layout sums dy and dy * x per (image, channel) (dy zeroed where
+// the forward's ReLU was), one block per (image, group) forms PyTorch's GroupNorm backward
+// coefficients, and dx = dy * rstd * w + x * B + C is one more elementwise pass. Every launch is
+// on the current stream; nothing is read back to the host.
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/common.h"
+#include "common/cuda_helpers.cuh"
+#include "group_norm/group_norm.h"
+
+namespace pydetectron {
+namespace {
+
+constexpr int kLanes = 32;     // channels of a statistics block (one warp's row)
+constexpr int kRows = 8;       // rows a statistics block reads at once
+constexpr int kThreads = 256;  // kLanes * kRows, and the elementwise / finalising blocks
+constexpr int64_t kMaxBlocks = int64_t(1) << 16;
+
+template <typename T>
+struct Moments {  // Welford's running (count, mean, M2)
+  T n, mean, m2;
+};
+
+template <typename T>
+__device__ __forceinline__ void combine(Moments<T>& a, const Moments<T>& b) {
+  if (b.n == T(0)) return;
+  if (a.n == T(0)) {
+    a = b;
+    return;
+  }
+  const T n = a.n + b.n, delta = b.mean - a.mean, f = b.n / n;
+  a.mean += delta * f;
+  a.m2 += b.m2 + delta * delta * a.n * f;
+  a.n = n;
+}
+
+// Chunks of rows per image: enough blocks to fill the GPU a few times, at least kMinRows rows a
+// chunk.
+constexpr int64_t kMinRows = 64;
+constexpr int64_t kTargetBlocks = 1024;
+
+int64_t chunks_per_image(int64_t N, int64_t HW, int64_t C) {
+  const int64_t tiles = ceil_div(C, kLanes) * std::max<int64_t>(N, 1);
+  return std::max<int64_t>(1, std::min(ceil_div(HW, kMinRows), ceil_div(kTargetBlocks, tiles)));
+}
+
+// grid (ceil(C / 32), S, N): per (image n, chunk s, channel c) the moments of x over the chunk's
+// rows.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    partial_moments_kernel(const T* __restrict__ x, int64_t HW, int64_t C, int64_t rows_per_chunk,
+                           T* __restrict__ out_mean, T* __restrict__ out_m2,
+                           T* __restrict__ out_n) {
+  __shared__ Moments<T> shared[kRows][kLanes];
+  const int tx = threadIdx.x % kLanes, ty = threadIdx.x / kLanes;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLanes + tx;
+  const int64_t n = blockIdx.z, s = blockIdx.y, S = gridDim.y;
+  const int64_t r0 = s * rows_per_chunk, r1 = std::min(HW, r0 + rows_per_chunk);
+  Moments<T> m{T(0), T(0), T(0)};
+  if (c < C) {
+    const T* xn = x + n * HW * C + c;
+    for (int64_t r = r0 + ty; r < r1; r += kRows) {
+      const T v = xn[r * C];
+      m.n += T(1);
+      const T delta = v - m.mean;
+      m.mean += delta / m.n;
+      m.m2 += delta * (v - m.mean);
+    }
+  }
+  shared[ty][tx] = m;
+  __syncthreads();
+  if (ty == 0 && c < C) {
+    for (int k = 1; k < kRows; ++k) combine(m, shared[k][tx]);
+    const int64_t i = (n * S + s) * C + c;
+    out_mean[i] = m.mean;
+    out_m2[i] = m.m2;
+    out_n[i] = m.n;
+  }
+}
+
+// A block's threads combine their moments into thread 0's (warp shuffles, then shared memory).
+template <typename T>
+__device__ Moments<T> block_combine(Moments<T> m) {
+  __shared__ Moments<T> warps[kThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) {
+    Moments<T> o{__shfl_down_sync(0xffffffff, m.n, offset),
+                 __shfl_down_sync(0xffffffff, m.mean, offset),
+                 __shfl_down_sync(0xffffffff, m.m2, offset)};
+    combine(m, o);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warps[warp] = m;
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int k = 1; k < kThreads / 32; ++k) combine(m, warps[k]);
+  return m;
+}
+
+template <typename T>
+__device__ T block_sum(T v) {
+  __shared__ T warps[kThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffff, v, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warps[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int k = 1; k < kThreads / 32; ++k) v += warps[k];
+  return v;
+}
+
+// one block per (image, group): mean, rstd, and scale / shift of the group's D channels
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    finalize_moments_kernel(const T* __restrict__ p_mean, const T* __restrict__ p_m2,
+                            const T* __restrict__ p_n, const T* __restrict__ weight,
+                            const T* __restrict__ bias, int64_t S, int64_t C, int64_t G,
+                            double eps, T* __restrict__ mean, T* __restrict__ rstd,
+                            T* __restrict__ scale, T* __restrict__ shift) {
+  const int64_t ng = blockIdx.x, n = ng / G, g = ng % G, D = C / G;
+  Moments<T> m{T(0), T(0), T(0)};
+  for (int64_t i = threadIdx.x; i < S * D; i += kThreads) {
+    const int64_t j = (n * S + i / D) * C + g * D + i % D;
+    combine(m, Moments<T>{p_n[j], p_mean[j], p_m2[j]});
+  }
+  m = block_combine(m);
+  __shared__ T stats[2];
+  if (threadIdx.x == 0) {
+    const T var = m.n > T(0) ? m.m2 / m.n : T(0);
+    stats[0] = m.mean;
+    stats[1] = T(1) / sqrt(var + static_cast<T>(eps));
+    mean[ng] = stats[0];
+    rstd[ng] = stats[1];
+  }
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+    const int64_t c = g * D + d;
+    group_norm::affine(stats[0], stats[1], weight[c], bias[c], scale[n * C + c],
+                       shift[n * C + c]);
+  }
+}
+
+// per (image, channel) scale and shift from given statistics (the backward's ReLU mask)
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    affine_kernel(const T* __restrict__ mean, const T* __restrict__ rstd,
+                  const T* __restrict__ weight, const T* __restrict__ bias, int64_t NC, int64_t C,
+                  int64_t D, T* __restrict__ scale, T* __restrict__ shift) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= NC) return;
+  const int64_t n = i / C, c = i % C, ng = n * (C / D) + c / D;
+  group_norm::affine(mean[ng], rstd[ng], weight[c], bias[c], scale[i], shift[i]);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    normalize_kernel(const T* __restrict__ x, const T* __restrict__ scale,
+                     const T* __restrict__ shift, int64_t total, int64_t HWC, int64_t C, bool relu,
+                     T* __restrict__ y) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += stride) {
+    const int64_t nc = (i / HWC) * C + i % C;
+    const T v = group_norm::normalize(x[i], scale[nc], shift[nc]);
+    y[i] = relu && !(v > T(0)) ? T(0) : v;
+  }
+}
+
+// grid (ceil(C / 32), S, N): per (image, chunk, channel) sums of g and g * x, g = dy where the
+// ReLU passed
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    partial_grad_sums_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                             const T* __restrict__ scale, const T* __restrict__ shift,
+                             int64_t HW, int64_t C, int64_t rows_per_chunk, bool relu,
+                             T* __restrict__ out_dy, T* __restrict__ out_dyx) {
+  __shared__ T shared[2][kRows][kLanes];
+  const int tx = threadIdx.x % kLanes, ty = threadIdx.x / kLanes;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLanes + tx;
+  const int64_t n = blockIdx.z, s = blockIdx.y, S = gridDim.y;
+  const int64_t r0 = s * rows_per_chunk, r1 = std::min(HW, r0 + rows_per_chunk);
+  T a = T(0), b = T(0);
+  if (c < C) {
+    const T sc = relu ? scale[n * C + c] : T(0), sh = relu ? shift[n * C + c] : T(0);
+    const T* xn = x + n * HW * C + c;
+    const T* dyn = dy + n * HW * C + c;
+    for (int64_t r = r0 + ty; r < r1; r += kRows) {
+      const T v = xn[r * C];
+      if (relu && !(group_norm::normalize(v, sc, sh) > T(0))) continue;
+      const T g = dyn[r * C];
+      a += g;
+      b += g * v;
+    }
+  }
+  shared[0][ty][tx] = a;
+  shared[1][ty][tx] = b;
+  __syncthreads();
+  if (ty == 0 && c < C) {
+    for (int k = 1; k < kRows; ++k) {
+      a += shared[0][k][tx];
+      b += shared[1][k][tx];
+    }
+    const int64_t i = (n * S + s) * C + c;
+    out_dy[i] = a;
+    out_dyx[i] = b;
+  }
+}
+
+// one block per (image, group): the per-(image, channel) sums (for dweight / dbias) and the
+// group's coefficients of dx = g * rstd * w + x * B + C
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    grad_coefficients_kernel(const T* __restrict__ p_dy, const T* __restrict__ p_dyx,
+                             const T* __restrict__ weight, const T* __restrict__ mean,
+                             const T* __restrict__ rstd, int64_t S, int64_t HW, int64_t C,
+                             int64_t G, T* __restrict__ sum_dy, T* __restrict__ sum_dyx,
+                             T* __restrict__ coef_b, T* __restrict__ coef_c) {
+  const int64_t ng = blockIdx.x, n = ng / G, g = ng % G, D = C / G;
+  T s = T(0), t = T(0);
+  for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+    const int64_t c = g * D + d;
+    T a = T(0), b = T(0);
+    for (int64_t k = 0; k < S; ++k) {
+      a += p_dy[(n * S + k) * C + c];
+      b += p_dyx[(n * S + k) * C + c];
+    }
+    sum_dy[n * C + c] = a;
+    sum_dyx[n * C + c] = b;
+    t += a * weight[c];
+    s += b * weight[c];
+  }
+  s = block_sum(s);
+  __syncthreads();
+  t = block_sum(t);
+  if (threadIdx.x == 0) {
+    const T count = static_cast<T>(HW * D), mu = mean[ng], rs = rstd[ng];
+    const T cb = (t * mu - s) * rs * rs * rs / count;
+    coef_b[ng] = cb;
+    coef_c[ng] = -cb * mu - t * rs / count;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    grad_input_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                      const T* __restrict__ scale, const T* __restrict__ shift,
+                      const T* __restrict__ weight, const T* __restrict__ rstd,
+                      const T* __restrict__ coef_b, const T* __restrict__ coef_c, int64_t total,
+                      int64_t HWC, int64_t C, int64_t D, bool relu, T* __restrict__ dx) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  const int64_t G = C / D;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += stride) {
+    const int64_t n = i / HWC, c = i % C, ng = n * G + c / D;
+    const T v = x[i];
+    T g = dy[i];
+    if (relu && !(group_norm::normalize(v, scale[n * C + c], shift[n * C + c]) > T(0))) g = T(0);
+    dx[i] = g * (rstd[ng] * weight[c]) + v * coef_b[ng] + coef_c[ng];
+  }
+}
+
+unsigned int elementwise_blocks(int64_t total) {
+  return static_cast<unsigned int>(std::max<int64_t>(
+      1, std::min(ceil_div(total, kThreads), kMaxBlocks)));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cuda(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t num_groups,
+    double eps, bool relu) {
+  constexpr const char* op = "group_norm_nhwc";
+  group_norm::check_inputs(x, weight, bias, num_groups, op);
+  PYDET_CHECK(x.is_cuda(), op, ": the CUDA kernel got `x` on ", x.device());
+  c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), G = num_groups;
+  auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto mean = at::empty({N, G}, x.options());
+  auto rstd = at::empty({N, G}, x.options());
+  if (N == 0 || C == 0) return {y, mean, rstd};
+  const int64_t S = chunks_per_image(N, HW, C), rows = ceil_div(HW, S);
+  // partial moments (3 x N x S x C), then scale and shift (2 x N x C)
+  auto work = at::empty({3 * N * S * C + 2 * N * C}, x.options());
+  const auto w = weight.contiguous(), b = bias.contiguous();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_nhwc_forward_cuda", [&] {
+    scalar_t* p = work.data_ptr<scalar_t>();
+    scalar_t *p_mean = p, *p_m2 = p + N * S * C, *p_n = p + 2 * N * S * C;
+    scalar_t *scale = p + 3 * N * S * C, *shift = scale + N * C;
+    const dim3 grid(static_cast<unsigned int>(ceil_div(C, kLanes)),
+                    static_cast<unsigned int>(S), static_cast<unsigned int>(N));
+    partial_moments_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), HW, C, rows, p_mean, p_m2, p_n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    finalize_moments_kernel<scalar_t><<<static_cast<unsigned int>(N * G), kThreads, 0, stream>>>(
+        p_mean, p_m2, p_n, w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), S, C, G, eps,
+        mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), scale, shift);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t total = x.numel();
+    if (total > 0) {
+      normalize_kernel<scalar_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), scale, shift, total, HW * C, C, relu, y.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups, bool relu) {
+  constexpr const char* op = "_group_norm_nhwc_backward";
+  const int64_t D = group_norm::check_inputs(x, weight, bias, num_groups, op);
+  group_norm::check_statistics(x, mean, rstd, num_groups, op);
+  PYDET_CHECK(x.is_cuda(), op, ": the CUDA kernel got `x` on ", x.device());
+  PYDET_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
+              ": `grad` must be ", x.scalar_type(), " of shape ", x.sizes(), ", got ",
+              grad.scalar_type(), " ", grad.sizes());
+  c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), G = num_groups;
+  const auto dy = grad.contiguous(at::MemoryFormat::ChannelsLast);
+  auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  if (N == 0 || C == 0) return {dx, at::zeros({C}, x.options()), at::zeros({C}, x.options())};
+  const int64_t S = chunks_per_image(N, HW, C), rows = ceil_div(HW, S);
+  // partial sums (2 x N x S x C), scale / shift (2 x N x C), sums (2 x N x C), coefficients
+  // (2 x N x G)
+  auto work = at::empty({2 * N * S * C + 4 * N * C + 2 * N * G}, x.options());
+  const auto w = weight.contiguous(), b = bias.contiguous();
+  const auto mu = mean.contiguous(), rs = rstd.contiguous();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_nhwc_backward_cuda", [&] {
+    scalar_t* p = work.data_ptr<scalar_t>();
+    scalar_t *p_dy = p, *p_dyx = p + N * S * C;
+    scalar_t *scale = p + 2 * N * S * C, *shift = scale + N * C;
+    scalar_t *sum_dy = shift + N * C, *sum_dyx = sum_dy + N * C;
+    scalar_t *coef_b = sum_dyx + N * C, *coef_c = coef_b + N * G;
+    if (relu) {
+      affine_kernel<scalar_t><<<static_cast<unsigned int>(ceil_div(N * C, kThreads)), kThreads,
+                                0, stream>>>(mu.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(),
+                                             w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                                             N * C, C, D, scale, shift);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const dim3 grid(static_cast<unsigned int>(ceil_div(C, kLanes)),
+                    static_cast<unsigned int>(S), static_cast<unsigned int>(N));
+    partial_grad_sums_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale, shift, HW, C, rows, relu, p_dy,
+        p_dyx);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    grad_coefficients_kernel<scalar_t><<<static_cast<unsigned int>(N * G), kThreads, 0, stream>>>(
+        p_dy, p_dyx, w.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(), S,
+        HW, C, G, sum_dy, sum_dyx, coef_b, coef_c);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t total = x.numel();
+    if (total > 0) {
+      grad_input_kernel<scalar_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+          dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale, shift, w.data_ptr<scalar_t>(),
+          rs.data_ptr<scalar_t>(), coef_b, coef_c, total, HW * C, C, D, relu,
+          dx.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  // dweight = sum over images of rstd * (sum(dy * x) - mean * sum(dy)); dbias = sum(dy)
+  const auto sums = work.narrow(0, 2 * N * S * C + 2 * N * C, 2 * N * C).view({2, N, G, D});
+  auto dweight = ((sums[1] - mu.unsqueeze(2) * sums[0]) * rs.unsqueeze(2)).sum(0).reshape({C});
+  auto dbias = sums[0].sum(0).reshape({C});
+  return {dx, dweight, dbias};
+}
+
+}  // namespace pydetectron

@@ -1,0 +1,210 @@
+"""pydetectron.ops.group_norm_nhwc: GroupNorm (+ ReLU) of a channels-last map, against PyTorch's
+GroupNorm and ReLU (values, statistics, gradients), on the CPU and, marked, on CUDA."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ops_test_utils import cuda_kernels_available, needs_ext
+from pydetectron.ops import group_norm_nhwc
+
+pytestmark = needs_ext
+
+
+def _input(shape, dtype, seed, device="cpu", shift=1.5, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * scale + shift
+    return x.to(dtype).to(device).contiguous(memory_format=torch.channels_last)
+
+
+def _params(c, dtype, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed + 1)
+    w = torch.randn(c, generator=g, dtype=torch.float64).to(dtype).to(device)
+    b = torch.randn(c, generator=g, dtype=torch.float64).to(dtype).to(device)
+    return w, b
+
+
+def _reference(x, w, b, groups, eps, relu):
+    y = F.group_norm(x, groups, w, b, eps)
+    return F.relu(y) if relu else y
+
+
+def _statistics(x, groups, eps):
+    """Per (image, group) mean and 1 / sqrt(biased var + eps), in float64 from the NCHW view."""
+    v = x.double().contiguous().view(x.size(0), groups, -1)
+    mean = v.mean(dim=2)
+    var = ((v - mean.unsqueeze(2)) ** 2).mean(dim=2)
+    return mean, (var + eps).rsqrt()
+
+
+def _grads(y, inputs, grad):
+    return torch.autograd.grad(y, inputs, grad)
+
+
+def _is_nhwc(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+# (N, C, H, W), groups: the stem's 64 channels in 32 groups, DIM_PER_GP-style groups of 16,
+# the heads' many RoIs of few pixels, one group, one pixel
+SHAPES = [((2, 64, 9, 13), 32), ((3, 48, 5, 7), 3), ((17, 32, 3, 3), 8), ((2, 8, 4, 5), 1),
+          ((4, 16, 1, 1), 4)]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape,groups", SHAPES)
+def test_cpu_equals_pytorchs_group_norm_and_relu(shape, groups, relu):
+    x = _input(shape, torch.float32, seed=3).requires_grad_(True)
+    w, b = (t.requires_grad_(True) for t in _params(shape[1], torch.float32, seed=3))
+    y, mean, rstd = group_norm_nhwc(x, w, b, groups, 1e-5, relu)
+    ref = _reference(x, w, b, groups, 1e-5, relu)
+    assert _is_nhwc(y) or y[0, 0].numel() == 1
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    m_ref, r_ref = _statistics(x.detach(), groups, 1e-5)
+    torch.testing.assert_close(mean.double(), m_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd.double(), r_ref, rtol=1e-6, atol=1e-6)
+    grad = _input(shape, torch.float32, seed=4, shift=0.0, scale=1.0)
+    for a, r in zip(_grads(y, (x, w, b), grad), _grads(ref, (x, w, b), grad)):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=2e-5)
+    if relu:
+        assert (y >= 0).all() and (y == 0).any() and (y > 0).any()
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_float64_gradcheck(relu):
+    x = _input((2, 8, 3, 4), torch.float64, seed=5).requires_grad_(True)
+    w, b = (t.requires_grad_(True) for t in _params(8, torch.float64, seed=5))
+    assert torch.autograd.gradcheck(lambda *a: group_norm_nhwc(*a, 4, 1e-5, relu)[0], (x, w, b))
+    y = group_norm_nhwc(x, w, b, 4, 1e-5, relu)[0]
+    torch.testing.assert_close(y, _reference(x, w, b, 4, 1e-5, relu), rtol=1e-12, atol=1e-12)
+
+
+def test_the_relu_passes_the_gradient_where_the_output_is_positive():
+    """With relu the backward is the plain GroupNorm backward of the gradient zeroed where the
+    output is 0: the same bits, so the mask is the forward's own."""
+    x = _input((3, 32, 6, 5), torch.float32, seed=6).requires_grad_(True)
+    w, b = (t.requires_grad_(True) for t in _params(32, torch.float32, seed=6))
+    grad = _input((3, 32, 6, 5), torch.float32, seed=7, shift=0.0, scale=1.0)
+    y = group_norm_nhwc(x, w, b, 8, 1e-5, True)[0]
+    fused = _grads(y, (x, w, b), grad)
+    plain = group_norm_nhwc(x, w, b, 8, 1e-5, False)[0]
+    assert torch.equal(y, plain.clamp_min(0))
+    masked = _grads(plain, (x, w, b), grad * (plain > 0))
+    for a, r in zip(fused, masked):
+        assert torch.equal(a, r)
+
+
+def test_parameters_without_gradient_and_an_empty_batch():
+    x = _input((2, 16, 3, 3), torch.float32, seed=8).requires_grad_(True)
+    w, b = _params(16, torch.float32, seed=8)
+    y = group_norm_nhwc(x, w, b, 4)[0]
+    (gx,) = torch.autograd.grad(y.sum(), (x,))
+    (rx,) = torch.autograd.grad(F.group_norm(x, 4, w, b).sum(), (x,))
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-5)
+    empty = _input((0, 16, 7, 7), torch.float32, seed=8).requires_grad_(True)
+    y, mean, rstd = group_norm_nhwc(empty, w, b, 4, 1e-5, True)
+    assert y.shape == (0, 16, 7, 7) and mean.shape == rstd.shape == (0, 4)
+
+
+@pytest.mark.parametrize("bad,error,words", [
+    (lambda x, w, b: (x.contiguous(), w, b, 4), ValueError, "channels-last"),
+    (lambda x, w, b: (x.half(), w, b, 4), TypeError, "float32 or float64"),
+    (lambda x, w, b: (x[:, :, 0], w, b, 4), ValueError, "4-D"),
+    (lambda x, w, b: (x, w, b, 5), ValueError, "num_groups=5"),
+    (lambda x, w, b: (x, w, b, 0), ValueError, "num_groups=0"),
+    (lambda x, w, b: (x, w[:8], b, 4), ValueError, "`weight` must have shape (16,)"),
+    (lambda x, w, b: (x, w, b.double(), 4), TypeError, "`bias` must be torch.float32"),
+    (lambda x, w, b: (x.long(), w, b, 4), TypeError, "`x` must be float"),
+])
+def test_bad_arguments_name_the_argument(bad, error, words):
+    x = _input((2, 16, 3, 3), torch.float32, seed=9)
+    w, b = _params(16, torch.float32, seed=9)
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        group_norm_nhwc(*bad(x, w, b))
+
+
+def test_the_cpp_checks_raise_too():
+    x = _input((2, 16, 3, 3), torch.float32, seed=9)
+    w, b = _params(16, torch.float32, seed=9)
+    with pytest.raises(RuntimeError, match="channels-last"):
+        torch.ops.pydetectron.group_norm_nhwc(x.contiguous(), w, b, 4, 1e-5, False)
+    with pytest.raises(RuntimeError, match="num_groups=3"):
+        torch.ops.pydetectron.group_norm_nhwc(x, w, b, 3, 1e-5, False)
+    y, mean, rstd = torch.ops.pydetectron.group_norm_nhwc(x, w, b, 4, 1e-5, False)
+    with pytest.raises(RuntimeError, match="`mean` must have shape"):
+        torch.ops.pydetectron._group_norm_nhwc_backward(y, x, w, b, mean[:1], rstd, 4, False)
+
+
+def test_opcheck_and_torch_compile():
+    x = _input((2, 16, 3, 5), torch.float32, seed=10).requires_grad_(True)
+    w, b = (t.requires_grad_(True) for t in _params(16, torch.float32, seed=10))
+    for relu in (False, True):
+        torch.library.opcheck(torch.ops.pydetectron.group_norm_nhwc.default,
+                              (x, w, b, 4, 1e-5, relu))
+
+    def f(x, w, b):
+        return group_norm_nhwc(x, w, b, 4, 1e-5, True)[0].square().sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    g_c = torch.autograd.grad(compiled(x, w, b), (x, w, b))
+    g_e = torch.autograd.grad(f(x, w, b), (x, w, b))
+    for a, r in zip(g_c, g_e):
+        torch.testing.assert_close(a, r)
+    assert _is_nhwc(g_c[0])
+
+
+# -------------------------------------------------------------------------------------- CUDA
+cuda = pytest.mark.skipif(not cuda_kernels_available(), reason="needs the CUDA build")
+
+# the GroupNorm config's maps at 2 images of 800 x 1216 (stem, res2, res5), the heads' RoIs,
+# odd sizes and channel counts that are no multiple of the 32-channel tiles
+CUDA_SHAPES = [((2, 64, 400, 608), 32), ((2, 256, 200, 304), 32), ((2, 2048, 25, 38), 32),
+               ((1024, 256, 7, 7), 32), ((3, 48, 17, 9), 3), ((5, 40, 1, 1), 8),
+               ((1, 96, 333, 1), 32)]
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape,groups", CUDA_SHAPES)
+def test_cuda_equals_pytorchs_group_norm_and_relu(shape, groups, relu):
+    x = _input(shape, torch.float32, seed=11, device="cuda").requires_grad_(True)
+    w, b = (t.requires_grad_(True) for t in _params(shape[1], torch.float32, 11, "cuda"))
+    y, mean, rstd = group_norm_nhwc(x, w, b, groups, 1e-5, relu)
+    assert _is_nhwc(y) or y[0, 0].numel() == 1
+    ref = _reference(x, w, b, groups, 1e-5, relu)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-5)
+    m_ref, r_ref = _statistics(x.detach(), groups, 1e-5)
+    torch.testing.assert_close(mean.double(), m_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rstd.double(), r_ref, rtol=1e-5, atol=1e-6)
+    grad = _input(shape, torch.float32, seed=12, device="cuda", shift=0.0, scale=1.0)
+    got = _grads(y, (x, w, b), grad)
+    want = _grads(ref, (x, w, b), grad)
+    assert _is_nhwc(got[0]) or got[0][0, 0].numel() == 1
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+    # dweight and dbias are sums over every pixel of every image: compared relative to their
+    # sum of magnitudes
+    for a, r in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()) + 1e-5)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_relu_mask_float64_and_opcheck():
+    x = _input((3, 64, 11, 13), torch.float32, seed=13, device="cuda").requires_grad_(True)
+    w, b = (t.requires_grad_(True) for t in _params(64, torch.float32, 13, "cuda"))
+    grad = _input((3, 64, 11, 13), torch.float32, seed=14, device="cuda", shift=0.0, scale=1.0)
+    y = group_norm_nhwc(x, w, b, 32, 1e-5, True)[0]
+    plain = group_norm_nhwc(x, w, b, 32, 1e-5, False)[0]
+    assert torch.equal(y, plain.clamp_min(0))
+    for a, r in zip(_grads(y, (x, w, b), grad), _grads(plain, (x, w, b), grad * (plain > 0))):
+        assert torch.equal(a, r)
+    xd = _input((2, 8, 5, 3), torch.float64, seed=15, device="cuda").requires_grad_(True)
+    wd, bd = (t.requires_grad_(True) for t in _params(8, torch.float64, 15, "cuda"))
+    assert torch.autograd.gradcheck(lambda *a: group_norm_nhwc(*a, 4, 1e-5, True)[0],
+                                    (xd, wd, bd))
+    torch.library.opcheck(torch.ops.pydetectron.group_norm_nhwc.default,
+                          (x, w, b, 32, 1e-5, True))
+    # the CPU reference gives the same values
+    yc, mc, rc = group_norm_nhwc(x.detach().cpu(), w.detach().cpu(), b.detach().cpu(), 32,
+                                 1e-5, True)
+    torch.testing.assert_close(y.detach().cpu(), yc, rtol=1e-5, atol=1e-5)
