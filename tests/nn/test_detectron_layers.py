@@ -366,10 +366,20 @@ def test_group_norm_forward_relu_equals_relu_of_forward(channels_last, monkeypat
     for got, ref in zip(torch.autograd.grad(y, (x, gn.weight, gn.bias), g),
                         torch.autograd.grad(want, (x, gn.weight, gn.bias), g)):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # relu(gn(x) + residual): a residual block's end
+    r = torch.randn(2, 32, 6, 7, requires_grad=True)
+    y = gn.forward_add_relu(x, r)
+    want = F.relu(F.group_norm(x, 8, gn.weight, gn.bias, 1e-5) + r)
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-6)
+    for got, ref in zip(torch.autograd.grad(y, (x, gn.weight, gn.bias, r), g),
+                        torch.autograd.grad(want, (x, gn.weight, gn.bias, r), g)):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     seen = []
     gn.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
     y = gn.forward_relu(x)
     assert len(seen) == 1 and (seen[0] < 0).any() and torch.equal(y, seen[0].clamp_min(0))
+    y = gn.forward_add_relu(x, r)
+    assert len(seen) == 2 and torch.equal(y, (seen[1] + r).clamp_min(0))
 
 
 def test_group_norm_fuses_the_relu_on_the_channels_last_cuda_path(monkeypatch):
@@ -381,9 +391,12 @@ def test_group_norm_fuses_the_relu_on_the_channels_last_cuda_path(monkeypatch):
     x = torch.randn(2, 16, 5, 5).to(memory_format=torch.channels_last)
     calls = []
 
-    def fake_op(x, w, b, groups, eps, relu):
+    def fake_op(x, w, b, groups, eps, relu, residual=None):
         calls.append((groups, eps, relu))
         y = F.group_norm(x, groups, w, b, eps)
+        if residual is not None:
+            calls[-1] += (residual,)
+            y = y + residual
         return (y.clamp_min(0) if relu else y), None, None
 
     monkeypatch.setattr(gn_module, '_nhwc_path', lambda x, w, b: True)
@@ -393,9 +406,13 @@ def test_group_norm_fuses_the_relu_on_the_channels_last_cuda_path(monkeypatch):
     assert calls == [(4, 1e-5, True)] and (y >= 0).all()
     gn(x)
     assert calls[-1] == (4, 1e-5, False)
+    r = torch.randn(2, 16, 5, 5)
+    gn.forward_add_relu(x, r)
+    assert calls[-1][:3] == (4, 1e-5, True) and calls[-1][3] is r
+    calls.clear()
     monkeypatch.setattr(gn_module, '_fused_nhwc', lambda x: False)
     y = gn.forward_relu(x)
-    assert len(calls) == 2
+    assert calls == []
     # the torch ops' NHWC function, then an in-place ReLU
     assert 'NHWC' in type(y.grad_fn.next_functions[0][0]).__name__
     torch.testing.assert_close(y, F.relu(F.group_norm(x, 4, gn.weight, gn.bias, 1e-5)),

@@ -23,9 +23,15 @@ def _params(c, dtype, seed, device="cpu"):
     return w, b
 
 
-def _reference(x, w, b, groups, eps, relu):
+def _reference(x, w, b, groups, eps, relu, residual=None):
     y = F.group_norm(x, groups, w, b, eps)
+    if residual is not None:
+        y = y + residual
     return F.relu(y) if relu else y
+
+
+def _masked(grad, y, relu):
+    return grad * (y > 0) if relu else grad
 
 
 def _statistics(x, groups, eps):
@@ -50,21 +56,30 @@ SHAPES = [((2, 64, 9, 13), 32), ((3, 48, 5, 7), 3), ((17, 32, 3, 3), 8), ((2, 8,
           ((4, 16, 1, 1), 4)]
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape,groups", SHAPES)
-def test_cpu_equals_pytorchs_group_norm_and_relu(shape, groups, relu):
+def test_cpu_equals_pytorchs_group_norm_and_relu(shape, groups, relu, residual):
     x = _input(shape, torch.float32, seed=3).requires_grad_(True)
     w, b = (t.requires_grad_(True) for t in _params(shape[1], torch.float32, seed=3))
-    y, mean, rstd = group_norm_nhwc(x, w, b, groups, 1e-5, relu)
-    ref = _reference(x, w, b, groups, 1e-5, relu)
+    inputs = (x, w, b)
+    r = None
+    if residual:                # an NCHW shortcut: made channels-last by the wrapper
+        r = _input(shape, torch.float32, seed=2, shift=-0.5).contiguous().requires_grad_(True)
+        inputs = (x, w, b, r)
+    y, mean, rstd = group_norm_nhwc(x, w, b, groups, 1e-5, relu, r)
+    ref = _reference(x, w, b, groups, 1e-5, relu, r)
     assert _is_nhwc(y) or y[0, 0].numel() == 1
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     m_ref, r_ref = _statistics(x.detach(), groups, 1e-5)
     torch.testing.assert_close(mean.double(), m_ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(rstd.double(), r_ref, rtol=1e-6, atol=1e-6)
     grad = _input(shape, torch.float32, seed=4, shift=0.0, scale=1.0)
-    for a, r in zip(_grads(y, (x, w, b), grad), _grads(ref, (x, w, b), grad)):
-        torch.testing.assert_close(a, r, rtol=1e-5, atol=2e-5)
+    # PyTorch's gradients through the ReLU's mask of our output (an element within rounding of
+    # 0 may fall either side)
+    pre = _reference(x, w, b, groups, 1e-5, False, r)
+    for a, want in zip(_grads(y, inputs, grad), _grads(pre, inputs, _masked(grad, y, relu))):
+        torch.testing.assert_close(a, want, rtol=1e-5, atol=2e-5)
     if relu:
         assert (y >= 0).all() and (y == 0).any() and (y > 0).any()
 
@@ -76,6 +91,9 @@ def test_float64_gradcheck(relu):
     assert torch.autograd.gradcheck(lambda *a: group_norm_nhwc(*a, 4, 1e-5, relu)[0], (x, w, b))
     y = group_norm_nhwc(x, w, b, 4, 1e-5, relu)[0]
     torch.testing.assert_close(y, _reference(x, w, b, 4, 1e-5, relu), rtol=1e-12, atol=1e-12)
+    r = _input((2, 8, 3, 4), torch.float64, seed=6, shift=-1.0).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, r: group_norm_nhwc(x, w, b, 4, 1e-5, relu, r)[0], (x, w, b, r))
 
 
 def test_the_relu_passes_the_gradient_where_the_output_is_positive():
@@ -114,6 +132,9 @@ def test_parameters_without_gradient_and_an_empty_batch():
     (lambda x, w, b: (x, w[:8], b, 4), ValueError, "`weight` must have shape (16,)"),
     (lambda x, w, b: (x, w, b.double(), 4), TypeError, "`bias` must be torch.float32"),
     (lambda x, w, b: (x.long(), w, b, 4), TypeError, "`x` must be float"),
+    (lambda x, w, b: (x, w, b, 4, 1e-5, True, x[:1]), ValueError, "`residual` must have the shape"),
+    (lambda x, w, b: (x, w, b, 4, 1e-5, True, x.double()), TypeError,
+     "`residual` must be torch.float32"),
 ])
 def test_bad_arguments_name_the_argument(bad, error, words):
     x = _input((2, 16, 3, 3), torch.float32, seed=9)
@@ -137,9 +158,12 @@ def test_the_cpp_checks_raise_too():
 def test_opcheck_and_torch_compile():
     x = _input((2, 16, 3, 5), torch.float32, seed=10).requires_grad_(True)
     w, b = (t.requires_grad_(True) for t in _params(16, torch.float32, seed=10))
+    r = _input((2, 16, 3, 5), torch.float32, seed=11).requires_grad_(True)
     for relu in (False, True):
         torch.library.opcheck(torch.ops.pydetectron.group_norm_nhwc.default,
                               (x, w, b, 4, 1e-5, relu))
+        torch.library.opcheck(torch.ops.pydetectron.group_norm_nhwc.default,
+                              (x, w, b, 4, 1e-5, relu, r))
 
     def f(x, w, b):
         return group_norm_nhwc(x, w, b, 4, 1e-5, True)[0].square().sum()
@@ -164,27 +188,36 @@ CUDA_SHAPES = [((2, 64, 400, 608), 32), ((2, 256, 200, 304), 32), ((2, 2048, 25,
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("relu,residual", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("shape,groups", CUDA_SHAPES)
-def test_cuda_equals_pytorchs_group_norm_and_relu(shape, groups, relu):
+def test_cuda_equals_pytorchs_group_norm_and_relu(shape, groups, relu, residual):
     x = _input(shape, torch.float32, seed=11, device="cuda").requires_grad_(True)
     w, b = (t.requires_grad_(True) for t in _params(shape[1], torch.float32, 11, "cuda"))
-    y, mean, rstd = group_norm_nhwc(x, w, b, groups, 1e-5, relu)
+    r = None
+    if residual:
+        r = _input(shape, torch.float32, seed=10, device="cuda", shift=-0.5).requires_grad_(True)
+    y, mean, rstd = group_norm_nhwc(x, w, b, groups, 1e-5, relu, r)
     assert _is_nhwc(y) or y[0, 0].numel() == 1
-    ref = _reference(x, w, b, groups, 1e-5, relu)
+    ref = _reference(x, w, b, groups, 1e-5, relu, r)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-5)
     m_ref, r_ref = _statistics(x.detach(), groups, 1e-5)
     torch.testing.assert_close(mean.double(), m_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(rstd.double(), r_ref, rtol=1e-5, atol=1e-6)
     grad = _input(shape, torch.float32, seed=12, device="cuda", shift=0.0, scale=1.0)
-    got = _grads(y, (x, w, b), grad)
-    want = _grads(ref, (x, w, b), grad)
+    inputs = (x, w, b) if r is None else (x, w, b, r)
+    got = _grads(y, inputs, grad)
+    # PyTorch's gradients through the ReLU's mask of our output (an element within rounding of
+    # 0 may fall either side of it)
+    pre = _reference(x, w, b, groups, 1e-5, False, r)
+    want = _grads(pre, inputs, _masked(grad, y, relu))
     assert _is_nhwc(got[0]) or got[0][0, 0].numel() == 1
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+    if r is not None:
+        assert torch.equal(got[3], want[3])         # relu's own mask of the gradient
     # dweight and dbias are sums over every pixel of every image: compared relative to their
-    # sum of magnitudes
-    for a, r in zip(got[1:], want[1:]):
-        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()) + 1e-5)
+    # largest value
+    for a, m in zip(got[1:3], want[1:3]):
+        torch.testing.assert_close(a, m, rtol=1e-4, atol=1e-4 * float(m.abs().max()) + 1e-5)
 
 
 @pytest.mark.cuda

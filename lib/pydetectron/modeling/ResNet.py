@@ -25,8 +25,8 @@ from torch import nn
 
 from pydetectron.modeling.registry import CONV_BODY, ROI_BOX_HEAD
 from pydetectron.modeling.weight_mapping import blob_mapping, merge_mappings
-from pydetectron.nn.affine import (AffineChannel2d, conv_norm_relu, conv_then_norm,
-                                   freeze_affine_channels)
+from pydetectron.nn.affine import (AffineChannel2d, conv_norm_add_relu, conv_norm_relu,
+                                   conv_then_norm, freeze_affine_channels)
 from pydetectron.nn.group_norm import GroupNorm
 from pydetectron.nn.init import XavierFill
 
@@ -158,9 +158,9 @@ class ResidualBlock(nn.Module):
         # conv_then_norm folds a frozen AffineChannel into its conv (one kernel fewer per conv).
         y = conv_norm_relu(x, self.branch2a, self.branch2a_norm)
         y = conv_norm_relu(y, self.branch2b, self.branch2b_norm)
-        y = conv_then_norm(y, self.branch2c, self.branch2c_norm)
         shortcut = x if self.branch1 is None else conv_then_norm(x, self.branch1, self.branch1_norm)
-        return F.relu(y.add_(shortcut), inplace=True)  # y is a fresh conv output: add in place
+        # relu(branch2c's norm + shortcut), the sum in place on the fresh normalised output
+        return conv_norm_add_relu(y, self.branch2c, self.branch2c_norm, shortcut)
 
     def detectron_weight_mapping(self):
         return blob_mapping(self, self._blobs), []

@@ -116,6 +116,15 @@ def conv_norm_relu(x, conv, norm):
     return F.relu(conv_then_norm(x, conv, norm), inplace=True)
 
 
+def conv_norm_add_relu(x, conv, norm, residual):
+    """``relu(norm(conv(x)) + residual)`` (a residual block's end): ``conv_then_norm``, the sum
+    and the ReLU in place, except that a GroupNorm2d adds and applies its ReLU in its own pass
+    where it can (``GroupNorm2d.forward_add_relu``)."""
+    if isinstance(norm, GroupNorm2d) and not _has_hooks(conv):
+        return norm.forward_add_relu(conv(x), residual)
+    return F.relu(conv_then_norm(x, conv, norm).add_(residual), inplace=True)
+
+
 def _has_hooks(module):
     # A module with forward hooks is called as a module, so that its hooks see its input and
     # output (statistics collection, feature extraction).

@@ -175,26 +175,36 @@ def _fused_nhwc(x):
     return _ext.has_kernel("group_norm_nhwc", x.device)
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, relu=False):
-    """``torch.nn.functional.group_norm`` (then a ReLU with ``relu``), with the GPU statistics
-    of the module docstring for a contiguous float32 CUDA input of few (image, group) rows, and
-    the extension's fused NHWC kernel (``pydetectron.ops.group_norm_nhwc``, the ReLU in the
-    same pass) for a channels-last one; both need a scale and a bias and stay outside autocast
-    (there PyTorch's casts to float32 apply)."""
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, relu=False, residual=None):
+    """``torch.nn.functional.group_norm`` (plus ``residual``, then a ReLU with ``relu``), with
+    the GPU statistics of the module docstring for a contiguous float32 CUDA input of few
+    (image, group) rows, and the extension's fused NHWC kernel
+    (``pydetectron.ops.group_norm_nhwc``: the residual and the ReLU in the same pass) for a
+    channels-last one; both need a scale and a bias and stay outside autocast (there PyTorch's
+    casts to float32 apply)."""
     if _fast_path(x, weight, bias, num_groups):
         y = _GroupNormFunction.apply(x, weight, bias, num_groups, eps)
     elif _nhwc_path(x, weight, bias):
-        if _fused_nhwc(x):
-            return group_norm_nhwc(x, weight, bias, num_groups, eps, relu)[0]
+        if _fused_nhwc(x) and (residual is None or residual.dtype == x.dtype):
+            return group_norm_nhwc(x, weight, bias, num_groups, eps, relu, residual)[0]
         y = _GroupNormNHWCFunction.apply(x, weight, bias, num_groups, eps)
     else:
         y = nn.functional.group_norm(x, num_groups, weight, bias, eps)
+    if residual is not None:
+        y = y.add_(residual)                            # y is this function's own output
     return nn.functional.relu(y, inplace=True) if relu else y
+
+
+def _has_hooks(module):
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
 
 
 class GroupNorm2d(nn.GroupNorm):
     """``torch.nn.GroupNorm`` (same parameters, state and results) whose forward is
-    ``group_norm`` above; ``forward_relu`` is ``relu(forward(x))`` (fused on the NHWC path)."""
+    ``group_norm`` above; ``forward_relu`` is ``relu(forward(x))`` and ``forward_add_relu``
+    ``relu(forward(x) + residual)`` (one pass on the NHWC path)."""
 
     def forward(self, x):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
@@ -202,13 +212,19 @@ class GroupNorm2d(nn.GroupNorm):
         return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def forward_relu(self, x):
-        """``relu(self(x))``: one pass on the NHWC path; the module's hooks, if any, run as
-        for ``self(x)`` (then the ReLU is separate)."""
-        if (x.dim() < 2 or x.shape[1] != self.num_channels or self._forward_hooks
-                or self._forward_pre_hooks or nn.modules.module._global_forward_hooks
-                or nn.modules.module._global_forward_pre_hooks):
+        """``relu(self(x))``; the module's hooks, if any, run as for ``self(x)`` (then the ReLU
+        is separate)."""
+        if x.dim() < 2 or x.shape[1] != self.num_channels or _has_hooks(self):
             return nn.functional.relu(self(x), inplace=True)
         return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, relu=True)
+
+    def forward_add_relu(self, x, residual):
+        """``relu(self(x) + residual)`` (a residual block's end); hooks as ``forward_relu``."""
+        if (x.dim() < 2 or x.shape[1] != self.num_channels or _has_hooks(self)
+                or residual.shape != x.shape):
+            return nn.functional.relu(self(x).add_(residual), inplace=True)
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, relu=True,
+                          residual=residual)
 
 
 def GroupNorm(dim, dim_per_gp=-1, num_groups=32, eps=1e-5):

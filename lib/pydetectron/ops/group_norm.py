@@ -1,11 +1,11 @@
 """GroupNorm of a channels-last map, with an optional ReLU in the same pass (the GroupNorm
 configs' convolutions in NHWC keep their maps NHWC through the normalisation).
 
-``group_norm_nhwc(x, weight, bias, num_groups, eps, relu)`` returns ``(y, mean, rstd)``: ``y``
-equals ``torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)`` (then ``relu``),
-channels-last like ``x``; ``mean`` and ``rstd`` are the per-(image, group) statistics (N, G)
+``group_norm_nhwc(x, weight, bias, num_groups, eps, relu, residual)`` returns ``(y, mean, rstd)``:
+``y`` equals ``torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)`` (plus
+``residual``, a residual block's shortcut, then the ReLU with ``relu``), channels-last like ``x``; ``mean`` and ``rstd`` are the per-(image, group) statistics (N, G)
 (``rstd`` = 1 / sqrt(biased variance + eps)). Gradients flow to ``x``, ``weight`` and ``bias``
-(not twice); with ``relu`` they pass where ``y`` > 0, as ``relu``'s do. float32 and float64;
+and ``residual`` (not twice); with ``relu`` they pass where ``y`` > 0, as ``relu``'s do. float32 and float64;
 C++ loops on the CPU (the reference), three kernels on CUDA (statistics spread over many
 blocks, then one fused pass), and two plus one for the backward.
 """
@@ -17,7 +17,7 @@ from pydetectron.ops._utils import floating
 _OP = "group_norm_nhwc"
 
 
-def _check_arguments(x, weight, bias, num_groups):
+def _check_arguments(x, weight, bias, num_groups, residual):
     floating(x, _OP, "x")
     if x.dim() != 4:
         raise ValueError("%s: `x` must be a 4-D (N, C, H, W) tensor, got shape %s"
@@ -39,22 +39,32 @@ def _check_arguments(x, weight, bias, num_groups):
         if t.dtype != x.dtype or t.device != x.device:
             raise TypeError("%s: `%s` must be %s on %s like `x`, got %s on %s"
                             % (_OP, name, x.dtype, x.device, t.dtype, t.device))
+    if residual is not None:
+        floating(residual, _OP, "residual")
+        if residual.shape != x.shape:
+            raise ValueError("%s: `residual` must have the shape of `x` %s, got %s"
+                             % (_OP, tuple(x.shape), tuple(residual.shape)))
+        if residual.dtype != x.dtype or residual.device != x.device:
+            raise TypeError("%s: `residual` must be %s on %s like `x`, got %s on %s"
+                            % (_OP, x.dtype, x.device, residual.dtype, residual.device))
 
 
-def group_norm_nhwc(x, weight, bias, num_groups, eps=1e-5, relu=False):
-    """GroupNorm (+ ReLU) of a channels-last (N, C, H, W) ``x``: ``(y, mean, rstd)`` (see the
-    module docstring)."""
+def group_norm_nhwc(x, weight, bias, num_groups, eps=1e-5, relu=False, residual=None):
+    """GroupNorm (+ residual, + ReLU) of a channels-last (N, C, H, W) ``x``: ``(y, mean, rstd)``
+    (see the module docstring). A ``residual`` of another layout is made channels-last."""
     _ext.load()
-    _check_arguments(x, weight, bias, num_groups)
+    _check_arguments(x, weight, bias, num_groups, residual)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
     return torch.ops.pydetectron.group_norm_nhwc(x, weight, bias, int(num_groups), float(eps),
-                                                 bool(relu))
+                                                 bool(relu), residual)
 
 
 def _register():
     """Autograd and fake kernels for the C++ ops (called once, when the extension loads)."""
 
     @torch.library.register_fake("pydetectron::group_norm_nhwc")
-    def _group_norm_nhwc_fake(x, weight, bias, num_groups, eps, relu):
+    def _group_norm_nhwc_fake(x, weight, bias, num_groups, eps, relu, residual=None):
         torch._check(x.dim() == 4, lambda: "group_norm_nhwc: `x` must be 4-D (N, C, H, W)")
         stats = x.new_empty((x.size(0), num_groups))
         return (torch.empty_like(x, memory_format=torch.channels_last), stats,
@@ -66,20 +76,28 @@ def _register():
                 torch.empty_like(bias))
 
     def setup_context(ctx, inputs, output):
-        x, weight, bias, num_groups, eps, relu = inputs
-        _, mean, rstd = output
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        x, weight, bias, num_groups, eps, relu, residual = (tuple(inputs) + (None,))[:7]
+        y, mean, rstd = output
+        ctx.residual = residual is not None
+        # with a residual the ReLU's mask is read from the output (the next layer keeps it
+        # anyway); without, the kernel recomputes it from x
+        ctx.save_for_backward(x, weight, bias, mean, rstd, y if ctx.residual else None)
         ctx.mark_non_differentiable(mean, rstd)
         ctx.num_groups = num_groups
         ctx.relu = relu
 
     def backward(ctx, grad, grad_mean, grad_rstd):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+        x, weight, bias, mean, rstd, y = ctx.saved_tensors
+        relu = ctx.relu
+        if ctx.residual and relu:
+            grad = torch.ops.aten.threshold_backward(grad, y, 0)   # relu's own backward
+            relu = False
         dx, dw, db = torch.ops.pydetectron._group_norm_nhwc_backward(
-            grad, x, weight, bias, mean, rstd, ctx.num_groups, ctx.relu)
+            grad, x, weight, bias, mean, rstd, ctx.num_groups, relu)
         needs = ctx.needs_input_grad
+        dres = grad if ctx.residual and needs[6] else None
         return (dx if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
-                None, None, None)
+                None, None, None, dres)
 
     torch.library.register_autograd("pydetectron::group_norm_nhwc", backward,
                                     setup_context=setup_context)

@@ -63,7 +63,7 @@ TORCH_LIBRARY(pydetectron, m) {
         "-> (Tensor, Tensor)");
   // GroupNorm (+ ReLU) of a channels-last map (group_norm.h)
   m.def("group_norm_nhwc(Tensor x, Tensor weight, Tensor bias, int num_groups, float eps, "
-        "bool relu) -> (Tensor, Tensor, Tensor)");
+        "bool relu, Tensor? residual=None) -> (Tensor, Tensor, Tensor)");
   m.def("_group_norm_nhwc_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, "
         "Tensor mean, Tensor rstd, int num_groups, bool relu) -> (Tensor, Tensor, Tensor)");
 }

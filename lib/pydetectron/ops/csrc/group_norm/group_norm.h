@@ -4,15 +4,20 @@
 //   x        (N, C, H, W), channels-last in memory (x.permute(0, 2, 3, 1) contiguous); float32
 //            or float64
 //   weight   (C,), bias (C,): the per-channel scale and shift, x's dtype
-//   output   y (N, C, H, W) channels-last: (x - mean) * rstd * weight + bias, max(., 0) with relu;
+//   residual optional (N, C, H, W) channels-last, x's dtype: added before the ReLU (a residual
+//            block's shortcut)
+//   output   y (N, C, H, W) channels-last: (x - mean) * rstd * weight + bias (+ residual),
+//            max(., 0) with relu;
 //            mean, rstd (N, G) in x's dtype: per (image, group) mean and 1 / sqrt(var + eps),
 //            the biased variance over C/G x H x W (what torch.nn.GroupNorm computes)
 // The backward takes the forward's inputs and statistics and returns (dx channels-last, dweight,
 // dbias); with relu the gradient passes where the forward's output was > 0, that output
-// recomputed from x with the forward's own arithmetic (so the same elements pass).
+// recomputed from x with the forward's own arithmetic (so the same elements pass). With a residual
+// the caller masks the gradient itself (the output, saved, tells where) and passes relu=false.
 #pragma once
 
 #include <cmath>
+#include <optional>
 #include <tuple>
 
 #include "common/common.h"
@@ -21,7 +26,7 @@ namespace pydetectron {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t num_groups,
-    double eps, bool relu);
+    double eps, bool relu, const std::optional<at::Tensor>& residual);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -30,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cpu(
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cuda(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t num_groups,
-    double eps, bool relu);
+    double eps, bool relu, const std::optional<at::Tensor>& residual);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -42,6 +47,9 @@ namespace group_norm {
 // The checks both devices make; returns the number of groups' channels C / G.
 int64_t check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                      int64_t num_groups, const char* op);
+// residual: undefined, or x's shape, dtype, device and channels-last layout
+void check_residual(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                    const char* op);
 void check_statistics(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
                       int64_t num_groups, const char* op);
 

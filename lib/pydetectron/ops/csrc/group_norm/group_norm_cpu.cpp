@@ -36,6 +36,19 @@ int64_t check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Te
   return C / num_groups;
 }
 
+void check_residual(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                    const char* op) {
+  if (!residual.has_value() || !residual->defined()) return;
+  const at::Tensor& r = *residual;
+  PYDET_CHECK(r.sizes() == x.sizes(), op, ": `residual` must have the shape of `x` ", x.sizes(),
+              ", got ", r.sizes());
+  PYDET_CHECK(r.scalar_type() == x.scalar_type() && r.device() == x.device(), op,
+              ": `residual` must be ", x.scalar_type(), " on ", x.device(), ", got ",
+              r.scalar_type(), " on ", r.device());
+  PYDET_CHECK(r.is_contiguous(at::MemoryFormat::ChannelsLast), op,
+              ": `residual` must be channels-last, got strides ", r.strides());
+}
+
 void check_statistics(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
                       int64_t num_groups, const char* op) {
   for (const auto* t : {&mean, &rstd}) {
@@ -55,7 +68,7 @@ namespace {
 // squared deviations: no cancellation).
 template <typename T>
 void gn_forward_kernel(const T* x, const T* weight, const T* bias, int64_t N, int64_t HW, int64_t C,
-                    int64_t G, double eps, bool relu, T* y, T* mean, T* rstd) {
+                    int64_t G, double eps, bool relu, const T* res, T* y, T* mean, T* rstd) {
   const int64_t D = C / G;
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ng = begin; ng < end; ++ng) {
@@ -75,11 +88,13 @@ void gn_forward_kernel(const T* x, const T* weight, const T* bias, int64_t N, in
       mean[ng] = mu;
       rstd[ng] = rs;
       T* yn = y + n * HW * C + g * D;
+      const T* rn = res == nullptr ? nullptr : res + n * HW * C + g * D;
       for (int64_t d = 0; d < D; ++d) {
         T scale, shift;
         group_norm::affine(mu, rs, weight[g * D + d], bias[g * D + d], scale, shift);
         for (int64_t r = 0; r < HW; ++r) {
           T v = group_norm::normalize(xn[r * C + d], scale, shift);
+          if (rn != nullptr) v += rn[r * C + d];
           yn[r * C + d] = relu && !(v > T(0)) ? T(0) : v;
         }
       }
@@ -136,9 +151,10 @@ void gn_backward_kernel(const T* dy, const T* x, const T* weight, const T* bias,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t num_groups,
-    double eps, bool relu) {
+    double eps, bool relu, const std::optional<at::Tensor>& residual) {
   constexpr const char* op = "group_norm_nhwc";
   group_norm::check_inputs(x, weight, bias, num_groups, op);
+  group_norm::check_residual(x, residual, op);
   PYDET_CHECK(x.device().is_cpu(), op, ": the CPU kernel got `x` on ", x.device());
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
@@ -149,6 +165,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_nhwc_forward_cpu", [&] {
     gn_forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
                              b.data_ptr<scalar_t>(), N, HW, C, num_groups, eps, relu,
+                             residual.has_value() && residual->defined()
+                                 ? residual->data_ptr<scalar_t>() : nullptr,
                              y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
                              rstd.data_ptr<scalar_t>());
   });

@@ -4,7 +4,7 @@
 //      (image, chunk, channel);
 //   2. one block per (image, group) combines its chunks and channels -> mean, rstd, and the
 //      per-(image, channel) scale and shift;
-//   3. y = fma(x, scale, shift) (ReLU'd), one elementwise pass.
+//   3. y = fma(x, scale, shift) (+ residual, ReLU'd), one elementwise pass.
 // The backward: the same chunked layout sums dy and dy * x per (image, channel) (dy zeroed where
 // the forward's ReLU was), one block per (image, group) forms PyTorch's GroupNorm backward
 // coefficients, and dx = dy * rstd * w + x * B + C is one more elementwise pass. Every launch is
@@ -164,13 +164,14 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     normalize_kernel(const T* __restrict__ x, const T* __restrict__ scale,
-                     const T* __restrict__ shift, int64_t total, int64_t HWC, int64_t C, bool relu,
-                     T* __restrict__ y) {
+                     const T* __restrict__ shift, const T* __restrict__ res, int64_t total,
+                     int64_t HWC, int64_t C, bool relu, T* __restrict__ y) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += stride) {
     const int64_t nc = (i / HWC) * C + i % C;
-    const T v = group_norm::normalize(x[i], scale[nc], shift[nc]);
+    T v = group_norm::normalize(x[i], scale[nc], shift[nc]);
+    if (res != nullptr) v += res[i];
     y[i] = relu && !(v > T(0)) ? T(0) : v;
   }
 }
@@ -277,9 +278,11 @@ unsigned int elementwise_blocks(int64_t total) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cuda(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t num_groups,
-    double eps, bool relu) {
+    double eps, bool relu, const std::optional<at::Tensor>& residual) {
   constexpr const char* op = "group_norm_nhwc";
   group_norm::check_inputs(x, weight, bias, num_groups, op);
+  group_norm::check_residual(x, residual, op);
+  const bool has_res = residual.has_value() && residual->defined();
   PYDET_CHECK(x.is_cuda(), op, ": the CUDA kernel got `x` on ", x.device());
   c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), G = num_groups;
@@ -308,7 +311,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cuda(
     const int64_t total = x.numel();
     if (total > 0) {
       normalize_kernel<scalar_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
-          x.data_ptr<scalar_t>(), scale, shift, total, HW * C, C, relu, y.data_ptr<scalar_t>());
+          x.data_ptr<scalar_t>(), scale, shift,
+          has_res ? residual->data_ptr<scalar_t>() : nullptr, total, HW * C, C, relu,
+          y.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
