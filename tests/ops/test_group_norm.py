@@ -180,10 +180,11 @@ def test_opcheck_and_torch_compile():
 cuda = pytest.mark.skipif(not cuda_kernels_available(), reason="needs the CUDA build")
 
 # the GroupNorm config's maps at 2 images of 800 x 1216 (stem, res2, res5), the heads' RoIs,
-# odd sizes and channel counts that are no multiple of the 32-channel tiles
+# odd sizes and channel counts that are no multiple of the 32-channel tiles, nor of the 4-wide
+# packs of the elementwise passes (18)
 CUDA_SHAPES = [((2, 64, 400, 608), 32), ((2, 256, 200, 304), 32), ((2, 2048, 25, 38), 32),
                ((1024, 256, 7, 7), 32), ((3, 48, 17, 9), 3), ((5, 40, 1, 1), 8),
-               ((1, 96, 333, 1), 32)]
+               ((1, 96, 333, 1), 32), ((2, 18, 7, 5), 3)]
 
 
 @pytest.mark.cuda
@@ -241,3 +242,26 @@ def test_cuda_relu_mask_float64_and_opcheck():
     yc, mc, rc = group_norm_nhwc(x.detach().cpu(), w.detach().cpu(), b.detach().cpu(), 32,
                                  1e-5, True)
     torch.testing.assert_close(y.detach().cpu(), yc, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_unaligned_tensors_take_the_one_element_path():
+    """Tensors whose data does not start on a 16-byte boundary (a view one element into its
+    storage) are read one element at a time, with the same results."""
+    shape = (2, 32, 9, 11)
+    x = _input(shape, torch.float32, seed=16, device="cuda")
+    w, b = _params(32, torch.float32, 16, "cuda")
+    storage = torch.empty(x.numel() + 1, device="cuda")
+    odd = storage[1:].as_strided(shape, x.stride())
+    odd.copy_(x)
+    assert odd.data_ptr() % 16 != 0 and _is_nhwc(odd)
+    odd.requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    grad = _input(shape, torch.float32, seed=17, device="cuda", shift=0.0, scale=1.0)
+    y_odd = group_norm_nhwc(odd, w, b, 8, 1e-5, True, odd.detach())[0]
+    y = group_norm_nhwc(xr, w, b, 8, 1e-5, True, x)[0]
+    assert torch.equal(y_odd, y)
+    (g_odd,) = torch.autograd.grad(y_odd, odd, grad)
+    (g,) = torch.autograd.grad(y, xr, grad)
+    torch.testing.assert_close(g_odd, g, rtol=1e-6, atol=1e-6)

@@ -13,6 +13,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <type_traits>
 
 #include "common/common.h"
 #include "common/cuda_helpers.cuh"
@@ -161,18 +164,46 @@ __global__ void __launch_bounds__(kThreads)
   group_norm::affine(mean[ng], rstd[ng], weight[c], bias[c], scale[i], shift[i]);
 }
 
-template <typename T>
+// The elementwise passes: grid (blocks, N), each thread V consecutive channels of one pixel
+// at a time (V = 4: one 16-byte load per tensor; C is a multiple of 4 and the pointers aligned),
+// indices within one image in Index (32 bits where an image's H x W x C fits).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> load(const T* p) {
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+
+template <typename T, int V, typename Index>
 __global__ void __launch_bounds__(kThreads)
     normalize_kernel(const T* __restrict__ x, const T* __restrict__ scale,
-                     const T* __restrict__ shift, const T* __restrict__ res, int64_t total,
-                     int64_t HWC, int64_t C, bool relu, T* __restrict__ y) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
-       i += stride) {
-    const int64_t nc = (i / HWC) * C + i % C;
-    T v = group_norm::normalize(x[i], scale[nc], shift[nc]);
-    if (res != nullptr) v += res[i];
-    y[i] = relu && !(v > T(0)) ? T(0) : v;
+                     const T* __restrict__ shift, const T* __restrict__ res, Index HWC, Index C,
+                     bool relu, T* __restrict__ y) {
+  const int64_t n = blockIdx.y;
+  const int64_t base = n * static_cast<int64_t>(HWC);
+  const T* sc = scale + n * static_cast<int64_t>(C);
+  const T* sh = shift + n * static_cast<int64_t>(C);
+  const Index packs = HWC / V, step = gridDim.x * kThreads;
+  for (Index j = blockIdx.x * kThreads + threadIdx.x; j < packs; j += step) {
+    const Index e = j * V, c = e % C;
+    const Pack<T, V> xv = load<T, V>(x + base + e), a = load<T, V>(sc + c),
+                     b = load<T, V>(sh + c);
+    Pack<T, V> out;
+#pragma unroll
+    for (int k = 0; k < V; ++k) out.v[k] = group_norm::normalize(xv.v[k], a.v[k], b.v[k]);
+    if (res != nullptr) {
+      const Pack<T, V> r = load<T, V>(res + base + e);
+#pragma unroll
+      for (int k = 0; k < V; ++k) out.v[k] += r.v[k];
+    }
+    if (relu) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) out.v[k] = out.v[k] > T(0) ? out.v[k] : T(0);
+    }
+    *reinterpret_cast<Pack<T, V>*>(y + base + e) = out;
   }
 }
 
@@ -224,7 +255,8 @@ __global__ void __launch_bounds__(kThreads)
                              const T* __restrict__ weight, const T* __restrict__ mean,
                              const T* __restrict__ rstd, int64_t S, int64_t HW, int64_t C,
                              int64_t G, T* __restrict__ sum_dy, T* __restrict__ sum_dyx,
-                             T* __restrict__ coef_b, T* __restrict__ coef_c) {
+                             T* __restrict__ coef_a, T* __restrict__ coef_b,
+                             T* __restrict__ coef_c) {
   const int64_t ng = blockIdx.x, n = ng / G, g = ng % G, D = C / G;
   T s = T(0), t = T(0);
   for (int64_t d = threadIdx.x; d < D; d += kThreads) {
@@ -242,36 +274,70 @@ __global__ void __launch_bounds__(kThreads)
   s = block_sum(s);
   __syncthreads();
   t = block_sum(t);
+  __shared__ T coefs[2];
+  const T mu = mean[ng], rs = rstd[ng];
   if (threadIdx.x == 0) {
-    const T count = static_cast<T>(HW * D), mu = mean[ng], rs = rstd[ng];
+    const T count = static_cast<T>(HW * D);
     const T cb = (t * mu - s) * rs * rs * rs / count;
-    coef_b[ng] = cb;
-    coef_c[ng] = -cb * mu - t * rs / count;
+    coefs[0] = cb;
+    coefs[1] = -cb * mu - t * rs / count;
+  }
+  __syncthreads();
+  // per (image, channel): dx = g * coef_a + x * coef_b + coef_c
+  for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+    const int64_t c = g * D + d;
+    coef_a[n * C + c] = rs * weight[c];
+    coef_b[n * C + c] = coefs[0];
+    coef_c[n * C + c] = coefs[1];
   }
 }
 
-template <typename T>
+template <typename T, int V, typename Index>
 __global__ void __launch_bounds__(kThreads)
     grad_input_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                       const T* __restrict__ scale, const T* __restrict__ shift,
-                      const T* __restrict__ weight, const T* __restrict__ rstd,
-                      const T* __restrict__ coef_b, const T* __restrict__ coef_c, int64_t total,
-                      int64_t HWC, int64_t C, int64_t D, bool relu, T* __restrict__ dx) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  const int64_t G = C / D;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
-       i += stride) {
-    const int64_t n = i / HWC, c = i % C, ng = n * G + c / D;
-    const T v = x[i];
-    T g = dy[i];
-    if (relu && !(group_norm::normalize(v, scale[n * C + c], shift[n * C + c]) > T(0))) g = T(0);
-    dx[i] = g * (rstd[ng] * weight[c]) + v * coef_b[ng] + coef_c[ng];
+                      const T* __restrict__ coef_a, const T* __restrict__ coef_b,
+                      const T* __restrict__ coef_c, Index HWC, Index C, bool relu,
+                      T* __restrict__ dx) {
+  const int64_t n = blockIdx.y;
+  const int64_t base = n * static_cast<int64_t>(HWC), nc = n * static_cast<int64_t>(C);
+  const Index packs = HWC / V, step = gridDim.x * kThreads;
+  for (Index j = blockIdx.x * kThreads + threadIdx.x; j < packs; j += step) {
+    const Index e = j * V, c = e % C;
+    const Pack<T, V> xv = load<T, V>(x + base + e), a = load<T, V>(coef_a + nc + c),
+                     b = load<T, V>(coef_b + nc + c), cc = load<T, V>(coef_c + nc + c);
+    Pack<T, V> g = load<T, V>(dy + base + e);
+    if (relu) {
+      const Pack<T, V> sc = load<T, V>(scale + nc + c), sh = load<T, V>(shift + nc + c);
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        if (!(group_norm::normalize(xv.v[k], sc.v[k], sh.v[k]) > T(0))) g.v[k] = T(0);
+    }
+    Pack<T, V> out;
+#pragma unroll
+    for (int k = 0; k < V; ++k) out.v[k] = g.v[k] * a.v[k] + xv.v[k] * b.v[k] + cc.v[k];
+    *reinterpret_cast<Pack<T, V>*>(dx + base + e) = out;
   }
 }
 
-unsigned int elementwise_blocks(int64_t total) {
-  return static_cast<unsigned int>(std::max<int64_t>(
-      1, std::min(ceil_div(total, kThreads), kMaxBlocks)));
+// Launches an elementwise pass with 4-wide packs where C and every pointer allow it, and 32-bit
+// indices where one image's H x W x C fits.
+template <typename T, typename Launch>
+void elementwise(int64_t N, int64_t HWC, int64_t C, std::initializer_list<const void*> pointers,
+                 Launch launch) {
+  bool vec = std::is_same<T, float>::value && C % 4 == 0;
+  for (const void* p : pointers)
+    vec = vec && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
+  const int64_t packs = vec ? HWC / 4 : HWC;
+  // enough blocks in all to fill the GPU several times over; each image its own row of blocks
+  const int64_t per_image = std::max<int64_t>(
+      1, std::min(ceil_div(packs, kThreads), ceil_div(kMaxBlocks, std::max<int64_t>(N, 1))));
+  const dim3 grid(static_cast<unsigned int>(per_image), static_cast<unsigned int>(N));
+  const bool narrow = HWC <= std::numeric_limits<int32_t>::max();
+  if (vec && narrow) launch(grid, Pack<T, 4>{}, uint32_t{});
+  else if (vec) launch(grid, Pack<T, 4>{}, int64_t{});
+  else if (narrow) launch(grid, Pack<T, 1>{}, uint32_t{});
+  else launch(grid, Pack<T, 1>{}, int64_t{});
 }
 
 }  // namespace
@@ -308,13 +374,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cuda(
         p_mean, p_m2, p_n, w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), S, C, G, eps,
         mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), scale, shift);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t total = x.numel();
-    if (total > 0) {
-      normalize_kernel<scalar_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
-          x.data_ptr<scalar_t>(), scale, shift,
-          has_res ? residual->data_ptr<scalar_t>() : nullptr, total, HW * C, C, relu,
-          y.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (HW > 0) {
+      const scalar_t* res = has_res ? residual->data_ptr<scalar_t>() : nullptr;
+      scalar_t* out = y.data_ptr<scalar_t>();
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      elementwise<scalar_t>(N, HW * C, C, {xp, res, out}, [&](dim3 grid, auto pack, auto index) {
+        constexpr int V = sizeof(pack) / sizeof(scalar_t);
+        using Index = decltype(index);
+        normalize_kernel<scalar_t, V, Index><<<grid, kThreads, 0, stream>>>(
+            xp, scale, shift, res, static_cast<Index>(HW * C), static_cast<Index>(C), relu, out);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     }
   });
   return {y, mean, rstd};
@@ -337,8 +407,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
   if (N == 0 || C == 0) return {dx, at::zeros({C}, x.options()), at::zeros({C}, x.options())};
   const int64_t S = chunks_per_image(N, HW, C), rows = ceil_div(HW, S);
   // partial sums (2 x N x S x C), scale / shift (2 x N x C), sums (2 x N x C), coefficients
-  // (2 x N x G)
-  auto work = at::empty({2 * N * S * C + 4 * N * C + 2 * N * G}, x.options());
+  // (3 x N x C)
+  auto work = at::empty({2 * N * S * C + 7 * N * C}, x.options());
   const auto w = weight.contiguous(), b = bias.contiguous();
   const auto mu = mean.contiguous(), rs = rstd.contiguous();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -347,7 +417,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
     scalar_t *p_dy = p, *p_dyx = p + N * S * C;
     scalar_t *scale = p + 2 * N * S * C, *shift = scale + N * C;
     scalar_t *sum_dy = shift + N * C, *sum_dyx = sum_dy + N * C;
-    scalar_t *coef_b = sum_dyx + N * C, *coef_c = coef_b + N * G;
+    scalar_t *coef_a = sum_dyx + N * C, *coef_b = coef_a + N * C, *coef_c = coef_b + N * C;
     if (relu) {
       affine_kernel<scalar_t><<<static_cast<unsigned int>(ceil_div(N * C, kThreads)), kThreads,
                                 0, stream>>>(mu.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(),
@@ -363,15 +433,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     grad_coefficients_kernel<scalar_t><<<static_cast<unsigned int>(N * G), kThreads, 0, stream>>>(
         p_dy, p_dyx, w.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(), S,
-        HW, C, G, sum_dy, sum_dyx, coef_b, coef_c);
+        HW, C, G, sum_dy, sum_dyx, coef_a, coef_b, coef_c);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t total = x.numel();
-    if (total > 0) {
-      grad_input_kernel<scalar_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
-          dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale, shift, w.data_ptr<scalar_t>(),
-          rs.data_ptr<scalar_t>(), coef_b, coef_c, total, HW * C, C, D, relu,
-          dx.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (HW > 0) {
+      const scalar_t *dyp = dy.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
+      scalar_t* out = dx.data_ptr<scalar_t>();
+      elementwise<scalar_t>(N, HW * C, C, {dyp, xp, out, scale, coef_a},
+                            [&](dim3 grid, auto pack, auto index) {
+        constexpr int V = sizeof(pack) / sizeof(scalar_t);
+        using Index = decltype(index);
+        grad_input_kernel<scalar_t, V, Index><<<grid, kThreads, 0, stream>>>(
+            dyp, xp, scale, shift, coef_a, coef_b, coef_c, static_cast<Index>(HW * C),
+            static_cast<Index>(C), relu, out);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     }
   });
   // dweight = sum over images of rstd * (sum(dy * x) - mean * sum(dy)); dbias = sum(dy)
