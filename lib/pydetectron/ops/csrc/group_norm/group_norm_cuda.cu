@@ -292,6 +292,25 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// dweight[c] = sum over images of rstd * (sum(dy * x) - mean * sum(dy)); dbias[c] = sum(dy)
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    param_grads_kernel(const T* __restrict__ sum_dy, const T* __restrict__ sum_dyx,
+                       const T* __restrict__ mean, const T* __restrict__ rstd, int64_t N,
+                       int64_t C, int64_t D, T* __restrict__ dweight, T* __restrict__ dbias) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (c >= C) return;
+  const int64_t G = C / D, g = c / D;
+  T dw = T(0), db = T(0);
+  for (int64_t n = 0; n < N; ++n) {
+    const T a = sum_dy[n * C + c];
+    dw += (sum_dyx[n * C + c] - mean[n * G + g] * a) * rstd[n * G + g];
+    db += a;
+  }
+  dweight[c] = dw;
+  dbias[c] = db;
+}
+
 template <typename T, int V, typename Index>
 __global__ void __launch_bounds__(kThreads)
     grad_input_kernel(const T* __restrict__ dy, const T* __restrict__ x,
@@ -411,6 +430,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
   auto work = at::empty({2 * N * S * C + 7 * N * C}, x.options());
   const auto w = weight.contiguous(), b = bias.contiguous();
   const auto mu = mean.contiguous(), rs = rstd.contiguous();
+  auto dweight = at::empty({C}, x.options()), dbias = at::empty({C}, x.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_nhwc_backward_cuda", [&] {
     scalar_t* p = work.data_ptr<scalar_t>();
@@ -435,6 +455,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
         p_dy, p_dyx, w.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(), S,
         HW, C, G, sum_dy, sum_dyx, coef_a, coef_b, coef_c);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    param_grads_kernel<scalar_t><<<static_cast<unsigned int>(ceil_div(C, kThreads)), kThreads, 0,
+                                   stream>>>(sum_dy, sum_dyx, mu.data_ptr<scalar_t>(),
+                                             rs.data_ptr<scalar_t>(), N, C, D,
+                                             dweight.data_ptr<scalar_t>(),
+                                             dbias.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (HW > 0) {
       const scalar_t *dyp = dy.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
       scalar_t* out = dx.data_ptr<scalar_t>();
@@ -449,10 +475,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
       });
     }
   });
-  // dweight = sum over images of rstd * (sum(dy * x) - mean * sum(dy)); dbias = sum(dy)
-  const auto sums = work.narrow(0, 2 * N * S * C + 2 * N * C, 2 * N * C).view({2, N, G, D});
-  auto dweight = ((sums[1] - mu.unsqueeze(2) * sums[0]) * rs.unsqueeze(2)).sum(0).reshape({C});
-  auto dbias = sums[0].sum(0).reshape({C});
   return {dx, dweight, dbias};
 }
 
