@@ -10,8 +10,12 @@ reduction that spreads each group over many thread blocks (``torch.var_mean``), 
 GroupNorm kernel gives each (image, group) one block: 64 blocks for 2 images of 32 groups, which
 left most of an H100 idle (6.5 of GroupNorm's 14.7 ms of a training step's 53.6 ms on the GPU, at
 2 images of 800 x 1333: BENCHMARK.md). The normalisation is one fused multiply-add per element,
-and the backward pass is PyTorch's own GroupNorm backward given those statistics. The CPU, other
-memory formats and double backward keep PyTorch's module.
+and the backward pass is PyTorch's own GroupNorm backward given those statistics. A channels-last
+float32 CUDA input (the GroupNorm configs trained with ``--channels_last``) goes through the
+extension's ``pydetectron.ops.group_norm_nhwc``, which stays channels-last and, called from
+``forward_relu`` / ``forward_add_relu``, applies the following ReLU (and a residual block's sum)
+in the same pass; without the extension's CUDA kernels, ``_GroupNormNHWCFunction`` (torch ops)
+keeps the layout. The CPU, other memory formats and double backward keep PyTorch's module.
 """
 import logging
 
