@@ -32,7 +32,10 @@
 # Before a device call, here: echo /.gpu_data/ >> .git/info/exclude; mkdir -p .gpu_data;
 # cp -r ../shared/data/coco_mini .gpu_data/; then run with carry [".gpu_data", ".whl"].
 # Logs go to $OUT (default /tmp/gpu_check), scratch files to $WORK (default /tmp/gpu_check_work,
-# emptied first). The exit status is the first failing mode's.
+# emptied first). The exit status is the first failing mode's. PACK=FILE.tgz: $OUT packed into
+# that one file after each mode and every 20 s (a device call brings back at most 8 files, and
+# nothing that a command killed at its time limit had not yet written): in a device call,
+# OUT=/tmp/o PACK=$OUT/logs.tgz bash dev/gpu_check.sh ...
 set -uo pipefail
 MODES="build tests ops train perf ab testnet trainnet multi recompiles"
 usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -78,12 +81,26 @@ export ROOT OUT WORK CPU PY DEVICE_FLAG BUILD T0
 
 status=0
 summary=""
+pack() {
+    [ -n "${PACK:-}" ] || return 0
+    local tmp="/tmp/gpu_check_pack_$BASHPID.tgz"
+    tar czf "$tmp" -C "$OUT" . 2>/dev/null && cp "$tmp" "$PACK.part" && mv "$PACK.part" "$PACK"
+    rm -f "$tmp"
+}
+PACKER=
+if [ -n "${PACK:-}" ]; then
+    ( while sleep 20; do pack; done ) > /dev/null 2>&1 &
+    PACKER=$!
+fi
 for m in "$@"; do
     stamp "mode $m"
     ( . "dev/gpu/$m.sh" )
     rc=$?
     summary="$summary $m=$rc"
     [ $rc -ne 0 ] && [ $status -eq 0 ] && status=$rc
+    pack
 done
 stamp "done:$summary"
+if [ -n "$PACKER" ]; then pkill -P "$PACKER" 2> /dev/null; kill "$PACKER" 2> /dev/null; fi
+pack
 exit $status

@@ -299,6 +299,24 @@ def _assert_same_results(got, want, images):
     assert total >= images * 100    # DETECTIONS_PER_IM each, ties at the 100th score kept
 
 
+def _assert_close_results(got, want, images):
+    """Detections of the same model through matrices of other shapes (cuBLAS's GEMMs round
+    otherwise): the same detections, boxes and scores within 1e-5 relative (an H100 measured
+    4.7e-6 at most), each mask's IoU with its counterpart >= 0.99."""
+    from pycocotools import mask as mask_util
+    total = 0
+    for j in range(1, 81):
+        for a, b in zip(got[0][j], want[0][j]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            total += len(a)
+        for a, b in zip(got[1][j], want[1][j]):
+            assert len(a) == len(b)
+            if a:
+                ious = mask_util.iou(list(a), list(b), [0] * len(b)).diagonal()
+                assert (ious >= 0.99).all(), ious.min()
+    assert total >= images * 100
+
+
 def test_front_graphs_are_asked_for_with_the_flag_at_one_image_a_batch(rect_setup, monkeypatch):
     """test_net asks conv_body_graphs for the front's graphs with --front_graphs and one image
     a batch only, and queues fronts ahead exactly when the front is what got routed."""
@@ -445,7 +463,7 @@ def test_front_graphs_give_the_eager_front_detections(coco_mini, tmp_path, monke
     proposals, box head) captured and replayed, each image's front queued on a side stream
     before the previous image's results are made -- the detections and masks of the same front
     run eagerly one image at a time (``padded_test_front``), none of the captures failed; and
-    the eager front's detections are those of the unpadded path."""
+    the eager front's detections are those of the unpadded path, to rounding."""
     made = _record_graphs(monkeypatch)
     try:
         dataset, model = _gpu_mask_rcnn_on_coco_mini(coco_mini)
@@ -463,8 +481,10 @@ def test_front_graphs_give_the_eager_front_detections(coco_mini, tmp_path, monke
         reset_cfg()
     assert len(made) == 2 and all(g.routes == 'test_front' for g in made)
     assert all(g.captures > 0 and g.replays > 0 and not g.failed for g in made)
-    for got in graphed + [unpadded]:
+    for got in graphed:                 # the same kernels on the same shapes: the same bits
         _assert_same_results(got, eager, 20)
+    # the unpadded front runs its box head on the RoIs there are, not the padded count
+    _assert_close_results(unpadded, eager, 20)
 
 
 def test_rpn_proposals_read_ahead_keep_ids_aligned_past_an_unreadable_image(rect_setup):

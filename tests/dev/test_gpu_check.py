@@ -40,3 +40,21 @@ def test_help_lists_the_modes():
     for mode in ('build', 'tests', 'ops', 'train', 'perf', 'ab', 'testnet', 'trainnet', 'multi',
                  'recompiles'):
         assert '\n  %s ' % mode in proc.stdout
+
+
+def test_pack_puts_the_logs_in_one_file(tmp_path):
+    """PACK=FILE.tgz (a device call brings back at most 8 files): after the modes, FILE.tgz
+    holds $OUT's logs, and the script does not wait on its background packer."""
+    import sys
+    import tarfile
+    out, pack = tmp_path / 'out', tmp_path / 'back' / 'logs.tgz'
+    pack.parent.mkdir()
+    env = dict(os.environ, CPU='1', PYTHON=sys.executable, OUT=str(out), PACK=str(pack),
+               WORK=str(tmp_path / 'work'))
+    proc = subprocess.run(['bash', SCRIPT, 'build'], capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with tarfile.open(pack) as tar:
+        names = set(tar.getnames())
+    assert {'./machine.txt', './throw.log'} <= names
+    assert os.listdir(pack.parent) == ['logs.tgz']

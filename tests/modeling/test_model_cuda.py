@@ -85,7 +85,8 @@ def test_cuda_group_norm_body_in_channels_last_is_as_accurate_as_nchw():
         grads = torch.autograd.grad(loss, [p for p in body.parameters() if p.requires_grad])
         results.append((maps, grads))
     maps = results[2][0]
-    assert all(m.is_contiguous(memory_format=torch.channels_last) for m in maps)
+    # (P6 is a strided view of P5: no layout of its own)
+    assert all(m.is_contiguous(memory_format=torch.channels_last) for m in maps[:-1])
     assert 'group_norm_nhwc' in type(maps[0].grad_fn).__name__     # P2's GroupNorm: fused
 
     def errors(k):
