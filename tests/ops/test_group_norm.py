@@ -153,6 +153,8 @@ def test_the_cpp_checks_raise_too():
     y, mean, rstd = torch.ops.pydetectron.group_norm_nhwc(x, w, b, 4, 1e-5, False)
     with pytest.raises(RuntimeError, match="`mean` must have shape"):
         torch.ops.pydetectron._group_norm_nhwc_backward(y, x, w, b, mean[:1], rstd, 4, False)
+    with pytest.raises(RuntimeError, match=r"`grad` must be Float of shape \[2, 16, 3, 3\]"):
+        torch.ops.pydetectron._group_norm_nhwc_backward(y[:1], x, w, b, mean, rstd, 4, False)
 
 
 def test_opcheck_and_torch_compile():

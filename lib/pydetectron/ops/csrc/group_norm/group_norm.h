@@ -50,8 +50,11 @@ int64_t check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Te
 // residual: undefined, or x's shape, dtype, device and channels-last layout
 void check_residual(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                     const char* op);
-void check_statistics(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
-                      int64_t num_groups, const char* op);
+// the backward's: check_inputs', the statistics' shapes and `grad`'s; returns C / G
+int64_t check_backward_inputs(const at::Tensor& grad, const at::Tensor& x,
+                              const at::Tensor& weight, const at::Tensor& bias,
+                              const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups,
+                              const char* op);
 
 // The per-(image, channel) scale and shift of the normalisation, the one formula of every kernel
 // (forward, and the ReLU mask of the backward), so both compute the same bits.

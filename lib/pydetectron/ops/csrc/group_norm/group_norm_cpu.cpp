@@ -49,8 +49,11 @@ void check_residual(const at::Tensor& x, const std::optional<at::Tensor>& residu
               ": `residual` must be channels-last, got strides ", r.strides());
 }
 
-void check_statistics(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
-                      int64_t num_groups, const char* op) {
+int64_t check_backward_inputs(const at::Tensor& grad, const at::Tensor& x,
+                              const at::Tensor& weight, const at::Tensor& bias,
+                              const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups,
+                              const char* op) {
+  const int64_t D = check_inputs(x, weight, bias, num_groups, op);
   for (const auto* t : {&mean, &rstd}) {
     const char* name = t == &mean ? "mean" : "rstd";
     PYDET_CHECK(t->dim() == 2 && t->size(0) == x.size(0) && t->size(1) == num_groups, op, ": `",
@@ -58,6 +61,11 @@ void check_statistics(const at::Tensor& x, const at::Tensor& mean, const at::Ten
     PYDET_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op, ": `",
                 name, "` must be ", x.scalar_type(), " on ", x.device());
   }
+  PYDET_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() &&
+                  grad.device() == x.device(),
+              op, ": `grad` must be ", x.scalar_type(), " of shape ", x.sizes(), " on ",
+              x.device(), ", got ", grad.scalar_type(), " ", grad.sizes(), " on ", grad.device());
+  return D;
 }
 
 }  // namespace group_norm
@@ -177,12 +185,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups, bool relu) {
   constexpr const char* op = "_group_norm_nhwc_backward";
-  const int64_t D = group_norm::check_inputs(x, weight, bias, num_groups, op);
-  group_norm::check_statistics(x, mean, rstd, num_groups, op);
+  const int64_t D =
+      group_norm::check_backward_inputs(grad, x, weight, bias, mean, rstd, num_groups, op);
   PYDET_CHECK(x.device().is_cpu(), op, ": the CPU kernel got `x` on ", x.device());
-  PYDET_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
-              ": `grad` must be ", x.scalar_type(), " of shape ", x.sizes(), ", got ",
-              grad.scalar_type(), " ", grad.sizes());
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const auto dy = grad.contiguous(at::MemoryFormat::ChannelsLast);
   auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);

@@ -413,12 +413,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups, bool relu) {
   constexpr const char* op = "_group_norm_nhwc_backward";
-  const int64_t D = group_norm::check_inputs(x, weight, bias, num_groups, op);
-  group_norm::check_statistics(x, mean, rstd, num_groups, op);
+  const int64_t D =
+      group_norm::check_backward_inputs(grad, x, weight, bias, mean, rstd, num_groups, op);
   PYDET_CHECK(x.is_cuda(), op, ": the CUDA kernel got `x` on ", x.device());
-  PYDET_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
-              ": `grad` must be ", x.scalar_type(), " of shape ", x.sizes(), ", got ",
-              grad.scalar_type(), " ", grad.sizes());
   c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), G = num_groups;
   const auto dy = grad.contiguous(at::MemoryFormat::ChannelsLast);
