@@ -75,8 +75,9 @@ namespace {
 // x as (N, HW, C) rows; statistics in double, per (image, group), two passes (mean, then the
 // squared deviations: no cancellation).
 template <typename T>
-void gn_forward_kernel(const T* x, const T* weight, const T* bias, int64_t N, int64_t HW, int64_t C,
-                    int64_t G, double eps, bool relu, const T* res, T* y, T* mean, T* rstd) {
+void gn_forward_kernel(const T* x, const T* weight, const T* bias, int64_t N, int64_t HW,
+                       int64_t C, int64_t G, double eps, bool relu, const T* res, T* y, T* mean,
+                       T* rstd) {
   const int64_t D = C / G;
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ng = begin; ng < end; ++ng) {
@@ -112,8 +113,8 @@ void gn_forward_kernel(const T* x, const T* weight, const T* bias, int64_t N, in
 
 template <typename T>
 void gn_backward_kernel(const T* dy, const T* x, const T* weight, const T* bias, const T* mean,
-                     const T* rstd, int64_t N, int64_t HW, int64_t C, int64_t G, bool relu,
-                     T* dx, double* sum_dy, double* sum_dyx) {
+                        const T* rstd, int64_t N, int64_t HW, int64_t C, int64_t G, bool relu,
+                        T* dx, double* sum_dy, double* sum_dyx) {
   const int64_t D = C / G;
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scale(D), shift(D);
@@ -139,7 +140,6 @@ void gn_backward_kernel(const T* dy, const T* x, const T* weight, const T* bias,
         t += a * weight[c0 + d];
         s += b * weight[c0 + d];
       }
-      if (dx == nullptr) continue;
       const double count = static_cast<double>(HW * D), mu = mean[ng], rs = rstd[ng];
       const double cb = (t * mu - s) * rs * rs * rs / count;
       const double cc = -cb * mu - t * rs / count;
@@ -172,11 +172,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cpu(
   const auto w = weight.contiguous(), b = bias.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_nhwc_forward_cpu", [&] {
     gn_forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                             b.data_ptr<scalar_t>(), N, HW, C, num_groups, eps, relu,
-                             residual.has_value() && residual->defined()
-                                 ? residual->data_ptr<scalar_t>() : nullptr,
-                             y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
-                             rstd.data_ptr<scalar_t>());
+                                b.data_ptr<scalar_t>(), N, HW, C, num_groups, eps, relu,
+                                residual.has_value() && residual->defined()
+                                    ? residual->data_ptr<scalar_t>() : nullptr,
+                                y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
+                                rstd.data_ptr<scalar_t>());
   });
   return {y, mean, rstd};
 }
@@ -200,9 +200,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cpu(
     const scalar_t* r = rs.data_ptr<scalar_t>();
     if (x.numel() > 0)
       gn_backward_kernel<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), m, r, N, HW, C,
-                                num_groups, relu, dx.data_ptr<scalar_t>(), sum_dy.data(),
-                                sum_dyx.data());
+                                   w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), m, r, N, HW,
+                                   C, num_groups, relu, dx.data_ptr<scalar_t>(), sum_dy.data(),
+                                   sum_dyx.data());
     // dweight = sum over images of rstd * (sum(dy * x) - mean * sum(dy)); dbias = sum(dy)
     for (int64_t c = 0; c < C; ++c) {
       double dw = 0, db = 0;
