@@ -110,8 +110,9 @@ def conv_then_norm(x, conv, norm):
 
 def conv_norm_relu(x, conv, norm):
     """``relu(norm(conv(x)))`` (in place): ``conv_then_norm`` then a ReLU, except that a
-    GroupNorm2d applies its ReLU in its own pass where it can (``GroupNorm2d.forward_relu``)."""
-    if isinstance(norm, GroupNorm2d) and not _has_hooks(conv):
+    GroupNorm2d applies its ReLU in its own pass where it can (``GroupNorm2d.forward_relu``;
+    the conv runs as a module either way, its hooks included)."""
+    if isinstance(norm, GroupNorm2d):
         return norm.forward_relu(conv(x))
     return F.relu(conv_then_norm(x, conv, norm), inplace=True)
 
@@ -120,7 +121,7 @@ def conv_norm_add_relu(x, conv, norm, residual):
     """``relu(norm(conv(x)) + residual)`` (a residual block's end): ``conv_then_norm``, the sum
     and the ReLU in place, except that a GroupNorm2d adds and applies its ReLU in its own pass
     where it can (``GroupNorm2d.forward_add_relu``)."""
-    if isinstance(norm, GroupNorm2d) and not _has_hooks(conv):
+    if isinstance(norm, GroupNorm2d):
         return norm.forward_add_relu(conv(x), residual)
     return F.relu(conv_then_norm(x, conv, norm).add_(residual), inplace=True)
 
