@@ -1,13 +1,15 @@
-"""GroupNorm of a channels-last map, with an optional ReLU in the same pass (the GroupNorm
-configs' convolutions in NHWC keep their maps NHWC through the normalisation).
+"""GroupNorm of a channels-last map, with an optional residual sum and ReLU in the same pass
+(the GroupNorm configs' convolutions in NHWC keep their maps NHWC through the normalisation).
 
-``group_norm_nhwc(x, weight, bias, num_groups, eps, relu, residual)`` returns ``(y, mean, rstd)``:
-``y`` equals ``torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)`` (plus
-``residual``, a residual block's shortcut, then the ReLU with ``relu``), channels-last like ``x``; ``mean`` and ``rstd`` are the per-(image, group) statistics (N, G)
-(``rstd`` = 1 / sqrt(biased variance + eps)). Gradients flow to ``x``, ``weight`` and ``bias``
-and ``residual`` (not twice); with ``relu`` they pass where ``y`` > 0, as ``relu``'s do. float32 and float64;
-C++ loops on the CPU (the reference), three kernels on CUDA (statistics spread over many
-blocks, then one fused pass), and two plus one for the backward.
+``group_norm_nhwc(x, weight, bias, num_groups, eps, relu, residual)`` returns
+``(y, mean, rstd)``: ``y`` equals ``torch.nn.functional.group_norm(x, num_groups, weight, bias,
+eps)`` (plus ``residual``, a residual block's shortcut, then the ReLU with ``relu``),
+channels-last like ``x``; ``mean`` and ``rstd`` are the per-(image, group) statistics (N, G)
+(``rstd`` = 1 / sqrt(biased variance + eps)). Gradients flow to ``x``, ``weight``, ``bias`` and
+``residual`` (not twice); with ``relu`` they pass where ``y`` > 0, as ``relu``'s do. float32 and
+float64; C++ loops on the CPU (the reference); on CUDA the statistics spread over many blocks,
+then one fused elementwise pass, and for the backward the per-channel sums, then one elementwise
+pass (``csrc/group_norm/group_norm_cuda.cu``).
 """
 import torch
 
