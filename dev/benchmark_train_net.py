@@ -35,9 +35,16 @@ bf16: ``--amp`` runs ours with ``--amp`` (bfloat16 autocast in the forward pass)
 torchvision loop with its forward and losses under ``torch.autocast(dtype=torch.bfloat16)``
 (``--extra=--amp`` does the same). GroupNorm: ``--cfg
 configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml`` (GroupNorm body, FPN and heads,
-FREEZE_AT 0, trained from scratch). torchvision ships no GroupNorm Mask R-CNN, so that config is
-paired with the same frozen-BN torchvision loop: the ratio says what the GroupNorm model costs
-against torchvision's standard one, not a like-for-like GroupNorm comparison.
+FREEZE_AT 0, trained from scratch). torchvision ships no GroupNorm Mask R-CNN, but its parts take
+a norm layer: ``--tv-model gn`` (the default where ``--cfg``'s body uses GroupNorm,
+``--tv-model auto``) builds the same model from them -- ResNet-50 with ``nn.GroupNorm(32, C)``
+(eps 1e-5) in place of every BatchNorm, all five stages trained (FREEZE_AT 0), the FPN's lateral and
+output convolutions with GroupNorm (FPN.USE_GN), the box head as 4 x (3x3 conv, 256, GroupNorm,
+ReLU) + one fc of 1024 (``roi_Xconv1fc_gn_head``), the mask head as 4 x (3x3 conv, 256, GroupNorm,
+ReLU) before the 2x deconvolution (``mask_rcnn_fcn_head_v1up4convs_gn``) -- so the ratio is like
+for like. ``--tv-model frozen_bn`` pairs any config with torchvision's standard frozen-BN model
+instead (what the GroupNorm figures were paired with before: what the GroupNorm model costs
+against torchvision's standard one).
 
     python dev/benchmark_train_net.py --bs 2 --rounds 2 --json train_net.json
     python dev/benchmark_train_net.py --bs 8 --amp --steps 64 --short 16   # both in bf16
@@ -91,6 +98,10 @@ def parse_args(argv=None):
                    help="ours from another copy of the project (a folder with its tools/ and "
                         "lib/, its pydetectron._C built or copied in): an A/B of two commits "
                         "on one machine")
+    p.add_argument('--tv-model', default='auto', choices=('auto', 'frozen_bn', 'gn'),
+                   help="torchvision's model: 'frozen_bn' (its standard Mask R-CNN), 'gn' (the "
+                        "GroupNorm Mask R-CNN of Detectron's GN configs, built from torchvision's "
+                        "parts), 'auto' (default): 'gn' where --cfg's body uses GroupNorm")
     p.add_argument('--scale', type=int, default=800)
     p.add_argument('--max-size', type=int, default=1333)
     p.add_argument('--device', default='cuda')
@@ -126,6 +137,35 @@ def config_batch(cfg_path):
     with open(cfg_path) as f:
         doc = yaml.safe_load(f) or {}
     return int(doc.get('NUM_GPUS', 1)) * int((doc.get('TRAIN') or {}).get('IMS_PER_BATCH', 2))
+
+
+def config_body(cfg_path):
+    """What the torchvision model copies of the config's conv body: ``(group_norm, freeze_at)``
+    -- whether it normalises with GroupNorm (RESNETS.USE_GN, or a ``gn`` transformation or stem
+    function, as Detectron's GN configs name them) and RESNETS' FREEZE_AT (the stages with no
+    gradient), read as the tools read a config (pydetectron's merge, Detectron.pytorch's YAML
+    quirks included)."""
+    sys.path.insert(0, os.path.join(ROOT, 'lib'))
+    from pydetectron.core import config as core_config
+    core_config.reset_cfg()
+    try:
+        core_config.merge_cfg_from_file(cfg_path)
+        resnets = core_config.cfg.RESNETS
+        group_norm = bool(resnets.USE_GN) or any(
+            '_gn' in f for f in (resnets.TRANS_FUNC, resnets.STEM_FUNC))
+        # TRAIN.FREEZE_AT (Detectron's name) or RESNETS.FREEZE_AT (Detectron.pytorch's), the
+        # one set away from the default, as assert_and_infer_cfg reconciles them
+        train = core_config.cfg.TRAIN.FREEZE_AT
+        return group_norm, int(train if train != 2 else resnets.FREEZE_AT)
+    finally:
+        core_config.reset_cfg()
+
+
+def tv_model_for(choice, cfg_path):
+    """--tv-model's value with 'auto' resolved against the config."""
+    if choice != 'auto':
+        return choice
+    return 'gn' if config_body(cfg_path)[0] else 'frozen_bn'
 
 
 def max_iters(steps, short, bs, cfg_batch):
@@ -224,21 +264,48 @@ def parse_console(text):
             float(losses[-1]) if losses else None)
 
 
+def torchvision_mask_rcnn(tv_model, scale, max_size, num_classes=91, freeze_at=0):
+    """torchvision's Mask R-CNN R-50-FPN, random weights: 'frozen_bn' is its standard model
+    (FrozenBatchNorm2d, conv1 + layer1 frozen: Detectron's FREEZE_AT 2); 'gn' is Detectron's
+    GroupNorm Mask R-CNN (the module docstring) built from torchvision's parts, the stem and
+    the first ``freeze_at - 1`` stages without gradients (Detectron's RESNETS.FREEZE_AT: 0 for
+    the scratch config, 2 for those started from ImageNet weights)."""
+    import functools
+    from torch import nn
+    from torchvision.models import resnet50
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+    from torchvision.ops import misc as misc_nn_ops
+    if tv_model == 'frozen_bn':
+        body = resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+        return MaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=num_classes,
+                        min_size=scale, max_size=max_size)
+    if tv_model != 'gn':
+        raise ValueError('tv_model: frozen_bn or gn, got %r' % (tv_model,))
+    gn = functools.partial(nn.GroupNorm, 32, eps=1e-5)       # gn(C): 32 groups of C / 32
+    body = resnet50(weights=None, norm_layer=gn)
+    backbone = _resnet_fpn_extractor(body, 5 - freeze_at, norm_layer=gn)
+    box_head = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256] * 4, [1024],
+                                  norm_layer=gn)
+    mask_head = MaskRCNNHeads(backbone.out_channels, [256] * 4, 1, norm_layer=gn)
+    return MaskRCNN(backbone, num_classes=num_classes, min_size=scale, max_size=max_size,
+                    box_head=box_head, mask_head=mask_head)
+
+
 class TorchvisionTraining:
     def __init__(self, args):
         import torch
-        from torchvision.models import resnet50
-        from torchvision.models.detection import MaskRCNN
-        from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-        from torchvision.ops import misc as misc_nn_ops
         self.args = args
         self.device = torch.device(args.device)
         self.amp = args.amp
+        cfg_path = os.path.join(ROOT, args.cfg)
+        self.tv_model = tv_model_for(args.tv_model, cfg_path)
         self.dataset = _CocoMasks(args.data)
         torch.manual_seed(0)
-        body = resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
-        model = MaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=args.scale,
-                         max_size=args.max_size)
+        model = torchvision_mask_rcnn(self.tv_model, args.scale, args.max_size,
+                                      freeze_at=config_body(cfg_path)[1])
         self.model = model.to(self.device).train()
         self._frozen_bn_from_data()
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -263,6 +330,8 @@ class TorchvisionTraining:
         from torchvision.ops.misc import FrozenBatchNorm2d
         body = self.model.backbone.body
         frozen = [m for m in body.modules() if isinstance(m, FrozenBatchNorm2d)]
+        if not frozen:
+            return
         hooks = []
 
         def set_stats(module, inputs):
@@ -424,7 +493,8 @@ def main(argv=None):
               % (mi_short, mi_long, steps_run(mi_short, args.bs, cfg_batch),
                  steps_run(mi_long, args.bs, cfg_batch), args.bs, cfg_batch), flush=True)
     tv = TorchvisionTraining(args) if 'torchvision' in impls else None
-    tv_label = 'torchvision' + (' bf16' if args.amp else '')
+    tv_label = 'torchvision' + (' GN' if tv is not None and tv.tv_model == 'gn' else '') + (
+        ' bf16' if args.amp else '')
     records = []
     work = tempfile.mkdtemp(prefix='bench_train_net_')
     for r in range(args.rounds):
@@ -450,7 +520,8 @@ def main(argv=None):
             print(json.dumps(rec), flush=True)
         if tv is not None:
             per_step, median, mem = tv.run(args.steps, args.warmup)
-            rec = {'impl': tv_label, 'round': r, 'bs': args.bs, 'amp': args.amp,
+            rec = {'impl': tv_label, 'tv_model': tv.tv_model, 'round': r, 'bs': args.bs,
+                   'amp': args.amp,
                    'seconds_per_step': per_step, 'images_per_s': args.bs / per_step,
                    'median_seconds_per_step': median, 'peak_gpu_mib': mem,
                    'steps': args.steps, 'warmup': args.warmup, 'last_loss': tv.last_loss}

@@ -3,6 +3,7 @@ arithmetic (train_net_step.py's --bs schedule scaling, the time per step from tw
 command line it gives train_net_step.py, and the entries dev/gpu/trainnet.sh hands it on the GPU
 machine (a wrong flag there would cost the device call)."""
 import os
+import re
 import subprocess
 import sys
 import types
@@ -237,3 +238,95 @@ def test_coco_masks_flipped_copies():
     cols = np.nonzero(m[0].any(axis=0))[0]
     fcols = np.nonzero(fm[0].any(axis=0))[0]
     assert (fcols.min(), fcols.max()) == (width - 1 - cols.max(), width - 1 - cols.min())
+
+
+def _shared_configs(*folders):
+    for folder in folders:
+        base = os.path.join(ROOT, '..', 'shared', 'data', folder)
+        for dirpath, _, files in os.walk(base):
+            for name in sorted(files):
+                if name.endswith('.yaml'):
+                    yield os.path.relpath(os.path.join(dirpath, name), base)
+
+
+@pytest.mark.parametrize('folder', ['detectron_configs', 'detectron_pytorch_configs'])
+def test_config_body_reads_the_users_configs(folder):
+    """Detectron's and Detectron.pytorch's own configs: GroupNorm bodies are those of their GN
+    baselines and no other; FREEZE_AT is 0 where the file says so (Detectron's scratch
+    configs; Detectron.pytorch's leave it at the default), 2 elsewhere."""
+    names = list(_shared_configs(folder))
+    assert len(names) > 30
+    zero = 0
+    for name in names:
+        path = os.path.join(ROOT, '..', 'shared', 'data', folder, name)
+        group_norm, freeze_at = btn.config_body(path)
+        assert group_norm == ('gn_baselines' in name), name
+        with open(path) as f:
+            says_zero = re.search(r'^\s*FREEZE_AT:\s*0\b', f.read(), re.M) is not None
+        assert freeze_at == (0 if says_zero else 2), name
+        zero += says_zero
+    assert zero == (2 if folder == 'detectron_configs' else 0)
+    assert btn.tv_model_for('auto', os.path.join(ROOT, GN_CFG)) == 'gn'
+    assert btn.tv_model_for('auto', os.path.join(ROOT, btn.CONFIG)) == 'frozen_bn'
+    assert btn.tv_model_for('frozen_bn', os.path.join(ROOT, GN_CFG)) == 'frozen_bn'
+
+
+def test_parse_args_tv_model(capsys):
+    assert btn.parse_args([]).tv_model == 'auto'
+    assert btn.parse_args(['--tv-model', 'gn']).tv_model == 'gn'
+    with pytest.raises(SystemExit) as e:
+        btn.parse_args(['--tv-model', 'bn'])
+    assert e.value.code == 2
+    assert "--tv-model: invalid choice: 'bn'" in capsys.readouterr().err
+
+
+def _torchvision():
+    """torchvision, or a skip (not installed beside a CPU torch); PYDETECTRON_TV_SHIM=1 lets a
+    torchvision wheel built for another torch import here (dev/tv_cpu_shim.py)."""
+    btn._tv_cpu_shim()
+    try:
+        import torchvision  # noqa: F401
+    except Exception as e:      # not installed, or its compiled ops do not match this torch
+        pytest.skip('torchvision cannot be imported here: %s' % e)
+
+
+def _ours(config):
+    from pydetectron.core.config import (assert_and_infer_cfg, merge_cfg_from_file,
+                                         merge_cfg_from_list, reset_cfg)
+    from pydetectron.modeling.model_builder import Generalized_RCNN
+    reset_cfg()
+    try:
+        merge_cfg_from_file(os.path.join(ROOT, config))
+        merge_cfg_from_list(['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False])
+        assert_and_infer_cfg()
+        return Generalized_RCNN()
+    finally:
+        reset_cfg()
+
+
+@pytest.mark.parametrize('config', [GN_CFG, 'configs/gn_baselines/e2e_mask_rcnn_R-50-FPN_2x_gn.yaml'])
+def test_torchvision_group_norm_model_is_ours_layer_for_layer(config):
+    """--tv-model gn: torchvision's parts put together as Detectron's GroupNorm Mask R-CNN have
+    ours' parameters exactly -- every tensor's shape, the trained ones (FREEZE_AT 0 and 2), and
+    every GroupNorm's channels, groups and epsilon -- at ours' 81 classes."""
+    _torchvision()
+    from torch import nn
+    group_norm, freeze_at = btn.config_body(os.path.join(ROOT, config))
+    assert group_norm
+    ours = _ours(config)
+    tv = btn.torchvision_mask_rcnn('gn', 800, 1333, num_classes=81, freeze_at=freeze_at)
+
+    def summary(model):
+        shapes = sorted(tuple(p.shape) for p in model.parameters())
+        trained = sorted(tuple(p.shape) for p in model.parameters() if p.requires_grad)
+        norms = sorted((m.num_channels, m.num_groups, m.eps) for m in model.modules()
+                       if isinstance(m, nn.GroupNorm))
+        others = [type(m).__name__ for m in model.modules()
+                  if isinstance(m, nn.modules.batchnorm._NormBase)]
+        return shapes, trained, norms, others
+
+    s_ours, s_tv = summary(ours), summary(tv)
+    assert len(s_ours[2]) == 69                  # stem + 52 in the blocks + 8 FPN + 4 + 4 heads
+    assert s_tv == s_ours
+    assert len(s_tv[1]) < len(s_tv[0]) if freeze_at else len(s_tv[1]) == len(s_tv[0])
+
