@@ -93,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument('--extra', action='append', default=[],
                    help='more train_net_step.py arguments for ours (repeatable: '
                    '--extra=--cuda_graphs --extra=--shape_buckets=160)')
+    p.add_argument('--env', action='append', default=[], metavar='KEY=VALUE',
+                   help="an environment variable for ours' train_net_step.py runs only "
+                        '(repeatable), e.g. --env PYDETECTRON_FUSED_GROUP_NORM=1')
     p.add_argument('--label', default=None, help='name of ours in the report')
     p.add_argument('--tree', default=None,
                    help="ours from another copy of the project (a folder with its tools/ and "
@@ -117,6 +120,9 @@ def parse_args(argv=None):
         p.error('--tree %s: no tools/train_net_step.py there' % args.tree)
     if args.short >= args.steps:
         p.error('--short (%d) must be below --steps (%d)' % (args.short, args.steps))
+    for item in args.env:
+        if '=' not in item or not item.split('=', 1)[0]:
+            p.error('--env: KEY=VALUE, got %r' % item)
     impls = args.impl.split(',')
     if not impls or any(i not in ('ours', 'torchvision') for i in impls):
         p.error("--impl: a comma-separated list of 'ours' and 'torchvision', got %r"
@@ -216,6 +222,7 @@ def run_ours(args, max_iter, out_dir):
         cmd.append('--no_cuda')
     cmd += args.extra_args
     env = dict(os.environ, PYTHONUNBUFFERED='1')
+    env.update(item.split('=', 1) for item in args.env)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
@@ -485,7 +492,7 @@ def main(argv=None):
     args.data = args.data or default_data()
     _tv_cpu_shim()
     impls = args.impl.split(',')
-    label = args.label or ' '.join(['ours'] + args.extra_args)
+    label = args.label or ' '.join(['ours'] + args.env + args.extra_args)
     cfg_batch = config_batch(os.path.join(ROOT, args.cfg))
     mi_short, mi_long = max_iters(args.steps, args.short, args.bs, cfg_batch)
     if 'ours' in impls:

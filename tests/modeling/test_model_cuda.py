@@ -87,7 +87,7 @@ def test_cuda_group_norm_body_in_channels_last_is_as_accurate_as_nchw():
     maps = results[2][0]
     # (P6 is a strided view of P5: no layout of its own)
     assert all(m.is_contiguous(memory_format=torch.channels_last) for m in maps[:-1])
-    assert 'group_norm_nhwc' in type(maps[0].grad_fn).__name__     # P2's GroupNorm: fused
+    assert 'group_norm_fused' in type(maps[0].grad_fn).__name__     # P2's GroupNorm: fused
 
     def errors(k):
         """Largest map error, largest and mean gradient error, each relative to the float64

@@ -330,8 +330,8 @@ def test_cuda_channels_last_group_norm_equals_pytorchs(shape):
     x = (torch.randn(shape, device='cuda') * 2 + 0.5).to(memory_format=torch.channels_last)
     x.requires_grad_()
     y = gn(x)
-    # the extension's fused kernel (pydetectron.ops.group_norm_nhwc)
-    assert 'group_norm_nhwc' in type(y.grad_fn).__name__
+    # the extension's fused kernel (pydetectron.ops.group_norm_fused)
+    assert 'group_norm_fused' in type(y.grad_fn).__name__
     assert y.is_contiguous(memory_format=torch.channels_last)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, (x, gn.weight, gn.bias), g)
@@ -339,11 +339,41 @@ def test_cuda_channels_last_group_norm_equals_pytorchs(shape):
     _assert_float64_group_norm(gn, x, y, g, grads)
     # with its ReLU in the same pass: the gradient passes where the output is positive
     y = gn.forward_relu(x)
-    assert 'group_norm_nhwc' in type(y.grad_fn).__name__
+    assert 'group_norm_fused' in type(y.grad_fn).__name__
     grads = torch.autograd.grad(y, (x, gn.weight, gn.bias), g)
     plain = gn(x)
     assert torch.equal(y, plain.clamp_min(0))
     _assert_float64_group_norm(gn, x, plain, g * (plain > 0), grads)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_cuda_fused_nchw_group_norm_equals_pytorchs(monkeypatch):
+    """FUSED_NCHW on the GPU (a res2 map of 2 images): the extension's kernel, NCHW in and out,
+    with its ReLU and a residual block's sum, against PyTorch's GroupNorm in float64."""
+    from pydetectron.nn import group_norm as gn_module
+    monkeypatch.setattr(gn_module, 'FUSED_NCHW', True)
+    torch.manual_seed(0)
+    gn = GroupNorm(256, -1, 32, 1e-5).cuda()
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(2, 256, 100, 168, device='cuda') * 2 + 0.5).requires_grad_()
+    g = torch.randn_like(x)
+    y = gn(x)
+    assert 'group_norm_fused' in type(y.grad_fn).__name__ and y.is_contiguous()
+    grads = torch.autograd.grad(y, (x, gn.weight, gn.bias), g)
+    assert grads[0].is_contiguous()
+    _assert_float64_group_norm(gn, x, y, g, grads)
+    r = torch.randn_like(x).requires_grad_()
+    y = gn.forward_add_relu(x, r)
+    assert 'group_norm_fused' in type(y.grad_fn).__name__
+    plain = gn(x)
+    assert torch.equal(y, (plain + r).clamp_min(0))
+    grads = torch.autograd.grad(y, (x, gn.weight, gn.bias, r), g)
+    mask = (y > 0).to(g.dtype)
+    assert torch.equal(grads[3], g * mask)
+    _assert_float64_group_norm(gn, x, plain, g * mask, grads[:3])
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
@@ -384,7 +414,7 @@ def test_group_norm_forward_relu_equals_relu_of_forward(channels_last, monkeypat
 
 def test_group_norm_fuses_the_relu_on_the_channels_last_cuda_path(monkeypatch):
     """On the NHWC path with the extension's kernel, ``group_norm(..., relu=True)`` is one call
-    of ``group_norm_nhwc`` with ``relu=True`` (no separate ReLU); without the kernel, the torch
+    of ``group_norm_fused`` with ``relu=True`` (no separate ReLU); without the kernel, the torch
     function then a ReLU."""
     from pydetectron.nn import group_norm as gn_module
     gn = GroupNorm(16, -1, 4, 1e-5)
@@ -400,8 +430,8 @@ def test_group_norm_fuses_the_relu_on_the_channels_last_cuda_path(monkeypatch):
         return (y.clamp_min(0) if relu else y), None, None
 
     monkeypatch.setattr(gn_module, '_nhwc_path', lambda x, w, b: True)
-    monkeypatch.setattr(gn_module, 'group_norm_nhwc', fake_op)
-    monkeypatch.setattr(gn_module, '_fused_nhwc', lambda x: True)
+    monkeypatch.setattr(gn_module, 'group_norm_fused', fake_op)
+    monkeypatch.setattr(gn_module, '_fused_kernel', lambda x: True)
     y = gn.forward_relu(x)
     assert calls == [(4, 1e-5, True)] and (y >= 0).all()
     gn(x)
@@ -410,10 +440,46 @@ def test_group_norm_fuses_the_relu_on_the_channels_last_cuda_path(monkeypatch):
     gn.forward_add_relu(x, r)
     assert calls[-1][:3] == (4, 1e-5, True) and calls[-1][3] is r
     calls.clear()
-    monkeypatch.setattr(gn_module, '_fused_nhwc', lambda x: False)
+    monkeypatch.setattr(gn_module, '_fused_kernel', lambda x: False)
     y = gn.forward_relu(x)
     assert calls == []
     # the torch ops' NHWC function, then an in-place ReLU
     assert 'NHWC' in type(y.grad_fn.next_functions[0][0]).__name__
     torch.testing.assert_close(y, F.relu(F.group_norm(x, 4, gn.weight, gn.bias, 1e-5)),
                                rtol=0, atol=1e-6)
+
+
+def test_group_norm_fuses_nchw_inputs_only_when_asked(monkeypatch):
+    """A contiguous input of the statistics path goes to the extension's kernel (ReLU and
+    residual in its pass) with FUSED_NCHW, to the var_mean function without; a channels-last
+    one goes to the kernel either way."""
+    from pydetectron.nn import group_norm as gn_module
+    gn = GroupNorm(16, -1, 4, 1e-5)
+    x = torch.randn(2, 16, 5, 5)
+    r = torch.randn(2, 16, 5, 5)
+    calls, stats = [], []
+
+    def fake_op(x, w, b, groups, eps, relu, residual=None):
+        calls.append((x.is_contiguous(), relu, residual is not None))
+        y = F.group_norm(x, groups, w, b, eps) + (0 if residual is None else residual)
+        return (y.clamp_min(0) if relu else y), None, None
+
+    monkeypatch.setattr(gn_module, '_fast_path', lambda x, w, b, g: x.is_contiguous())
+    monkeypatch.setattr(gn_module, '_nhwc_path', lambda x, w, b: not x.is_contiguous())
+    monkeypatch.setattr(gn_module, 'group_norm_fused', fake_op)
+    monkeypatch.setattr(gn_module, '_fused_kernel', lambda x: True)
+    monkeypatch.setattr(gn_module._GroupNormFunction, 'apply',
+                        lambda *a: stats.append(a) or F.group_norm(a[0], a[3], a[1], a[2], a[4]))
+    want = F.relu(F.group_norm(x, 4, gn.weight, gn.bias, 1e-5) + r)
+    monkeypatch.setattr(gn_module, 'FUSED_NCHW', False)
+    torch.testing.assert_close(gn.forward_add_relu(x, r), want, rtol=0, atol=1e-6)
+    assert calls == [] and len(stats) == 1
+    monkeypatch.setattr(gn_module, 'FUSED_NCHW', True)
+    torch.testing.assert_close(gn.forward_add_relu(x, r), want, rtol=0, atol=1e-6)
+    gn.forward_relu(x)
+    assert calls == [(True, True, True), (True, True, False)] and len(stats) == 1
+    gn.forward_relu(x.to(memory_format=torch.channels_last))
+    assert calls[-1] == (False, True, False)
+    # a residual of another dtype: the unfused path
+    gn.forward_add_relu(x, r.double())
+    assert len(calls) == 3 and len(stats) == 2

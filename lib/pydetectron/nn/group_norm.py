@@ -12,12 +12,17 @@ left most of an H100 idle (6.5 of GroupNorm's 14.7 ms of a training step's 53.6 
 2 images of 800 x 1333: BENCHMARK.md). The normalisation is one fused multiply-add per element,
 and the backward pass is PyTorch's own GroupNorm backward given those statistics. A channels-last
 float32 CUDA input (the GroupNorm configs trained with ``--channels_last``) goes through the
-extension's ``pydetectron.ops.group_norm_nhwc``, which stays channels-last and, called from
+extension's ``pydetectron.ops.group_norm_fused``, which stays channels-last and, called from
 ``forward_relu`` / ``forward_add_relu``, applies the following ReLU (and a residual block's sum)
 in the same pass; without the extension's CUDA kernels, ``_GroupNormNHWCFunction`` (torch ops)
-keeps the layout. The CPU, other memory formats and double backward keep PyTorch's module.
+keeps the layout. With ``PYDETECTRON_FUSED_GROUP_NORM=1`` in the environment, the contiguous
+inputs of few rows above take the extension's kernel too (its NCHW statistics spread over many
+blocks as well, and the ReLU and residual sum in its pass): opt-in until its CUDA kernels have run
+on a GPU (``tests/ops/test_group_norm.py``'s CUDA tests). The CPU, other memory formats and
+double backward keep PyTorch's module.
 """
 import logging
+import os
 
 import torch
 from torch import nn
@@ -25,7 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from pydetectron.ops import _ext
 from pydetectron.ops._utils import channels_last_only
-from pydetectron.ops.group_norm import group_norm_nhwc
+from pydetectron.ops.group_norm import group_norm_fused
 
 logger = logging.getLogger(__name__)
 
@@ -174,23 +179,30 @@ def _fast_path(x, weight, bias, num_groups):
             and x.numel() >= x.shape[0] * num_groups * MIN_ROW)
 
 
-def _fused_nhwc(x):
-    """The extension's GroupNorm (+ ReLU) kernel for this device (on CUDA: the NHWC path)."""
-    return _ext.has_kernel("group_norm_nhwc", x.device)
+# the NCHW inputs of _fast_path through the extension's kernel (the module docstring)
+FUSED_NCHW = os.environ.get("PYDETECTRON_FUSED_GROUP_NORM", "0") == "1"
+
+
+def _fused_kernel(x):
+    """The extension's GroupNorm (+ residual) (+ ReLU) kernel for this device."""
+    return _ext.has_kernel("group_norm_fused", x.device)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, relu=False, residual=None):
     """``torch.nn.functional.group_norm`` (plus ``residual``, then a ReLU with ``relu``), with
     the GPU statistics of the module docstring for a contiguous float32 CUDA input of few
-    (image, group) rows, and the extension's fused NHWC kernel
-    (``pydetectron.ops.group_norm_nhwc``: the residual and the ReLU in the same pass) for a
-    channels-last one; both need a scale and a bias and stay outside autocast (there PyTorch's
+    (image, group) rows, and the extension's fused kernel (``pydetectron.ops.group_norm_fused``:
+    the residual and the ReLU in the same pass) for a channels-last one (and for those
+    contiguous ones with ``FUSED_NCHW``); both need a scale and a bias and stay outside autocast (there PyTorch's
     casts to float32 apply)."""
+    fusable = residual is None or residual.dtype == x.dtype
     if _fast_path(x, weight, bias, num_groups):
+        if FUSED_NCHW and fusable and _fused_kernel(x):
+            return group_norm_fused(x, weight, bias, num_groups, eps, relu, residual)[0]
         y = _GroupNormFunction.apply(x, weight, bias, num_groups, eps)
     elif _nhwc_path(x, weight, bias):
-        if _fused_nhwc(x) and (residual is None or residual.dtype == x.dtype):
-            return group_norm_nhwc(x, weight, bias, num_groups, eps, relu, residual)[0]
+        if fusable and _fused_kernel(x):
+            return group_norm_fused(x, weight, bias, num_groups, eps, relu, residual)[0]
         y = _GroupNormNHWCFunction.apply(x, weight, bias, num_groups, eps)
     else:
         y = nn.functional.group_norm(x, num_groups, weight, bias, eps)

@@ -10,7 +10,7 @@ when they are missing. ``roi_crop``, ``box_iou`` and the FPN level mapping are p
 from pydetectron.ops import _ext
 from pydetectron.ops._ext import available as extension_available  # noqa: F401
 from pydetectron.ops.box_iou_batched import box_iou_batched  # noqa: F401
-from pydetectron.ops.group_norm import group_norm_nhwc  # noqa: F401
+from pydetectron.ops.group_norm import group_norm_fused, group_norm_nhwc  # noqa: F401
 from pydetectron.ops.fpn import fpn_roi_transform, map_rois_to_fpn_levels  # noqa: F401
 from pydetectron.ops.nms import batched_nms, batched_nms_mask, box_iou, nms  # noqa: F401
 from pydetectron.ops.paste_mask import paste_masks_in_image  # noqa: F401
@@ -28,7 +28,7 @@ _ext.available()
 
 __all__ = [
     "RoIAlign", "RoIPool", "batched_nms", "batched_nms_mask", "box_iou", "box_iou_batched",
-    "extension_available", "fpn_roi_transform", "group_norm_nhwc", "map_rois_to_fpn_levels", "nms",
-    "paste_masks_in_image", "polygon_masks_in_boxes", "rle_from_changes", "roi_align",
-    "roi_align_fpn", "roi_crop", "roi_pool", "soft_nms",
+    "extension_available", "fpn_roi_transform", "group_norm_fused", "group_norm_nhwc",
+    "map_rois_to_fpn_levels", "nms", "paste_masks_in_image", "polygon_masks_in_boxes",
+    "rle_from_changes", "roi_align", "roi_align_fpn", "roi_crop", "roi_pool", "soft_nms",
 ]

@@ -61,10 +61,10 @@ TORCH_LIBRARY(pydetectron, m) {
   // COCO's RLE strings from the change positions of flattened masks (rle.h; CPU only)
   m.def("rle_from_changes(Tensor first, Tensor changes, int height, int width) "
         "-> (Tensor, Tensor)");
-  // GroupNorm (+ ReLU) of a channels-last map (group_norm.h)
-  m.def("group_norm_nhwc(Tensor x, Tensor weight, Tensor bias, int num_groups, float eps, "
+  // GroupNorm (+ residual) (+ ReLU) of an NCHW or channels-last map (group_norm.h)
+  m.def("group_norm_fused(Tensor x, Tensor weight, Tensor bias, int num_groups, float eps, "
         "bool relu, Tensor? residual=None) -> (Tensor, Tensor, Tensor)");
-  m.def("_group_norm_nhwc_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, "
+  m.def("_group_norm_fused_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, "
         "Tensor mean, Tensor rstd, int num_groups, bool relu) -> (Tensor, Tensor, Tensor)");
 }
 
@@ -83,8 +83,8 @@ TORCH_LIBRARY_IMPL(pydetectron, CPU, m) {
   m.impl("polygon_masks_in_boxes", &pydetectron::polygon_masks_in_boxes_cpu);
   m.impl("paste_masks_in_image", &pydetectron::paste_masks_in_image_cpu);
   m.impl("rle_from_changes", &pydetectron::rle_from_changes_cpu);
-  m.impl("group_norm_nhwc", &pydetectron::group_norm_nhwc_forward_cpu);
-  m.impl("_group_norm_nhwc_backward", &pydetectron::group_norm_nhwc_backward_cpu);
+  m.impl("group_norm_fused", &pydetectron::group_norm_forward_cpu);
+  m.impl("_group_norm_fused_backward", &pydetectron::group_norm_backward_cpu);
 }
 
 #ifdef WITH_CUDA
@@ -102,7 +102,7 @@ TORCH_LIBRARY_IMPL(pydetectron, CUDA, m) {
   m.impl("box_iou_batched", &pydetectron::box_iou_batched_cuda);
   m.impl("polygon_masks_in_boxes", &pydetectron::polygon_masks_in_boxes_cuda);
   m.impl("paste_masks_in_image", &pydetectron::paste_masks_in_image_cuda);
-  m.impl("group_norm_nhwc", &pydetectron::group_norm_nhwc_forward_cuda);
-  m.impl("_group_norm_nhwc_backward", &pydetectron::group_norm_nhwc_backward_cuda);
+  m.impl("group_norm_fused", &pydetectron::group_norm_forward_cuda);
+  m.impl("_group_norm_fused_backward", &pydetectron::group_norm_backward_cuda);
 }
 #endif

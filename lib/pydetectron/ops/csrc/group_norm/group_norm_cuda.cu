@@ -1,11 +1,13 @@
-// group_norm_nhwc on CUDA. x is read as (N, HW, C) rows, C contiguous:
-//   1. partial statistics: blocks of 32 channels x 8 rows, each over a chunk of rows of one image,
-//      Welford per thread and Chan's combination across the block -> (mean, M2, count) per
-//      (image, chunk, channel);
+// group_norm_fused on CUDA. x is read as (N, HW, C) rows, C contiguous (channels-last), or as
+// (N, C, HW) rows, HW contiguous (NCHW):
+//   1. partial statistics per (image, chunk, channel). Channels-last: blocks of 32 channels x 8
+//      rows, each over a chunk of rows of one image, Welford per thread and Chan's combination
+//      across the block. NCHW: one block per (image, channel, chunk of its pixels), combined
+//      across the block the same way;
 //   2. one block per (image, group) combines its chunks and channels -> mean, rstd, and the
 //      per-(image, channel) scale and shift;
 //   3. y = fma(x, scale, shift) (+ residual, ReLU'd), one elementwise pass.
-// The backward: the same chunked layout sums dy and dy * x per (image, channel) (dy zeroed where
+// The backward: the same chunked layouts sum dy and dy * x per (image, channel) (dy zeroed where
 // the forward's ReLU was), one block per (image, group) forms PyTorch's GroupNorm backward
 // coefficients, and dx = dy * rstd * w + x * B + C is one more elementwise pass. Every launch is
 // on the current stream; nothing is read back to the host.
@@ -47,6 +49,14 @@ __device__ __forceinline__ void combine(Moments<T>& a, const Moments<T>& b) {
   a.n = n;
 }
 
+template <typename T>
+__device__ __forceinline__ void push(Moments<T>& m, T v) {
+  m.n += T(1);
+  const T delta = v - m.mean;
+  m.mean += delta / m.n;
+  m.m2 += delta * (v - m.mean);
+}
+
 // Chunks of rows per image: enough blocks to fill the GPU a few times, at least kMinRows rows a
 // chunk.
 constexpr int64_t kMinRows = 64;
@@ -72,13 +82,7 @@ __global__ void __launch_bounds__(kThreads)
   Moments<T> m{T(0), T(0), T(0)};
   if (c < C) {
     const T* xn = x + n * HW * C + c;
-    for (int64_t r = r0 + ty; r < r1; r += kRows) {
-      const T v = xn[r * C];
-      m.n += T(1);
-      const T delta = v - m.mean;
-      m.mean += delta / m.n;
-      m.m2 += delta * (v - m.mean);
-    }
+    for (int64_t r = r0 + ty; r < r1; r += kRows) push(m, xn[r * C]);
   }
   shared[ty][tx] = m;
   __syncthreads();
@@ -119,6 +123,36 @@ __device__ T block_sum(T v) {
   if (threadIdx.x == 0)
     for (int k = 1; k < kThreads / 32; ++k) v += warps[k];
   return v;
+}
+
+// NCHW: chunks of each (image, channel) row of HW pixels, enough blocks to fill the GPU a few
+// times, at least kMinPixels pixels a chunk (4 a thread).
+constexpr int64_t kMinPixels = 4 * kThreads;
+
+int64_t chunks_per_row(int64_t N, int64_t HW, int64_t C) {
+  const int64_t rows = std::max<int64_t>(N * C, 1);
+  return std::max<int64_t>(1, std::min(ceil_div(HW, kMinPixels), ceil_div(kTargetBlocks, rows)));
+}
+
+// NCHW, grid (C, S, N): the moments of row (n, c)'s chunk s, written where the channels-last
+// kernel writes them, (image, chunk, channel).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    partial_moments_nchw_kernel(const T* __restrict__ x, int64_t HW, int64_t pixels_per_chunk,
+                                T* __restrict__ out_mean, T* __restrict__ out_m2,
+                                T* __restrict__ out_n) {
+  const int64_t c = blockIdx.x, C = gridDim.x, s = blockIdx.y, S = gridDim.y, n = blockIdx.z;
+  const int64_t r0 = s * pixels_per_chunk, r1 = std::min(HW, r0 + pixels_per_chunk);
+  const T* xr = x + (n * C + c) * HW;
+  Moments<T> m{T(0), T(0), T(0)};
+  for (int64_t r = r0 + threadIdx.x; r < r1; r += kThreads) push(m, xr[r]);
+  m = block_combine(m);
+  if (threadIdx.x == 0) {
+    const int64_t i = (n * S + s) * C + c;
+    out_mean[i] = m.mean;
+    out_m2[i] = m.m2;
+    out_n[i] = m.n;
+  }
 }
 
 // one block per (image, group): mean, rstd, and scale / shift of the group's D channels
@@ -164,9 +198,10 @@ __global__ void __launch_bounds__(kThreads)
   group_norm::affine(mean[ng], rstd[ng], weight[c], bias[c], scale[i], shift[i]);
 }
 
-// The elementwise passes: grid (blocks, N), each thread V consecutive channels of one pixel
-// at a time (V = 4: one 16-byte load per tensor; C is a multiple of 4 and the pointers aligned),
-// indices within one image in Index (32 bits where an image's H x W x C fits).
+// The elementwise passes: grid (blocks, N), each thread V consecutive elements of one image at a
+// time (V = 4: one 16-byte load per tensor, where the pointers are aligned and a pack never
+// straddles what its per-channel values change at: channels-last, C a multiple of 4; NCHW, HW a
+// multiple of 4), indices within one image in Index (32 bits where an image's H x W x C fits).
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];
@@ -177,20 +212,36 @@ __device__ __forceinline__ Pack<T, V> load(const T* p) {
   return *reinterpret_cast<const Pack<T, V>*>(p);
 }
 
-template <typename T, int V, typename Index>
+// The per-channel values of the V elements from e on, of one image's row p of C values:
+// channels-last, the V channels e % C ...; NCHW, V copies of channel e / HW's.
+template <typename T, int V, bool NHWC, typename Index>
+__device__ __forceinline__ Pack<T, V> per_channel(const T* p, Index e, Index C, Index HW) {
+  if constexpr (NHWC) {
+    return load<T, V>(p + e % C);
+  } else {
+    const T v = p[e / HW];
+    Pack<T, V> out;
+#pragma unroll
+    for (int k = 0; k < V; ++k) out.v[k] = v;
+    return out;
+  }
+}
+
+template <typename T, int V, bool NHWC, typename Index>
 __global__ void __launch_bounds__(kThreads)
     normalize_kernel(const T* __restrict__ x, const T* __restrict__ scale,
                      const T* __restrict__ shift, const T* __restrict__ res, Index HWC, Index C,
-                     bool relu, T* __restrict__ y) {
+                     Index HW, bool relu, T* __restrict__ y) {
   const int64_t n = blockIdx.y;
   const int64_t base = n * static_cast<int64_t>(HWC);
   const T* sc = scale + n * static_cast<int64_t>(C);
   const T* sh = shift + n * static_cast<int64_t>(C);
   const Index packs = HWC / V, step = gridDim.x * kThreads;
   for (Index j = blockIdx.x * kThreads + threadIdx.x; j < packs; j += step) {
-    const Index e = j * V, c = e % C;
-    const Pack<T, V> xv = load<T, V>(x + base + e), a = load<T, V>(sc + c),
-                     b = load<T, V>(sh + c);
+    const Index e = j * V;
+    const Pack<T, V> xv = load<T, V>(x + base + e),
+                     a = per_channel<T, V, NHWC>(sc, e, C, HW),
+                     b = per_channel<T, V, NHWC>(sh, e, C, HW);
     Pack<T, V> out;
 #pragma unroll
     for (int k = 0; k < V; ++k) out.v[k] = group_norm::normalize(xv.v[k], a.v[k], b.v[k]);
@@ -241,6 +292,37 @@ __global__ void __launch_bounds__(kThreads)
       a += shared[0][k][tx];
       b += shared[1][k][tx];
     }
+    const int64_t i = (n * S + s) * C + c;
+    out_dy[i] = a;
+    out_dyx[i] = b;
+  }
+}
+
+// NCHW, grid (C, S, N): sums of g and g * x over row (n, c)'s chunk s, written where the
+// channels-last kernel writes them
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    partial_grad_sums_nchw_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                  const T* __restrict__ scale, const T* __restrict__ shift,
+                                  int64_t HW, int64_t pixels_per_chunk, bool relu,
+                                  T* __restrict__ out_dy, T* __restrict__ out_dyx) {
+  const int64_t c = blockIdx.x, C = gridDim.x, s = blockIdx.y, S = gridDim.y, n = blockIdx.z;
+  const int64_t r0 = s * pixels_per_chunk, r1 = std::min(HW, r0 + pixels_per_chunk);
+  const T sc = relu ? scale[n * C + c] : T(0), sh = relu ? shift[n * C + c] : T(0);
+  const T* xr = x + (n * C + c) * HW;
+  const T* dyr = dy + (n * C + c) * HW;
+  T a = T(0), b = T(0);
+  for (int64_t r = r0 + threadIdx.x; r < r1; r += kThreads) {
+    const T v = xr[r];
+    if (relu && !(group_norm::normalize(v, sc, sh) > T(0))) continue;
+    const T g = dyr[r];
+    a += g;
+    b += g * v;
+  }
+  a = block_sum(a);
+  __syncthreads();  // block_sum's shared memory, reused
+  b = block_sum(b);
+  if (threadIdx.x == 0) {
     const int64_t i = (n * S + s) * C + c;
     out_dy[i] = a;
     out_dyx[i] = b;
@@ -311,23 +393,26 @@ __global__ void __launch_bounds__(kThreads)
   dbias[c] = db;
 }
 
-template <typename T, int V, typename Index>
+template <typename T, int V, bool NHWC, typename Index>
 __global__ void __launch_bounds__(kThreads)
     grad_input_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                       const T* __restrict__ scale, const T* __restrict__ shift,
                       const T* __restrict__ coef_a, const T* __restrict__ coef_b,
-                      const T* __restrict__ coef_c, Index HWC, Index C, bool relu,
+                      const T* __restrict__ coef_c, Index HWC, Index C, Index HW, bool relu,
                       T* __restrict__ dx) {
   const int64_t n = blockIdx.y;
   const int64_t base = n * static_cast<int64_t>(HWC), nc = n * static_cast<int64_t>(C);
   const Index packs = HWC / V, step = gridDim.x * kThreads;
   for (Index j = blockIdx.x * kThreads + threadIdx.x; j < packs; j += step) {
-    const Index e = j * V, c = e % C;
-    const Pack<T, V> xv = load<T, V>(x + base + e), a = load<T, V>(coef_a + nc + c),
-                     b = load<T, V>(coef_b + nc + c), cc = load<T, V>(coef_c + nc + c);
+    const Index e = j * V;
+    const Pack<T, V> xv = load<T, V>(x + base + e),
+                     a = per_channel<T, V, NHWC>(coef_a + nc, e, C, HW),
+                     b = per_channel<T, V, NHWC>(coef_b + nc, e, C, HW),
+                     cc = per_channel<T, V, NHWC>(coef_c + nc, e, C, HW);
     Pack<T, V> g = load<T, V>(dy + base + e);
     if (relu) {
-      const Pack<T, V> sc = load<T, V>(scale + nc + c), sh = load<T, V>(shift + nc + c);
+      const Pack<T, V> sc = per_channel<T, V, NHWC>(scale + nc, e, C, HW),
+                       sh = per_channel<T, V, NHWC>(shift + nc, e, C, HW);
 #pragma unroll
       for (int k = 0; k < V; ++k)
         if (!(group_norm::normalize(xv.v[k], sc.v[k], sh.v[k]) > T(0))) g.v[k] = T(0);
@@ -339,12 +424,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Launches an elementwise pass with 4-wide packs where C and every pointer allow it, and 32-bit
-// indices where one image's H x W x C fits.
+// Launches an elementwise pass with 4-wide packs where `unit` (the run of elements a pack must
+// not straddle: C channels-last, HW in NCHW) and every pointer allow it, and 32-bit indices where
+// one image's H x W x C fits.
 template <typename T, typename Launch>
-void elementwise(int64_t N, int64_t HWC, int64_t C, std::initializer_list<const void*> pointers,
-                 Launch launch) {
-  bool vec = std::is_same<T, float>::value && C % 4 == 0;
+void elementwise(int64_t N, int64_t HWC, int64_t unit,
+                 std::initializer_list<const void*> pointers, Launch launch) {
+  bool vec = std::is_same<T, float>::value && unit % 4 == 0;
   for (const void* p : pointers)
     vec = vec && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
   const int64_t packs = vec ? HWC / 4 : HWC;
@@ -359,35 +445,53 @@ void elementwise(int64_t N, int64_t HWC, int64_t C, std::initializer_list<const 
   else launch(grid, Pack<T, 1>{}, int64_t{});
 }
 
+// Calls f(std::true_type) for a channels-last x, f(std::false_type) for an NCHW one.
+template <typename F>
+void with_layout(bool nhwc, F f) {
+  if (nhwc) f(std::true_type{});
+  else f(std::false_type{});
+}
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_forward_cuda(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t num_groups,
     double eps, bool relu, const std::optional<at::Tensor>& residual) {
-  constexpr const char* op = "group_norm_nhwc";
+  constexpr const char* op = "group_norm_fused";
   group_norm::check_inputs(x, weight, bias, num_groups, op);
   group_norm::check_residual(x, residual, op);
   const bool has_res = residual.has_value() && residual->defined();
   PYDET_CHECK(x.is_cuda(), op, ": the CUDA kernel got `x` on ", x.device());
+  PYDET_CHECK(x.size(0) <= 65535, op, ": at most 65535 images a call on CUDA, got ", x.size(0));
   c10::cuda::CUDAGuard device_guard(x.device());
+  const bool nhwc = group_norm::channels_last(x);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), G = num_groups;
-  auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto y = at::empty_like(x, group_norm::layout_of(x));
   auto mean = at::empty({N, G}, x.options());
   auto rstd = at::empty({N, G}, x.options());
   if (N == 0 || C == 0) return {y, mean, rstd};
-  const int64_t S = chunks_per_image(N, HW, C), rows = ceil_div(HW, S);
+  const int64_t S = nhwc ? chunks_per_image(N, HW, C) : chunks_per_row(N, HW, C);
+  const int64_t per_chunk = ceil_div(HW, S);
   // partial moments (3 x N x S x C), then scale and shift (2 x N x C)
   auto work = at::empty({3 * N * S * C + 2 * N * C}, x.options());
   const auto w = weight.contiguous(), b = bias.contiguous();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_nhwc_forward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_forward_cuda", [&] {
     scalar_t* p = work.data_ptr<scalar_t>();
     scalar_t *p_mean = p, *p_m2 = p + N * S * C, *p_n = p + 2 * N * S * C;
     scalar_t *scale = p + 3 * N * S * C, *shift = scale + N * C;
-    const dim3 grid(static_cast<unsigned int>(ceil_div(C, kLanes)),
-                    static_cast<unsigned int>(S), static_cast<unsigned int>(N));
-    partial_moments_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), HW, C, rows, p_mean, p_m2, p_n);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    if (nhwc) {
+      const dim3 grid(static_cast<unsigned int>(ceil_div(C, kLanes)),
+                      static_cast<unsigned int>(S), static_cast<unsigned int>(N));
+      partial_moments_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(xp, HW, C, per_chunk,
+                                                                       p_mean, p_m2, p_n);
+    } else {
+      const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(S),
+                      static_cast<unsigned int>(N));
+      partial_moments_nchw_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(xp, HW, per_chunk,
+                                                                           p_mean, p_m2, p_n);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     finalize_moments_kernel<scalar_t><<<static_cast<unsigned int>(N * G), kThreads, 0, stream>>>(
         p_mean, p_m2, p_n, w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), S, C, G, eps,
@@ -396,32 +500,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_forward_cuda(
     if (HW > 0) {
       const scalar_t* res = has_res ? residual->data_ptr<scalar_t>() : nullptr;
       scalar_t* out = y.data_ptr<scalar_t>();
-      const scalar_t* xp = x.data_ptr<scalar_t>();
-      elementwise<scalar_t>(N, HW * C, C, {xp, res, out}, [&](dim3 grid, auto pack, auto index) {
-        constexpr int V = sizeof(pack) / sizeof(scalar_t);
-        using Index = decltype(index);
-        normalize_kernel<scalar_t, V, Index><<<grid, kThreads, 0, stream>>>(
-            xp, scale, shift, res, static_cast<Index>(HW * C), static_cast<Index>(C), relu, out);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_layout(nhwc, [&](auto layout) {
+        constexpr bool kNHWC = decltype(layout)::value;
+        elementwise<scalar_t>(N, HW * C, kNHWC ? C : HW, {xp, res, out},
+                              [&](dim3 grid, auto pack, auto index) {
+          constexpr int V = sizeof(pack) / sizeof(scalar_t);
+          using Index = decltype(index);
+          normalize_kernel<scalar_t, V, kNHWC, Index><<<grid, kThreads, 0, stream>>>(
+              xp, scale, shift, res, static_cast<Index>(HW * C), static_cast<Index>(C),
+              static_cast<Index>(HW), relu, out);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
     }
   });
   return {y, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups, bool relu) {
-  constexpr const char* op = "_group_norm_nhwc_backward";
+  constexpr const char* op = "_group_norm_fused_backward";
   const int64_t D =
       group_norm::check_backward_inputs(grad, x, weight, bias, mean, rstd, num_groups, op);
   PYDET_CHECK(x.is_cuda(), op, ": the CUDA kernel got `x` on ", x.device());
+  PYDET_CHECK(x.size(0) <= 65535, op, ": at most 65535 images a call on CUDA, got ", x.size(0));
   c10::cuda::CUDAGuard device_guard(x.device());
+  const bool nhwc = group_norm::channels_last(x);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), G = num_groups;
-  const auto dy = grad.contiguous(at::MemoryFormat::ChannelsLast);
-  auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  const auto dy = grad.contiguous(group_norm::layout_of(x));
+  auto dx = at::empty_like(x, group_norm::layout_of(x));
   if (N == 0 || C == 0) return {dx, at::zeros({C}, x.options()), at::zeros({C}, x.options())};
-  const int64_t S = chunks_per_image(N, HW, C), rows = ceil_div(HW, S);
+  const int64_t S = nhwc ? chunks_per_image(N, HW, C) : chunks_per_row(N, HW, C);
+  const int64_t per_chunk = ceil_div(HW, S);
   // partial sums (2 x N x S x C), scale / shift (2 x N x C), sums (2 x N x C), coefficients
   // (3 x N x C)
   auto work = at::empty({2 * N * S * C + 7 * N * C}, x.options());
@@ -429,7 +540,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
   const auto mu = mean.contiguous(), rs = rstd.contiguous();
   auto dweight = at::empty({C}, x.options()), dbias = at::empty({C}, x.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_nhwc_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_backward_cuda", [&] {
     scalar_t* p = work.data_ptr<scalar_t>();
     scalar_t *p_dy = p, *p_dyx = p + N * S * C;
     scalar_t *scale = p + 2 * N * S * C, *shift = scale + N * C;
@@ -442,11 +553,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
                                              N * C, C, D, scale, shift);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    const dim3 grid(static_cast<unsigned int>(ceil_div(C, kLanes)),
-                    static_cast<unsigned int>(S), static_cast<unsigned int>(N));
-    partial_grad_sums_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale, shift, HW, C, rows, relu, p_dy,
-        p_dyx);
+    const scalar_t *dyp = dy.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
+    if (nhwc) {
+      const dim3 grid(static_cast<unsigned int>(ceil_div(C, kLanes)),
+                      static_cast<unsigned int>(S), static_cast<unsigned int>(N));
+      partial_grad_sums_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+          dyp, xp, scale, shift, HW, C, per_chunk, relu, p_dy, p_dyx);
+    } else {
+      const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(S),
+                      static_cast<unsigned int>(N));
+      partial_grad_sums_nchw_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+          dyp, xp, scale, shift, HW, per_chunk, relu, p_dy, p_dyx);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     grad_coefficients_kernel<scalar_t><<<static_cast<unsigned int>(N * G), kThreads, 0, stream>>>(
         p_dy, p_dyx, w.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(), S,
@@ -459,16 +577,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_nhwc_backward_cuda(
                                              dbias.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (HW > 0) {
-      const scalar_t *dyp = dy.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
       scalar_t* out = dx.data_ptr<scalar_t>();
-      elementwise<scalar_t>(N, HW * C, C, {dyp, xp, out, scale, coef_a},
-                            [&](dim3 grid, auto pack, auto index) {
-        constexpr int V = sizeof(pack) / sizeof(scalar_t);
-        using Index = decltype(index);
-        grad_input_kernel<scalar_t, V, Index><<<grid, kThreads, 0, stream>>>(
-            dyp, xp, scale, shift, coef_a, coef_b, coef_c, static_cast<Index>(HW * C),
-            static_cast<Index>(C), relu, out);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_layout(nhwc, [&](auto layout) {
+        constexpr bool kNHWC = decltype(layout)::value;
+        // channels-last loads the per-channel rows as packs too: they must be aligned
+        elementwise<scalar_t>(N, HW * C, kNHWC ? C : HW,
+                              {dyp, xp, out, kNHWC ? scale : nullptr, kNHWC ? coef_a : nullptr},
+                              [&](dim3 grid, auto pack, auto index) {
+          constexpr int V = sizeof(pack) / sizeof(scalar_t);
+          using Index = decltype(index);
+          grad_input_kernel<scalar_t, V, kNHWC, Index><<<grid, kThreads, 0, stream>>>(
+              dyp, xp, scale, shift, coef_a, coef_b, coef_c, static_cast<Index>(HW * C),
+              static_cast<Index>(C), static_cast<Index>(HW), relu, out);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
     }
   });
