@@ -38,6 +38,8 @@ def test_parse_args_defaults_and_amp_pairing():
     (['--bs', '0'], '--bs must be >= 1'),
     (['--warmup', '-1'], '--warmup and --nw must be >= 0'),
     (['--impl', 'ours,detectron'], "--impl: a comma-separated list of 'ours' and 'torchvision'"),
+    (['--env', 'NOVALUE'], "--env: KEY=VALUE, got 'NOVALUE'"),
+    (['--env', '=1'], "--env: KEY=VALUE, got '=1'"),
 ])
 def test_parse_args_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -125,10 +127,15 @@ def test_run_ours_command_and_its_counts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(subprocess, 'Popen', fake_popen)
     monkeypatch.delenv('PYTHONUNBUFFERED', raising=False)
+    monkeypatch.setenv('PYDETECTRON_FUSED_GROUP_NORM', '0')
     args = btn.parse_args(['--device', 'cpu', '--bs', '4', '--scale', '200', '--max-size', '333',
-                           '--amp', '--data', '/data/coco_mini'])
+                           '--amp', '--data', '/data/coco_mini', '--env',
+                           'PYDETECTRON_FUSED_GROUP_NORM=1', '--env', 'A=b=c'])
     run = btn.run_ours(args, 12, str(tmp_path / 'run'))
     cmd = seen['cmd']
+    # --env: ours' environment only, over the benchmark's own
+    assert seen['env']['PYDETECTRON_FUSED_GROUP_NORM'] == '1' and seen['env']['A'] == 'b=c'
+    assert os.environ['PYDETECTRON_FUSED_GROUP_NORM'] == '0'
     assert (run['steps'], run['mem'], run['loss']) == (48, 1100, 2.25)
     assert [k for _, k in run['marks']] == [1, 20, 48] and run['wall'] >= run['marks'][-1][0]
     assert seen['env']['PYTHONUNBUFFERED'] == '1'   # the Step lines arrive as they are printed
