@@ -6,6 +6,13 @@ on the device.
     python dev/count_ops.py                        # Mask R-CNN training step, by file
     python dev/count_ops.py --infer --lines 30     # one inference, the 30 busiest lines
     python dev/count_ops.py --fixed-targets        # the step's targets as a GPU makes them
+    python dev/count_ops.py --channels_last --layouts   # where maps change memory format
+
+``--layouts`` lists, by source line, the operators that turn a channels-last map into an NCHW
+one or back (a copy of the whole map that a channels-last step pays on every call: the strided
+copies and adds of a bf16 profile), with the megabytes each moves a step. On the CPU some
+extension ops copy where their CUDA kernels read in place (``roi_align_fpn`` reads channels-last
+levels in place on CUDA only): those lines are marked.
 
 Operators issued outside pydetectron's code (autograd's backward, the optimizer) are counted
 under "backward / optimizer".
@@ -43,6 +50,61 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _format(t):
+    """'nhwc', 'nchw', or None for what is not an unambiguous 4-D map (one channel or one pixel
+    is both layouts; other strides are neither)."""
+    if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.size(1) == 1 or t[0, 0].numel() == 1:
+        return None
+    if t.is_contiguous():
+        return 'nchw'
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return 'nhwc'
+    return None
+
+
+def _tensors(tree):
+    return [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+# extension ops whose CPU kernels make NCHW copies that their CUDA kernels do not
+CPU_ONLY_COPIES = ('ops/roi_align_fpn.py', 'ops/fpn.py')
+
+
+class LayoutChanges(TorchDispatchMode):
+    """Records the operators with a 4-D output laid out otherwise than an input map of its shape
+    (a layout conversion, or an elementwise operator over maps of both layouts: a strided
+    kernel), by the innermost pydetectron frame (count, megabytes of those outputs, kinds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_line = collections.defaultdict(lambda: [0, 0.0, set()])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = collections.defaultdict(set)
+        for t in _tensors((args, kwargs)):
+            if _format(t):
+                ins[tuple(t.shape)].add(_format(t))
+        if not ins:
+            return out
+        for t in _tensors(out):
+            now = _format(t)
+            others = ins.get(tuple(t.shape), set()) - {now}
+            if now and others:
+                was = '+'.join(sorted(ins[tuple(t.shape)]))
+                where = 'backward / optimizer'
+                for frame in reversed(traceback.extract_stack(limit=60)):
+                    if '%spydetectron%s' % (os.sep, os.sep) in frame.filename:
+                        where = '%s:%d' % (os.path.relpath(frame.filename, ROOT), frame.lineno)
+                        break
+                rec = self.by_line[where]
+                rec[0] += 1
+                rec[1] += t.numel() * t.element_size() / 2 ** 20
+                rec[2].add('%s %s->%s' % (func.__name__, was, now))
+                break
+        return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', default='mask', choices=sorted(models.MODELS))
@@ -55,15 +117,23 @@ def main(argv=None):
                         "fixed_target_shapes; the CPU default is the unpadded targets)")
     p.add_argument('--amp', action='store_true',
                    help='the training step under bfloat16 autocast (as train_net_step --amp)')
+    p.add_argument('--channels_last', action='store_true',
+                   help="the model channels-last (the tools' --channels_last)")
+    p.add_argument('--cfg', default=None,
+                   help='a config to build instead of the benchmark model (e.g. '
+                        'configs/gn_baselines/scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml)')
+    p.add_argument('--layouts', action='store_true',
+                   help='list the operators that change a map between NCHW and channels-last '
+                        '(instead of counting operators)')
     a = p.parse_args(argv)
     args = options.parse_args(['--device', 'cpu', '--no-peer', '--image_size', a.image_size])
     args.device = torch.device('cpu')
     with tempfile.TemporaryDirectory() as tmp:
         spec = make_synthetic_coco(tmp, 2 * a.batch, args.height, args.width, args.objects,
                                    a.model == 'keypoint')
-        names = models.configure(a.model, spec, a.batch, args)
+        names = models.configure(a.model, spec, a.batch, args, cfg_file=a.cfg)
         data, im_info, gt = models.load_batch(names, a.batch, args.device)
-        model = models.build_ours(args.device)
+        model = models.build_ours(args.device, a.channels_last)
         if a.fixed_targets:
             model.fixed_target_shapes = True
         if a.infer:
@@ -76,6 +146,11 @@ def main(argv=None):
             run = timing.train_step_fn(model, 'ours', (data, im_info, gt), args.device,
                                        'bf16' if a.amp else 'fp32')
         run()  # warm-up: caches and lazy initialisation are not part of a step
+        if a.layouts:
+            changes = LayoutChanges()
+            with changes:
+                run()
+            return _print_layouts(a, changes)
         counter = CountOps()
         with counter:
             run()
@@ -92,6 +167,19 @@ def main(argv=None):
         print('-- the %d busiest lines' % a.lines)
         for where, n in counter.by_line.most_common(a.lines):
             print('%6d  %s' % (n, where))
+
+
+def _print_layouts(a, changes):
+    rows = sorted(changes.by_line.items(), key=lambda kv: -kv[1][1])
+    print('%s %s%s%s, %d image(s) of %s: %d operators change a map\'s layout, %.1f MB' % (
+        a.model, 'inference' if a.infer else 'training step', ' (bf16 autocast)' if a.amp else '',
+        ' channels-last' if a.channels_last else '', 1 if a.infer else a.batch, a.image_size,
+        sum(r[0] for _, r in rows), sum(r[1] for _, r in rows)))
+    for where, (n, mb, kinds) in rows:
+        mark = '  (CPU kernel only)' if where.startswith(tuple(
+            os.path.join('lib', 'pydetectron', f) for f in CPU_ONLY_COPIES)) else ''
+        print('%5d  %8.2f MB  %s  [%s]%s' % (n, mb, where, ', '.join(sorted(kinds)), mark))
+    return rows
 
 
 if __name__ == '__main__':

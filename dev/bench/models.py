@@ -23,13 +23,14 @@ MODELS = {
 }
 
 
-def configure(model_name, dataset_spec, batch_size, args):
-    """The global cfg for ``model_name`` trained at ``batch_size`` images on one GPU (the tools'
-    config sequence, ``engine.config_sequence``)."""
+def configure(model_name, dataset_spec, batch_size, args, cfg_file=None):
+    """The global cfg for ``model_name`` (or the config file ``cfg_file``) trained at
+    ``batch_size`` images on one GPU (the tools' config sequence,
+    ``engine.config_sequence``)."""
     reset_cfg()
     size, max_size = min(args.height, args.width), max(args.height, args.width)
     return list(config_sequence.configure(
-        os.path.join(ROOT, MODELS[model_name][0]), args.set_cfgs,
+        os.path.join(ROOT, cfg_file or MODELS[model_name][0]), args.set_cfgs,
         overrides=['MODEL.LOAD_IMAGENET_PRETRAINED_WEIGHTS', False,
                    'TRAIN.SCALES', (size,), 'TRAIN.MAX_SIZE', max_size,
                    'TEST.SCALE', size, 'TEST.MAX_SIZE', max_size,

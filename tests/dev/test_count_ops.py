@@ -49,3 +49,25 @@ def test_fixed_targets_flag_sets_the_models_choice(registry_env, capsys, monkeyp
     count_ops.main(['--image_size', '64x96'] + list(flags))
     assert getattr(built[0], 'fixed_target_shapes', None) is fixed
     assert 'training step, 2 image(s) of 64x96' in capsys.readouterr().out
+
+
+def test_layout_changes_flags_conversions_and_mixed_layouts_only():
+    """LayoutChanges records an operator whose 4-D output is laid out otherwise than an input
+    map of its shape -- a conversion, an elementwise op over both layouts -- and nothing for
+    same-layout work, views of another shape, or maps of one channel (both layouts at once)."""
+    import torch
+    nchw = torch.randn(2, 8, 5, 6)
+    nhwc = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    changes = count_ops.LayoutChanges()
+    with changes:
+        torch.relu(nhwc)                                        # same layout
+        nhwc + nhwc
+        nhwc.permute(0, 2, 3, 1).contiguous()                   # another shape
+        torch.randn(2, 1, 5, 6).contiguous(memory_format=torch.channels_last).contiguous()
+        nhwc.contiguous()                                        # NHWC -> NCHW: 1
+        nchw.contiguous(memory_format=torch.channels_last)       # NCHW -> NHWC: 2
+        nchw + nhwc                                              # mixed: 3
+    (where, (n, mb, kinds)), = changes.by_line.items()
+    assert where == 'backward / optimizer'         # no pydetectron frame called them
+    assert n == 3 and mb == pytest.approx(3 * 2 * 8 * 5 * 6 * 4 / 2 ** 20)
+    assert any('nhwc->nchw' in k for k in kinds) and any('nchw+nhwc->' in k for k in kinds)
