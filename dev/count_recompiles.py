@@ -149,7 +149,8 @@ def compile_body(model, args):
     if args.automatic:
         options.pop('dynamic', None)
     if args.backend != 'inductor':
-        options.pop('mode', None)    # modes are Inductor's
+        options.pop('mode', None)    # modes and options are Inductor's
+        options.pop('options', None)
     model.Conv_Body.compile(backend=args.backend, **options)
     return options
 

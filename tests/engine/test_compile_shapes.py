@@ -41,9 +41,12 @@ def _args(**kw):
 # ---------------------------------------------------------------------------------------------- #
 
 def test_compile_options_by_mode():
-    assert compile_shapes.compile_options('default') == {'dynamic': True}
+    # dynamic sizes: the mode as Inductor options, layout optimisation off (module docstring)
+    assert compile_shapes.compile_options('default') == \
+        {'dynamic': True, 'options': {'layout_optimization': False}}
     assert compile_shapes.compile_options('max-autotune-no-cudagraphs') == \
-        {'mode': 'max-autotune-no-cudagraphs', 'dynamic': True}
+        {'dynamic': True, 'options': {'max_autotune': True, 'coordinate_descent_tuning': True,
+                                      'layout_optimization': False}}
     # CUDA graphs: static shapes (the bucket padding makes them repeat)
     assert compile_shapes.compile_options('reduce-overhead') == {'mode': 'reduce-overhead'}
     assert compile_shapes.compile_options('max-autotune') == {'mode': 'max-autotune'}
@@ -68,6 +71,7 @@ def test_default_compile_traces_every_size_in_one_graph(dynamic, graphs):
     torch._dynamo.reset()
     counters.clear()
     options = compile_shapes.compile_options('default')
+    options.pop('options')                    # Inductor's
     if dynamic is None:
         options.pop('dynamic')
     compiled = torch.compile(fpn, backend='eager', **options)
@@ -80,6 +84,59 @@ def test_default_compile_traces_every_size_in_one_graph(dynamic, graphs):
     for e, g in zip(expected, got):    # the traced graph computes what eager does
         for a, b in zip(e, g):
             assert torch.equal(a, b)
+
+
+class _TrainedConvs(torch.nn.Module):
+    """Two convolutions as the body has them: a frozen-BN conv (``conv_norm_relu``) whose output
+    the second conv's backward needs the gradient of."""
+
+    def __init__(self):
+        super().__init__()
+        from pydetectron.nn.affine import AffineChannel2d, freeze_affine_channels
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.norm1 = AffineChannel2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        freeze_affine_channels(self)
+
+    def forward(self, x):
+        from pydetectron.nn.affine import conv_norm_relu
+        return self.conv2(conv_norm_relu(x, self.conv1, self.norm1))
+
+
+@pytest.mark.slow
+def test_inductor_trains_every_width_in_one_graph():
+    """Inductor on the CPU, training steps over three blob sizes: one graph. Without the
+    options' layout_optimization=False, the saved channels-last activation reaches the backward
+    with numeric strides (a guard on the width: the C5 check of dev/count_recompiles.py);
+    without keep_convolution_backward_dynamic, the conv backward lowering guards conv2's
+    grad_input strides; either compiled once per width. Values and gradients as eager's."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    model = _TrainedConvs()
+    sizes = [(128, 160), (160, 128), (128, 224)]
+    inputs = [torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h * w))
+              for h, w in sizes]
+
+    def step(module, x):
+        module.zero_grad(set_to_none=True)
+        y = module(x)
+        (y * y).sum().backward()
+        return [y.detach()] + [p.grad for p in module.parameters() if p.requires_grad]
+
+    expected = [step(model, x) for x in inputs]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend='inductor', **compile_shapes.compile_options('default'))
+    try:
+        # no cache: a graph cached by another compile would bring that compile's guards
+        with torch._inductor.config.patch(force_disable_caches=True):
+            got = [step(compiled, x) for x in inputs]
+        assert counters['stats']['unique_graphs'] == 1
+    finally:
+        torch._dynamo.reset()
+    for e, g in zip(expected, got):
+        for a, b in zip(e, g):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- #

@@ -17,8 +17,27 @@ inputs. Two answers, by mode:
 ``add_shape_buckets_argument`` gives a tool the flag; ``set_shape_buckets(cfg, args)`` (a tool's
 step after the config merge) sets ``cfg.SHAPE_BUCKETS``; ``compile_options(mode)`` are the
 arguments of ``torch.compile``.
+
+Two of Inductor's choices (torch 2.13) turn a training graph's symbolic sizes back into numbers,
+so that every new blob width compiles again (dev/count_recompiles.py on the CPU: 5 graphs for 5
+blob shapes). ``compile_options`` steers clear of both, for the dynamic modes only:
+
+* Layout optimisation. On a CPU (and XPU) Inductor runs every convolution channels-last even
+  with dynamic shapes (on CUDA it turns itself off for them), so the activations saved for the
+  backward differ in strides from eager's; AOTAutograd then gives the backward's inputs those
+  strides as plain numbers (``_aot_stage2b_bw_compile``: "real_stride can't be symbolic"), and
+  each use of such a tensor guards that the width is the first blob's (the recompile reason was
+  a channels-last contiguity check of C5). ``layout_optimization`` is off in the compile options
+  (a no-op on CUDA, whose dynamic graphs never had it).
+* The lowering of ``aten.convolution_backward`` fixes the strides of every ``grad_input`` to
+  numbers (``guard_int_seq(layout_dx.stride)``, for the stride order of its Triton templates),
+  before it knows that no Triton template applies and falls back to ATen's kernel -- on a CPU
+  always, on CUDA unless max-autotune's conv backward backends include TRITON (ROCm's default).
+  ``keep_convolution_backward_dynamic`` sends those cases to the fallback straight away.
 """
 import logging
+
+import torch
 
 from pydetectron.engine.cli import non_negative_int
 from pydetectron.utils import blob as blob_utils
@@ -27,7 +46,8 @@ from pydetectron.utils.errors import CliError
 logger = logging.getLogger(__name__)
 
 __all__ = ['COMPILE_MODES', 'CUDA_GRAPH_MODES', 'DEFAULT_SHAPE_BUCKETS',
-           'add_shape_buckets_argument', 'set_shape_buckets', 'compile_options']
+           'add_shape_buckets_argument', 'set_shape_buckets', 'compile_options',
+           'keep_convolution_backward_dynamic']
 
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 CUDA_GRAPH_MODES = ('reduce-overhead', 'max-autotune')
@@ -79,8 +99,57 @@ def set_shape_buckets(cfg, args):
 
 def compile_options(mode):
     """``torch.compile`` keyword arguments of ``--compile MODE``: dynamic H and W, except in
-    the CUDA-graph modes (static bucket shapes; torch's own choice there)."""
-    options = {} if mode == 'default' else {'mode': mode}
-    if mode not in CUDA_GRAPH_MODES:
-        options['dynamic'] = True
-    return options
+    the CUDA-graph modes (static bucket shapes; torch's own choice there). The dynamic modes
+    spell the mode out as Inductor options (``torch.compile`` takes one or the other), with
+    layout optimisation off, and install ``keep_convolution_backward_dynamic`` (see the module
+    docstring: each keeps the blob's size symbolic through a training step)."""
+    if mode in CUDA_GRAPH_MODES:
+        return {'mode': mode}
+    keep_convolution_backward_dynamic()
+    options = dict(torch._inductor.list_mode_options(mode, dynamic=True))
+    options['layout_optimization'] = False
+    return {'dynamic': True, 'options': options}
+
+
+def keep_convolution_backward_dynamic():
+    """Lower ``aten.convolution_backward`` to ATen's kernel directly wherever Inductor's own
+    lowering would end there anyway (no Triton template possible: a CPU tensor, max-autotune
+    off, or no TRITON among the conv backward backends), skipping the lowering's guards on the
+    ``grad_input`` strides, which specialise a dynamic size to the first one seen. The same
+    kernel runs as before; the Triton templates keep the original lowering. Installed once;
+    returns whether it is installed (False on a torch without that lowering)."""
+    from torch._inductor import config, ir, lowering, utils
+    try:
+        from torch._inductor.kernel import conv   # registers the lowering this one wraps
+    except ImportError:
+        return False
+    op = torch.ops.aten.convolution_backward.default
+    original = lowering.lowerings.get(op)
+    if getattr(original, '_keeps_sizes_dynamic', False):
+        return True
+    if (original is None or getattr(original, '_is_fallback_handler', False)
+            or not hasattr(conv, 'convolution_backward_lowering')
+            or not hasattr(utils, '_use_conv_bwd_input_autotune_backend')):
+        return False
+    # the fallback with the original's argument handling (registered in a private table);
+    # Inductor's internals differ between torch releases: where these calls do not fit, the
+    # original lowering stays (the recompilations come back, nothing breaks)
+    try:
+        fallback = lowering._register_lowering(
+            op, lowering.fallback_handler(op, add_to_fallback_set=False), broadcast=False,
+            type_promotion_kind=lowering.ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT,
+            convert_input_to_bool=False, lowering_dict={})
+    except (TypeError, AttributeError) as e:
+        logger.debug('convolution_backward keeps Inductor\'s lowering: %s', e)
+        return False
+
+    def convolution_backward(grad_out, input, *args, **kwargs):
+        triton = ((config.max_autotune or config.max_autotune_gemm)
+                  and ir.get_device_type(input) != 'cpu'
+                  and (utils._use_conv_bwd_input_autotune_backend('TRITON')
+                       or utils._use_conv_bwd_weight_autotune_backend('TRITON')))
+        return (original if triton else fallback)(grad_out, input, *args, **kwargs)
+
+    convolution_backward._keeps_sizes_dynamic = True
+    lowering.lowerings[op] = convolution_backward
+    return True
