@@ -229,3 +229,23 @@ def test_tools_refuse_a_bad_value_in_one_line(tool, extra, message, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+
+
+def test_convolution_backward_patch_steps_aside_where_inductors_internals_differ(monkeypatch):
+    """Where Inductor's private helpers do not take the patch's arguments (another torch), the
+    original lowering stays in place and the tools still compile."""
+    from torch._inductor import lowering
+    from pydetectron.engine import compile_shapes
+    op = torch.ops.aten.convolution_backward.default
+
+    def original(*args, **kwargs):       # an unpatched lowering of this torch
+        raise AssertionError('not called here')
+
+    def no_lowering_dict(*args, **kwargs):
+        raise TypeError("_register_lowering() got an unexpected keyword argument 'lowering_dict'")
+
+    monkeypatch.setitem(lowering.lowerings, op, original)
+    monkeypatch.setattr(lowering, '_register_lowering', no_lowering_dict)
+    assert compile_shapes.keep_convolution_backward_dynamic() is False
+    assert lowering.lowerings[op] is original
+    assert compile_shapes.compile_options('default')['dynamic'] is True
