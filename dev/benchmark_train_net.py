@@ -93,6 +93,10 @@ def parse_args(argv=None):
     p.add_argument('--extra', action='append', default=[],
                    help='more train_net_step.py arguments for ours (repeatable: '
                    '--extra=--cuda_graphs --extra=--shape_buckets=160)')
+    p.add_argument('--lr', type=float, default=None,
+                   help="both sides' learning rate after the batch scaling (ours: "
+                        "train_net_step.py --lr); default Detectron's linear rule, 0.0025 per 2 "
+                        'images, which from random weights diverges at 16 images and more')
     p.add_argument('--env', action='append', default=[], metavar='KEY=VALUE',
                    help="an environment variable for ours' train_net_step.py runs only "
                         '(repeatable), e.g. --env PYDETECTRON_FUSED_GROUP_NORM=1')
@@ -127,7 +131,11 @@ def parse_args(argv=None):
     if not impls or any(i not in ('ours', 'torchvision') for i in impls):
         p.error("--impl: a comma-separated list of 'ours' and 'torchvision', got %r"
                 % args.impl)
+    if args.lr is not None and not args.lr > 0:
+        p.error('--lr must be > 0, got %r' % args.lr)
     extra = [a for e in args.extra for a in shlex.split(e)]
+    if args.lr is not None:
+        extra += ['--lr', repr(args.lr)]
     if '--amp' in extra:
         args.amp = True
     elif args.amp:
@@ -316,7 +324,7 @@ class TorchvisionTraining:
         self.model = model.to(self.device).train()
         self._frozen_bn_from_data()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        base_lr = 0.0025 * args.bs / 2
+        base_lr = args.lr if args.lr is not None else 0.0025 * args.bs / 2
         self.opt = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=1e-4)
         # Detectron's linear warm-up (SOLVER.WARM_UP_FACTOR 1/3 over WARM_UP_ITERS 500), as ours
         self.sched = torch.optim.lr_scheduler.LambdaLR(

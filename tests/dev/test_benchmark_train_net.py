@@ -28,6 +28,9 @@ def test_parse_args_defaults_and_amp_pairing():
     # --extra=--amp alone pairs the torchvision loop too
     args = btn.parse_args(['--extra=--amp'])
     assert args.amp and args.extra_args == ['--amp']
+    # --lr: ours' train_net_step.py --lr (after its batch scaling), the torchvision loop's LR
+    args = btn.parse_args(['--bs', '16', '--lr', '0.005'])
+    assert args.lr == 0.005 and args.extra_args == ['--lr', '0.005']
     # repeatable, each one split as a shell would
     args = btn.parse_args(['--extra=--cuda_graphs', '--extra=--shape_buckets 160'])
     assert args.extra_args == ['--cuda_graphs', '--shape_buckets', '160']
@@ -39,6 +42,7 @@ def test_parse_args_defaults_and_amp_pairing():
     (['--warmup', '-1'], '--warmup and --nw must be >= 0'),
     (['--impl', 'ours,detectron'], "--impl: a comma-separated list of 'ours' and 'torchvision'"),
     (['--env', 'NOVALUE'], "--env: KEY=VALUE, got 'NOVALUE'"),
+    (['--lr', '0'], '--lr must be > 0, got 0.0'),
     (['--env', '=1'], "--env: KEY=VALUE, got '=1'"),
 ])
 def test_parse_args_errors(argv, message, capsys):
