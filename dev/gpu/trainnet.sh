@@ -3,8 +3,8 @@
 # same images: frozen-BN Mask R-CNN R-50-FPN at batch 2 (two rounds), at batch 8, both in bf16
 # (--amp) at batch 8, then the GroupNorm scratch config at batch 2 (paired with torchvision's
 # parts put together as the same GroupNorm Mask R-CNN: --tv-model auto). Logs:
-# $OUT/trainnet_<i>.log and .json; then, for each entry of TRAINPROFILE (dev/profile_train_net.py arguments, ';'-separated,
-# "-" for none), train_net_step.py's steps under torch.profiler ($OUT/trainprofile_<i>/summary.json,
+# $OUT/trainnet_<i>.log and .json; then, for each entry of TRAINPROFILE
+# (dev/profile_train_net.py arguments, ';'-separated, "-" for none), train_net_step.py's steps under torch.profiler ($OUT/trainprofile_<i>/summary.json,
 # ops.txt, trace.json.gz). Environment: TRAINNET (entries of benchmark_train_net.py arguments
 # separated by ';'; no spaces inside one argument; "-" for none), TRAINNET_TIMEOUT (s per entry,
 # 420), TREES (other copies of the project for entries with --tree DIR: this build's

@@ -315,7 +315,8 @@ def _ours(config):
         reset_cfg()
 
 
-@pytest.mark.parametrize('config', [GN_CFG, 'configs/gn_baselines/e2e_mask_rcnn_R-50-FPN_2x_gn.yaml'])
+@pytest.mark.parametrize('config', [
+    GN_CFG, 'configs/gn_baselines/e2e_mask_rcnn_R-50-FPN_2x_gn.yaml'])
 def test_torchvision_group_norm_model_is_ours_layer_for_layer(config):
     """--tv-model gn: torchvision's parts put together as Detectron's GroupNorm Mask R-CNN have
     ours' parameters exactly -- every tensor's shape, the trained ones (FREEZE_AT 0 and 2), and

@@ -193,8 +193,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, relu=False, resi
     the GPU statistics of the module docstring for a contiguous float32 CUDA input of few
     (image, group) rows, and the extension's fused kernel (``pydetectron.ops.group_norm_fused``:
     the residual and the ReLU in the same pass) for a channels-last one (and for those
-    contiguous ones with ``FUSED_NCHW``); both need a scale and a bias and stay outside autocast (there PyTorch's
-    casts to float32 apply)."""
+    contiguous ones with ``FUSED_NCHW``); both need a scale and a bias and stay outside
+    autocast (there PyTorch's casts to float32 apply)."""
     fusable = residual is None or residual.dtype == x.dtype
     if _fast_path(x, weight, bias, num_groups):
         if FUSED_NCHW and fusable and _fused_kernel(x):
