@@ -10,9 +10,9 @@ on the device.
 
 ``--layouts`` lists, by source line, the operators that turn a channels-last map into an NCHW
 one or back (a copy of the whole map that a channels-last step pays on every call: the strided
-copies and adds of a bf16 profile), with the megabytes each moves a step. On the CPU some
-extension ops copy where their CUDA kernels read in place (``roi_align_fpn`` reads channels-last
-levels in place on CUDA only): those lines are marked.
+copies and adds of a bf16 profile), with the megabytes each moves a step. On the CPU the
+extension's RoI ops give NCHW gradients for channels-last levels, where their CUDA kernels keep
+channels-last (``roi_align_fpn``): autograd's sums of those show under "backward / optimizer".
 
 Operators issued outside pydetectron's code (autograd's backward, the optimizer) are counted
 under "backward / optimizer".
@@ -33,6 +33,15 @@ from bench import models, options, timing  # noqa: E402
 from bench.data import make_synthetic_coco  # noqa: E402
 
 
+def _caller():
+    """'file:line' of the innermost pydetectron frame on the stack, or 'backward / optimizer'
+    (an operator autograd or the optimizer issued)."""
+    for frame in reversed(traceback.extract_stack(limit=60)):
+        if '%spydetectron%s' % (os.sep, os.sep) in frame.filename:
+            return '%s:%d' % (os.path.relpath(frame.filename, ROOT), frame.lineno)
+    return 'backward / optimizer'
+
+
 class CountOps(TorchDispatchMode):
     """Counts every operator by the innermost pydetectron frame that called it."""
 
@@ -41,12 +50,7 @@ class CountOps(TorchDispatchMode):
         self.by_line = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        where = 'backward / optimizer'
-        for frame in reversed(traceback.extract_stack(limit=60)):
-            if '%spydetectron%s' % (os.sep, os.sep) in frame.filename:
-                where = '%s:%d' % (os.path.relpath(frame.filename, ROOT), frame.lineno)
-                break
-        self.by_line[where] += 1
+        self.by_line[_caller()] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -64,10 +68,6 @@ def _format(t):
 
 def _tensors(tree):
     return [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
-
-
-# extension ops whose CPU kernels make NCHW copies that their CUDA kernels do not
-CPU_ONLY_COPIES = ('ops/roi_align_fpn.py', 'ops/fpn.py')
 
 
 class LayoutChanges(TorchDispatchMode):
@@ -92,12 +92,7 @@ class LayoutChanges(TorchDispatchMode):
             others = ins.get(tuple(t.shape), set()) - {now}
             if now and others:
                 was = '+'.join(sorted(ins[tuple(t.shape)]))
-                where = 'backward / optimizer'
-                for frame in reversed(traceback.extract_stack(limit=60)):
-                    if '%spydetectron%s' % (os.sep, os.sep) in frame.filename:
-                        where = '%s:%d' % (os.path.relpath(frame.filename, ROOT), frame.lineno)
-                        break
-                rec = self.by_line[where]
+                rec = self.by_line[_caller()]
                 rec[0] += 1
                 rec[1] += t.numel() * t.element_size() / 2 ** 20
                 rec[2].add('%s %s->%s' % (func.__name__, was, now))
@@ -126,6 +121,8 @@ def main(argv=None):
                    help='list the operators that change a map between NCHW and channels-last '
                         '(instead of counting operators)')
     a = p.parse_args(argv)
+    if a.cfg is not None and not os.path.isfile(os.path.join(ROOT, a.cfg)):
+        p.error('--cfg: %s not found' % a.cfg)
     args = options.parse_args(['--device', 'cpu', '--no-peer', '--image_size', a.image_size])
     args.device = torch.device('cpu')
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,9 +173,7 @@ def _print_layouts(a, changes):
         ' channels-last' if a.channels_last else '', 1 if a.infer else a.batch, a.image_size,
         sum(r[0] for _, r in rows), sum(r[1] for _, r in rows)))
     for where, (n, mb, kinds) in rows:
-        mark = '  (CPU kernel only)' if where.startswith(tuple(
-            os.path.join('lib', 'pydetectron', f) for f in CPU_ONLY_COPIES)) else ''
-        print('%5d  %8.2f MB  %s  [%s]%s' % (n, mb, where, ', '.join(sorted(kinds)), mark))
+        print('%5d  %8.2f MB  %s  [%s]' % (n, mb, where, ', '.join(sorted(kinds))))
     return rows
 
 

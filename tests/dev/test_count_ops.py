@@ -71,3 +71,10 @@ def test_layout_changes_flags_conversions_and_mixed_layouts_only():
     assert where == 'backward / optimizer'         # no pydetectron frame called them
     assert n == 3 and mb == pytest.approx(3 * 2 * 8 * 5 * 6 * 4 / 2 ** 20)
     assert any('nhwc->nchw' in k for k in kinds) and any('nchw+nhwc->' in k for k in kinds)
+
+
+def test_a_missing_config_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        count_ops.main(['--layouts', '--cfg', 'configs/nope.yaml'])
+    assert e.value.code == 2
+    assert '--cfg: configs/nope.yaml not found' in capsys.readouterr().err
