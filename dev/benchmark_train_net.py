@@ -175,11 +175,12 @@ def config_body(cfg_path):
         core_config.reset_cfg()
 
 
-def tv_model_for(choice, cfg_path):
-    """--tv-model's value with 'auto' resolved against the config."""
+def tv_model_for(choice, group_norm):
+    """--tv-model's value with 'auto' resolved: 'gn' for a config whose body uses GroupNorm
+    (``config_body``'s first value)."""
     if choice != 'auto':
         return choice
-    return 'gn' if config_body(cfg_path)[0] else 'frozen_bn'
+    return 'gn' if group_norm else 'frozen_bn'
 
 
 def max_iters(steps, short, bs, cfg_batch):
@@ -315,12 +316,12 @@ class TorchvisionTraining:
         self.args = args
         self.device = torch.device(args.device)
         self.amp = args.amp
-        cfg_path = os.path.join(ROOT, args.cfg)
-        self.tv_model = tv_model_for(args.tv_model, cfg_path)
+        group_norm, freeze_at = config_body(os.path.join(ROOT, args.cfg))
+        self.tv_model = tv_model_for(args.tv_model, group_norm)
         self.dataset = _CocoMasks(args.data)
         torch.manual_seed(0)
         model = torchvision_mask_rcnn(self.tv_model, args.scale, args.max_size,
-                                      freeze_at=config_body(cfg_path)[1])
+                                      freeze_at=freeze_at)
         self.model = model.to(self.device).train()
         self._frozen_bn_from_data()
         params = [p for p in self.model.parameters() if p.requires_grad]

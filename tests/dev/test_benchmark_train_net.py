@@ -277,9 +277,11 @@ def test_config_body_reads_the_users_configs(folder):
         assert freeze_at == (0 if says_zero else 2), name
         zero += says_zero
     assert zero == (2 if folder == 'detectron_configs' else 0)
-    assert btn.tv_model_for('auto', os.path.join(ROOT, GN_CFG)) == 'gn'
-    assert btn.tv_model_for('auto', os.path.join(ROOT, btn.CONFIG)) == 'frozen_bn'
-    assert btn.tv_model_for('frozen_bn', os.path.join(ROOT, GN_CFG)) == 'frozen_bn'
+    gn_body = btn.config_body(os.path.join(ROOT, GN_CFG))[0]
+    bn_body = btn.config_body(os.path.join(ROOT, btn.CONFIG))[0]
+    assert btn.tv_model_for('auto', gn_body) == 'gn'
+    assert btn.tv_model_for('auto', bn_body) == 'frozen_bn'
+    assert btn.tv_model_for('frozen_bn', gn_body) == 'frozen_bn'
 
 
 def test_parse_args_tv_model(capsys):
