@@ -285,6 +285,18 @@ def test_group_norm_takes_the_statistics_path_only_where_it_pays(monkeypatch):
     assert not fast(big, gn.weight, gn.bias, 32)        # autocast: PyTorch's float32 casts
 
 
+def _group_norm_with_random_affine(channels, groups, device='cpu'):
+    """A GroupNorm over ``channels`` in ``groups`` groups whose scales (0.5-1.5) and biases
+    (-0.5-0.5) are drawn after ``torch.manual_seed(0)``: the tests' inputs come from the same
+    stream after it."""
+    torch.manual_seed(0)
+    gn = GroupNorm(channels, -1, groups, 1e-5).to(device)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    return gn
+
+
 def _assert_float64_group_norm(gn, x, y, g, grads):
     """``y = gn(x)`` and its gradients (x, scale, bias) for ``g``, against PyTorch's GroupNorm
     of the same tensors in float64."""
@@ -301,11 +313,7 @@ def _assert_float64_group_norm(gn, x, y, g, grads):
 def test_cuda_group_norm_equals_pytorchs():
     """On the GPU, at an FPN level's size for 2 images: output and gradients against PyTorch's
     GroupNorm (float32; float64 on the CPU as the reference)."""
-    torch.manual_seed(0)
-    gn = GroupNorm(256, -1, 32, 1e-5).cuda()
-    with torch.no_grad():
-        gn.weight.uniform_(0.5, 1.5)
-        gn.bias.uniform_(-0.5, 0.5)
+    gn = _group_norm_with_random_affine(256, 32, 'cuda')
     x = (torch.randn(2, 256, 100, 168, device='cuda') * 2 + 0.5).requires_grad_()
     y = gn(x)
     assert y.grad_fn is not None and 'GroupNormFunction' in type(y.grad_fn).__name__
@@ -322,11 +330,7 @@ def test_cuda_group_norm_equals_pytorchs():
 def test_cuda_channels_last_group_norm_equals_pytorchs(shape):
     """A channels-last input on the GPU (an FPN level of 2 images; a mask head's RoIs): output
     and gradients, kept channels-last, against PyTorch's GroupNorm in float64."""
-    torch.manual_seed(0)
-    gn = GroupNorm(256, -1, 32, 1e-5).cuda()
-    with torch.no_grad():
-        gn.weight.uniform_(0.5, 1.5)
-        gn.bias.uniform_(-0.5, 0.5)
+    gn = _group_norm_with_random_affine(256, 32, 'cuda')
     x = (torch.randn(shape, device='cuda') * 2 + 0.5).to(memory_format=torch.channels_last)
     x.requires_grad_()
     y = gn(x)
@@ -353,11 +357,7 @@ def test_cuda_fused_nchw_group_norm_equals_pytorchs(monkeypatch):
     with its ReLU and a residual block's sum, against PyTorch's GroupNorm in float64."""
     from pydetectron.nn import group_norm as gn_module
     monkeypatch.setattr(gn_module, 'FUSED_NCHW', True)
-    torch.manual_seed(0)
-    gn = GroupNorm(256, -1, 32, 1e-5).cuda()
-    with torch.no_grad():
-        gn.weight.uniform_(0.5, 1.5)
-        gn.bias.uniform_(-0.5, 0.5)
+    gn = _group_norm_with_random_affine(256, 32, 'cuda')
     x = (torch.randn(2, 256, 100, 168, device='cuda') * 2 + 0.5).requires_grad_()
     g = torch.randn_like(x)
     y = gn(x)
@@ -380,11 +380,7 @@ def test_cuda_fused_nchw_group_norm_equals_pytorchs(monkeypatch):
 def test_group_norm_forward_relu_equals_relu_of_forward(channels_last, monkeypatch):
     """``GroupNorm2d.forward_relu`` is ``relu(gn(x))`` (on the CPU: PyTorch's GroupNorm, then the
     ReLU), values and gradients; a module with forward hooks still runs them."""
-    torch.manual_seed(0)
-    gn = GroupNorm(32, -1, 8, 1e-5)
-    with torch.no_grad():
-        gn.weight.uniform_(0.5, 1.5)
-        gn.bias.uniform_(-0.5, 0.5)
+    gn = _group_norm_with_random_affine(32, 8)
     x = torch.randn(2, 32, 6, 7)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
