@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pydetectron.modeling.weight_mapping import blob_mapping
+from pydetectron.nn.affine import conv_norm_relu
 from pydetectron.nn.group_norm import GroupNorm
 from pydetectron.nn.init import init_layer
 
@@ -73,10 +74,10 @@ class ConvStack(nn.ModuleList):
     def forward(self, x):
         for layer in self:
             if self.nested:
-                x = layer.conv(x)
-                if self.use_gn:
-                    x = layer.gn.forward_relu(x)      # the ReLU in GroupNorm's pass where it can
+                if self.use_gn:                       # the ReLU in GroupNorm's pass where it can
+                    x = conv_norm_relu(x, layer.conv, layer.gn)
                     continue
+                x = layer.conv(x)
             else:
                 x = layer(x)
             x = F.relu(x, inplace=True)
