@@ -258,6 +258,23 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Adds to a and b the sums of g and g * x over the pixels r = begin, begin + step, ... < end of
+// one (image, channel) whose values lie `stride` apart (C channels-last, 1 in NCHW); g = dy where
+// the forward's ReLU passed (its output recomputed with scale and shift), all of dy without it.
+template <typename T>
+__device__ __forceinline__ void masked_grad_sums(const T* __restrict__ x,
+                                                 const T* __restrict__ dy, int64_t stride,
+                                                 int64_t begin, int64_t end, int64_t step,
+                                                 bool relu, T sc, T sh, T& a, T& b) {
+  for (int64_t r = begin; r < end; r += step) {
+    const T v = x[r * stride];
+    if (relu && !(group_norm::normalize(v, sc, sh) > T(0))) continue;
+    const T g = dy[r * stride];
+    a += g;
+    b += g * v;
+  }
+}
+
 // grid (ceil(C / 32), S, N): per (image, chunk, channel) sums of g and g * x, g = dy where the
 // ReLU passed
 template <typename T>
@@ -274,15 +291,8 @@ __global__ void __launch_bounds__(kThreads)
   T a = T(0), b = T(0);
   if (c < C) {
     const T sc = relu ? scale[n * C + c] : T(0), sh = relu ? shift[n * C + c] : T(0);
-    const T* xn = x + n * HW * C + c;
-    const T* dyn = dy + n * HW * C + c;
-    for (int64_t r = r0 + ty; r < r1; r += kRows) {
-      const T v = xn[r * C];
-      if (relu && !(group_norm::normalize(v, sc, sh) > T(0))) continue;
-      const T g = dyn[r * C];
-      a += g;
-      b += g * v;
-    }
+    masked_grad_sums(x + n * HW * C + c, dy + n * HW * C + c, C, r0 + ty, r1, int64_t{kRows},
+                     relu, sc, sh, a, b);
   }
   shared[0][ty][tx] = a;
   shared[1][ty][tx] = b;
@@ -309,16 +319,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t c = blockIdx.x, C = gridDim.x, s = blockIdx.y, S = gridDim.y, n = blockIdx.z;
   const int64_t r0 = s * pixels_per_chunk, r1 = std::min(HW, r0 + pixels_per_chunk);
   const T sc = relu ? scale[n * C + c] : T(0), sh = relu ? shift[n * C + c] : T(0);
-  const T* xr = x + (n * C + c) * HW;
-  const T* dyr = dy + (n * C + c) * HW;
   T a = T(0), b = T(0);
-  for (int64_t r = r0 + threadIdx.x; r < r1; r += kThreads) {
-    const T v = xr[r];
-    if (relu && !(group_norm::normalize(v, sc, sh) > T(0))) continue;
-    const T g = dyr[r];
-    a += g;
-    b += g * v;
-  }
+  masked_grad_sums(x + (n * C + c) * HW, dy + (n * C + c) * HW, int64_t{1}, r0 + threadIdx.x, r1,
+                   int64_t{kThreads}, relu, sc, sh, a, b);
   a = block_sum(a);
   __syncthreads();  // block_sum's shared memory, reused
   b = block_sum(b);
